@@ -1,0 +1,1 @@
+"""GPU trace collection: real speculative decoding with draft/target pairs."""

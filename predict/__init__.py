@@ -1,0 +1,1 @@
+"""Output-length prediction from prompts (scikit-learn)."""

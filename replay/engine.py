@@ -1,0 +1,291 @@
+"""The discrete-event replay engine.
+
+At batch size one the server runs one round at a time; at every round boundary the policy may
+switch to another request, which costs ``c0 + c1 * context_tokens`` seconds (the preempted
+request's KV cache goes out and comes back later). Round times, tokens and acceptance come from
+the trace; arrivals from the workload.
+
+Speed comes from :meth:`Policy.advance`: the engine offers the picked request's next rounds up to
+the next arrival (or to its end) and the policy takes as many as it can before its decision could
+change, so a replay costs a few Python calls per scheduling decision rather than per round. With
+``max_chunk=1`` the engine offers one round at a time, like a live server does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from replay.estimate import LengthPrediction
+from replay.policies.base import NS_PER_S, Policy, RequestInfo, Rounds, TraceScale
+from replay.trace import Trace
+
+
+@dataclass(frozen=True)
+class SwitchCost:
+    """Cost of preempting a request: ``c0 + c1 * context_tokens`` seconds.
+
+    ``context_tokens`` is the preempted request's prompt plus the tokens it has generated.
+    """
+
+    c0: float = 0.0
+    c1: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.c0 < 0 or self.c1 < 0:
+            raise ValueError(f"switch costs must be >= 0, got c0={self.c0}, c1={self.c1}")
+
+    @property
+    def free(self) -> bool:
+        return self.c0 == 0 and self.c1 == 0
+
+
+@dataclass(frozen=True)
+class TraceArrays:
+    """A trace compiled to flat arrays for replay.
+
+    Rounds of request ``i`` are ``offsets[i]:offsets[i+1]`` in the prefix-sum arrays ``cum``
+    (``emitted``, ``drafted``, ``accepted``, ``ns``; each of length ``rounds + 1``).
+    """
+
+    request_ids: list[str]
+    offsets: np.ndarray
+    cum: dict[str, np.ndarray]
+    output_tokens: np.ndarray
+    prompt_tokens: np.ndarray
+    service_ns: np.ndarray
+    categories: list[str | None]
+    prompts: list[str | None]
+    predicted: np.ndarray | None
+    predicted_p90: np.ndarray | None
+    scale: TraceScale
+
+    @property
+    def n_requests(self) -> int:
+        return len(self.request_ids)
+
+    @classmethod
+    def from_trace(cls, trace: Trace) -> TraceArrays:
+        """Compile a validated trace.
+
+        Unknown ``drafted`` counts (variable draft length) are taken as the largest ``accepted``
+        of the trace, the smallest draft length consistent with every round.
+        """
+        req, rnd = trace.requests, trace.rounds
+        k_fill = int(rnd["accepted"].max() or 0)
+        rnd = rnd.with_columns(pl.col("drafted").fill_null(k_fill))
+        counts = req["n_rounds"].to_numpy().astype(np.int64)
+        offsets = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        ns = np.rint(rnd["round_s"].to_numpy() * NS_PER_S).astype(np.int64)
+        cum = {}
+        for name, values in (
+            ("emitted", rnd["emitted"].to_numpy()), ("drafted", rnd["drafted"].to_numpy()),
+            ("accepted", rnd["accepted"].to_numpy()), ("ns", ns),
+        ):
+            c = np.zeros(values.size + 1, dtype=np.int64)
+            np.cumsum(values, out=c[1:])
+            cum[name] = c
+        service = cum["ns"][offsets[1:]] - cum["ns"][offsets[:-1]]
+        has_pred = "predicted_tokens" in req.columns
+        return cls(
+            request_ids=req["request_id"].to_list(),
+            offsets=offsets,
+            cum=cum,
+            output_tokens=req["output_tokens"].to_numpy().astype(np.int64),
+            prompt_tokens=req["prompt_tokens"].fill_null(0).to_numpy().astype(np.int64),
+            service_ns=service,
+            categories=req["category"].to_list(),
+            prompts=req["prompt"].to_list(),
+            predicted=req["predicted_tokens"].to_numpy() if has_pred else None,
+            predicted_p90=(req["predicted_tokens_p90"].to_numpy()
+                           if "predicted_tokens_p90" in req.columns else None),
+            scale=TraceScale(
+                round_s=float(rnd["round_s"].median()),
+                tokens_per_round=float(rnd["emitted"].mean()),
+            ),
+        )
+
+    def subset(self, indices: np.ndarray) -> TraceArrays:
+        """The requests at ``indices`` as a trace of their own (for tuning/held-out splits)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        counts = self.offsets[idx + 1] - self.offsets[idx]
+        offsets = np.zeros(idx.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
+        cum = {}
+        for name, c in self.cum.items():
+            values = np.diff(c)[rows]
+            out = np.zeros(values.size + 1, dtype=np.int64)
+            np.cumsum(values, out=out[1:])
+            cum[name] = out
+        pick = idx.tolist()
+        return TraceArrays(
+            request_ids=[self.request_ids[i] for i in pick],
+            offsets=offsets,
+            cum=cum,
+            output_tokens=self.output_tokens[idx],
+            prompt_tokens=self.prompt_tokens[idx],
+            service_ns=self.service_ns[idx],
+            categories=[self.categories[i] for i in pick],
+            prompts=[self.prompts[i] for i in pick],
+            predicted=None if self.predicted is None else self.predicted[idx],
+            predicted_p90=None if self.predicted_p90 is None else self.predicted_p90[idx],
+            scale=self.scale,
+        )
+
+
+@dataclass
+class Workload:
+    """Which trace requests arrive when, and what the schedulers are told of their length.
+
+    Parameters
+    ----------
+    name
+        The workload string it was built from.
+    arrival_ns
+        Sorted arrival times (integer nanoseconds).
+    index
+        For each arriving request, the trace request it replays.
+    predictions
+        For each arriving request, its length prediction (``None`` where no policy needs one).
+    """
+
+    name: str
+    arrival_ns: np.ndarray
+    index: np.ndarray
+    predictions: list[LengthPrediction] | None = None
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+
+@dataclass
+class SimResult:
+    """Outcome of one replay. Times are integer nanoseconds."""
+
+    policy: str
+    workload: str
+    arrival_ns: np.ndarray
+    completion_ns: np.ndarray
+    service_ns: np.ndarray
+    output_tokens: np.ndarray
+    preemptions: int
+    switch_ns: int
+    rounds: int
+    decisions: int
+    estimates: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def latency_s(self) -> np.ndarray:
+        return (self.completion_ns - self.arrival_ns) / NS_PER_S
+
+
+def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
+             switch: SwitchCost | None = None, max_chunk: int | None = None) -> SimResult:
+    """Replay ``workload`` through ``policy`` at batch size one.
+
+    Parameters
+    ----------
+    arrays
+        The compiled trace.
+    workload
+        Arrivals and predictions.
+    policy
+        A fresh policy object (it is consumed by the replay).
+    switch
+        Preemption cost model (free by default).
+    max_chunk
+        Largest run of rounds offered to the policy at once; 1 replays round by round.
+
+    Returns
+    -------
+    SimResult
+        Completion time of each arriving request, in workload order, and counters.
+    """
+    switch = switch or SwitchCost()
+    if policy.needs_prediction and workload.predictions is None:
+        raise ValueError(f"policy {policy.name!r} needs length predictions; build the workload "
+                         "with predictions (a trace column, a predictor, or the noisy oracle)")
+    n_jobs = len(workload)
+    arrival = workload.arrival_ns
+    index = workload.index
+    starts = arrays.offsets[index]
+    ends = arrays.offsets[index + 1]
+    pos = starts.copy()
+    prompt_tokens = arrays.prompt_tokens[index]
+    cum = arrays.cum
+    c_ns, c_emitted = cum["ns"], cum["emitted"]
+    completion = np.zeros(n_jobs, dtype=np.int64)
+    preds = workload.predictions
+    oracle = policy.needs_oracle
+    preemptive = policy.preempts_on_arrival
+    c0_ns = round(switch.c0 * NS_PER_S)
+    c1_ns = switch.c1 * NS_PER_S
+    admit, pick, advance, finish = policy.admit, policy.pick, policy.advance, policy.finish
+    searchsorted = np.searchsorted
+
+    now = 0
+    nxt = 0
+    done = 0
+    last = -1
+    preemptions = 0
+    switch_ns = 0
+    decisions = 0
+    while done < n_jobs:
+        while nxt < n_jobs and arrival[nxt] <= now:
+            if oracle:
+                policy.reveal(nxt, arrays.service_ns[index[nxt]] / NS_PER_S)
+            admit(RequestInfo(nxt, arrival[nxt] / NS_PER_S, int(prompt_tokens[nxt]),
+                              None if preds is None else preds[nxt]))
+            nxt += 1
+        rid = pick()
+        if rid is None:
+            now = int(arrival[nxt])
+            continue
+        decisions += 1
+        if rid != last and last >= 0:
+            # The last request was preempted unfinished: its KV cache is swapped out and back.
+            preemptions += 1
+            if not switch.free:
+                context = prompt_tokens[last] + (c_emitted[pos[last]] - c_emitted[starts[last]])
+                cost = c0_ns + round(c1_ns * int(context))
+                switch_ns += cost
+                now += cost
+        a = int(pos[rid])
+        b = int(ends[rid])
+        base = c_ns[a]
+        if preemptive and nxt < n_jobs:
+            # Rounds that start before the next arrival (round 0 starts now, before it).
+            # At least one: the picked request runs a round even if a switch ran past the arrival.
+            b = a + max(1, int(searchsorted(c_ns[a:b], base + (arrival[nxt] - now), side="left")))
+        if max_chunk is not None and b - a > max_chunk:
+            b = a + max_chunk
+        taken = advance(rid, Rounds(cum, a, b))
+        a += taken
+        now += int(c_ns[a] - base)
+        pos[rid] = a
+        if a == ends[rid]:
+            finish(rid)
+            completion[rid] = now
+            done += 1
+            last = -1
+        else:
+            last = rid
+
+    estimates = getattr(policy, "finished_estimates", {})
+    return SimResult(
+        policy=policy.name,
+        workload=workload.name,
+        arrival_ns=arrival.copy(),
+        completion_ns=completion,
+        service_ns=arrays.service_ns[index],
+        output_tokens=arrays.output_tokens[index],
+        preemptions=preemptions,
+        switch_ns=switch_ns,
+        rounds=int((ends - starts).sum()),
+        decisions=decisions,
+        estimates=dict(estimates),
+    )

@@ -1,0 +1,1 @@
+"""Importers: public speculative-decoding traces and request-arrival traces."""

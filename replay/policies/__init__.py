@@ -1,0 +1,86 @@
+"""Scheduling policies, one module each, behind :class:`~replay.policies.base.Policy`.
+
+Policies register themselves by name; :func:`create` builds one with its parameters::
+
+    from replay.policies import create
+    policy = create("laps-sd", K=4, M=2.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from replay.policies.base import (
+    Policy,
+    RequestInfo,
+    RequestState,
+    Rounds,
+    TraceScale,
+)
+
+REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make a policy available under ``cls.name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"policy name {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Registered policy names."""
+    return list(REGISTRY)
+
+
+def parameters(name: str) -> list[str]:
+    """Names of the settable parameters of a policy."""
+    params = getattr(_lookup(name), "Params", None)
+    return [f.name for f in fields(params)] if params is not None else []
+
+
+def _lookup(name: str) -> type[Policy]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; available: {', '.join(REGISTRY)}") from None
+
+
+def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy:
+    """Build a registered policy.
+
+    Parameters
+    ----------
+    name
+        Registry name (``fcfs``, ``las``, ``mlfq``, ``lp-sjf``, ``lp-srpt``, ``srpt-oracle``,
+        ``laps-sd``).
+    scale
+        Typical round time and tokens per round of the workload; sets the defaults of
+        scale-dependent parameters (queue thresholds) that are not given.
+    **params
+        Parameters of the policy's ``Params`` dataclass.
+    """
+    cls = _lookup(name)
+    params_cls = getattr(cls, "Params", None)
+    if params_cls is None:
+        if params:
+            raise ValueError(f"policy {name!r} takes no parameters (got {sorted(params)})")
+        return cls()
+    known = {f.name for f in fields(params_cls)}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"policy {name!r} has no parameter(s) {sorted(unknown)}; "
+                         f"its parameters: {sorted(known)}")
+    return cls(params_cls.with_defaults(scale or TraceScale(), **params))
+
+
+# Importing the modules registers them, in the order reports list them.
+from replay.policies import fcfs, las, mlfq, lp_sjf, lp_srpt, srpt_oracle, laps_sd  # noqa: E402
+
+__all__ = [
+    "REGISTRY", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale", "available",
+    "create", "fcfs", "laps_sd", "las", "lp_sjf", "lp_srpt", "mlfq", "parameters", "register",
+    "srpt_oracle",
+]

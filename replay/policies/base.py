@@ -1,0 +1,326 @@
+"""The online scheduling interface that servers drive and the simulator runs.
+
+A server calls, for each request, :meth:`Policy.admit` when it arrives, :meth:`Policy.pick` at
+each round boundary to learn which request runs next, :meth:`Policy.observe` after the round with
+what it produced, and :meth:`Policy.finish` when it completes. That is the whole contract.
+
+The simulator drives the same objects through :meth:`Policy.advance`, which takes a *run* of
+future rounds of the picked request at once and answers how many of them the policy lets run
+before its decision could change (a queue threshold, a stability test, a rival overtaking it).
+The policy consumes those rounds exactly as if they had been observed one by one: ``observe`` is
+``advance`` over a run of length one, and a differential test checks that batched and
+round-by-round replays produce identical schedules.
+
+What a policy may know about a request is a :class:`RequestInfo` (arrival, prompt size, predicted
+length) plus what it observes. The true remaining work is not there; only the oracle receives it,
+through the separate :meth:`Policy.reveal` channel.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from replay.estimate import LengthPrediction
+
+RequestId = Hashable
+Unit = Literal["seconds", "rounds", "tokens"]
+UNITS: tuple[Unit, ...] = ("seconds", "rounds", "tokens")
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What a scheduler may know about a request when it arrives."""
+
+    request_id: RequestId
+    arrival: float = 0.0
+    prompt_tokens: int = 0
+    prediction: LengthPrediction | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceScale:
+    """Typical sizes of the served workload, used to set scale-dependent defaults.
+
+    Parameters
+    ----------
+    round_s
+        Median seconds per round.
+    tokens_per_round
+        Mean tokens appended per round.
+    """
+
+    round_s: float = 0.03
+    tokens_per_round: float = 2.5
+
+    def per_round(self, unit: Unit) -> float:
+        """Service of one typical round, in ``unit``."""
+        return {"seconds": self.round_s, "rounds": 1.0, "tokens": self.tokens_per_round}[unit]
+
+
+class Rounds:
+    """A run of consecutive rounds of one request.
+
+    Holds prefix sums (``cum[i]`` = total over the first ``i`` rounds of the backing arrays)
+    and the slice ``[start, start + n)``; every query is O(1) or O(log n), so offering a long run
+    costs nothing when the policy only takes a few rounds. Times are integer nanoseconds, so
+    sums are exact and independent of how rounds are grouped.
+    """
+
+    __slots__ = ("_cum", "n", "start")
+
+    FIELDS = ("emitted", "drafted", "accepted", "ns")
+
+    def __init__(self, cum: dict[str, np.ndarray], start: int, stop: int) -> None:
+        self._cum = cum
+        self.start = start
+        self.n = stop - start
+
+    @classmethod
+    def single(cls, emitted: int, drafted: int | None, accepted: int, seconds: float) -> Rounds:
+        """One observed round, as a server reports it."""
+        values = {
+            "emitted": int(emitted), "drafted": int(drafted or 0), "accepted": int(accepted),
+            "ns": round(seconds * NS_PER_S),
+        }
+        cum = {k: np.array([0, v], dtype=np.int64) for k, v in values.items()}
+        return cls(cum, 0, 1)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def total(self, field: str, n: int) -> int:
+        """Sum of ``field`` over the first ``n`` rounds (``field='rounds'`` gives ``n``)."""
+        if field == "rounds":
+            return n
+        c = self._cum[field]
+        return int(c[self.start + n] - c[self.start])
+
+    def cumulative(self, field: str, n: int | None = None) -> np.ndarray:
+        """Sums of ``field`` after each of the first ``n`` rounds (length ``n``)."""
+        n = self.n if n is None else n
+        if field == "rounds":
+            return np.arange(1, n + 1, dtype=np.int64)
+        c = self._cum[field]
+        return c[self.start + 1 : self.start + n + 1] - c[self.start]
+
+    def rounds_until(self, field: str, amount: float) -> int:
+        """Fewest rounds whose ``field`` adds up to at least ``amount`` (at least 1).
+
+        Returns ``len(self) + 1`` when the whole run adds up to less.
+        """
+        if field == "rounds":
+            return max(1, math.ceil(amount))
+        c = self._cum[field]
+        s = self.start
+        i = int(np.searchsorted(c[s + 1 : s + self.n + 1], c[s] + amount, side="left")) + 1
+        return i
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What a policy has observed of one admitted request."""
+
+    info: RequestInfo
+    seq: int
+    rounds: int = 0
+    generated: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    service_ns: int = 0
+    key: tuple = ()
+
+    def attained(self, unit: Unit) -> int:
+        """Attained service in ``unit`` (integer: nanoseconds, rounds or tokens)."""
+        if unit == "seconds":
+            return self.service_ns
+        return self.rounds if unit == "rounds" else self.generated
+
+
+#: The Rounds field whose prefix sums measure attained service in each unit.
+UNIT_FIELD: dict[Unit, str] = {"seconds": "ns", "rounds": "rounds", "tokens": "emitted"}
+
+
+def unit_amount(value: float, unit: Unit) -> int:
+    """A service amount in ``unit`` as the integer the policies compare (ns for seconds)."""
+    return round(value * NS_PER_S) if unit == "seconds" else math.ceil(value)
+
+
+class Policy(ABC):
+    """A scheduling policy: an online priority order over admitted requests.
+
+    Subclasses define a priority key per request (smaller runs first; it must end with the
+    request's admission sequence number, which makes keys unique) and how many offered rounds the
+    running request may take before its key could lose to the best waiting one.
+
+    Class attributes
+    ----------------
+    name
+        Registry name.
+    preempts_on_arrival
+        Whether an arrival can take the server from the running request. The simulator only
+        splits runs at arrivals when this is true.
+    needs_prediction
+        Whether :class:`RequestInfo` must carry a :class:`LengthPrediction`.
+    needs_oracle
+        Whether :meth:`reveal` must be called with each request's true service time.
+    """
+
+    name: ClassVar[str]
+    preempts_on_arrival: ClassVar[bool] = True
+    needs_prediction: ClassVar[bool] = False
+    needs_oracle: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._states: dict[RequestId, RequestState] = {}
+        self._heap: list[tuple[tuple, RequestId]] = []
+        self._current: RequestState | None = None
+        self._seq = 0
+
+    # ------------------------------------------------------------------ online API
+    def admit(self, info: RequestInfo) -> None:
+        """A request arrived."""
+        if info.request_id in self._states:
+            raise ValueError(f"request {info.request_id!r} is already admitted")
+        if self.needs_prediction and info.prediction is None:
+            raise ValueError(f"policy {self.name!r} needs a length prediction for each request "
+                             f"(request {info.request_id!r} has none)")
+        st = self._new_state(info, self._seq)
+        self._seq += 1
+        st.key = self._key(st)
+        self._states[info.request_id] = st
+        heapq.heappush(self._heap, (st.key, info.request_id))
+
+    def pick(self) -> RequestId | None:
+        """The request to run next, or ``None`` when nothing waits."""
+        heap, cur = self._heap, self._current
+        self._drop_stale()
+        if cur is None:
+            if not heap:
+                return None
+            cur = self._current = self._states[heapq.heappop(heap)[1]]
+            return cur.info.request_id
+        if heap and heap[0][0] < self._running_key(cur):
+            entry = heapq.heappushpop(heap, (cur.key, cur.info.request_id))
+            cur = self._current = self._states[entry[1]]
+        return cur.info.request_id
+
+    def observe(self, request_id: RequestId, emitted: int, drafted: int | None, accepted: int,
+                seconds: float) -> None:
+        """One round of the running request finished: tokens appended, drafted, accepted, time."""
+        self.advance(request_id, Rounds.single(emitted, drafted, accepted, seconds))
+
+    def advance(self, request_id: RequestId, rounds: Rounds) -> int:
+        """Observe up to ``len(rounds)`` rounds of the running request; return how many ran.
+
+        The policy takes rounds until the first one after which its decision could change, and
+        updates its state with exactly those rounds.
+        """
+        st = self._current
+        if st is None or st.info.request_id != request_id:
+            raise ValueError(f"request {request_id!r} is not the one picked to run")
+        n = self._consume(st, rounds)
+        st.rounds += n
+        st.generated += rounds.total("emitted", n)
+        st.drafted += rounds.total("drafted", n)
+        st.accepted += rounds.total("accepted", n)
+        st.service_ns += rounds.total("ns", n)
+        st.key = self._key(st)
+        return n
+
+    def finish(self, request_id: RequestId) -> None:
+        """The request completed (or was cancelled) and leaves the scheduler."""
+        st = self._states.pop(request_id)
+        if st is self._current:
+            self._current = None
+
+    def order(self, n: int) -> list[RequestId]:
+        """The ``n`` highest-priority requests, best first (for batch sizes above one)."""
+        self._drop_stale()
+        entries = heapq.nsmallest(n, self._heap)
+        if self._current is not None:
+            entries.append((self._running_key(self._current), self._current.info.request_id))
+            entries.sort(key=lambda e: e[0])
+        return [rid for _, rid in entries[:n]]
+
+    def reveal(self, request_id: RequestId, service_s: float) -> None:
+        """Oracle channel: the true total service time of a request (oracle policies only)."""
+        raise TypeError(f"policy {self.name!r} is not an oracle and must not see true service")
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted and not finished."""
+        return len(self._states)
+
+    # ------------------------------------------------------------------ for subclasses
+    def _new_state(self, info: RequestInfo, seq: int) -> RequestState:
+        return RequestState(info, seq)
+
+    @abstractmethod
+    def _key(self, st: RequestState) -> tuple:
+        """Priority key of a request (smaller first); must end with ``st.seq``."""
+
+    def _running_key(self, st: RequestState) -> tuple:
+        """Key of the running request when compared with waiting ones (default: its key)."""
+        return st.key
+
+    @abstractmethod
+    def _consume(self, st: RequestState, rounds: Rounds) -> int:
+        """How many of ``rounds`` the running request takes (1..len); update policy state.
+
+        Called before the base class adds the rounds to ``st``'s counters.
+        """
+
+    def _rival(self) -> tuple | None:
+        """Key of the best waiting request, or ``None``."""
+        self._drop_stale()
+        return self._heap[0][0] if self._heap else None
+
+    def _drop_stale(self) -> None:
+        heap, states = self._heap, self._states
+        while heap:
+            key, rid = heap[0]
+            st = states.get(rid)
+            if st is not None and st.key is key and st is not self._current:
+                return
+            heapq.heappop(heap)
+
+    def describe(self) -> dict[str, Any]:
+        """Name and parameters, for reports."""
+        params = getattr(self, "params", None)
+        out: dict[str, Any] = {"name": self.name}
+        if params is not None:
+            from dataclasses import asdict
+
+            out["params"] = asdict(params)
+        return out
+
+
+def first_true(mask: np.ndarray) -> int:
+    """Index of the first true entry, or ``len(mask)`` when none is."""
+    i = int(np.argmax(mask)) if mask.size else 0
+    return i if mask.size and mask[i] else mask.size
+
+
+def loses_to(rival: tuple, prefix: tuple, x: np.ndarray, seq: int) -> np.ndarray:
+    """Elementwise ``(*prefix_i, x_i, seq) > rival`` for keys of the form ``(..., x, seq)``.
+
+    ``prefix`` items may be scalars or arrays aligned with ``x``; ``rival`` is a key tuple of the
+    same shape.
+    """
+    out = np.zeros(x.shape[0], dtype=bool)
+    undecided = np.ones(x.shape[0], dtype=bool)
+    for mine, theirs in zip((*prefix, x), rival[:-1], strict=True):
+        mine = np.broadcast_to(np.asarray(mine), x.shape)
+        out |= undecided & (mine > theirs)
+        undecided &= mine == theirs
+    out |= undecided & (seq > rival[-1])
+    return out

@@ -1,0 +1,20 @@
+"""First come, first served: arrival order, each request runs to completion."""
+
+from __future__ import annotations
+
+from replay.policies import register
+from replay.policies.base import Policy, RequestState, Rounds
+
+
+@register
+class FCFS(Policy):
+    """Arrival order, non-preemptive. Knows nothing about requests."""
+
+    name = "fcfs"
+    preempts_on_arrival = False
+
+    def _key(self, st: RequestState) -> tuple:
+        return (st.seq,)
+
+    def _consume(self, st: RequestState, rounds: Rounds) -> int:
+        return len(rounds)

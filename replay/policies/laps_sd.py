@@ -1,0 +1,232 @@
+"""LAPS-SD: least attained/perceived service for speculative decoding (Li, Chen, Li; IJCAI 2025).
+
+Specified in the project's design page (``laps-sd.md``); in short:
+
+* ``K`` queues; queue ``j`` (0-based) covers service in ``[Sup_j, Sup_{j+1})`` with ``Sup_0 = 0``
+  and ``Sup_{j+1} = Sup_1 * M**j``; the last queue is unbounded. The highest non-empty queue runs.
+* A new request is *non-perceptible* and joins queue 0. Non-perceptible requests run least attained
+  service first inside their queue, not preempted by peers of their queue, and are demoted when
+  their attained service reaches the queue's bound.
+* After each round the running acceptance rate ``A_hat`` is recorded; a request whose last ``gamma``
+  values have variance at most ``delta`` is *stable* and becomes *perceptible*: its total service
+  ``T_total = L * c / (k A_hat + 1)`` is estimated and it moves to the queue whose band holds it.
+* Perceptible requests run shortest estimated remaining service first, preempting peers, and are
+  re-placed when their estimate leaves their queue's band. Inside a queue perceptible requests go
+  ahead of non-perceptible ones unless ``perceptible_first`` is off.
+
+``k A_hat + 1`` is measured as the request's tokens per round so far and ``c`` as its mean round
+time (in the attained-service unit), so variable draft lengths are handled. When ``g`` passes the
+predicted length, the remaining length comes from the prediction's conditional estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from replay.estimate import window_variance
+from replay.policies import register
+from replay.policies.base import (
+    NS_PER_S,
+    UNIT_FIELD,
+    UNITS,
+    Policy,
+    RequestId,
+    RequestInfo,
+    RequestState,
+    Rounds,
+    TraceScale,
+    Unit,
+    first_true,
+    loses_to,
+    unit_amount,
+)
+
+
+@dataclass(frozen=True)
+class LapsSDParams:
+    """Parameters of :class:`LapsSD` (the names of the design page).
+
+    Parameters
+    ----------
+    K
+        Number of queues (>= 1).
+    sup1
+        First queue bound ``Sup_1`` in ``unit`` (> 0). Default: 16 typical rounds.
+    M
+        Growth factor of the bounds (> 1).
+    gamma
+        Stability window in rounds (>= 2).
+    delta
+        Stability tolerance: largest variance of the running acceptance rate over the window
+        (>= 0).
+    unit
+        Attained-service unit: ``seconds`` of server time, ``rounds`` or ``tokens``.
+    perceptible_first
+        Inside one queue, perceptible requests go ahead of non-perceptible ones.
+    """
+
+    K: int = 4
+    sup1: float = 0.48
+    M: float = 2.0
+    gamma: int = 5
+    delta: float = 1e-3
+    unit: Unit = "seconds"
+    perceptible_first: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.K >= 1, f"K must be >= 1, got {self.K}"),
+            (self.sup1 > 0 and math.isfinite(self.sup1), f"sup1 must be > 0, got {self.sup1}"),
+            (self.M > 1, f"M must be > 1, got {self.M}"),
+            (self.gamma >= 2, f"gamma must be >= 2, got {self.gamma}"),
+            (self.delta >= 0, f"delta must be >= 0, got {self.delta}"),
+            (self.unit in UNITS, f"unit must be one of {UNITS}, got {self.unit!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def with_defaults(cls, scale: TraceScale, **given) -> LapsSDParams:
+        unit = given.get("unit", "seconds")
+        given.setdefault("sup1", 16 * scale.per_round(unit))
+        return cls(**given)
+
+
+class _LapsState(RequestState):
+    __slots__ = ("history", "perceptible", "queue", "t_remaining")
+
+    def __init__(self, info: RequestInfo, seq: int) -> None:
+        super().__init__(info, seq)
+        self.perceptible = False
+        self.queue = 0
+        self.t_remaining = 0.0
+        self.history = np.empty(0)
+
+
+@register
+class LapsSD(Policy):
+    """The LAPS-SD scheduler; see the module docstring."""
+
+    name = "laps-sd"
+    needs_prediction = True
+    Params = LapsSDParams
+
+    def __init__(self, params: LapsSDParams | None = None) -> None:
+        super().__init__()
+        p = self.params = params or LapsSDParams()
+        self._field = UNIT_FIELD[p.unit]
+        self._bounds = np.array(
+            [unit_amount(p.sup1 * p.M**j, p.unit) for j in range(p.K - 1)], dtype=np.int64
+        )
+        self._cls_perceptible, self._cls_new = (0, 1) if p.perceptible_first else (1, 0)
+        #: Estimated total service (seconds) of each request when it became perceptible.
+        self.estimates: dict[RequestId, float] = {}
+        #: Perceptible-time estimates of finished requests.
+        self.finished_estimates: dict[RequestId, float] = {}
+
+    @classmethod
+    def from_config(cls, config) -> LapsSD:
+        """The scheduler a server runs from an exported ``lapsd-config.json``.
+
+        ``config`` is a path or a parsed config; with load bands, use
+        :func:`tune.config.scheduler_from_config`, which picks the band's parameters.
+        """
+        from tune.config import load_config
+
+        cfg = load_config(config) if not isinstance(config, dict) else config
+        return cls(LapsSDParams(**cfg["policy"]["parameters"]))
+
+    def _new_state(self, info: RequestInfo, seq: int) -> RequestState:
+        return _LapsState(info, seq)
+
+    def _key(self, st: _LapsState) -> tuple:
+        if st.perceptible:
+            return (st.queue, self._cls_perceptible, st.t_remaining, st.seq)
+        return (st.queue, self._cls_new, st.attained(self.params.unit), st.seq)
+
+    def _running_key(self, st: _LapsState) -> tuple:
+        if st.perceptible:
+            return st.key
+        # A running non-perceptible request is not preempted by peers of its queue.
+        return (st.queue, self._cls_new, -math.inf, st.seq)
+
+    def _band(self, amount: np.ndarray | int | float) -> np.ndarray:
+        return np.searchsorted(self._bounds, amount, side="right")
+
+    def _per_round_cost(self, service_ns: np.ndarray, rounds: np.ndarray,
+                        tokens_per_round: np.ndarray) -> np.ndarray:
+        """Mean service of one round of this request in the attained-service unit."""
+        unit = self.params.unit
+        if unit == "seconds":
+            return service_ns / rounds
+        return np.ones_like(tokens_per_round) if unit == "rounds" else tokens_per_round
+
+    def _consume(self, st: _LapsState, rounds: Rounds) -> int:
+        if st.perceptible:
+            return self._consume_perceptible(st, rounds)
+        return self._consume_new(st, rounds)
+
+    def _consume_new(self, st: _LapsState, rounds: Rounds) -> int:
+        """Non-perceptible: run until demotion, stability, or the end of the offered run."""
+        p = self.params
+        n = len(rounds)
+        attained = st.attained(p.unit)
+        if st.queue < p.K - 1:
+            n = min(n, rounds.rounds_until(self._field, int(self._bounds[st.queue]) - attained))
+        accepted = st.accepted + rounds.cumulative("accepted", n)
+        drafted = st.drafted + rounds.cumulative("drafted", n)
+        rate = np.divide(accepted, drafted, out=np.zeros(n), where=drafted > 0)
+        stable = window_variance(st.history, rate, p.gamma) <= p.delta
+        i = first_true(stable)
+        if i < n:
+            n = i + 1
+        st.history = np.concatenate((st.history, rate[:n]))[-(p.gamma - 1):]
+        if i < n:
+            st.perceptible = True
+            self._estimate(st, rounds, n, record=True)
+        else:
+            st.queue = int(self._band(attained + rounds.total(self._field, n)))
+        return n
+
+    def _estimate(self, st: _LapsState, rounds: Rounds, n: int, *, record: bool) -> None:
+        """Place a perceptible request after ``n`` more rounds from its estimates."""
+        total_rounds = st.rounds + n
+        generated = st.generated + rounds.total("emitted", n)
+        service_ns = st.service_ns + rounds.total("ns", n)
+        tpr = generated / total_rounds
+        rem_tokens = st.info.prediction.remaining_one(generated)
+        cost = float(self._per_round_cost(np.array([service_ns]), np.array([total_rounds]),
+                                          np.array([tpr]))[0])
+        st.t_remaining = rem_tokens * cost / tpr
+        st.queue = min(int(self._band((generated + rem_tokens) * cost / tpr)), self.params.K - 1)
+        if record:
+            mean_round_s = service_ns / total_rounds / NS_PER_S
+            self.estimates[st.info.request_id] = (generated + rem_tokens) * mean_round_s / tpr
+
+    def _consume_perceptible(self, st: _LapsState, rounds: Rounds) -> int:
+        """Perceptible: run while its estimated key beats the best waiting request."""
+        n = len(rounds)
+        rival = self._rival()
+        if rival is not None:
+            counts = st.rounds + rounds.cumulative("rounds")
+            generated = st.generated + rounds.cumulative("emitted")
+            service_ns = st.service_ns + rounds.cumulative("ns")
+            tpr = generated / counts
+            rem_tokens = st.info.prediction.remaining(generated.astype(np.float64))
+            cost = self._per_round_cost(service_ns, counts, tpr)
+            t_rem = rem_tokens * cost / tpr
+            queue = np.minimum(self._band((generated + rem_tokens) * cost / tpr), self.params.K - 1)
+            i = first_true(loses_to(rival, (queue, self._cls_perceptible), t_rem, st.seq))
+            n = min(i + 1, n)
+        self._estimate(st, rounds, n, record=False)
+        return n
+
+    def finish(self, request_id: RequestId) -> None:
+        super().finish(request_id)
+        est = self.estimates.pop(request_id, None)
+        if est is not None:
+            self.finished_estimates[request_id] = est

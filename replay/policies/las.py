@@ -1,0 +1,54 @@
+"""Least attained service: preemptive at round boundaries, knows only service received."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replay.policies import register
+from replay.policies.base import UNIT_FIELD, UNITS, Policy, RequestState, Rounds, TraceScale, Unit
+
+
+@dataclass(frozen=True)
+class LASParams:
+    """Parameters of :class:`LAS`.
+
+    Parameters
+    ----------
+    unit
+        Attained-service unit: ``seconds`` of server time, ``rounds`` or ``tokens``.
+    """
+
+    unit: Unit = "seconds"
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+
+    @classmethod
+    def with_defaults(cls, scale: TraceScale, **given) -> LASParams:
+        return cls(**given)
+
+
+@register
+class LAS(Policy):
+    """Runs the request with the least attained service; ties go to the earlier arrival."""
+
+    name = "las"
+    Params = LASParams
+
+    def __init__(self, params: LASParams | None = None) -> None:
+        super().__init__()
+        self.params = params or LASParams()
+        self._field = UNIT_FIELD[self.params.unit]
+
+    def _key(self, st: RequestState) -> tuple:
+        return (st.attained(self.params.unit), st.seq)
+
+    def _consume(self, st: RequestState, rounds: Rounds) -> int:
+        rival = self._rival()
+        if rival is None:
+            return len(rounds)
+        # The running request keeps the server while (attained, seq) < rival; attained values
+        # are integers, so "exceeds" is "reaches rival + 1".
+        need = rival[0] - st.attained(self.params.unit) + (1 if st.seq < rival[1] else 0)
+        return min(rounds.rounds_until(self._field, need), len(rounds))

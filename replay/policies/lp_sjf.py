@@ -1,0 +1,21 @@
+"""Shortest predicted job first: the length-prediction-only state of the art, non-preemptive."""
+
+from __future__ import annotations
+
+from replay.policies import register
+from replay.policies.base import Policy, RequestState, Rounds
+
+
+@register
+class LPSJF(Policy):
+    """Orders waiting requests by predicted output length; the running one finishes first."""
+
+    name = "lp-sjf"
+    preempts_on_arrival = False
+    needs_prediction = True
+
+    def _key(self, st: RequestState) -> tuple:
+        return (st.info.prediction.median, st.seq)
+
+    def _consume(self, st: RequestState, rounds: Rounds) -> int:
+        return len(rounds)

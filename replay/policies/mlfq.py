@@ -1,0 +1,128 @@
+"""Multi-level feedback queue in the style of FastServe.
+
+``K`` levels; level ``j`` (0-based) grants a quantum of ``q1 * M**j`` attained service, after which
+the request is demoted to the back of level ``j + 1``; the last level is unbounded. Higher levels
+preempt lower ones at round boundaries; inside a level, requests run in the order they entered it.
+With ``skip_join`` a request enters the highest level whose quantum covers its estimated prefill
+(``prompt_tokens * prefill_s_per_token``), as FastServe does with its first-iteration time; it
+is then demoted when its attained service reaches that level's upper bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from replay.policies import register
+from replay.policies.base import (
+    UNIT_FIELD,
+    UNITS,
+    Policy,
+    RequestInfo,
+    RequestState,
+    Rounds,
+    TraceScale,
+    Unit,
+    unit_amount,
+)
+
+
+@dataclass(frozen=True)
+class MLFQParams:
+    """Parameters of :class:`MLFQ`.
+
+    Parameters
+    ----------
+    K
+        Number of levels (>= 1).
+    q1
+        Quantum of the first level, in ``unit`` (> 0). Default: 8 typical rounds.
+    M
+        Growth of the quantum from one level to the next (>= 1).
+    unit
+        Attained-service unit: ``seconds``, ``rounds`` or ``tokens``.
+    skip_join
+        Enter the level whose quantum covers the estimated prefill time.
+    prefill_s_per_token
+        Prefill seconds per prompt token for ``skip_join``.
+    """
+
+    K: int = 4
+    q1: float = 0.0
+    M: float = 2.0
+    unit: Unit = "seconds"
+    skip_join: bool = False
+    prefill_s_per_token: float = 2e-5
+
+    def __post_init__(self) -> None:
+        if self.K < 1:
+            raise ValueError(f"K must be >= 1, got {self.K}")
+        if self.q1 <= 0:
+            raise ValueError(f"q1 must be > 0, got {self.q1}")
+        if self.M < 1:
+            raise ValueError(f"M must be >= 1, got {self.M}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+
+    @classmethod
+    def with_defaults(cls, scale: TraceScale, **given) -> MLFQParams:
+        unit = given.get("unit", "seconds")
+        given.setdefault("q1", 8 * scale.per_round(unit))
+        return cls(**given)
+
+
+class _MLFQState(RequestState):
+    __slots__ = ("entry", "level")
+
+    def __init__(self, info: RequestInfo, seq: int) -> None:
+        super().__init__(info, seq)
+        self.level = 0
+        self.entry = 0
+
+
+@register
+class MLFQ(Policy):
+    """FastServe-style multi-level feedback queue over attained service."""
+
+    name = "mlfq"
+    Params = MLFQParams
+
+    def __init__(self, params: MLFQParams | None = None) -> None:
+        super().__init__()
+        p = self.params = params or MLFQParams(q1=8 * TraceScale().round_s)
+        self._field = UNIT_FIELD[p.unit]
+        quanta = p.q1 * p.M ** np.arange(p.K - 1)
+        # Level j covers attained service in [bounds[j-1], bounds[j]).
+        self._bounds = np.array([unit_amount(b, p.unit) for b in np.cumsum(quanta)],
+                                dtype=np.int64)
+        self._quanta = quanta
+        self._entries = 0
+
+    def _new_state(self, info: RequestInfo, seq: int) -> RequestState:
+        st = _MLFQState(info, seq)
+        if self.params.skip_join:
+            prefill = info.prompt_tokens * self.params.prefill_s_per_token
+            fits = np.flatnonzero(self._quanta >= prefill)
+            st.level = int(fits[0]) if fits.size else self.params.K - 1
+        st.entry = self._next_entry()
+        return st
+
+    def _next_entry(self) -> int:
+        self._entries += 1
+        return self._entries
+
+    def _key(self, st: RequestState) -> tuple:
+        return (st.level, st.entry, st.seq)
+
+    def _consume(self, st: _MLFQState, rounds: Rounds) -> int:
+        if st.level >= self.params.K - 1:
+            return len(rounds)
+        attained = st.attained(self.params.unit)
+        n = rounds.rounds_until(self._field, int(self._bounds[st.level]) - attained)
+        if n > len(rounds):
+            return len(rounds)
+        after = attained + rounds.total(self._field, n)
+        st.level = max(st.level, int(np.searchsorted(self._bounds, after, side="right")))
+        st.entry = self._next_entry()
+        return n

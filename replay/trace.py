@@ -1,0 +1,445 @@
+"""The trace format: one folder, two Parquet tables and a JSON manifest.
+
+A trace is what every part of lapsd exchanges: collectors and importers write it, the predictor
+trains on it, the simulator replays it. This module is its only owner: the schema, reading with
+polars, validation with precise errors, and atomic writing.
+
+Layout of a trace folder::
+
+    requests.parquet   one row per request
+    rounds.parquet     one row per speculative-decoding round
+    manifest.json      schema version, units, provenance, how times were obtained
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+SCHEMA_VERSION = 1
+
+REQUESTS_FILE = "requests.parquet"
+ROUNDS_FILE = "rounds.parquet"
+MANIFEST_FILE = "manifest.json"
+
+#: Column name -> (polars dtype, nullable). Order is the on-disk order.
+REQUEST_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "request_id": (pl.String(), False),
+    "source": (pl.String(), False),
+    "dataset": (pl.String(), True),
+    "category": (pl.String(), True),
+    "prompt": (pl.String(), True),
+    "prompt_tokens": (pl.Int64(), True),
+    "output_tokens": (pl.Int64(), False),
+    "n_rounds": (pl.Int64(), False),
+    "target_model": (pl.String(), True),
+    "draft_model": (pl.String(), True),
+    "k": (pl.Int64(), True),
+    "finish_reason": (pl.String(), True),
+    "total_s": (pl.Float64(), True),
+    "prefill_s": (pl.Float64(), True),
+}
+
+#: Optional request columns: written by the predictor (``lapsd predict apply``).
+OPTIONAL_REQUEST_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "predicted_tokens": (pl.Float64(), True),
+    "predicted_tokens_p90": (pl.Float64(), True),
+}
+
+ROUND_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "request_id": (pl.String(), False),
+    "round": (pl.Int64(), False),
+    "drafted": (pl.Int64(), True),
+    "accepted": (pl.Int64(), False),
+    "emitted": (pl.Int64(), False),
+    "draft_s": (pl.Float64(), True),
+    "verify_s": (pl.Float64(), True),
+    "round_s": (pl.Float64(), False),
+    "context_tokens": (pl.Int64(), True),
+}
+
+UNITS = {
+    "prompt_tokens": "tokens",
+    "output_tokens": "tokens",
+    "total_s": "seconds",
+    "prefill_s": "seconds",
+    "draft_s": "seconds",
+    "verify_s": "seconds",
+    "round_s": "seconds",
+    "context_tokens": "tokens",
+}
+
+#: How round times were obtained (``manifest["timing"]``).
+TIMING_MODES = ("measured_per_round", "per_turn_mean", "synthetic")
+
+
+class TraceError(ValueError):
+    """A trace that cannot be used, with where the problem is.
+
+    Parameters
+    ----------
+    message
+        What is wrong and how to fix it.
+    path
+        The file the problem is in.
+    column
+        The offending column, when there is one.
+    row
+        The first offending row (0-based), when there is one.
+    """
+
+    def __init__(
+        self, message: str, *, path: Path | str | None = None, column: str | None = None,
+        row: int | None = None,
+    ) -> None:
+        self.path = str(path) if path is not None else None
+        self.column = column
+        self.row = row
+        where = []
+        if self.path:
+            where.append(self.path)
+        if column:
+            where.append(f"column {column!r}")
+        if row is not None:
+            where.append(f"row {row}")
+        prefix = ": ".join([", ".join(where)]) + ": " if where else ""
+        super().__init__(prefix + message)
+
+
+@dataclass
+class Trace:
+    """An in-memory trace: the two tables and the manifest.
+
+    ``requests`` and ``rounds`` follow :data:`REQUEST_COLUMNS` and :data:`ROUND_COLUMNS`;
+    ``rounds`` is sorted by ``request_id`` order of ``requests`` then ``round``.
+    """
+
+    requests: pl.DataFrame
+    rounds: pl.DataFrame
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_requests(self) -> int:
+        return self.requests.height
+
+    @property
+    def n_rounds(self) -> int:
+        return self.rounds.height
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def new_manifest(
+    *, timing: str, sources: list[Path | str] = (), notes: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A manifest with provenance filled in (source files and their hashes, tool version)."""
+    from replay import __version__
+
+    if timing not in TIMING_MODES:
+        raise ValueError(f"timing must be one of {TIMING_MODES}, got {timing!r}")
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "units": UNITS,
+        "timing": timing,
+        "provenance": {
+            "tool": "lapsd",
+            "tool_version": __version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "sources": [{"path": str(p), "sha256": sha256_file(p)} for p in sources],
+        },
+    }
+    if notes:
+        manifest["notes"] = notes
+    manifest.update(extra)
+    return manifest
+
+
+def _conform(df: pl.DataFrame, columns: dict[str, tuple[pl.DataType, bool]],
+             optional: dict[str, tuple[pl.DataType, bool]] | None = None) -> pl.DataFrame:
+    """Add missing nullable columns as nulls and cast to the schema types (for writers)."""
+    exprs = []
+    for name, (dtype, _) in columns.items():
+        if name in df.columns:
+            exprs.append(pl.col(name).cast(dtype))
+        else:
+            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+    for name, (dtype, _) in (optional or {}).items():
+        if name in df.columns:
+            exprs.append(pl.col(name).cast(dtype))
+    return df.select(exprs)
+
+
+def make_trace(requests: pl.DataFrame, rounds: pl.DataFrame, manifest: dict[str, Any]) -> Trace:
+    """Build a validated :class:`Trace` from rows produced by a collector or importer.
+
+    Missing nullable columns are added as nulls; ``n_rounds`` and ``output_tokens`` may be left
+    out of ``requests`` and are then derived from ``rounds``.
+    """
+    derived = rounds.group_by("request_id").agg(
+        pl.len().cast(pl.Int64).alias("_n"), pl.col("emitted").sum().cast(pl.Int64).alias("_out")
+    )
+    requests = requests.join(derived, on="request_id", how="left", maintain_order="left")
+    if "n_rounds" not in requests.columns:
+        requests = requests.with_columns(pl.col("_n").alias("n_rounds"))
+    if "output_tokens" not in requests.columns:
+        requests = requests.with_columns(pl.col("_out").alias("output_tokens"))
+    requests = requests.drop("_n", "_out")
+    trace = Trace(
+        _conform(requests, REQUEST_COLUMNS, OPTIONAL_REQUEST_COLUMNS),
+        _sort_rounds(_conform(rounds, ROUND_COLUMNS), requests["request_id"]),
+        manifest,
+    )
+    validate(trace)
+    return trace
+
+
+def _sort_rounds(rounds: pl.DataFrame, order: pl.Series) -> pl.DataFrame:
+    rank = pl.DataFrame({"request_id": order, "_rank": pl.int_range(order.len(), eager=True)})
+    return (
+        rounds.join(rank, on="request_id", how="left")
+        .sort(["_rank", "round"], nulls_last=True)
+        .drop("_rank")
+    )
+
+
+def _check_schema(df: pl.DataFrame, columns: dict[str, tuple[pl.DataType, bool]],
+                  path: Path | str, optional: dict[str, tuple[pl.DataType, bool]] | None = None,
+                  ) -> None:
+    for name, (dtype, nullable) in {**columns, **(optional or {})}.items():
+        if name not in df.columns:
+            if optional and name in optional:
+                continue
+            raise TraceError(
+                f"missing column (expected {dtype}); the file has {df.columns}",
+                path=path, column=name,
+            )
+        got = df.schema[name]
+        ok = got == dtype or (dtype.is_integer() and got.is_integer()) or (
+            dtype.is_float() and (got.is_float() or got.is_integer())
+        )
+        if not ok:
+            raise TraceError(f"wrong type {got}, expected {dtype}", path=path, column=name)
+        if not nullable:
+            nulls = df[name].is_null()
+            if nulls.any():
+                raise TraceError("null value in a column that must be set", path=path,
+                                 column=name, row=int(nulls.arg_true()[0]))
+
+
+def _first_bad(df: pl.DataFrame, mask: pl.Expr) -> int | None:
+    idx = df.select(mask.fill_null(False).arg_true().first()).item()
+    return None if idx is None else int(idx)
+
+
+def validate(trace: Trace, where: Path | str | None = None) -> None:
+    """Check a trace's schema and invariants; raise :class:`TraceError` at the first problem.
+
+    Invariants: unique request ids, every request has rounds and every round a request,
+    rounds numbered 0..n-1, ``emitted >= 1``, ``0 <= accepted <= drafted`` (when drafted is known),
+    non-negative times, and ``n_rounds``/``output_tokens`` equal to what the rounds add up to.
+    """
+    base = Path(where) if where is not None else Path("<memory>")
+    rq_path, rd_path = base / REQUESTS_FILE, base / ROUNDS_FILE
+    req, rnd = trace.requests, trace.rounds
+    _check_schema(req, REQUEST_COLUMNS, rq_path, OPTIONAL_REQUEST_COLUMNS)
+    _check_schema(rnd, ROUND_COLUMNS, rd_path)
+    if req.height == 0:
+        raise TraceError("the trace has no requests", path=rq_path)
+
+    row = _first_bad(req, pl.col("request_id").is_duplicated())
+    if row is not None:
+        raise TraceError(f"duplicated request_id {req['request_id'][row]!r}", path=rq_path,
+                         column="request_id", row=row)
+
+    checks = [
+        ("emitted", pl.col("emitted") < 1, "emitted must be >= 1 (a round appends a token)"),
+        ("accepted", pl.col("accepted") < 0, "accepted must be >= 0"),
+        ("accepted", pl.col("accepted") > pl.col("drafted"), "accepted > drafted"),
+        ("drafted", pl.col("drafted") < 0, "drafted must be >= 0"),
+        ("round_s", (pl.col("round_s") < 0) | pl.col("round_s").is_nan(),
+         "round_s must be a non-negative number"),
+        ("draft_s", pl.col("draft_s") < 0, "draft_s must be >= 0"),
+        ("verify_s", pl.col("verify_s") < 0, "verify_s must be >= 0"),
+    ]
+    for column, mask, message in checks:
+        row = _first_bad(rnd, mask)
+        if row is not None:
+            raise TraceError(message, path=rd_path, column=column, row=row)
+
+    known = set(req["request_id"].to_list())
+    row = _first_bad(rnd, ~pl.col("request_id").is_in(list(known)))
+    if row is not None:
+        raise TraceError(f"round of unknown request {rnd['request_id'][row]!r}", path=rd_path,
+                         column="request_id", row=row)
+
+    per = rnd.group_by("request_id", maintain_order=True).agg(
+        pl.len().alias("_n"), pl.col("emitted").sum().alias("_out"),
+        pl.col("round").min().alias("_lo"), pl.col("round").max().alias("_hi"),
+        pl.col("round").n_unique().alias("_uniq"),
+    )
+    joined = req.select("request_id", "n_rounds", "output_tokens").join(
+        per, on="request_id", how="left", maintain_order="left"
+    )
+    row = _first_bad(joined, pl.col("_n").is_null())
+    if row is not None:
+        raise TraceError(f"request {req['request_id'][row]!r} has no rounds", path=rq_path,
+                         column="request_id", row=row)
+    row = _first_bad(joined, (pl.col("_lo") != 0) | (pl.col("_hi") != pl.col("_n") - 1)
+                     | (pl.col("_uniq") != pl.col("_n")))
+    if row is not None:
+        raise TraceError(f"rounds of request {req['request_id'][row]!r} are not numbered "
+                         "0..n-1 without gaps or repeats", path=rd_path, column="round")
+    row = _first_bad(joined, pl.col("n_rounds") != pl.col("_n"))
+    if row is not None:
+        raise TraceError(f"n_rounds={joined['n_rounds'][row]} but the rounds table has "
+                         f"{joined['_n'][row]} rounds for this request", path=rq_path,
+                         column="n_rounds", row=row)
+    row = _first_bad(joined, pl.col("output_tokens") != pl.col("_out"))
+    if row is not None:
+        raise TraceError(f"output_tokens={joined['output_tokens'][row]} but its rounds emit "
+                         f"{joined['_out'][row]} tokens", path=rq_path, column="output_tokens",
+                         row=row)
+    if trace.manifest.get("schema_version") != SCHEMA_VERSION:
+        raise TraceError(
+            f"schema_version {trace.manifest.get('schema_version')!r} is not supported "
+            f"(this lapsd reads version {SCHEMA_VERSION})", path=base / MANIFEST_FILE,
+        )
+
+
+def read_trace(path: Path | str) -> Trace:
+    """Read and validate a trace folder.
+
+    Raises
+    ------
+    TraceError
+        When a file is missing or corrupt, or the content breaks the schema or an invariant.
+    """
+    base = Path(path)
+    if not base.is_dir():
+        raise TraceError("not a trace folder (expected a directory with requests.parquet, "
+                         "rounds.parquet and manifest.json)", path=base)
+    manifest_path = base / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise TraceError("missing manifest", path=manifest_path) from None
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"manifest is not valid JSON: {exc}", path=manifest_path) from None
+    tables = []
+    for name in (REQUESTS_FILE, ROUNDS_FILE):
+        p = base / name
+        if not p.exists():
+            raise TraceError("missing table", path=p)
+        try:
+            tables.append(pl.read_parquet(p))
+        except Exception as exc:  # polars raises several error types for corrupt files
+            raise TraceError(f"cannot read Parquet ({type(exc).__name__}: {exc}); the file is "
+                             "corrupt or not Parquet: re-create it", path=p) from None
+    trace = Trace(tables[0], tables[1], manifest)
+    validate(trace, base)
+    return trace
+
+
+def write_trace(trace: Trace, path: Path | str, *, overwrite: bool = False) -> Path:
+    """Validate and write a trace folder atomically.
+
+    The folder is written next to its destination under a temporary name and renamed into place,
+    so readers never see a half-written trace and a crash leaves the old one intact.
+    """
+    validate(trace)
+    dest = Path(path)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest} exists; pass overwrite=True (--force) to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        trace.requests.write_parquet(tmp / REQUESTS_FILE)
+        trace.rounds.write_parquet(tmp / ROUNDS_FILE)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(trace.manifest, indent=2) + "\n")
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file atomically (temporary file in the same folder, then rename)."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def trace_digest(path: Path | str) -> str:
+    """A hash of a trace folder's tables, for provenance in configs and model cards."""
+    base = Path(path)
+    h = hashlib.sha256()
+    for name in (REQUESTS_FILE, ROUNDS_FILE):
+        h.update(sha256_file(base / name).encode())
+    return h.hexdigest()
+
+
+def summarize(trace: Trace) -> dict[str, Any]:
+    """Summary statistics for ``lapsd inspect``: counts and distributions."""
+
+    def dist(s: pl.Series) -> dict[str, float]:
+        s = s.cast(pl.Float64)
+        return {
+            "mean": float(s.mean()), "p10": float(s.quantile(0.1)), "p50": float(s.median()),
+            "p90": float(s.quantile(0.9)), "p99": float(s.quantile(0.99)), "max": float(s.max()),
+        }
+
+    req, rnd = trace.requests, trace.rounds
+    per_req = rnd.group_by("request_id").agg(pl.col("round_s").sum().alias("service_s"))
+    drafted = rnd.filter(pl.col("drafted").is_not_null())
+    out: dict[str, Any] = {
+        "requests": req.height,
+        "rounds": rnd.height,
+        "targets": sorted(x for x in req["target_model"].unique().to_list() if x is not None),
+        "drafts": sorted(x for x in req["draft_model"].unique().to_list() if x is not None),
+        "timing": trace.manifest.get("timing"),
+        "output_tokens": dist(req["output_tokens"]),
+        "rounds_per_request": dist(req["n_rounds"]),
+        "tokens_per_round": dist(rnd["emitted"]),
+        "round_s": dist(rnd["round_s"]),
+        "service_s": dist(per_req["service_s"]),
+        "acceptance_rate": (
+            float(drafted["accepted"].sum() / drafted["drafted"].sum())
+            if drafted.height and drafted["drafted"].sum() > 0 else None
+        ),
+        "categories": dict(
+            req.group_by("category").len().sort("len", descending=True)
+            .select(pl.col("category").fill_null("(none)"), "len").iter_rows()
+        ),
+        "has_predictions": "predicted_tokens" in req.columns,
+    }
+    return out

@@ -1,0 +1,180 @@
+"""Workloads: when requests arrive, which trace requests they replay, and their predictions.
+
+Workload strings (seeded, deterministic)::
+
+    burst:n=30[,seed=0]                         n requests at time 0
+    poisson:load=0.9,n=1000[,seed=0]            Poisson arrivals at `load` x capacity
+    gamma:load=0.9,cv=3,n=1000[,seed=0]         Gamma inter-arrivals (bursty for cv > 1)
+    trace:PATH,load=0.8[,n=...][,seed=0]        a real arrival trace, time-scaled to `load`
+
+``load`` is the offered load relative to the server's capacity at batch size one: the arrival rate
+is ``load / mean service time`` of the trace's requests. Requests are sampled from the trace with
+the seed (with replacement only when more are asked for than the trace has).
+
+Prediction sources (what length-aware policies are told)::
+
+    oracle:sigma=0.5[,seed=0]   true length x lognormal(0, sigma) noise; the belief has that sigma
+    column                      the trace's predicted_tokens (and predicted_tokens_p90) columns
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from replay.engine import TraceArrays, Workload
+from replay.estimate import LengthPrediction
+from replay.importers.arrivals import read_arrivals
+from replay.policies.base import NS_PER_S
+
+KINDS = ("burst", "poisson", "gamma", "trace")
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """A parsed workload string."""
+
+    kind: str
+    n: int | None = None
+    load: float | None = None
+    cv: float = 1.0
+    seed: int = 0
+    path: str | None = None
+
+    @property
+    def text(self) -> str:
+        parts = [] if self.path is None else [self.path]
+        for key in ("load", "cv", "n", "seed"):
+            value = getattr(self, key)
+            if value is None or (key == "cv" and self.kind != "gamma"):
+                continue
+            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+        return f"{self.kind}:{','.join(parts)}"
+
+
+def _split_options(text: str, what: str) -> tuple[str, list[str], dict[str, str]]:
+    kind, _, rest = text.partition(":")
+    positional, options = [], {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        if "=" in item:
+            key, _, value = item.partition("=")
+            options[key.strip()] = value.strip()
+        else:
+            positional.append(item)
+    return kind.strip(), positional, options
+
+
+def parse_workload(text: str) -> WorkloadSpec:
+    """Parse a workload string; errors say which part is wrong and what is expected."""
+    kind, positional, options = _split_options(text, "workload")
+    if kind not in KINDS:
+        raise ValueError(f"workload {text!r}: unknown kind {kind!r}; expected one of "
+                         f"{', '.join(KINDS)} (e.g. 'poisson:load=0.9,n=1000,seed=1')")
+    allowed = {"burst": {"n", "seed"}, "poisson": {"load", "n", "seed"},
+               "gamma": {"load", "cv", "n", "seed"}, "trace": {"load", "n", "seed"}}[kind]
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"workload {text!r}: {kind} takes {sorted(allowed)}, not "
+                         f"{sorted(unknown)}")
+    if (kind == "trace") != bool(positional) or len(positional) > 1:
+        raise ValueError(f"workload {text!r}: only trace: takes a path "
+                         "(trace:PATH,load=0.8)")
+
+    def num(key: str, cast: Callable[[str], Any], default: Any = None, low: float | None = None):
+        if key not in options:
+            return default
+        try:
+            value = cast(options[key])
+        except ValueError:
+            raise ValueError(f"workload {text!r}: {key}={options[key]!r} is not a "
+                             f"{cast.__name__}") from None
+        if low is not None and not value > low:
+            raise ValueError(f"workload {text!r}: {key} must be > {low}, got {value}")
+        return value
+
+    spec = WorkloadSpec(kind=kind, n=num("n", int, None, 0), load=num("load", float, None, 0.0),
+                        cv=num("cv", float, 1.0, 0.0), seed=num("seed", int, 0),
+                        path=positional[0] if positional else None)
+    if kind in ("burst", "poisson", "gamma") and spec.n is None:
+        raise ValueError(f"workload {text!r}: n= is required (number of requests)")
+    if kind != "burst" and spec.load is None:
+        raise ValueError(f"workload {text!r}: load= is required (offered load, e.g. 0.9)")
+    return spec
+
+
+def _arrival_times(spec: WorkloadSpec, mean_service_s: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    if spec.kind == "burst":
+        return np.zeros(spec.n)
+    mean_gap = mean_service_s / spec.load
+    if spec.kind == "poisson":
+        gaps = rng.exponential(mean_gap, spec.n)
+    elif spec.kind == "gamma":
+        shape = 1.0 / spec.cv**2
+        gaps = rng.gamma(shape, mean_gap / shape, spec.n)
+    else:
+        times = read_arrivals(spec.path)
+        if spec.n is not None:
+            times = times[: spec.n]
+        if times.size < 2 or times[-1] <= 0:
+            return np.zeros(times.size)
+        observed_gap = times[-1] / (times.size - 1)
+        return times * (mean_gap / observed_gap)
+    gaps[0] = 0.0
+    return np.cumsum(gaps)
+
+
+def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
+                   predictions: str | Callable[[TraceArrays, np.ndarray], list] | None = None,
+                   ) -> Workload:
+    """Arrival times and sampled requests for ``spec`` over the compiled trace ``arrays``.
+
+    Parameters
+    ----------
+    predictions
+        A prediction-source string (see the module docstring), a callable
+        ``(arrays, index) -> list[LengthPrediction]`` (a trained predictor), or ``None``.
+    """
+    if isinstance(spec, str):
+        spec = parse_workload(spec)
+    rng = np.random.default_rng(spec.seed)
+    mean_service_s = float(arrays.service_ns.mean()) / NS_PER_S
+    times = _arrival_times(spec, mean_service_s, rng)
+    n = times.size
+    index = rng.choice(arrays.n_requests, size=n, replace=n > arrays.n_requests)
+    arrival_ns = np.rint(times * NS_PER_S).astype(np.int64)
+    workload = Workload(spec.text, arrival_ns, index.astype(np.int64))
+    if predictions is not None:
+        workload.predictions = make_predictions(predictions, arrays, workload.index, spec.seed)
+    return workload
+
+
+def make_predictions(source: str | Callable[[TraceArrays, np.ndarray], list],
+                     arrays: TraceArrays, index: np.ndarray, seed: int = 0,
+                     ) -> list[LengthPrediction]:
+    """Length predictions for the trace requests ``index`` from a source (module docstring)."""
+    if callable(source):
+        return list(source(arrays, index))
+    kind, _, options = _split_options(source, "predictions")
+    if kind == "oracle":
+        sigma = float(options.get("sigma", 0.5))
+        if sigma < 0:
+            raise ValueError(f"predictions {source!r}: sigma must be >= 0")
+        rng = np.random.default_rng(int(options.get("seed", seed)) + 7919)
+        true = arrays.output_tokens[index].astype(np.float64)
+        noisy = np.maximum(true * np.exp(sigma * rng.standard_normal(true.size)), 1.0)
+        return [LengthPrediction(float(x), sigma) for x in noisy]
+    if kind == "column":
+        if arrays.predicted is None:
+            raise ValueError("predictions 'column': the trace has no predicted_tokens column; "
+                             "add one with `lapsd predict apply` or use oracle:sigma=...")
+        p50 = arrays.predicted[index]
+        p90 = arrays.predicted_p90[index] if arrays.predicted_p90 is not None else None
+        return [LengthPrediction.from_quantiles(float(p50[i]),
+                                                None if p90 is None else float(p90[i]))
+                for i in range(index.size)]
+    raise ValueError(f"unknown prediction source {source!r}: expected 'oracle:sigma=S', "
+                     "'column', or a predictor model (--predictor)")

@@ -1,0 +1,1 @@
+"""Optuna tuning of LAPS-SD over trace replays, and the exported server config."""
