@@ -19,8 +19,9 @@ from rich.table import Table
 from replay import __version__
 from replay.trace import TraceError
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+#: Tables go to stdout; off a terminal they get a fixed width instead of 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 class CLIError(Exception):
