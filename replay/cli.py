@@ -89,7 +89,7 @@ def cmd_import_specbench(args: argparse.Namespace) -> int:
     from replay.importers.specbench import import_specbench
     from replay.trace import write_trace
 
-    k: int | None | str = "infer"
+    k: int | str | None = "infer"
     if args.k is not None:
         k = None if args.k == "variable" else int(args.k)
     trace, report = import_specbench(

@@ -57,7 +57,7 @@ class LengthPrediction:
         out = self.median - g
         past = out < 1.0
         if past.any():
-            if self.sigma > 0.0:
+            if self.sigma > 1e-9:
                 out[past] = _conditional_mean(np.log(self.median), self.sigma, g[past]) - g[past]
             np.maximum(out, 1.0, out=out)
         return out
@@ -74,7 +74,10 @@ def _conditional_mean(mu: float, sigma: float, g: np.ndarray) -> np.ndarray:
     lg = np.log(np.maximum(g, 1e-12))
     log_num = mu + 0.5 * sigma * sigma + log_ndtr((mu + sigma * sigma - lg) / sigma)
     log_den = log_ndtr((mu - lg) / sigma)
-    return np.exp(log_num - log_den)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = np.exp(log_num - log_den)
+    # Far in the tail both terms underflow; the conditional mean then tends to g itself.
+    return np.where(np.isfinite(mean) & (mean > g), mean, g)
 
 
 def window_variance(history: np.ndarray, new: np.ndarray, gamma: int) -> np.ndarray:
@@ -87,16 +90,18 @@ def window_variance(history: np.ndarray, new: np.ndarray, gamma: int) -> np.ndar
     full = np.concatenate((history[-(gamma - 1):] if gamma > 1 else history[:0], new))
     out = np.full(new.shape[0], np.inf)
     if full.shape[0] >= gamma:
-        windows = np.lib.stride_tricks.sliding_window_view(full, gamma)
-        # Sum column by column: the same additions in the same order whatever the number of
-        # windows (numpy's pairwise reductions would not guarantee that).
-        total = np.zeros(windows.shape[0])
-        for j in range(gamma):
-            total += windows[:, j]
+        rows = full.shape[0] - gamma + 1
+        # Window w is full[w : w + gamma]; its j-th values across windows are full[j : j + rows].
+        # Summing column by column repeats the same additions in the same order whatever the
+        # number of windows (numpy's pairwise reductions would not guarantee that).
+        total = full[0:rows].copy()
+        for j in range(1, gamma):
+            total += full[j : j + rows]
         mean = total / gamma
-        sq = np.zeros(windows.shape[0])
-        for j in range(gamma):
-            d = windows[:, j] - mean
+        d = full[0:rows] - mean
+        sq = d * d
+        for j in range(1, gamma):
+            d = full[j : j + rows] - mean
             sq += d * d
         var = sq / gamma
         # window w ends at full[w + gamma - 1]; new[i] sits at full[offset + i]

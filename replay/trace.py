@@ -262,7 +262,7 @@ def validate(trace: Trace, where: Path | str | None = None) -> None:
     if req.height == 0:
         raise TraceError("the trace has no requests", path=rq_path)
 
-    row = _first_bad(req, pl.col("request_id").is_duplicated())
+    row = _first_bad(req, ~pl.col("request_id").is_first_distinct())
     if row is not None:
         raise TraceError(f"duplicated request_id {req['request_id'][row]!r}", path=rq_path,
                          column="request_id", row=row)

@@ -85,7 +85,7 @@ def _record_problem(rec: dict[str, Any], steps: list[int], tokens: list[int],
 
 
 def import_specbench(files: list[Path | str], questions: Path | str | None = None, *,
-                     k: int | None | str = "infer", target_model: str | None = None,
+                     k: int | str | None = "infer", target_model: str | None = None,
                      draft_model: str | None = None, max_token_mismatch: int = 0,
                      ) -> tuple[Trace, ImportReport]:
     """Convert Spec-Bench answer files to one trace.

@@ -77,7 +77,7 @@ def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy:
 
 
 # Importing the modules registers them, in the order reports list them.
-from replay.policies import fcfs, las, mlfq, lp_sjf, lp_srpt, srpt_oracle, laps_sd  # noqa: E402
+from replay.policies import fcfs, laps_sd, las, lp_sjf, lp_srpt, mlfq, srpt_oracle  # noqa: E402
 
 __all__ = [
     "REGISTRY", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale", "available",

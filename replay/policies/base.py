@@ -35,6 +35,8 @@ UNITS: tuple[Unit, ...] = ("seconds", "rounds", "tokens")
 
 NS_PER_S = 1_000_000_000
 
+_AHEAD_OF_ALL = (-math.inf,)
+
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
@@ -166,8 +168,8 @@ class Policy(ABC):
     name
         Registry name.
     preempts_on_arrival
-        Whether an arrival can take the server from the running request. The simulator only
-        splits runs at arrivals when this is true.
+        Whether the policy is preemptive. A non-preemptive policy keeps the running request
+        until it finishes, and the simulator then never splits runs at arrivals.
     needs_prediction
         Whether :class:`RequestInfo` must carry a :class:`LengthPrediction`.
     needs_oracle
@@ -269,8 +271,11 @@ class Policy(ABC):
         """Priority key of a request (smaller first); must end with ``st.seq``."""
 
     def _running_key(self, st: RequestState) -> tuple:
-        """Key of the running request when compared with waiting ones (default: its key)."""
-        return st.key
+        """Key of the running request when compared with waiting ones.
+
+        Its own key for a preemptive policy; ahead of every key for a non-preemptive one.
+        """
+        return st.key if self.preempts_on_arrival else _AHEAD_OF_ALL
 
     @abstractmethod
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
@@ -319,7 +324,6 @@ def loses_to(rival: tuple, prefix: tuple, x: np.ndarray, seq: int) -> np.ndarray
     out = np.zeros(x.shape[0], dtype=bool)
     undecided = np.ones(x.shape[0], dtype=bool)
     for mine, theirs in zip((*prefix, x), rival[:-1], strict=True):
-        mine = np.broadcast_to(np.asarray(mine), x.shape)
         out |= undecided & (mine > theirs)
         undecided &= mine == theirs
     out |= undecided & (seq > rival[-1])
