@@ -76,7 +76,7 @@ def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy:
     return cls(params_cls.with_defaults(scale or TraceScale(), **params))
 
 
-# Importing the modules registers them, in the order reports list them.
+# Importing the modules registers them.
 from replay.policies import fcfs, laps_sd, las, lp_sjf, lp_srpt, mlfq, srpt_oracle  # noqa: E402
 
 __all__ = [
