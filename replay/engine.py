@@ -13,13 +13,15 @@ change, so a replay costs a few Python calls per scheduling decision rather than
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import polars as pl
 
 from replay.estimate import LengthPrediction
-from replay.policies.base import NS_PER_S, Policy, RequestInfo, Rounds, TraceScale
+from replay.policies.base import NS_PER_S, Policy, PrefixSums, RequestInfo, Rounds, TraceScale
 from replay.trace import Trace
 
 
@@ -65,6 +67,11 @@ class TraceArrays:
     @property
     def n_requests(self) -> int:
         return len(self.request_ids)
+
+    @cached_property
+    def prefix(self) -> PrefixSums:
+        """The prefix sums in the form :class:`Rounds` reads."""
+        return PrefixSums(self.cum)
 
     @classmethod
     def from_trace(cls, trace: Trace) -> TraceArrays:
@@ -210,22 +217,24 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
         raise ValueError(f"policy {policy.name!r} needs length predictions; build the workload "
                          "with predictions (a trace column, a predictor, or the noisy oracle)")
     n_jobs = len(workload)
-    arrival = workload.arrival_ns
     index = workload.index
-    starts = arrays.offsets[index]
-    ends = arrays.offsets[index + 1]
-    pos = starts.copy()
-    prompt_tokens = arrays.prompt_tokens[index]
-    cum = arrays.cum
-    c_ns, c_emitted = cum["ns"], cum["emitted"]
-    completion = np.zeros(n_jobs, dtype=np.int64)
+    # Python lists: scalar indexing and bisect on them are much faster than on numpy arrays.
+    arrival = workload.arrival_ns.tolist()
+    starts = arrays.offsets[index].tolist()
+    ends = arrays.offsets[index + 1].tolist()
+    pos = list(starts)
+    prompt_tokens = arrays.prompt_tokens[index].tolist()
+    service_s = (arrays.service_ns[index] / NS_PER_S).tolist()
+    prefix = arrays.prefix
+    c_ns, c_emitted = prefix.lists["ns"], prefix.lists["emitted"]
+    completion = [0] * n_jobs
     preds = workload.predictions
     oracle = policy.needs_oracle
     preemptive = policy.preempts_on_arrival
     c0_ns = round(switch.c0 * NS_PER_S)
     c1_ns = switch.c1 * NS_PER_S
     admit, pick, advance, finish = policy.admit, policy.pick, policy.advance, policy.finish
-    searchsorted = np.searchsorted
+    may_preempt = policy.arrivals_may_preempt
 
     now = 0
     nxt = 0
@@ -237,35 +246,34 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
     while done < n_jobs:
         while nxt < n_jobs and arrival[nxt] <= now:
             if oracle:
-                policy.reveal(nxt, arrays.service_ns[index[nxt]] / NS_PER_S)
-            admit(RequestInfo(nxt, arrival[nxt] / NS_PER_S, int(prompt_tokens[nxt]),
+                policy.reveal(nxt, service_s[nxt])
+            admit(RequestInfo(nxt, arrival[nxt] / NS_PER_S, prompt_tokens[nxt],
                               None if preds is None else preds[nxt]))
             nxt += 1
         rid = pick()
         if rid is None:
-            now = int(arrival[nxt])
+            now = arrival[nxt]
             continue
         decisions += 1
         if rid != last and last >= 0:
             # The last request was preempted unfinished: its KV cache is swapped out and back.
             preemptions += 1
-            if not switch.free:
-                context = prompt_tokens[last] + (c_emitted[pos[last]] - c_emitted[starts[last]])
-                cost = c0_ns + round(c1_ns * int(context))
+            if c0_ns or c1_ns:
+                context = prompt_tokens[last] + c_emitted[pos[last]] - c_emitted[starts[last]]
+                cost = c0_ns + round(c1_ns * context)
                 switch_ns += cost
                 now += cost
-        a = int(pos[rid])
-        b = int(ends[rid])
+        a = pos[rid]
+        b = ends[rid]
         base = c_ns[a]
-        if preemptive and nxt < n_jobs:
-            # Rounds that start before the next arrival (round 0 starts now, before it).
-            # At least one: the picked request runs a round even if a switch ran past the arrival.
-            b = a + max(1, int(searchsorted(c_ns[a:b], base + (arrival[nxt] - now), side="left")))
+        if preemptive and nxt < n_jobs and may_preempt():
+            # Rounds that start before the next arrival (round 0 starts now, before it); at least
+            # one: the picked request runs a round even if a switch ran past the arrival.
+            b = max(a + 1, bisect_left(c_ns, base + (arrival[nxt] - now), a, b))
         if max_chunk is not None and b - a > max_chunk:
             b = a + max_chunk
-        taken = advance(rid, Rounds(cum, a, b))
-        a += taken
-        now += int(c_ns[a] - base)
+        a += advance(rid, Rounds(prefix, a, b))
+        now += c_ns[a] - base
         pos[rid] = a
         if a == ends[rid]:
             finish(rid)
@@ -279,13 +287,13 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
     return SimResult(
         policy=policy.name,
         workload=workload.name,
-        arrival_ns=arrival.copy(),
-        completion_ns=completion,
+        arrival_ns=workload.arrival_ns.copy(),
+        completion_ns=np.array(completion, dtype=np.int64),
         service_ns=arrays.service_ns[index],
         output_tokens=arrays.output_tokens[index],
         preemptions=preemptions,
         switch_ns=switch_ns,
-        rounds=int((ends - starts).sum()),
+        rounds=int((arrays.offsets[index + 1] - arrays.offsets[index]).sum()),
         decisions=decisions,
         estimates=dict(estimates),
     )

@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Machines are noisy and numba compiles kernels on first use: no per-example deadlines.
+settings.register_profile("lapsd", deadline=None)
+settings.load_profile("lapsd")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 from abc import ABC, abstractmethod
+from bisect import bisect_left
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -68,21 +69,36 @@ class TraceScale:
         return {"seconds": self.round_s, "rounds": 1.0, "tokens": self.tokens_per_round}[unit]
 
 
-class Rounds:
-    """A run of consecutive rounds of one request.
-
-    Holds prefix sums (``cum[i]`` = total over the first ``i`` rounds of the backing arrays)
-    and the slice ``[start, start + n)``; every query is O(1) or O(log n), so offering a long run
-    costs nothing when the policy only takes a few rounds. Times are integer nanoseconds, so
-    sums are exact and independent of how rounds are grouped.
+class PrefixSums:
+    """Prefix sums of per-round values: ``arrays[f][i]`` is the total of ``f`` over rounds
+    ``[0, i)``, for ``f`` in emitted, drafted, accepted and ns (round time in integer
+    nanoseconds). Kept as numpy arrays for vectorised queries and as lists for scalar ones,
+    which are several times faster on single values.
     """
 
-    __slots__ = ("_cum", "n", "start")
+    __slots__ = ("arrays", "lists")
 
     FIELDS = ("emitted", "drafted", "accepted", "ns")
 
-    def __init__(self, cum: dict[str, np.ndarray], start: int, stop: int) -> None:
-        self._cum = cum
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+        self.lists = {k: v.tolist() for k, v in arrays.items()}
+
+
+class Rounds:
+    """A run of consecutive rounds of one request.
+
+    Holds :class:`PrefixSums` and the slice ``[start, start + n)``; every query is O(1) or
+    O(log n), so offering a long run costs nothing when the policy only takes a few rounds.
+    Times are integer nanoseconds, so sums are exact and independent of how rounds are grouped.
+    """
+
+    __slots__ = ("_lists", "arrays", "n", "start")
+
+    def __init__(self, prefix: PrefixSums, start: int, stop: int) -> None:
+        #: The prefix-sum arrays (for compiled kernels, with ``start`` and ``n``).
+        self.arrays = prefix.arrays
+        self._lists = prefix.lists
         self.start = start
         self.n = stop - start
 
@@ -93,8 +109,8 @@ class Rounds:
             "emitted": int(emitted), "drafted": int(drafted or 0), "accepted": int(accepted),
             "ns": round(seconds * NS_PER_S),
         }
-        cum = {k: np.array([0, v], dtype=np.int64) for k, v in values.items()}
-        return cls(cum, 0, 1)
+        return cls(PrefixSums({k: np.array([0, v], dtype=np.int64) for k, v in values.items()}),
+                   0, 1)
 
     def __len__(self) -> int:
         return self.n
@@ -103,15 +119,22 @@ class Rounds:
         """Sum of ``field`` over the first ``n`` rounds (``field='rounds'`` gives ``n``)."""
         if field == "rounds":
             return n
-        c = self._cum[field]
-        return int(c[self.start + n] - c[self.start])
+        c = self._lists[field]
+        return c[self.start + n] - c[self.start]
+
+    def totals(self, n: int) -> tuple[int, int, int, int]:
+        """Sums of emitted, drafted, accepted and ns over the first ``n`` rounds."""
+        s, e = self.start, self.start + n
+        lists = self._lists
+        em, dr, ac, ns = lists["emitted"], lists["drafted"], lists["accepted"], lists["ns"]
+        return em[e] - em[s], dr[e] - dr[s], ac[e] - ac[s], ns[e] - ns[s]
 
     def cumulative(self, field: str, n: int | None = None) -> np.ndarray:
         """Sums of ``field`` after each of the first ``n`` rounds (length ``n``)."""
         n = self.n if n is None else n
         if field == "rounds":
             return np.arange(1, n + 1, dtype=np.int64)
-        c = self._cum[field]
+        c = self.arrays[field]
         return c[self.start + 1 : self.start + n + 1] - c[self.start]
 
     def rounds_until(self, field: str, amount: float) -> int:
@@ -121,10 +144,9 @@ class Rounds:
         """
         if field == "rounds":
             return max(1, math.ceil(amount))
-        c = self._cum[field]
+        c = self._lists[field]
         s = self.start
-        i = int(np.searchsorted(c[s + 1 : s + self.n + 1], c[s] + amount, side="left")) + 1
-        return i
+        return bisect_left(c, c[s] + amount, s + 1, s + self.n + 1) - s
 
 
 @dataclass(slots=True)
@@ -230,11 +252,12 @@ class Policy(ABC):
         if st is None or st.info.request_id != request_id:
             raise ValueError(f"request {request_id!r} is not the one picked to run")
         n = self._consume(st, rounds)
+        emitted, drafted, accepted, ns = rounds.totals(n)
         st.rounds += n
-        st.generated += rounds.total("emitted", n)
-        st.drafted += rounds.total("drafted", n)
-        st.accepted += rounds.total("accepted", n)
-        st.service_ns += rounds.total("ns", n)
+        st.generated += emitted
+        st.drafted += drafted
+        st.accepted += accepted
+        st.service_ns += ns
         st.key = self._key(st)
         return n
 
@@ -252,6 +275,17 @@ class Policy(ABC):
             entries.append((self._running_key(self._current), self._current.info.request_id))
             entries.sort(key=lambda e: e[0])
         return [rid for _, rid in entries[:n]]
+
+    def arrivals_may_preempt(self) -> bool:
+        """Whether a request arriving now could take the server from the running one.
+
+        The simulator splits the offered run at the next arrival only when this is true. A
+        policy that answers false promises that its :meth:`_consume` stops once the running
+        request's key passes :meth:`_arrival_floor`.
+        """
+        floor = self._arrival_floor()
+        cur = self._current
+        return floor is None or cur is None or not self._running_key(cur) < floor
 
     def reveal(self, request_id: RequestId, service_s: float) -> None:
         """Oracle channel: the true total service time of a request (oracle policies only)."""
@@ -283,6 +317,10 @@ class Policy(ABC):
 
         Called before the base class adds the rounds to ``st``'s counters.
         """
+
+    def _arrival_floor(self) -> tuple | None:
+        """A key no larger than that of any request admitted from now on (``None``: unknown)."""
+        return None
 
     def _rival(self) -> tuple | None:
         """Key of the best waiting request, or ``None``."""

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replay.estimate import window_variance
+from replay import kernels
 from replay.policies import register
 from replay.policies.base import (
-    NS_PER_S,
     UNIT_FIELD,
     UNITS,
     Policy,
@@ -39,8 +38,6 @@ from replay.policies.base import (
     Rounds,
     TraceScale,
     Unit,
-    first_true,
-    loses_to,
     unit_amount,
 )
 
@@ -96,15 +93,19 @@ class LapsSDParams:
         return cls(**given)
 
 
+_NO_RIVAL = (0, 0, 0.0, 0)
+
+
 class _LapsState(RequestState):
     __slots__ = ("history", "perceptible", "queue", "t_remaining")
 
-    def __init__(self, info: RequestInfo, seq: int) -> None:
+    def __init__(self, info: RequestInfo, seq: int, gamma: int) -> None:
         super().__init__(info, seq)
         self.perceptible = False
         self.queue = 0
         self.t_remaining = 0.0
-        self.history = np.empty(0)
+        #: Running acceptance rates after the last gamma - 1 rounds, oldest first.
+        self.history = np.zeros(gamma - 1)
 
 
 @register
@@ -119,8 +120,10 @@ class LapsSD(Policy):
         super().__init__()
         p = self.params = params or LapsSDParams()
         self._field = UNIT_FIELD[p.unit]
+        self._unit = {"seconds": kernels.SECONDS, "rounds": kernels.ROUNDS,
+                      "tokens": kernels.TOKENS}[p.unit]
         self._bounds = np.array(
-            [unit_amount(p.sup1 * p.M**j, p.unit) for j in range(p.K - 1)], dtype=np.int64
+            [unit_amount(p.sup1 * p.M**j, p.unit) for j in range(p.K - 1)], dtype=np.float64
         )
         self._cls_perceptible, self._cls_new = (0, 1) if p.perceptible_first else (1, 0)
         #: Estimated total service (seconds) of each request when it became perceptible.
@@ -141,7 +144,7 @@ class LapsSD(Policy):
         return cls(LapsSDParams(**cfg["policy"]["parameters"]))
 
     def _new_state(self, info: RequestInfo, seq: int) -> RequestState:
-        return _LapsState(info, seq)
+        return _LapsState(info, seq, self.params.gamma)
 
     def _key(self, st: _LapsState) -> tuple:
         if st.perceptible:
@@ -154,75 +157,42 @@ class LapsSD(Policy):
         # A running non-perceptible request is not preempted by peers of its queue.
         return (st.queue, self._cls_new, -math.inf, st.seq)
 
-    def _band(self, amount: np.ndarray | int | float) -> np.ndarray:
-        return np.searchsorted(self._bounds, amount, side="right")
-
-    def _per_round_cost(self, service_ns: np.ndarray, rounds: np.ndarray,
-                        tokens_per_round: np.ndarray) -> np.ndarray:
-        """Mean service of one round of this request in the attained-service unit."""
-        unit = self.params.unit
-        if unit == "seconds":
-            return service_ns / rounds
-        return np.ones_like(tokens_per_round) if unit == "rounds" else tokens_per_round
+    def _arrival_floor(self) -> tuple:
+        # Arrivals join queue 0, non-perceptible, with no service and a later sequence number.
+        return (0, self._cls_new, 0, self._seq)
 
     def _consume(self, st: _LapsState, rounds: Rounds) -> int:
-        if st.perceptible:
-            return self._consume_perceptible(st, rounds)
-        return self._consume_new(st, rounds)
-
-    def _consume_new(self, st: _LapsState, rounds: Rounds) -> int:
-        """Non-perceptible: run until demotion, stability, or the end of the offered run."""
         p = self.params
-        n = len(rounds)
-        attained = st.attained(p.unit)
-        if st.queue < p.K - 1:
-            n = min(n, rounds.rounds_until(self._field, int(self._bounds[st.queue]) - attained))
-        accepted = st.accepted + rounds.cumulative("accepted", n)
-        drafted = st.drafted + rounds.cumulative("drafted", n)
-        rate = np.divide(accepted, drafted, out=np.zeros(n), where=drafted > 0)
-        stable = window_variance(st.history, rate, p.gamma) <= p.delta
-        i = first_true(stable)
-        if i < n:
-            n = i + 1
-        st.history = np.concatenate((st.history, rate[:n]))[-(p.gamma - 1):]
-        if i < n:
+        c = rounds.arrays
+        pred = st.info.prediction
+        if not st.perceptible:
+            # Non-perceptible: run until demotion, stability, or the end of the offered run.
+            bound = int(self._bounds[st.queue]) if st.queue < p.K - 1 else -1
+            n, stable = kernels.new_request_run(
+                c["emitted"], c["drafted"], c["accepted"], c["ns"], rounds.start, rounds.n,
+                self._unit, st.attained(p.unit), bound, st.accepted, st.drafted, st.history,
+                st.rounds, p.gamma, p.delta)
+            emitted, _, _, ns = rounds.totals(n)
+            if not stable:
+                st.queue = int(np.searchsorted(self._bounds, st.attained(p.unit)
+                                               + rounds.total(self._field, n), side="right"))
+                return n
             st.perceptible = True
-            self._estimate(st, rounds, n, record=True)
-        else:
-            st.queue = int(self._band(attained + rounds.total(self._field, n)))
-        return n
-
-    def _estimate(self, st: _LapsState, rounds: Rounds, n: int, *, record: bool) -> None:
-        """Place a perceptible request after ``n`` more rounds from its estimates."""
-        total_rounds = st.rounds + n
-        generated = st.generated + rounds.total("emitted", n)
-        service_ns = st.service_ns + rounds.total("ns", n)
-        tpr = generated / total_rounds
-        rem_tokens = st.info.prediction.remaining_one(generated)
-        cost = float(self._per_round_cost(np.array([service_ns]), np.array([total_rounds]),
-                                          np.array([tpr]))[0])
-        st.t_remaining = rem_tokens * cost / tpr
-        st.queue = min(int(self._band((generated + rem_tokens) * cost / tpr)), self.params.K - 1)
-        if record:
-            mean_round_s = service_ns / total_rounds / NS_PER_S
-            self.estimates[st.info.request_id] = (generated + rem_tokens) * mean_round_s / tpr
-
-    def _consume_perceptible(self, st: _LapsState, rounds: Rounds) -> int:
-        """Perceptible: run while its estimated key beats the best waiting request."""
-        n = len(rounds)
+            st.queue, st.t_remaining, _, total_s = kernels.estimate(
+                self._unit, st.rounds + n, st.generated + emitted, st.service_ns + ns,
+                pred.median, pred.sigma, self._bounds)
+            self.estimates[st.info.request_id] = total_s
+            return n
+        # Perceptible: run while its estimated key beats the best waiting request, and any
+        # request that may arrive (see arrivals_may_preempt).
         rival = self._rival()
-        if rival is not None:
-            counts = st.rounds + rounds.cumulative("rounds")
-            generated = st.generated + rounds.cumulative("emitted")
-            service_ns = st.service_ns + rounds.cumulative("ns")
-            tpr = generated / counts
-            rem_tokens = st.info.prediction.remaining(generated.astype(np.float64))
-            cost = self._per_round_cost(service_ns, counts, tpr)
-            t_rem = rem_tokens * cost / tpr
-            queue = np.minimum(self._band((generated + rem_tokens) * cost / tpr), self.params.K - 1)
-            i = first_true(loses_to(rival, (queue, self._cls_perceptible), t_rem, st.seq))
-            n = min(i + 1, n)
-        self._estimate(st, rounds, n, record=False)
+        floor = self._arrival_floor()
+        rival = floor if rival is None or floor < rival else rival
+        n, st.queue, st.t_remaining = kernels.perceptible_run(
+            c["emitted"], c["ns"], rounds.start, rounds.n, self._unit, st.rounds, st.generated,
+            st.service_ns, pred.median, pred.sigma, self._bounds, self._cls_perceptible, st.seq,
+            rival is not None, *_NO_RIVAL if rival is None else
+            (rival[0], rival[1], float(rival[2]), rival[3]))
         return n
 
     def finish(self, request_id: RequestId) -> None:

@@ -7,8 +7,11 @@ so an under-predicted request can be overtaken instead of holding the server.
 
 from __future__ import annotations
 
+from replay import kernels
 from replay.policies import register
-from replay.policies.base import Policy, RequestState, Rounds, first_true, loses_to
+from replay.policies.base import Policy, RequestState, Rounds
+
+_NO_RIVAL = (0.0, 0)
 
 
 @register
@@ -23,7 +26,8 @@ class LPSRPT(Policy):
 
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         rival = self._rival()
-        if rival is None:
-            return len(rounds)
-        remaining = st.info.prediction.remaining(st.generated + rounds.cumulative("emitted"))
-        return min(first_true(loses_to(rival, (), remaining, st.seq)) + 1, len(rounds))
+        pred = st.info.prediction
+        return kernels.srpt_predicted_run(
+            rounds.arrays["emitted"], rounds.start, rounds.n, st.generated, pred.median,
+            pred.sigma, st.seq, rival is not None, *_NO_RIVAL if rival is None else
+            (float(rival[0]), rival[1]))

@@ -115,6 +115,10 @@ class MLFQ(Policy):
     def _key(self, st: RequestState) -> tuple:
         return (st.level, st.entry, st.seq)
 
+    def _arrival_floor(self) -> tuple:
+        # Arrivals enter a level >= 0 behind every request already in it.
+        return (0, self._entries + 1, self._seq)
+
     def _consume(self, st: _MLFQState, rounds: Rounds) -> int:
         if st.level >= self.params.K - 1:
             return len(rounds)

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replay.estimate import LengthPrediction, window_variance
+from replay import kernels
+from replay.estimate import LengthPrediction
 from replay.policies import available, create, parameters
 from replay.policies.base import RequestInfo
 
@@ -84,18 +85,38 @@ def test_only_the_oracle_sees_true_service():
         create("laps-sd").reveal("a", 1.0)
 
 
-@given(st.lists(st.floats(0, 1), min_size=1, max_size=40), st.integers(1, 39),
-       st.integers(2, 8))
-def test_window_variance_does_not_depend_on_batching(values, split, gamma):
-    x = np.array(values)
-    split = min(split, x.size)
-    whole = window_variance(np.empty(0), x, gamma)
-    first = window_variance(np.empty(0), x[:split], gamma)
-    second = window_variance(x[:split], x[split:], gamma)
-    np.testing.assert_array_equal(whole, np.concatenate((first, second)))
-    for i in range(gamma - 1, x.size):
-        assert whole[i] == pytest.approx(np.var(x[i - gamma + 1 : i + 1]), abs=1e-12)
-    assert np.isinf(whole[: gamma - 1]).all()
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.integers(1, 59),
+       st.integers(2, 8), st.sampled_from([0.0, 1e-3, 1e-2]))
+def test_stability_test_does_not_depend_on_batching(accepted, split, gamma, delta):
+    """The stability kernel gives the same answer on a whole run as on the run split in two."""
+    acc = np.array(accepted)
+    c_ac = np.concatenate(([0], np.cumsum(acc)))
+    c_dr = 4 * np.arange(acc.size + 1)
+    c_em = c_ac + np.arange(acc.size + 1)
+    c_ns = 30_000_000 * np.arange(acc.size + 1)
+    h1 = np.zeros(gamma - 1)
+    whole = kernels.new_request_run(c_em, c_dr, c_ac, c_ns, 0, acc.size, kernels.ROUNDS, 0, -1,
+                                    0, 0, h1, 0, gamma, delta)
+    h2 = np.zeros(gamma - 1)
+    split = min(split, acc.size)
+    first = kernels.new_request_run(c_em, c_dr, c_ac, c_ns, 0, split, kernels.ROUNDS, 0, -1, 0,
+                                    0, h2, 0, gamma, delta)
+    if first[1] or first[0] == acc.size:
+        parts = first
+    else:
+        n = first[0]
+        second = kernels.new_request_run(c_em, c_dr, c_ac, c_ns, n, acc.size - n, kernels.ROUNDS,
+                                         n, -1, int(c_ac[n]), int(c_dr[n]), h2, n, gamma, delta)
+        parts = (n + second[0], second[1])
+    assert parts == whole
+    np.testing.assert_array_equal(h1, h2)
+    # And it is the variance of the running acceptance rates, as specified.
+    rates = c_ac[1:] / c_dr[1:]
+    taken, stable = whole
+    if stable:
+        assert np.var(rates[taken - gamma : taken]) <= delta + 1e-12
+    for end in range(gamma, taken):
+        assert np.var(rates[end - gamma : end]) > delta - 1e-12
 
 
 @given(st.floats(1, 5000), st.floats(0, 2), st.integers(0, 20000))

@@ -1,0 +1,199 @@
+"""Compiled inner loops of the policies (numba).
+
+Each kernel walks the rounds a policy is offered, one by one, and stops at the first round after
+which the policy's decision could change. A server that reports one round at a time goes through
+the very same kernel with a run of length one, so the arithmetic is identical whichever way the
+rounds arrive; the differential tests check that bit for bit.
+
+Round data are prefix sums (``c[i]`` = total over rounds ``[0, i)``) of integer values, so every
+running total is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+#: Attained-service units as kernel codes.
+SECONDS, ROUNDS, TOKENS = 0, 1, 2
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@njit(cache=True)
+def log_ndtr(x: float) -> float:
+    """``log Phi(x)`` of the standard normal, accurate far into the lower tail."""
+    if x > -20.0:
+        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+    # Asymptotic expansion of the Mills ratio for very negative x.
+    x2 = x * x
+    series = 1.0 - 1.0 / x2 + 3.0 / (x2 * x2) - 15.0 / (x2 * x2 * x2)
+    return -0.5 * x2 - _LOG_SQRT_2PI - math.log(-x) + math.log(series)
+
+
+@njit(cache=True)
+def remaining_tokens(median: float, sigma: float, generated: float) -> float:
+    """Expected tokens still to come after ``generated``, never below 1.
+
+    Before the median: ``median - g`` (the paper's ``max(L_hat - g, 1)``). Past it, under the
+    log-normal belief ``log L ~ N(log median, sigma)``, the conditional mean ``E[L | L > g] - g``
+    (which tends to 0 far in the tail, where the floor of one token applies).
+    """
+    rem = median - generated
+    if rem >= 1.0:
+        return rem
+    if sigma > 1e-9:
+        mu = math.log(median)
+        lg = math.log(max(generated, 1e-12))
+        log_num = mu + 0.5 * sigma * sigma + log_ndtr((mu + sigma * sigma - lg) / sigma)
+        log_den = log_ndtr((mu - lg) / sigma)
+        cond = math.exp(log_num - log_den) if log_den > -700.0 else generated
+        if math.isfinite(cond) and cond > generated:
+            rem = cond - generated
+    return max(rem, 1.0)
+
+
+@njit(cache=True)
+def _unit_total(unit: int, c_em: np.ndarray, c_ns: np.ndarray, start: int, i: int) -> int:
+    if unit == SECONDS:
+        return c_ns[start + i] - c_ns[start]
+    if unit == ROUNDS:
+        return i
+    return c_em[start + i] - c_em[start]
+
+
+@njit(cache=True)
+def window_var(window: np.ndarray, gamma: int) -> float:
+    """Variance of ``window[:gamma]``, summed left to right (a fixed order of additions)."""
+    total = 0.0
+    for j in range(gamma):
+        total += window[j]
+    mean = total / gamma
+    sq = 0.0
+    for j in range(gamma):
+        d = window[j] - mean
+        sq += d * d
+    return sq / gamma
+
+
+@njit(cache=True)
+def new_request_run(c_em, c_dr, c_ac, c_ns, start, n, unit, attained0, bound, accepted0,
+                    drafted0, history, seen0, gamma, delta):
+    """LAPS-SD, non-perceptible request: run until demotion, stability, or ``n`` rounds.
+
+    ``history`` holds the running acceptance rates after the request's last ``gamma - 1``
+    rounds (oldest first; only the last ``min(seen0, gamma - 1)`` are valid, ``seen0`` being the
+    rounds run so far); it is updated in place. ``bound`` < 0 means no demotion (last queue).
+
+    Returns
+    -------
+    (taken, stable)
+    """
+    window = np.empty(gamma)
+    keep = gamma - 1
+    for i in range(n):
+        accepted = accepted0 + c_ac[start + i + 1] - c_ac[start]
+        drafted = drafted0 + c_dr[start + i + 1] - c_dr[start]
+        rate = accepted / drafted if drafted > 0 else 0.0
+        seen = seen0 + i + 1
+        if seen >= gamma:
+            for j in range(keep):
+                window[j] = history[j]
+            window[keep] = rate
+            if window_var(window, gamma) <= delta:
+                _push(history, rate)
+                return i + 1, True
+        _push(history, rate)
+        if bound >= 0 and attained0 + _unit_total(unit, c_em, c_ns, start, i + 1) >= bound:
+            return i + 1, False
+    return n, False
+
+
+@njit(cache=True)
+def _push(history: np.ndarray, value: float) -> None:
+    for j in range(history.shape[0] - 1):
+        history[j] = history[j + 1]
+    if history.shape[0] > 0:
+        history[history.shape[0] - 1] = value
+
+
+@njit(cache=True)
+def _band(bounds: np.ndarray, value: float) -> int:
+    """Index of the queue whose band holds ``value`` (bounds are the upper edges)."""
+    q = 0
+    while q < bounds.shape[0] and bounds[q] <= value:
+        q += 1
+    return q
+
+
+@njit(cache=True)
+def estimate(unit, rounds, generated, service_ns, median, sigma, bounds):
+    """LAPS-SD's estimates after ``rounds`` rounds: (queue, T_remaining, T_total, T_total_s).
+
+    ``T = tokens * c / (k A_hat + 1)``, with ``k A_hat + 1`` the observed tokens per round and
+    ``c`` the mean round cost in the unit (seconds: measured mean round time; rounds: 1;
+    tokens: the tokens per round, so that T is in tokens).
+    """
+    tpr = generated / rounds
+    mean_ns = service_ns / rounds
+    if unit == SECONDS:
+        cost = mean_ns
+    elif unit == ROUNDS:
+        cost = 1.0
+    else:
+        cost = tpr
+    rem = remaining_tokens(median, sigma, float(generated))
+    t_rem = rem * cost / tpr
+    t_total = (generated + rem) * cost / tpr
+    return _band(bounds, t_total), t_rem, t_total, (generated + rem) * (mean_ns / 1e9) / tpr
+
+
+@njit(cache=True)
+def perceptible_run(c_em, c_ns, start, n, unit, rounds0, generated0, service0, median, sigma,
+                    bounds, cls, seq, has_rival, r_queue, r_cls, r_x, r_seq):
+    """LAPS-SD, perceptible request: run while its key ``(queue, cls, T_rem, seq)`` stays ahead
+    of the rival's; return (taken, queue, T_rem) after the rounds taken."""
+    queue, t_rem = 0, 0.0
+    for i in range(n):
+        queue, t_rem, _, _ = estimate(
+            unit, rounds0 + i + 1, generated0 + c_em[start + i + 1] - c_em[start],
+            service0 + c_ns[start + i + 1] - c_ns[start], median, sigma, bounds)
+        if has_rival and _after(queue, cls, t_rem, seq, r_queue, r_cls, r_x, r_seq):
+            return i + 1, queue, t_rem
+    return n, queue, t_rem
+
+
+@njit(cache=True)
+def _after(q, c, x, s, rq, rc, rx, rs) -> bool:
+    """Whether key ``(q, c, x, s)`` sorts after ``(rq, rc, rx, rs)``."""
+    if q != rq:
+        return q > rq
+    if c != rc:
+        return c > rc
+    if x != rx:
+        return x > rx
+    return s > rs
+
+
+@njit(cache=True)
+def srpt_predicted_run(c_em, start, n, generated0, median, sigma, seq, has_rival, r_x, r_seq):
+    """lp-srpt: run while ``(remaining predicted tokens, seq)`` stays ahead of the rival's."""
+    if not has_rival:
+        return n
+    for i in range(n):
+        rem = remaining_tokens(median, sigma, float(generated0 + c_em[start + i + 1]
+                                                    - c_em[start]))
+        if rem > r_x or (rem == r_x and seq > r_seq):
+            return i + 1
+    return n
+
+
+@njit(cache=True)
+def remaining_many(median: float, sigma: float, generated: np.ndarray) -> np.ndarray:
+    """:func:`remaining_tokens` for each value of ``generated``."""
+    out = np.empty(generated.shape[0])
+    for i in range(generated.shape[0]):
+        out[i] = remaining_tokens(median, sigma, float(generated[i]))
+    return out
