@@ -187,7 +187,8 @@ class LapsSD(Policy):
         # request that may arrive (see arrivals_may_preempt).
         rival = self._rival()
         floor = self._arrival_floor()
-        rival = floor if rival is None or floor < rival else rival
+        if st.key < floor and (rival is None or floor < rival):
+            rival = floor
         n, st.queue, st.t_remaining = kernels.perceptible_run(
             c["emitted"], c["ns"], rounds.start, rounds.n, self._unit, st.rounds, st.generated,
             st.service_ns, pred.median, pred.sigma, self._bounds, self._cls_perceptible, st.seq,
