@@ -1,9 +1,179 @@
-"""`lapsd` subcommands of the tune package."""
+"""`lapsd` subcommands of the tune package: ``tune`` and ``report``."""
 
 from __future__ import annotations
 
 import argparse
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tune.objective import Suite
+from tune.run import DEFAULT_BAND_LIMITS, DEFAULT_BAND_TRIALS, DEFAULT_TRIALS
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    if text in ("", "none"):
+        return ()
+    return tuple(int(x) for x in text.split(","))
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+class _Bar:
+    """A rich progress bar per study with the best objective value so far."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from replay.cli import console
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), console=console,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, label: str, done: int, total: int, best: float | None) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(label, total=total, best="-")
+        self.progress.update(self.tasks[label], completed=done,
+                             best="-" if best is None else f"{best:.4f}")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from replay.cli import console, out, write_json
+    from replay.trace import read_trace
+    from tune.context import TuneSpec
+    from tune.run import RunOptions, run_tune
+
+    predictions = args.predictions
+    if predictions is None:
+        has_column = all("predicted_tokens" in read_trace(t).requests.columns
+                         for t in args.traces)
+        predictions = "column" if has_column else "oracle:sigma=0.5"
+    suite = Suite(bursts=_ints(args.bursts), loads=_floats(args.loads), poisson_n=args.poisson_n,
+                  seeds=_ints(args.seeds))
+    spec = TuneSpec(
+        traces=tuple(str(Path(t)) for t in args.traces), suite=suite, holdout=args.holdout,
+        seed=args.seed, second_objective=args.second_objective, predictions=predictions,
+        predictor=None if args.predictor is None else str(args.predictor),
+        c0=args.c0, c1=args.c1,
+    )
+    opts = RunOptions(
+        out=args.out, n_trials=args.trials, workers=args.workers, storage_url=args.storage,
+        study=args.study, band_limits=_ints(args.bands), band_trials=args.band_trials,
+        heartbeat=args.heartbeat, grace=args.grace,
+    )
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    bar = _Bar()
+    with bar.progress:
+        summary = run_tune(spec, opts, bar)
+    if args.json:
+        write_json(args.json, summary)
+        if args.json == "-":
+            return 0
+    _print_summary(summary, out)
+    console.print(f"elapsed {summary['elapsed_s']:.1f} s; config {summary['config']}; report "
+                  f"{summary['report']}", highlight=False)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], out: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"held-out ({len(summary['heldout_workloads'])} workloads per trace)")
+    for col in ("policy", "mean s", "p99 s", "mean/srpt"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, m in summary["heldout"].items():
+        table.add_row(name, f"{m['mean_s']:.3f}", f"{m['p99_s']:.3f}", f"{m['norm_mean']:.3f}")
+    out.print(table)
+    banded = summary["banded_objective"]
+    out.print(f"best trial {summary['best_trial']}: tuning objective "
+              f"{summary['tuning_objective']:.4f}"
+              + ("" if banded is None else
+                 f"; load bands {banded:.4f} ("
+                 f"{'exported' if summary['bands_exported'] else 'not exported: no gain'})"))
+    out.print(f"parameters: {summary['parameters']}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from replay.cli import console
+    from tune.report import write_report
+
+    path = write_report(args.out_dir, args.storage)
+    console.print(f"wrote {path}")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `lapsd` parser."""
+    d = Suite()
+    p = subparsers.add_parser(
+        "tune", help="tune LAPS-SD on traces and export lapsd-config.json",
+        description="Search LAPS-SD's parameters with Optuna (seeded TPE) on trace replays, "
+                    "compare the result with every baseline on held-out prompts, and export "
+                    "lapsd-config.json and report.html. Re-running the same command continues "
+                    "an interrupted run.",
+    )
+    p.add_argument("traces", nargs="+", type=Path, metavar="TRACE_DIR", help="trace folders")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                   help=f"target number of trials of the single-set study "
+                        f"(default {DEFAULT_TRIALS})")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (default 1: reproducible; more: faster)")
+    p.add_argument("--storage", help="RDB URL shared by workers on several machines, e.g. "
+                                     "postgresql://user:pass@host/db (default: a journal file "
+                                     "in --out)")
+    p.add_argument("--study", default="lapsd", help="study name (default lapsd)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and split seed (default 0)")
+    p.add_argument("--second-objective", choices=["p99"],
+                   help="also minimise p99 latency; exports the Pareto front")
+    p.add_argument("--predictor", type=Path, help="trained length predictor (.skops)")
+    p.add_argument("--predictions", help="prediction source without --predictor: column or "
+                                         "oracle:sigma=S (default: column if every trace has "
+                                         "one, else oracle:sigma=0.5)")
+    p.add_argument("--c0", type=float, default=0.0, help="switch cost, seconds per preemption")
+    p.add_argument("--c1", type=float, default=0.0,
+                   help="switch cost, seconds per context token of the preempted request")
+    p.add_argument("--holdout", type=float, default=0.3,
+                   help="fraction of prompts held out (default 0.3)")
+    p.add_argument("--bursts", default=",".join(map(str, d.bursts)),
+                   help="burst sizes of the suite (default %(default)s; 'none' for none)")
+    p.add_argument("--loads", default=",".join(f"{x:g}" for x in d.loads),
+                   help="Poisson loads of the suite (default %(default)s)")
+    p.add_argument("--poisson-n", type=int, default=d.poisson_n,
+                   help="requests per Poisson workload (default %(default)s)")
+    p.add_argument("--seeds", default=",".join(map(str, d.seeds)),
+                   help="workload seeds (default %(default)s)")
+    p.add_argument("--bands", default=",".join(map(str, DEFAULT_BAND_LIMITS)),
+                   help="load bands: largest number of waiting requests of each band but the "
+                        "last (default %(default)s; 'none': one parameter set)")
+    p.add_argument("--band-trials", type=int, default=DEFAULT_BAND_TRIALS,
+                   help="trials per band study (default %(default)s)")
+    p.add_argument("--heartbeat", type=int, default=10,
+                   help="RDB heartbeat interval, seconds (default 10)")
+    p.add_argument("--grace", type=int, default=30,
+                   help="RDB seconds without heartbeat before a trial is retried (default 30)")
+    p.add_argument("--json", metavar="OUT", help="write the summary as JSON ('-': stdout)")
+    p.set_defaults(func=cmd_tune)
+
+    p = subparsers.add_parser("report", help="write report.html of a tuning run",
+                              description="Write OUT_DIR/report.html: one self-contained page "
+                                          "with the study's and the held-out comparison's "
+                                          "plots.")
+    p.add_argument("out_dir", type=Path, help="output folder of `lapsd tune`")
+    p.add_argument("--storage", help="RDB URL when the study is not in the folder's journal")
+    p.set_defaults(func=cmd_report)

@@ -21,6 +21,7 @@ predicted length, the remaining length comes from the prediction's conditional e
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -118,7 +119,14 @@ class LapsSD(Policy):
 
     def __init__(self, params: LapsSDParams | None = None) -> None:
         super().__init__()
-        p = self.params = params or LapsSDParams()
+        self._configure(params or LapsSDParams())
+        #: Estimated total service (seconds) of each request when it became perceptible.
+        self.estimates: dict[RequestId, float] = {}
+        #: Perceptible-time estimates of finished requests.
+        self.finished_estimates: dict[RequestId, float] = {}
+
+    def _configure(self, p: LapsSDParams) -> None:
+        self.params = p
         self._field = UNIT_FIELD[p.unit]
         self._unit = {"seconds": kernels.SECONDS, "rounds": kernels.ROUNDS,
                       "tokens": kernels.TOKENS}[p.unit]
@@ -126,10 +134,34 @@ class LapsSD(Policy):
             [unit_amount(p.sup1 * p.M**j, p.unit) for j in range(p.K - 1)], dtype=np.float64
         )
         self._cls_perceptible, self._cls_new = (0, 1) if p.perceptible_first else (1, 0)
-        #: Estimated total service (seconds) of each request when it became perceptible.
-        self.estimates: dict[RequestId, float] = {}
-        #: Perceptible-time estimates of finished requests.
-        self.finished_estimates: dict[RequestId, float] = {}
+
+    def set_params(self, params: LapsSDParams) -> None:
+        """Switch to ``params`` and re-place every admitted request under them.
+
+        Each request keeps what was observed of it; a non-perceptible one goes to the queue
+        whose band holds its attained service, a perceptible one gets its estimate and queue
+        recomputed. ``gamma`` must not change: the acceptance history each request carries is
+        a window of that length.
+        """
+        if params.gamma != self.params.gamma:
+            raise ValueError(f"set_params cannot change gamma ({self.params.gamma} -> "
+                             f"{params.gamma})")
+        self._configure(params)
+        heap = []
+        for rid, st in self._states.items():
+            if st.perceptible:
+                pred = st.info.prediction
+                st.queue, st.t_remaining, _, _ = kernels.estimate(
+                    self._unit, st.rounds, st.generated, st.service_ns, pred.median, pred.sigma,
+                    self._bounds)
+            else:
+                st.queue = int(np.searchsorted(self._bounds, st.attained(params.unit),
+                                               side="right"))
+            st.key = self._key(st)
+            if st is not self._current:
+                heap.append((st.key, rid))
+        heapq.heapify(heap)
+        self._heap = heap
 
     @classmethod
     def from_config(cls, config) -> LapsSD:
@@ -187,7 +219,7 @@ class LapsSD(Policy):
         # request that may arrive (see arrivals_may_preempt).
         rival = self._rival()
         floor = self._arrival_floor()
-        if st.key < floor and (rival is None or floor < rival):
+        if floor is not None and st.key < floor and (rival is None or floor < rival):
             rival = floor
         n, st.queue, st.t_remaining = kernels.perceptible_run(
             c["emitted"], c["ns"], rounds.start, rounds.n, self._unit, st.rounds, st.generated,

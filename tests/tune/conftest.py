@@ -1,0 +1,53 @@
+"""Fixtures of the tune tests: a tiny suite and one small finished tuning run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tune.context import TuneSpec
+from tune.objective import Suite
+from tune.run import RunOptions, run_tune
+from tune.study import FINISHED, SURPLUS, _retried_numbers
+
+ROOT = Path(__file__).resolve().parents[2]
+TRACE = ROOT / "examples" / "specbench-vicuna7b-eagle"
+
+#: Small enough that a trial takes a fraction of a second.
+TINY_SUITE = Suite(bursts=(10,), loads=(0.7,), poisson_n=60, seeds=(1,))
+TINY_ARGS = ["--bursts", "10", "--loads", "0.7", "--poisson-n", "60", "--seeds", "1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> TuneSpec:
+    return TuneSpec(traces=(str(TRACE),), suite=TINY_SUITE)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_spec: TuneSpec) -> dict[str, Any]:
+    """A finished run with load bands: 5 trials, then 2 per band."""
+    out = tmp_path_factory.mktemp("tiny-run")
+    return run_tune(tiny_spec, RunOptions(out=out, n_trials=5, band_limits=(4,), band_trials=2))
+
+
+def check_accounted(study: optuna.Study, target: int) -> None:
+    """Exactly ``target`` finished trials; every other trial failed and was retried, is a
+    surplus trial, or failed before sampling parameters; nothing left running or waiting; no
+    parameter set finished twice."""
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == target
+    retried = _retried_numbers(trials)
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            # Retried, surplus, or killed before it sampled anything (nothing to retry).
+            assert (t.number in retried or t.user_attrs.get("lapsd") == SURPLUS
+                    or not t.params), t
+        else:
+            assert t.state in FINISHED, t
+    keys = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(keys)) == len(keys)

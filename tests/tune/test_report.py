@@ -1,0 +1,108 @@
+"""The HTML report, loaded in a real headless Chromium: no console errors, plots rendered."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tune.report import write_report
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(n)), None)
+
+
+def _chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    assert CHROMIUM is not None
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=10000", "--window-size=1200,3000", *extra, page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode an 8-bit RGB/RGBA PNG (what Chromium writes) into an array (rows, cols, chans)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    assert header is not None
+    width, height, depth, color = header[:4]
+    assert depth == 8 and color in (2, 6), header
+    chans = 3 if color == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = width * chans
+    img = np.zeros((height, stride), dtype=np.int32)
+    prev = np.zeros(stride, dtype=np.int32)
+    for y in range(height):
+        ftype = raw[y * (stride + 1)]
+        line = np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int32)
+        if ftype == 0:
+            cur = line
+        elif ftype == 2:
+            cur = (line + prev) & 0xFF
+        else:  # Sub, Average, Paeth depend on the left pixel: decode byte by byte.
+            cur = np.zeros(stride, dtype=np.int32)
+            for i in range(stride):
+                a = cur[i - chans] if i >= chans else 0
+                b, c = prev[i], (prev[i - chans] if i >= chans else 0)
+                if ftype == 1:
+                    pred = a
+                elif ftype == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                cur[i] = (line[i] + pred) & 0xFF
+        img[y] = cur
+        prev = cur
+    return img.reshape(height, width, chans)
+
+
+def test_report_is_self_contained(tiny_run: dict[str, Any]) -> None:
+    page = Path(tiny_run["report"]).read_text()
+    assert page.count("window.PlotlyConfig") == 1  # plotly.js inline, once
+    assert "<script src=" not in page and "<link " not in page  # nothing fetched
+    assert len(re.findall(r'class="plotly-graph-div"', page)) >= 5
+
+
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="Chromium is not installed (Debian package `chromium`; CI installs it)")
+def test_report_renders_in_chromium(tiny_run: dict[str, Any], tmp_path: Path) -> None:
+    page = write_report(tiny_run["out"])
+    n_plots = len(re.findall(r'class="plotly-graph-div"', page.read_text()))
+
+    dom = _chromium(page, tmp_path / "profile-dom", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line or ":ERROR:" in line], console
+    assert "Uncaught" not in dom.stderr, dom.stderr[-2000:]
+    # Plotly draws each plot as <svg class="main-svg"> inside its div once it has rendered.
+    assert dom.stdout.count('class="main-svg"') >= n_plots >= 5
+
+    shot = tmp_path / "shot.png"
+    res = _chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}")
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    pixels = read_png(shot)[..., :3].astype(np.float64)
+    assert pixels.std() > 10, "the screenshot is blank"
+    # Plot traces are coloured; a page of text only would be grey levels.
+    colour = np.abs(pixels[..., 0] - pixels[..., 2]) > 40
+    assert colour.mean() > 0.001

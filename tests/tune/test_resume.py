@@ -1,0 +1,66 @@
+"""Resumable journal: kill a run, re-run the same command, and no trial is lost or repeated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tune.run import JOURNAL_FILE
+from tune.study import FINISHED, StorageSpec
+
+from .conftest import TINY_ARGS, TRACE, check_accounted
+
+TARGET = 8
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "replay.cli", "tune", str(TRACE), "--out", str(out),
+            "--trials", str(TARGET), "--bands", "none", *TINY_ARGS]
+
+
+def _study(out: Path) -> optuna.Study:
+    storage = StorageSpec(str(out / JOURNAL_FILE)).open()
+    return optuna.load_study(study_name="lapsd", storage=storage)
+
+
+def _finished(out: Path) -> int:
+    if not (out / JOURNAL_FILE).exists():
+        return 0
+    try:
+        return len(_study(out).get_trials(states=FINISHED))
+    except KeyError:  # the study is not created yet
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_to_exact_count(tmp_path: Path, sig: signal.Signals) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_command(out), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _finished(out) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the first run made no progress"
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)  # the whole group: the command and its worker process
+    proc.wait(timeout=60)
+    interrupted = _finished(out)
+    assert interrupted < TARGET, "the run finished before it could be interrupted"
+
+    rerun = subprocess.run(_command(out), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = _study(out)
+    check_accounted(study, TARGET)
+    assert study.trials[0].params["K"] == 4  # the design defaults were the first trial
+    total = len(study.trials)
+
+    # A completed run re-run does nothing more.
+    subprocess.run(_command(out), check=True, capture_output=True, timeout=300)
+    assert len(_study(out).trials) == total

@@ -1,0 +1,325 @@
+"""Optuna studies: storage, resumption, worker processes, and an exact trial count.
+
+Storage
+    By default a journal file (``study.journal``) in the output folder: append-only, safe for
+    several processes on one machine, and resumable. With ``--storage postgresql://...`` the
+    study lives in Optuna's RDB storage, with heartbeats: a trial whose worker stops beating for
+    ``grace`` seconds is failed and re-enqueued with the same parameters
+    (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`, Optuna 5's name for the
+    retry-failed-trial callback).
+
+Exact count
+    A study has a *target* number of finished trials (complete or pruned). Each worker loops:
+    stop once the target is reached; otherwise take a trial (a re-enqueued one first). A trial
+    whose rank among the live trials (waiting, running, finished; by trial number) exceeds the
+    target is surplus, the result of two workers asking at once: it fails at once, before any
+    replay, marked ``lapsd: surplus``. So re-running a command runs only the remaining count,
+    and every trial of the storage is either finished, a failure that was retried (its retry
+    names it in ``retry_of`` or Optuna's ``failed_trial``), surplus, or a failure killed
+    before it sampled any parameter (nothing to retry; a fresh trial takes its place).
+
+Resumption
+    Before workers start, :func:`prepare_study` re-enqueues failed trials that have no retry yet
+    (a Ctrl-C fails the running trial). With the journal, the output folder is locked for the
+    run, so a trial still ``RUNNING`` at start belongs to a killed run: it is failed and retried.
+
+Sampling
+    TPE, seeded: worker ``w`` uses seed ``seed + w + 7919 * n`` (``n``: trials already in the
+    study when it starts), so that parallel workers and resumed runs do not propose the same
+    points again. With one worker a run is reproducible; with several, the order in which trials
+    finish (and so what TPE has seen) depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import optuna
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+    fail_stale_trials,
+)
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from replay.policies.base import Policy
+from replay.policies.laps_sd import LapsSD
+from tune.bands import BandedLapsSD, LoadBand
+from tune.context import TuneContext, TuneSpec, load_context
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+LIVE = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)
+SURPLUS = "surplus"
+
+
+class SurplusTrial(Exception):
+    """A trial beyond the target count (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where studies live: an RDB URL, or else a journal file.
+
+    Parameters
+    ----------
+    journal
+        Journal file path (used when ``url`` is ``None``).
+    url
+        SQLAlchemy URL (``postgresql://user:pass@host/db``), or ``None``.
+    heartbeat
+        Seconds between heartbeats of a running trial (RDB only).
+    grace
+        Seconds without a heartbeat after which a trial is failed and retried (RDB only).
+    """
+
+    journal: str
+    url: str | None = None
+    heartbeat: int = 10
+    grace: int = 30
+
+    def open(self) -> BaseStorage:
+        if self.url is None:
+            return JournalStorage(JournalFileBackend(self.journal))
+        # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; lapsd depends on psycopg2.
+        url = re.sub(r"^postgresql://", "postgresql+psycopg2://", self.url)
+        return RDBStorage(
+            url, heartbeat_interval=self.heartbeat, grace_period=self.grace,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+        )
+
+    @property
+    def shared(self) -> bool:
+        """Whether workers on other machines may use the study (RUNNING is not stale)."""
+        return self.url is not None
+
+    def describe(self) -> str:
+        """The storage without credentials, for provenance."""
+        if self.url is None:
+            return f"journal:{self.journal}"
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """One study to run to ``n_trials`` finished trials.
+
+    ``band`` is ``None`` for the single parameter set; otherwise the study tunes that band of a
+    :class:`BandedLapsSD` whose other bands use ``fixed`` (trial parameters per band) and whose
+    limits are ``band_limits``.
+    """
+
+    spec: TuneSpec
+    storage: StorageSpec
+    study: str
+    n_trials: int
+    band: int | None = None
+    band_limits: tuple[int, ...] = ()
+    fixed: tuple[Mapping[str, Any], ...] = ()
+
+    def first_params(self) -> dict[str, Any]:
+        """Enqueued as trial 0: the design defaults, or the band's current parameters."""
+        from tune.space import DEFAULT_TRIAL_PARAMS
+
+        return dict(DEFAULT_TRIAL_PARAMS if self.band is None else self.fixed[self.band])
+
+
+def banded_policy(ctx: TuneContext, limits: tuple[int, ...],
+                  trial_params: list[Mapping[str, Any]]) -> BandedLapsSD:
+    """A :class:`BandedLapsSD` from per-band trial parameters."""
+    maxes: list[int | None] = [*limits, None]
+    return BandedLapsSD([LoadBand(m, ctx.space.to_params(p))
+                         for m, p in zip(maxes, trial_params, strict=True)])
+
+
+def _objective(job: StudyJob, ctx: TuneContext) -> Callable[[optuna.Trial], Any]:
+    single = job.spec.second_objective is None
+    space = ctx.space
+    if job.band is not None:
+        # Bands share the stability window (see tune.bands): gamma stays the single set's.
+        gamma = int(job.fixed[job.band]["gamma"])
+        space = replace(space, gamma=(gamma, gamma))
+
+    def objective(trial: optuna.Trial) -> Any:
+        live = job_trials(trial.study, LIVE)
+        if sum(t.number <= trial.number for t in live) > job.n_trials:
+            trial.set_user_attr("lapsd", SURPLUS)
+            raise SurplusTrial(f"trial {trial.number} is beyond the target of {job.n_trials}")
+        params = space.suggest(trial)
+        trial.set_user_attr("sup1", params.sup1)
+        make: Callable[[], Policy]
+        if job.band is None:
+            def make() -> Policy:
+                return LapsSD(params)
+        else:
+            sets = [dict(p) for p in job.fixed]
+            sets[job.band] = dict(trial.params)
+            def make() -> Policy:
+                return banded_policy(ctx, job.band_limits, sets)
+        mean, p99 = ctx.evaluator.score(make, trial if single else None)
+        trial.set_user_attr("norm_mean", mean)
+        trial.set_user_attr("norm_p99", p99)
+        return mean if single else (mean, p99)
+
+    return objective
+
+
+def job_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def _sampler(job: StudyJob, worker: int, n_existing: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE seeded by the run seed, the worker and the trials already in the study: a resumed
+    run must not replay the random start-up points of the run it continues."""
+    seed = job.spec.seed + worker + 7919 * n_existing
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def _pruner(job: StudyJob) -> optuna.pruners.BasePruner:
+    if job.spec.second_objective is not None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=2)
+
+
+def load_job_study(job: StudyJob, worker: int = 0,
+                   storage: BaseStorage | None = None) -> optuna.Study:
+    study = optuna.load_study(study_name=job.study, storage=storage or job.storage.open(),
+                              pruner=_pruner(job))
+    study.sampler = _sampler(job, worker, len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def work(job: StudyJob, worker: int = 0, poll_s: float = 0.2) -> None:
+    """Run trials of ``job`` until the study has its target count (one worker process)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats and stale-trial retries are marked experimental; they are what we rely on.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    ctx = load_context(job.spec)
+    study = load_job_study(job, worker)
+    objective = _objective(job, ctx)
+    try:
+        _loop(job, study, objective, poll_s)
+    except KeyboardInterrupt:
+        return  # optuna has failed the running trial; the next run retries it
+
+
+def _loop(job: StudyJob, study: optuna.Study, objective: Callable[[optuna.Trial], Any],
+          poll_s: float) -> None:
+    while True:
+        trials = job_trials(study, LIVE)
+        if sum(t.state in FINISHED for t in trials) >= job.n_trials:
+            return
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if len(trials) >= job.n_trials and not waiting:
+            # Every remaining trial is running elsewhere: wait, failing stale ones (their retry
+            # is enqueued by the storage's callback and picked up by the next ask).
+            fail_stale_trials(study)
+            time.sleep(poll_s)
+            continue
+        study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
+
+
+def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    done = set()
+    for t in trials:
+        if "retry_of" in t.user_attrs:
+            done.add(int(t.user_attrs["retry_of"]))
+        if "failed_trial" in t.system_attrs:
+            done.add(int(t.system_attrs["failed_trial"]))
+            done.update(RetryHeartbeatStaleTrialCallback.retry_history(t))
+    return done
+
+
+def prepare_study(job: StudyJob) -> optuna.Study:
+    """Create or resume the study: check its settings, fail stale trials, enqueue retries."""
+    storage = job.storage.open()
+    study = optuna.create_study(study_name=job.study, storage=storage,
+                                directions=job.spec.directions, load_if_exists=True,
+                                sampler=_sampler(job, 0), pruner=_pruner(job))
+    # Through JSON, as the storage keeps it (tuples become lists).
+    fingerprint = json.loads(json.dumps({**job.spec.fingerprint(), "band": job.band,
+                                         "band_limits": list(job.band_limits)}))
+    old = study.user_attrs.get("lapsd_settings")
+    if old is None:
+        study.set_user_attr("lapsd_settings", fingerprint)
+    elif old != fingerprint:
+        changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        raise ValueError(f"study {job.study!r} in {job.storage.describe()} was made with other "
+                         f"settings ({', '.join(changed)} differ); use another --out or --study")
+    trials = study.get_trials(deepcopy=False)
+    if not job.storage.shared:
+        for t in trials:
+            if t.state == TrialState.RUNNING:
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        trials = study.get_trials(deepcopy=False)
+    retried = _retried_numbers(trials)
+    for t in trials:
+        if (t.state == TrialState.FAIL and t.user_attrs.get("lapsd") != SURPLUS
+                and t.number not in retried and t.params):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    if not trials:
+        study.enqueue_trial(job.first_params())
+    return study
+
+
+def run_job(job: StudyJob, workers: int = 1,
+            on_progress: Callable[[int, float | None], None] | None = None,
+            poll_s: float = 0.5) -> optuna.Study:
+    """Run ``job`` with ``workers`` processes; return the study when it has its target count.
+
+    ``on_progress(finished, best)`` is called from this process while workers run.
+    """
+    study = prepare_study(job)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=work, args=(job, w), daemon=True) for w in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            if on_progress is not None:
+                on_progress(*progress_of(study))
+            if any(p.exitcode not in (None, 0) for p in procs):
+                break  # a worker crashed: the others would wait for its trial forever
+            time.sleep(poll_s)
+    finally:
+        # On Ctrl-C the workers got SIGINT too and fail their running trial; give them a moment
+        # to record it before stopping them.
+        for p in procs:
+            p.join(timeout=5)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    finished, best = progress_of(study)
+    if on_progress is not None:
+        on_progress(finished, best)
+    if failed or finished < job.n_trials:
+        raise RuntimeError(f"study {job.study!r}: {len(failed)} worker(s) failed (exit codes "
+                           f"{failed}); {finished} of {job.n_trials} trials finished; re-run the "
+                           "same command to continue")
+    return study
+
+
+def progress_of(study: optuna.Study) -> tuple[int, float | None]:
+    """Finished trials and the best first objective value so far."""
+    done = job_trials(study, FINISHED)
+    values = [t.values[0] for t in done if t.state == TrialState.COMPLETE]
+    return len(done), (min(values) if values else None)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best trial: the only one, or the Pareto-front member with the lowest mean latency."""
+    if len(study.directions) == 1:
+        return study.best_trial
+    return min(study.best_trials, key=lambda t: t.values[0])
