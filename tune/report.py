@@ -44,7 +44,9 @@ def _study_figures(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
     ]
     try:
         figs.append(("Parameter importances (fANOVA)",
-                     vis.plot_param_importances(study, target=target, target_name=name)))
+                     vis.plot_param_importances(
+                         study, target=target, target_name=name,
+                         evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))))
     except (ValueError, RuntimeError) as exc:
         figs.append(("Parameter importances", f"not available: {exc}"))
     if multi:
