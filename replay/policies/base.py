@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -128,14 +128,6 @@ class Rounds:
         lists = self._lists
         em, dr, ac, ns = lists["emitted"], lists["drafted"], lists["accepted"], lists["ns"]
         return em[e] - em[s], dr[e] - dr[s], ac[e] - ac[s], ns[e] - ns[s]
-
-    def cumulative(self, field: str, n: int | None = None) -> np.ndarray:
-        """Sums of ``field`` after each of the first ``n`` rounds (length ``n``)."""
-        n = self.n if n is None else n
-        if field == "rounds":
-            return np.arange(1, n + 1, dtype=np.int64)
-        c = self.arrays[field]
-        return c[self.start + 1 : self.start + n + 1] - c[self.start]
 
     def rounds_until(self, field: str, amount: float) -> int:
         """Fewest rounds whose ``field`` adds up to at least ``amount`` (at least 1).
@@ -335,34 +327,3 @@ class Policy(ABC):
             if st is not None and st.key is key and st is not self._current:
                 return
             heapq.heappop(heap)
-
-    def describe(self) -> dict[str, Any]:
-        """Name and parameters, for reports."""
-        params = getattr(self, "params", None)
-        out: dict[str, Any] = {"name": self.name}
-        if params is not None:
-            from dataclasses import asdict
-
-            out["params"] = asdict(params)
-        return out
-
-
-def first_true(mask: np.ndarray) -> int:
-    """Index of the first true entry, or ``len(mask)`` when none is."""
-    i = int(np.argmax(mask)) if mask.size else 0
-    return i if mask.size and mask[i] else mask.size
-
-
-def loses_to(rival: tuple, prefix: tuple, x: np.ndarray, seq: int) -> np.ndarray:
-    """Elementwise ``(*prefix_i, x_i, seq) > rival`` for keys of the form ``(..., x, seq)``.
-
-    ``prefix`` items may be scalars or arrays aligned with ``x``; ``rival`` is a key tuple of the
-    same shape.
-    """
-    out = np.zeros(x.shape[0], dtype=bool)
-    undecided = np.ones(x.shape[0], dtype=bool)
-    for mine, theirs in zip((*prefix, x), rival[:-1], strict=True):
-        out |= undecided & (mine > theirs)
-        undecided &= mine == theirs
-    out |= undecided & (seq > rival[-1])
-    return out
