@@ -1,0 +1,367 @@
+"""The speculative-decoding loop, batch size one, with a KV cache for each model.
+
+Token bookkeeping: ``seq[:n]`` holds the prompt and the tokens produced so far. The target's
+cache holds ``seq[:n-1]``; the last token ``seq[n-1]`` is *pending*. A round drafts up to ``k``
+tokens, runs the target once over ``[pending, drafts]`` and appends ``accepted + 1`` tokens (the
+accepted draft prefix and the target's own token after it), then crops both caches back to what
+is still valid. Every output token therefore comes from a round, and with greedy decoding the
+output is the target's own greedy output.
+
+Sampling (``temperature > 0``) uses speculative rejection sampling (Leviathan et al. 2023; Chen
+et al. 2023): draft token ``x`` is kept with probability ``min(1, p(x) / q(x))``; the first
+rejected position is resampled from ``max(0, p - q)`` normalised; after ``k`` acceptances a bonus
+token is drawn from ``p``. Prompt-lookup drafts have a one-hot ``q``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from collect.models import DraftSpec
+
+
+# ------------------------------------------------------------------------------------- clocks
+class Clock(Protocol):
+    """Marks points in time; :meth:`seconds` turns two marks into seconds once work is done."""
+
+    def mark(self) -> Any: ...
+
+    def seconds(self, a: Any, b: Any) -> float | None: ...
+
+    def sync(self) -> None: ...
+
+
+class CudaClock:
+    """CUDA events on the current stream: device-side timestamps, no host sync per mark."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def mark(self) -> torch.cuda.Event:
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def seconds(self, a: torch.cuda.Event, b: torch.cuda.Event) -> float:
+        return a.elapsed_time(b) / 1000.0
+
+    def sync(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+
+class HostClock:
+    """``time.perf_counter`` for the CPU, where work is synchronous."""
+
+    def mark(self) -> float:
+        return time.perf_counter()
+
+    def seconds(self, a: float, b: float) -> float:
+        return b - a
+
+    def sync(self) -> None:
+        """Nothing to wait for on the CPU."""
+
+
+class NullClock:
+    """Recording switched off: marks cost nothing and give no times."""
+
+    def mark(self) -> None:
+        return None
+
+    def seconds(self, a: None, b: None) -> None:
+        return None
+
+    def sync(self) -> None:
+        """No marks, nothing to resolve."""
+
+
+def make_clock(device: torch.device, record: bool) -> Clock:
+    """The clock for ``device``: CUDA events on a GPU, perf_counter elsewhere."""
+    if not record:
+        return NullClock()
+    return CudaClock(device) if device.type == "cuda" else HostClock()
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass
+class RoundRecord:
+    """One round as it goes into the trace (times filled in after the request)."""
+
+    drafted: int
+    accepted: int
+    emitted: int
+    context_tokens: int
+    marks: tuple[Any, Any, Any, Any] = (None, None, None, None)
+    draft_s: float | None = None
+    verify_s: float | None = None
+    round_s: float | None = None
+
+
+@dataclass
+class Generation:
+    """The output of one request."""
+
+    prompt_tokens: int
+    tokens: list[int]
+    finish_reason: str
+    prefill_s: float | None
+    total_s: float
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ drafters
+def crop_cache(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions of a DynamicCache.
+
+    A negative argument to ``crop`` means "remove that many" in every transformers 5 release,
+    whereas a positive one is a length in some releases and an error in others.
+    """
+    remove = cache.get_seq_length() - length
+    if remove > 0:
+        cache.crop(-remove)
+
+
+class ModelDrafter:
+    """A draft model with its own KV cache, kept in step with the committed sequence."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.cache: Any = None
+        self.cached = 0
+
+    def reset(self, seq: torch.Tensor, n: int) -> None:
+        """Start a request: prefill ``seq[:n-1]`` (the pending token is fed with the drafts)."""
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        self.cached = 0
+        if n > 1:
+            self.model(input_ids=seq[:, : n - 1], past_key_values=self.cache, use_cache=True,
+                       logits_to_keep=1)
+            self.cached = n - 1
+
+    def propose(self, seq: torch.Tensor, n: int, k: int, temperature: float,
+                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draft ``k`` tokens after ``seq[:n]``: ``(tokens (k,), probs (k, V) or None)``."""
+        inp = seq[:, self.cached:n]
+        tokens, probs = [], []
+        for _ in range(k):
+            logits = self.model(input_ids=inp, past_key_values=self.cache, use_cache=True,
+                                logits_to_keep=1).logits[0, -1]
+            if temperature > 0:
+                q = torch.softmax(logits.float() / temperature, dim=-1)
+                tok = torch.multinomial(q, 1, generator=gen)
+                probs.append(q)
+            else:
+                tok = logits.argmax(-1, keepdim=True)
+            tokens.append(tok)
+            inp = tok.view(1, 1)
+        self.cached = n + k - 1
+        return torch.cat(tokens), (torch.stack(probs) if probs else None)
+
+    def commit(self, n_old: int, accepted: int, k: int) -> None:
+        """Drop cache entries past the draft tokens that the target kept."""
+        self.cached = min(self.cached, n_old + min(accepted, k - 1))
+        crop_cache(self.cache, self.cached)
+
+
+class NgramDrafter:
+    """Prompt lookup: continue the latest earlier match of the context's last n-gram."""
+
+    def __init__(self, max_n: int) -> None:
+        self.max_n = max_n
+
+    def reset(self, seq: torch.Tensor, n: int) -> None:
+        """Stateless: nothing to prefill."""
+
+    def lookup(self, context: list[int], k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest suffix
+        n-gram (``n = max_n .. 1``); empty when none occurs."""
+        size = len(context)
+        for n in range(min(self.max_n, size - 1), 0, -1):
+            tail = context[size - n:]
+            for start in range(size - n - 1, -1, -1):
+                if context[start:start + n] == tail:
+                    return context[start + n:start + n + k]
+        return []
+
+    def commit(self, n_old: int, accepted: int, k: int) -> None:
+        """Stateless: nothing to crop."""
+
+
+# -------------------------------------------------------------------------------------- engine
+class SpeculativeEngine:
+    """Runs requests one at a time with a target and a draft (model, ``layers:N`` or ``ngram:N``).
+
+    Parameters
+    ----------
+    target
+        The target causal LM, already on ``device`` and in eval mode.
+    draft
+        A draft model (sharing the target's vocabulary) or ``None`` with ``ngram`` set.
+    k
+        Tokens drafted per round (fewer near ``max_new_tokens`` or when a lookup finds fewer).
+    eos_ids
+        Token ids that end a request.
+    """
+
+    def __init__(self, target: nn.Module, *, draft: nn.Module | None = None, ngram: int = 0,
+                 k: int = 4, eos_ids: set[int] | None = None, temperature: float = 0.0,
+                 device: torch.device | str = "cpu") -> None:
+        if (draft is None) == (ngram == 0):
+            raise ValueError("give exactly one of draft (a model) or ngram (N >= 1)")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.target = target
+        self.drafter: ModelDrafter | NgramDrafter = (
+            ModelDrafter(draft) if draft is not None else NgramDrafter(ngram))
+        self.k = k
+        self.eos_ids = set(eos_ids or ())
+        self.temperature = temperature
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def generate(self, prompt: list[int], max_new_tokens: int, *, record: bool = True,
+                 seed: int = 0) -> Generation:
+        """Run one request to EOS or ``max_new_tokens``; time its rounds when ``record``."""
+        from transformers import DynamicCache
+
+        if not prompt:
+            raise ValueError("empty prompt")
+        clock = make_clock(self.device, record)
+        gen = None
+        if self.temperature > 0:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(seed)
+        t_start = time.perf_counter()
+        n = len(prompt)
+        seq = torch.zeros((1, n + max_new_tokens + self.k + 1), dtype=torch.long,
+                          device=self.device)
+        seq[0, :n] = torch.tensor(prompt, dtype=torch.long)
+        tokens = list(prompt)
+        p0 = clock.mark()
+        cache = DynamicCache(config=self.target.config)
+        if n > 1:
+            self.target(input_ids=seq[:, : n - 1], past_key_values=cache, use_cache=True,
+                        logits_to_keep=1)
+        self.drafter.reset(seq, n)
+        p1 = clock.mark()
+
+        rounds: list[RoundRecord] = []
+        produced, finish = 0, "length"
+        while produced < max_new_tokens:
+            remaining = max_new_tokens - produced
+            k = min(self.k, remaining - 1)
+            m0 = clock.mark()
+            drafts, q = self._draft(seq, tokens, n, k, gen)
+            d = int(drafts.numel())
+            m1 = clock.mark()
+            logits = self.target(input_ids=seq[:, n - 1:n + d], past_key_values=cache,
+                                 use_cache=True).logits[0]
+            m2 = clock.mark()
+            accepted, new = self._accept(logits, drafts, q, gen)
+            new = new[:remaining]
+            for i, tok in enumerate(new):
+                if tok in self.eos_ids:
+                    new, finish = new[:i + 1], "stop"
+                    break
+            seq[0, n:n + len(new)] = torch.tensor(new, dtype=torch.long)
+            tokens.extend(new)
+            crop_cache(cache, n + len(new) - 1)
+            self.drafter.commit(n, accepted, max(d, 1))
+            m3 = clock.mark()
+            rounds.append(RoundRecord(d, accepted, len(new), n, (m0, m1, m2, m3)))
+            n += len(new)
+            produced += len(new)
+            if finish == "stop":
+                break
+        clock.sync()
+        total_s = time.perf_counter() - t_start
+        for r in rounds:
+            a, b, c, e = r.marks
+            r.draft_s, r.verify_s, r.round_s = (clock.seconds(a, b), clock.seconds(b, c),
+                                                clock.seconds(a, e))
+            r.marks = (None, None, None, None)
+        return Generation(len(prompt), tokens[len(prompt):], finish, clock.seconds(p0, p1),
+                          total_s, rounds)
+
+    def _draft(self, seq: torch.Tensor, tokens: list[int], n: int, k: int,
+               gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if k <= 0:
+            return seq.new_empty(0), None
+        if isinstance(self.drafter, NgramDrafter):
+            found = self.drafter.lookup(tokens, k)
+            drafts = torch.tensor(found, dtype=torch.long, device=self.device)
+            if found:
+                seq[0, n:n + len(found)] = drafts
+            return drafts, None
+        drafts, q = self.drafter.propose(seq, n, k, self.temperature, gen)
+        seq[0, n:n + k] = drafts
+        return drafts, q
+
+    def _accept(self, logits: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor | None,
+                gen: torch.Generator | None) -> tuple[int, list[int]]:
+        """Accepted draft count and the tokens to append (accepted drafts + one more)."""
+        d = int(drafts.numel())
+        if self.temperature <= 0:
+            both = torch.cat([logits.argmax(-1), drafts]).tolist()
+            best, drafted = both[:d + 1], both[d + 1:]
+            a = 0
+            while a < d and drafted[a] == best[a]:
+                a += 1
+            return a, [*drafted[:a], best[a]]
+        p = torch.softmax(logits.float() / self.temperature, dim=-1)
+        if d:
+            idx = torch.arange(d, device=p.device)
+            p_x = p[idx, drafts]
+            q_x = q[idx, drafts] if q is not None else torch.ones_like(p_x)
+            u = torch.rand(d, device=p.device, generator=gen)
+            keep = (u * q_x < p_x).tolist()
+        else:
+            keep = []
+        a = 0
+        while a < d and keep[a]:
+            a += 1
+        if a < d:
+            if q is not None:
+                resid = torch.clamp(p[a] - q[a], min=0)
+            else:
+                resid = p[a].clone()
+                resid[drafts[a]] = 0
+            total = resid.sum()
+            dist = resid / total if float(total) > 0 else p[a]
+        else:
+            dist = p[a]
+        extra = int(torch.multinomial(dist, 1, generator=gen))
+        return a, [*drafts[:a].tolist(), extra]
+
+
+def eos_ids_of(model: nn.Module, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids from the generation config and the tokenizer."""
+    ids: set[int] = set()
+    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (cfg_eos, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def build_engine(target: nn.Module, spec: DraftSpec, draft_model: nn.Module | None, *, k: int,
+                 eos_ids: set[int], temperature: float, device: torch.device | str
+                 ) -> SpeculativeEngine:
+    """An engine for a parsed draft spec (``draft_model`` for ``model`` drafts)."""
+    from collect.models import layers_draft
+
+    if spec.kind == "ngram":
+        return SpeculativeEngine(target, ngram=spec.n, k=k, eos_ids=eos_ids,
+                                 temperature=temperature, device=device)
+    draft = layers_draft(target, spec.n) if spec.kind == "layers" else draft_model
+    return SpeculativeEngine(target, draft=draft, k=k, eos_ids=eos_ids, temperature=temperature,
+                             device=device)

@@ -1,0 +1,158 @@
+"""Loading target and draft models: a Hugging Face folder, a GGUF file, or a built-in draft.
+
+Drafts are given as a string:
+
+``PATH``
+    Another model (folder or ``.gguf``) with the target's vocabulary.
+``layers:N``
+    Self-speculative: the target's first ``N`` decoder layers followed by its final norm and
+    head. The modules are the target's own (no weight copy), only the KV cache is separate.
+``ngram:N``
+    Prompt lookup: propose the tokens that followed the latest earlier occurrence of the
+    context's last ``n``-gram, ``n = N .. 1``. No model.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelError(ValueError):
+    """A model or draft specification that cannot be used (raised before any GPU work)."""
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    """A parsed ``--draft`` value: ``kind`` is ``model``, ``layers`` or ``ngram``."""
+
+    kind: str
+    path: Path | None = None
+    n: int = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.path.name) if self.kind == "model" else f"{self.kind}:{self.n}"
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and provenance (name and file hash for the manifest)."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+_SPEC = re.compile(r"^(layers|ngram):(\d+)$")
+
+
+def parse_draft(spec: str) -> DraftSpec:
+    """Parse a ``--draft`` string; a path must exist."""
+    m = _SPEC.match(spec.strip())
+    if m:
+        n = int(m.group(2))
+        if n < 1:
+            raise ModelError(f"draft {spec!r}: N must be >= 1")
+        return DraftSpec(m.group(1), None, n)
+    path = Path(spec)
+    check_model_path(path, "draft")
+    return DraftSpec("model", path)
+
+
+def check_model_path(path: Path, role: str) -> None:
+    """Fail early, naming the role, when a model path is neither a HF folder nor a GGUF file."""
+    if not path.exists():
+        raise ModelError(f"{role} model {path} does not exist")
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{role} model folder {path} has no config.json (not a Hugging "
+                             "Face model folder)")
+    elif path.suffix.lower() != ".gguf":
+        raise ModelError(f"{role} model {path} is a file but not a .gguf file")
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer of a HF folder or GGUF file (cheap: no weights are read)."""
+    from transformers import AutoTokenizer
+
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def load_model(path: Path, *, dtype: str, device: str) -> LoadedModel:
+    """Load a causal LM from a HF folder or a GGUF file (GGUF weights are dequantized)."""
+    from transformers import AutoModelForCausalLM
+
+    from replay.trace import sha256_file
+
+    check_model_path(path, "target")
+    torch_dtype = DTYPES[dtype]
+    if path.is_dir():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        sha = {w.name: sha256_file(w) for w in weights}
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                     dtype=torch_dtype)
+        sha = {path.name: sha256_file(path)}
+    model.to(device).eval()
+    return LoadedModel(model, load_tokenizer(path), path.name,
+                       {"path": str(path), "sha256": sha})
+
+
+def layers_draft(target: nn.Module, n: int) -> nn.Module:
+    """A draft made of the target's first ``n`` layers, its final norm and its head.
+
+    The returned model shares every parameter with ``target`` (no memory is copied); it is built
+    on the meta device from a config with ``n`` layers and then given the target's modules.
+    """
+    from transformers import AutoModelForCausalLM
+
+    layers = _decoder_layers(target)
+    if not 1 <= n < len(layers):
+        raise ModelError(f"layers:{n}: the target has {len(layers)} layers; N must be in "
+                         f"1..{len(layers) - 1}")
+    cfg = copy.deepcopy(target.config)
+    cfg.num_hidden_layers = n
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = cfg.layer_types[:n]
+    with torch.device("meta"):
+        draft = AutoModelForCausalLM.from_config(cfg)
+    base, target_base = draft.model, target.model
+    for name, child in target_base.named_children():
+        if name != "layers":
+            setattr(base, name, child)
+    base.layers = nn.ModuleList(list(layers[:n]))
+    draft.lm_head = target.lm_head
+    return draft.eval()
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelError(f"layers:N drafts need a decoder with model.layers; "
+                         f"{type(model).__name__} has none")
+    return layers
+
+
+def check_vocab(target_tok: Any, draft_tok: Any, draft_name: str) -> None:
+    """Raise :class:`ModelError` unless both tokenizers map the same strings to the same ids."""
+    a, b = target_tok.get_vocab(), draft_tok.get_vocab()
+    if a != b:
+        only_t = len(set(a.items()) - set(b.items()))
+        only_d = len(set(b.items()) - set(a.items()))
+        raise ModelError(f"draft {draft_name}: its vocabulary differs from the target's "
+                         f"({len(a)} vs {len(b)} entries; {only_t} target and {only_d} draft "
+                         "entries have no identical counterpart)")

@@ -1,0 +1,278 @@
+"""A collection run: checks, the request loop, chunked atomic writes, resume, shards, merge.
+
+Output layout of ``--out DIR``::
+
+    DIR/chunks/s0of1-00000/   complete trace folders, one per chunk, each written atomically
+    DIR/errors.jsonl          requests that failed (out of memory), one JSON object a line
+    DIR/trace/                the merged trace, rewritten at the end of a run
+
+A killed run loses at most the chunk in progress; ``--resume`` skips every request already in a
+chunk, so nothing is run twice or dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from replay.trace import (
+    TraceError,
+    make_trace,
+    new_manifest,
+    read_trace,
+    write_trace,
+)
+
+CHUNKS = "chunks"
+MERGED = "trace"
+ERRORS = "errors.jsonl"
+
+
+@dataclass
+class CollectConfig:
+    """Everything ``lapsd collect`` takes (see the CLI help for each field)."""
+
+    target: Path
+    draft: str
+    prompts: Path
+    out: Path
+    k: int = 4
+    max_new_tokens: int = 512
+    device: str = "auto"
+    dtype: str = "bfloat16"
+    temperature: float = 0.0
+    shard: tuple[int, int] = (0, 1)
+    limit: int | None = None
+    seed: int = 0
+    chunk_size: int = 25
+    resume: bool = False
+    chat: bool = True
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def preflight(cfg: CollectConfig) -> tuple[Any, list[Any], Any]:
+    """Checks that need no weights: paths, prompt file, draft vocabulary.
+
+    Returns ``(draft_spec, prompts_to_run, target_tokenizer)``.
+    """
+    from collect.models import check_model_path, check_vocab, load_tokenizer, parse_draft
+    from collect.prompts import load_prompts, select
+
+    check_model_path(cfg.target, "target")
+    spec = parse_draft(cfg.draft)
+    prompts = select(load_prompts(cfg.prompts), shard=cfg.shard, limit=cfg.limit)
+    if cfg.k < 1 or cfg.max_new_tokens < 1:
+        raise ValueError("--k and --max-new-tokens must be >= 1")
+    tok = load_tokenizer(cfg.target)
+    if spec.kind == "model":
+        check_vocab(tok, load_tokenizer(spec.path), spec.name)
+    return spec, prompts, tok
+
+
+def done_ids(out: Path) -> set[str]:
+    """Request ids already written in ``out``'s chunks."""
+    ids: set[str] = set()
+    for chunk in chunk_dirs(out):
+        ids.update(read_trace(chunk).requests["request_id"].to_list())
+    return ids
+
+
+def chunk_dirs(out: Path) -> list[Path]:
+    """Complete chunk folders (temporary ``.name.*`` folders of a killed write are skipped)."""
+    base = out / CHUNKS
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from replay import __version__
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "lapsd": __version__}
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def collect(cfg: CollectConfig, *, log: Any = print) -> Path:
+    """Run every selected prompt not yet collected and return the merged trace folder."""
+    import torch
+
+    from collect.engine import build_engine, eos_ids_of
+    from collect.models import load_model
+    from collect.prompts import encode
+
+    spec, prompts, tok = preflight(cfg)
+    out = cfg.out
+    if chunk_dirs(out) and not cfg.resume:
+        raise FileExistsError(f"{out} already holds chunks: pass --resume to continue that run "
+                              "or choose another --out")
+    done = done_ids(out) if cfg.resume else set()
+    todo = [p for p in prompts if p.request_id not in done]
+    log(f"{len(prompts)} prompts in shard {cfg.shard[0]}/{cfg.shard[1]}, {len(done)} done, "
+        f"{len(todo)} to run")
+    device = resolve_device(cfg.device)
+    target = load_model(cfg.target, dtype=cfg.dtype, device=device)
+    draft_model = None
+    if spec.kind == "model":
+        draft_model = load_model(spec.path, dtype=cfg.dtype, device=device)
+    engine = build_engine(target.model, spec, draft_model.model if draft_model else None,
+                          k=cfg.k, eos_ids=eos_ids_of(target.model, tok),
+                          temperature=cfg.temperature, device=device)
+    manifest = new_manifest(
+        timing="measured_per_round", sources=[cfg.prompts],
+        collector={
+            "target": target.name, "target_sha256": target.info["sha256"],
+            "draft": spec.name,
+            "draft_sha256": draft_model.info["sha256"] if draft_model else None,
+            "k": cfg.k, "dtype": cfg.dtype, "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+            "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
+            "seed": cfg.seed, "chat_template": bool(cfg.chat and tok.chat_template),
+            "shard": list(cfg.shard), "versions": _versions(),
+            "timer": "cuda_events" if device.startswith("cuda") else "perf_counter",
+        },
+    )
+    seq = len(chunk_dirs(out))
+    buffer: list[tuple[Any, Any]] = []
+
+    def flush() -> None:
+        nonlocal seq, buffer
+        if not buffer:
+            return
+        name = f"s{cfg.shard[0]}of{cfg.shard[1]}-{seq:05d}"
+        write_chunk(buffer, manifest, out / CHUNKS / name, target.name, spec.name, cfg.k)
+        seq += 1
+        buffer = []
+
+    try:
+        for i, prompt in enumerate(todo):
+            ids = encode(tok, prompt.text, chat=cfg.chat)
+            try:
+                result = engine.generate(ids, cfg.max_new_tokens, seed=cfg.seed + i)
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+                _log_error(out, prompt.request_id, len(ids), exc)
+                log(f"request {prompt.request_id}: out of memory ({len(ids)} prompt tokens), "
+                    "skipped")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            buffer.append((prompt, result))
+            if len(buffer) >= cfg.chunk_size:
+                flush()
+                log(f"{len(done) + i + 1}/{len(prompts)} requests written")
+    finally:
+        flush()  # also on Ctrl-C: what is done is kept
+    return merge([out], out / MERGED, overwrite=True)
+
+
+def _log_error(out: Path, request_id: str, prompt_tokens: int, exc: BaseException) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ERRORS).open("a") as f:
+        f.write(json.dumps({"request_id": request_id, "prompt_tokens": prompt_tokens,
+                            "error": f"{type(exc).__name__}: {exc}"[:500],
+                            "time": time.time()}) + "\n")
+
+
+def rows(items: list[tuple[Any, Any]], target: str, draft: str, k: int
+         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Request and round rows for (prompt, generation) pairs."""
+    req, rnd = [], []
+    for prompt, g in items:
+        req.append({
+            "request_id": prompt.request_id, "source": "lapsd-collect",
+            "dataset": prompt.dataset, "category": prompt.category, "prompt": prompt.text,
+            "prompt_tokens": g.prompt_tokens, "target_model": target, "draft_model": draft,
+            "k": k, "finish_reason": g.finish_reason, "total_s": g.total_s,
+            "prefill_s": g.prefill_s,
+        })
+        for j, r in enumerate(g.rounds):
+            rnd.append({
+                "request_id": prompt.request_id, "round": j, "drafted": r.drafted,
+                "accepted": r.accepted, "emitted": r.emitted, "draft_s": r.draft_s,
+                "verify_s": r.verify_s, "round_s": r.round_s, "context_tokens": r.context_tokens,
+            })
+    return req, rnd
+
+
+def write_chunk(items: list[tuple[Any, Any]], manifest: dict[str, Any], dest: Path,
+                target: str, draft: str, k: int) -> Path:
+    """Write one chunk as a complete trace folder (atomic: renamed into place when done)."""
+    import polars as pl
+
+    req, rnd = rows(items, target, draft, k)
+    trace = make_trace(pl.DataFrame(req, infer_schema_length=None),
+                       pl.DataFrame(rnd, infer_schema_length=None), manifest)
+    return write_trace(trace, dest)
+
+
+def merge(sources: list[Path], out: Path, *, overwrite: bool = False) -> Path:
+    """Merge collection folders (their ``chunks/``) or trace folders into one trace.
+
+    Raises
+    ------
+    TraceError
+        When a request id occurs twice, or the parts disagree on target, draft, k or dtype.
+    """
+    import polars as pl
+
+    parts: list[Path] = []
+    for src in sources:
+        found = chunk_dirs(src)
+        if found:
+            parts.extend(found)
+        elif (src / "manifest.json").exists():
+            parts.append(src)
+        else:
+            raise TraceError("neither a collection folder (with chunks/) nor a trace folder",
+                             path=src)
+    if not parts:
+        raise TraceError("nothing to merge: no chunks found", path=sources[0])
+    owner: dict[str, Path] = {}
+    reqs, rnds = [], []
+    manifest: dict[str, Any] | None = None
+    for part in parts:
+        t = read_trace(part)
+        for rid in t.requests["request_id"].to_list():
+            if rid in owner:
+                raise TraceError(f"request id {rid!r} occurs in {owner[rid]} and in {part}; "
+                                 "the parts overlap (same shard collected twice?)", path=part)
+            owner[rid] = part
+        if manifest is None:
+            manifest = dict(t.manifest)
+        else:
+            _check_compatible(manifest, t.manifest, part)
+        reqs.append(t.requests)
+        rnds.append(t.rounds)
+    assert manifest is not None
+    manifest["merged_from"] = [str(p) for p in parts]
+    if "collector" in manifest:
+        manifest["collector"] = {**manifest["collector"], "shard": None}
+    trace = make_trace(pl.concat(reqs, how="diagonal_relaxed"),
+                       pl.concat(rnds, how="diagonal_relaxed"), manifest)
+    return write_trace(trace, out, overwrite=overwrite)
+
+
+def _check_compatible(a: dict[str, Any], b: dict[str, Any], where: Path) -> None:
+    ca, cb = a.get("collector", {}), b.get("collector", {})
+    for key in ("target", "draft", "k", "dtype", "temperature"):
+        if ca.get(key) != cb.get(key):
+            raise TraceError(f"cannot merge: {key} is {ca.get(key)!r} in the first part and "
+                             f"{cb.get(key)!r} here", path=where)
+

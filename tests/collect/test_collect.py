@@ -1,0 +1,272 @@
+"""The collector: greedy equivalence, drafts, sampling, trace writing, resume, shards, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from collect.engine import NgramDrafter, SpeculativeEngine  # noqa: E402
+from collect.models import ModelError, layers_draft, parse_draft  # noqa: E402
+from collect.prompts import PromptError, load_prompts, parse_shard, select  # noqa: E402
+from collect.run import CollectConfig, chunk_dirs, collect, merge  # noqa: E402
+from replay.trace import TraceError, read_trace  # noqa: E402
+from tests.collect.conftest import tiny_llama  # noqa: E402
+
+
+def _greedy(model, prompt: list[int], n: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                         attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.fixture(scope="module")
+def target():
+    model = tiny_llama(0)
+    model.generation_config.eos_token_id = None  # run to the token budget
+    return model
+
+
+@pytest.mark.parametrize("draft", ["layers:1", "layers:3", "ngram:3", "model"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_greedy_equals_target_greedy(target, draft: str, k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    # a repetitive prompt so prompt lookup finds matches
+    prompt = torch.randint(3, 64, (6,), generator=gen).tolist() * 3
+    if draft == "model":
+        eng = SpeculativeEngine(target, draft=tiny_llama(7, layers=2), k=k)
+    elif draft.startswith("layers"):
+        eng = SpeculativeEngine(target, draft=layers_draft(target, int(draft[7:])), k=k)
+    else:
+        eng = SpeculativeEngine(target, ngram=3, k=k)
+    g = eng.generate(prompt, 50)
+    assert g.tokens == _greedy(target, prompt, 50)
+    assert sum(r.emitted for r in g.rounds) == 50 and g.finish_reason == "length"
+    assert all(0 <= r.accepted <= r.drafted <= k for r in g.rounds)
+    assert all(r.emitted <= r.accepted + 1 for r in g.rounds)
+    assert g.rounds[0].context_tokens == len(prompt)
+    assert all(r.round_s is not None and r.round_s >= r.verify_s for r in g.rounds)
+    if draft == "layers:3":
+        assert sum(r.accepted for r in g.rounds) > 0
+
+
+def test_eos_stops_and_no_recording(target) -> None:
+    prompt = [5, 6, 7, 8]
+    ref = _greedy(target, prompt, 30)
+    stop = ref[9]
+    eng = SpeculativeEngine(target, draft=layers_draft(target, 2), k=3, eos_ids={stop})
+    g = eng.generate(prompt, 30, record=False)
+    assert g.tokens == ref[: ref.index(stop) + 1] and g.finish_reason == "stop"
+    assert g.prefill_s is None and all(r.round_s is None for r in g.rounds)
+
+
+def test_layers_draft_shares_weights(target) -> None:
+    draft = layers_draft(target, 2)
+    assert draft.model.layers[1] is target.model.layers[1]
+    assert draft.lm_head.weight.data_ptr() == target.lm_head.weight.data_ptr()
+    assert len(draft.model.layers) == 2
+    with pytest.raises(ModelError, match="N must be"):
+        layers_draft(target, 4)
+
+
+def test_ngram_lookup() -> None:
+    d = NgramDrafter(3)
+    assert d.lookup([1, 2, 3, 9, 9, 1, 2, 3], 2) == [9, 9]
+    assert d.lookup([5, 1, 2, 7, 1, 2], 3) == [7, 1, 2]
+    assert d.lookup([1, 2, 3, 4], 4) == []
+
+
+def test_rejection_sampling_keeps_target_distribution(target) -> None:
+    """Speculative sampling's first token must be distributed as the target's own."""
+    eng = SpeculativeEngine(target, ngram=1, k=2, temperature=1.0)
+    gen = torch.Generator().manual_seed(0)
+    p_logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 3)
+    q = torch.softmax(torch.tensor([[0.0, 2.0, 1.0, 0.0]] * 2), -1)
+    p0 = torch.softmax(p_logits[0], -1)
+    counts = torch.zeros(4)
+    trials = 4000
+    for _ in range(trials):
+        drafts = torch.multinomial(q[0], 1, generator=gen).repeat(2)
+        _, new = eng._accept(p_logits, drafts, q, gen)
+        counts[new[0]] += 1
+    assert torch.allclose(counts / trials, p0, atol=0.03)
+    counts.zero_()
+    for _ in range(trials):  # one-hot q (prompt lookup)
+        _, new = eng._accept(p_logits, torch.tensor([1, 1]), None, gen)
+        counts[new[0]] += 1
+    assert torch.allclose(counts / trials, p0, atol=0.03)
+
+
+def test_sampling_run_is_seeded(target) -> None:
+    eng = SpeculativeEngine(target, draft=layers_draft(target, 2), k=3, temperature=0.8)
+    a, b = eng.generate([4, 5, 6], 20, seed=3), eng.generate([4, 5, 6], 20, seed=3)
+    assert a.tokens == b.tokens and len(a.tokens) == 20
+
+
+# ------------------------------------------------------------------------ runs and traces
+def _cfg(tiny_dir: Path, prompts: Path, out: Path, **kw) -> CollectConfig:
+    base = dict(target=tiny_dir, draft="layers:2", prompts=prompts, out=out, k=3,
+                max_new_tokens=12, device="cpu", dtype="float32", chunk_size=2)
+    base.update(kw)
+    return CollectConfig(**base)
+
+
+def test_collect_writes_valid_trace(tiny_dir, prompts_file, tmp_path) -> None:
+    path = collect(_cfg(tiny_dir, prompts_file, tmp_path / "run"), log=lambda *_: None)
+    t = read_trace(path)
+    assert t.requests["request_id"].to_list() == [str(100 + i) for i in range(6)]
+    assert len(chunk_dirs(tmp_path / "run")) == 3
+    c = t.manifest["collector"]
+    assert c["k"] == 3 and c["draft"] == "layers:2" and c["dtype"] == "float32"
+    assert c["versions"]["torch"] and c["timer"] == "perf_counter"
+    assert all(c["target_sha256"].values())
+    assert t.manifest["timing"] == "measured_per_round"
+    assert t.rounds["round_s"].min() > 0 and t.requests["prefill_s"].min() > 0
+    assert set(t.requests["category"].to_list()) == {"qa", "writing"}
+
+
+def test_resume_after_kill_neither_duplicates_nor_drops(tiny_dir, prompts_file, tmp_path,
+                                                        monkeypatch) -> None:
+    out = tmp_path / "run"
+    real = SpeculativeEngine.generate
+    calls = {"n": 0}
+
+    def dying(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # Ctrl-C during the 4th request
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(SpeculativeEngine, "generate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        collect(_cfg(tiny_dir, prompts_file, out, chunk_size=5), log=lambda *_: None)
+    # the 3 finished requests were flushed although the chunk was not full
+    assert [read_trace(c).n_requests for c in chunk_dirs(out)] == [3]
+    monkeypatch.setattr(SpeculativeEngine, "generate", real)
+    with pytest.raises(FileExistsError, match="--resume"):
+        collect(_cfg(tiny_dir, prompts_file, out), log=lambda *_: None)
+    path = collect(_cfg(tiny_dir, prompts_file, out, resume=True), log=lambda *_: None)
+    ids = read_trace(path).requests["request_id"].to_list()
+    assert sorted(ids) == [str(100 + i) for i in range(6)]
+    again = collect(_cfg(tiny_dir, prompts_file, out, resume=True), log=lambda *_: None)
+    assert read_trace(again).n_requests == 6
+
+
+def test_shards_merge_to_the_whole(tiny_dir, prompts_file, tmp_path) -> None:
+    for i in range(2):
+        collect(_cfg(tiny_dir, prompts_file, tmp_path / f"s{i}", shard=(i, 2)),
+                log=lambda *_: None)
+    merged = read_trace(merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "all"))
+    assert sorted(merged.requests["request_id"].to_list()) == [str(100 + i) for i in range(6)]
+    with pytest.raises(TraceError, match="occurs in"):
+        merge([tmp_path / "s0", tmp_path / "s0" / "trace"], tmp_path / "dup")
+
+
+def test_oom_skips_the_request(tiny_dir, prompts_file, tmp_path, monkeypatch) -> None:
+    real = SpeculativeEngine.generate
+
+    def oom(self, prompt, *a, **kw):
+        if len(prompt) > 0 and oom.n == 1:
+            oom.n += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        oom.n += 1
+        return real(self, prompt, *a, **kw)
+
+    oom.n = 0
+    monkeypatch.setattr(SpeculativeEngine, "generate", oom)
+    out = tmp_path / "run"
+    t = read_trace(collect(_cfg(tiny_dir, prompts_file, out, limit=3), log=lambda *_: None))
+    assert t.requests["request_id"].to_list() == ["100", "102"]
+    err = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert err[0]["request_id"] == "101" and "OutOfMemoryError" in err[0]["error"]
+
+
+def test_cli_collect_and_merge(tiny_dir, prompts_file, tmp_path) -> None:
+    from replay.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["collect", "--target", str(tiny_dir), "--draft", "ngram:2", "--prompts",
+                 str(prompts_file), "--out", str(out), "--k", "2", "--max-new-tokens", "5",
+                 "--device", "cpu", "--dtype", "float32", "--limit", "2"]) == 0
+    assert read_trace(out / "trace").n_requests == 2
+    assert main(["merge", str(out), "--out", str(tmp_path / "m")]) == 0
+    assert main(["collect", "--target", str(tmp_path / "nope"), "--draft", "ngram:2",
+                 "--prompts", str(prompts_file), "--out", str(out)]) == 2
+
+
+# ------------------------------------------------------------------------------ bad inputs
+def test_bad_prompt_file_names_the_line(tmp_path) -> None:
+    p = tmp_path / "q.jsonl"
+    p.write_text('{"prompt": "hi"}\n\n{"prompt": "x"\n')
+    with pytest.raises(PromptError, match=r"q\.jsonl:3: not valid JSON"):
+        load_prompts(p)
+    p.write_text('{"prompt": "hi"}\n{"other": 1}\n')
+    with pytest.raises(PromptError, match=r":2: no prompt text"):
+        load_prompts(p)
+    p.write_text('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n')
+    with pytest.raises(PromptError, match="already used on line 1"):
+        load_prompts(p)
+
+
+def test_bad_specs(tmp_path, tiny_dir, prompts_file) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        parse_draft(str(tmp_path / "missing"))
+    with pytest.raises(ModelError, match="N must be >= 1"):
+        parse_draft("layers:0")
+    (tmp_path / "m.bin").write_text("x")
+    with pytest.raises(ModelError, match=r"not a \.gguf"):
+        parse_draft(str(tmp_path / "m.bin"))
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard("2")
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        parse_shard("2/2")
+    assert [p.request_id for p in select(load_prompts(prompts_file), shard=(1, 2), limit=2)] \
+        == ["101", "103"]
+
+
+def test_draft_vocab_must_match(tiny_dir, prompts_file, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other"
+    tiny_llama(1).save_pretrained(other)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tok.add_tokens(["zz"])
+    tok.save_pretrained(other)
+    with pytest.raises(ModelError, match="vocabulary differs"):
+        collect(_cfg(tiny_dir, prompts_file, tmp_path / "o", draft=str(other)))
+    assert not (tmp_path / "o").exists()
+
+
+def test_profile_cost_table(tiny_dir, tmp_path) -> None:
+    from collect.profile import profile
+
+    table = profile(tiny_dir, "layers:2", k=2, batch_sizes=[1, 2], contexts=[8, 16],
+                    repeats=1, device="cpu", dtype="float32", out=tmp_path / "cost.json")
+    assert len(table["rounds"]) == 4 and len(table["swap"]) == 2
+    assert json.loads((tmp_path / "cost.json").read_text())["switch_fit"]["c0"] >= 0
+
+
+# ------------------------------------------------------------------------- real SmolLM2
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    from collect.models import load_model
+
+    return load_model(smollm2_gguf, dtype="float32", device="cpu")
+
+
+def test_smollm2_chat_template_and_greedy(smollm2) -> None:
+    from collect.engine import eos_ids_of
+    from collect.prompts import encode
+
+    tok, model = smollm2.tokenizer, smollm2.model
+    ids = encode(tok, "What is the capital of France?")
+    text = tok.decode(ids)
+    assert "<|im_start|>user" in text and text.rstrip().endswith("assistant")
+    ref = _greedy(model, ids, 16)
+    eos = eos_ids_of(model, tok)
+    for eng in (SpeculativeEngine(model, draft=layers_draft(model, 20), k=4, eos_ids=eos),
+                SpeculativeEngine(model, ngram=4, k=4, eos_ids=eos)):
+        assert eng.generate(ids, 16).tokens == ref
