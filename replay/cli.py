@@ -137,7 +137,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     predictions: Any = args.predictions
     if args.predictor:
-        from predict.cli import predictor_source
+        from predict.apply import predictor_source
 
         predictions = predictor_source(args.predictor)
     elif predictions is None:

@@ -7,8 +7,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tune.objective import Suite
-from tune.run import DEFAULT_BAND_LIMITS, DEFAULT_BAND_TRIALS, DEFAULT_TRIALS
+from tune.defaults import DEFAULT_BAND_LIMITS, DEFAULT_BAND_TRIALS, DEFAULT_TRIALS
+from tune.suite import Suite
 
 
 def _ints(text: str) -> tuple[int, ...]:

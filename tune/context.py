@@ -9,9 +9,10 @@ from typing import Any
 
 from replay.engine import SwitchCost, TraceArrays
 from replay.trace import read_trace, trace_digest
-from tune.objective import Evaluator, PredictionSource, Suite
+from tune.objective import Evaluator, PredictionSource
 from tune.space import SearchSpace, combined_scale
 from tune.split import split_by_prompt
+from tune.suite import Suite
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class TuneContext:
 
 def prediction_source(spec: TuneSpec) -> PredictionSource:
     if spec.predictor:
-        from predict.cli import predictor_source
+        from predict.apply import predictor_source
 
         return predictor_source(Path(spec.predictor))
     return spec.predictions

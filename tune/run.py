@@ -38,12 +38,10 @@ from tune.config import (
     write_config,
 )
 from tune.context import TuneSpec, load_context
+from tune.defaults import DEFAULT_BAND_LIMITS, DEFAULT_BAND_TRIALS, DEFAULT_TRIALS
 from tune.heldout import baseline_factories, compare
 from tune.study import StorageSpec, StudyJob, banded_policy, best_trial, run_job
 
-DEFAULT_TRIALS = 150
-DEFAULT_BAND_LIMITS = (4, 12)
-DEFAULT_BAND_TRIALS = 30
 #: Relative gain on the tuning objective that load bands need to be exported.
 BAND_MIN_GAIN = 0.005
 

@@ -1,0 +1,122 @@
+"""Saving and loading predictors: skops files with an explicit trusted-type list and a model card.
+
+A predictor file is a skops archive (never pickle) holding a dict with ``format``
+(:data:`FORMAT`), ``format_version`` (:data:`FORMAT_VERSION`), the model card as JSON, the trained
+pipeline and baseline, and the training mean. Loading first lists the file's types without
+building any object; a file with types outside :data:`TRUSTED_TYPES`, a skops file that is not a
+lapsd predictor, or another format version is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from skops import io as sio
+
+from predict.model import LengthPredictor
+
+FORMAT = "lapsd-predictor"
+FORMAT_VERSION = 1
+
+#: The types of a lapsd predictor that skops does not trust by default (its own defaults cover
+#: the standard scikit-learn and numpy types); a file with any other type is refused.
+TRUSTED_TYPES = [
+    "predict.features.SentenceEmbedder",
+    "predict.features.log_chars",
+    "predict.features.prompt_stats",
+    "predict.model.LengthRegressor",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
+
+_VERSIONED = ("numpy", "scipy", "scikit-learn", "skops", "polars", "lapsd")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a predictor depends on (for the model card)."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def prompt_hashes(prompts: Sequence[str]) -> list[str]:
+    """Short SHA-256 digests of stripped prompt texts (to detect train/test overlap later)."""
+    return [hashlib.sha256(p.strip().encode()).hexdigest()[:16] for p in prompts]
+
+
+def new_card(**fields: Any) -> dict[str, Any]:
+    """A model card with the format, creation time and library versions filled in."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "libraries": library_versions(), **fields}
+
+
+def save_predictor(predictor: LengthPredictor, path: str | Path) -> Path:
+    """Write a predictor atomically (temporary file in the same folder, then rename)."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "card": json.dumps(predictor.card, sort_keys=True),
+        "pipeline": predictor.pipeline,
+        "length_baseline": predictor.length_baseline,
+        "train_mean_tokens": float(predictor.train_mean_tokens),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        sio.dump(payload, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def load_predictor(path: str | Path) -> LengthPredictor:
+    """Load a predictor written by :func:`save_predictor`.
+
+    Raises
+    ------
+    ValueError
+        When the file is missing, is not a skops file, holds types outside
+        :data:`TRUSTED_TYPES`, is not a lapsd predictor, or has another format version.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"predictor {p} not found: train one with `lapsd predict train "
+                         "--data ... --out model.skops`")
+    try:
+        untrusted = sio.get_untrusted_types(file=p)
+    except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p} is not a lapsd predictor (not a skops file: {exc}); pass a "
+                         "file written by `lapsd predict train`") from None
+    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected:
+        raise ValueError(f"{p} holds types a lapsd predictor never contains ({unexpected[:5]}"
+                         f"{' ...' if len(unexpected) > 5 else ''}); refusing to load it. Retrain "
+                         "with this lapsd version if it is your own file")
+    payload = sio.load(p, trusted=TRUSTED_TYPES)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{p} is a skops file but not a lapsd predictor (no "
+                         f"format={FORMAT!r}); pass a file written by `lapsd predict train`")
+    got = payload.get("format_version")
+    if got != FORMAT_VERSION:
+        raise ValueError(f"{p} is a lapsd predictor of format version {got}, but this lapsd "
+                         f"reads version {FORMAT_VERSION}: retrain it with `lapsd predict train`")
+    return LengthPredictor(payload["pipeline"], payload["length_baseline"],
+                           float(payload["train_mean_tokens"]), json.loads(payload["card"]))

@@ -1,0 +1,39 @@
+"""The workload suite a tuning objective averages over (kept free of optuna: the CLI reads its
+defaults to build ``--help``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Workloads of the objective (and, with other seeds, of the held-out comparison).
+
+    Parameters
+    ----------
+    bursts
+        Sizes of bursts (all requests arrive at time 0).
+    loads
+        Offered loads of Poisson workloads (fraction of the server's capacity).
+    poisson_n
+        Requests per Poisson workload.
+    seeds
+        Seeds; each workload is built once per seed.
+    """
+
+    bursts: tuple[int, ...] = (10, 30, 50)
+    loads: tuple[float, ...] = (0.5, 0.7, 0.9)
+    poisson_n: int = 150
+    seeds: tuple[int, ...] = (1, 2)
+
+    def workloads(self) -> list[str]:
+        """Workload strings, cheapest first."""
+        out = [f"burst:n={n},seed={s}" for n in self.bursts for s in self.seeds]
+        out += [f"poisson:load={x:g},n={self.poisson_n},seed={s}"
+                for x in self.loads for s in self.seeds]
+        return out
+
+    def with_seeds(self, seeds: Sequence[int]) -> Suite:
+        return Suite(self.bursts, self.loads, self.poisson_n, tuple(seeds))
