@@ -10,9 +10,9 @@ import pytest
 from optuna.trial import TrialState
 
 from tune.context import TuneSpec
-from tune.objective import Suite
 from tune.run import RunOptions, run_tune
 from tune.study import FINISHED, SURPLUS, _retried_numbers
+from tune.suite import Suite
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "examples" / "specbench-vicuna7b-eagle"

@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tune.context import TuneSpec
-from tune.objective import Suite
 from tune.study import FINISHED, StorageSpec, StudyJob, prepare_study, work
+from tune.suite import Suite
 
 from .conftest import TRACE, check_accounted
 
