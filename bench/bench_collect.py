@@ -3,7 +3,8 @@
 For each draft it times, over the same prompts and token budget: the lapsd engine with and
 without per-round recording, ``generate(assistant_model=...)`` (or ``prompt_lookup_num_tokens``
 for ``ngram:N``) with a constant ``k``, and plain greedy ``generate``. It also counts how many
-lapsd outputs equal plain greedy ``generate``'s output token for token.
+lapsd outputs equal plain greedy ``generate``'s output token for token, and says which engine path
+ran (``static`` = :mod:`collect.static`'s static cache and CUDA graphs, else the DynamicCache loop).
 
 Usage::
 
@@ -112,7 +113,8 @@ def main() -> None:
                     else:
                         t_off, n_off = t_off + dt, n_off + len(g.tokens)
             hf_rate, rec_rate, off_rate = n_hf / t_hf, n_rec / t_rec, n_off / t_off
-            print(f"--- draft {spec_s}: acceptance {acc / max(drafted, 1):.3f}, "
+            path = "static" if eng.static_split is not None else "dynamic-cache"
+            print(f"--- draft {spec_s} ({path} path): acceptance {acc / max(drafted, 1):.3f}, "
                   f"{n_rec / rounds:.2f} tokens/round, greedy-identical {same}/{len(prompts)}")
             print(f"{'hf assisted generate ' + spec_s:40s} {hf_rate:9.1f} tok/s  ({n_hf} tokens)")
             print(f"{'lapsd engine, recording':40s} {rec_rate:9.1f} tok/s  ({n_rec} tokens)")

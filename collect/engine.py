@@ -7,6 +7,11 @@ accepted draft prefix and the target's own token after it), then crops both cach
 is still valid. Every output token therefore comes from a round, and with greedy decoding the
 output is the target's own greedy output.
 
+Greedy runs of a Llama target with a ``layers:N`` or prompt-lookup draft take the static-cache
+path of :mod:`collect.static` (CUDA graphs on a GPU, the draft's layers and cache reused by the
+verification); the same rounds, tokens and records, only faster. Everything else (sampling,
+separate draft models, other architectures) uses the DynamicCache loop below.
+
 Sampling (``temperature > 0``) uses speculative rejection sampling (Leviathan et al. 2023; Chen
 et al. 2023): draft token ``x`` is kept with probability ``min(1, p(x) / q(x))``; the first
 rejected position is resampled from ``max(0, p - q)`` normalised; after ``k`` acceptances a bonus
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from collect.models import DraftSpec
+from collect.static import StaticRunner, supports
 
 
 # ------------------------------------------------------------------------------------- clocks
@@ -208,11 +214,14 @@ class SpeculativeEngine:
         Tokens drafted per round (fewer near ``max_new_tokens`` or when a lookup finds fewer).
     eos_ids
         Token ids that end a request.
+    static
+        Take the static-cache path (:mod:`collect.static`) where it applies; ``False`` forces
+        the DynamicCache loop (for comparisons).
     """
 
     def __init__(self, target: nn.Module, *, draft: nn.Module | None = None, ngram: int = 0,
                  k: int = 4, eos_ids: set[int] | None = None, temperature: float = 0.0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", static: bool = True) -> None:
         if (draft is None) == (ngram == 0):
             raise ValueError("give exactly one of draft (a model) or ngram (N >= 1)")
         if k < 1:
@@ -224,6 +233,10 @@ class SpeculativeEngine:
         self.eos_ids = set(eos_ids or ())
         self.temperature = temperature
         self.device = torch.device(device)
+        split = 0 if draft is None else shared_layers(target, draft)
+        self.static_split = split if (static and temperature <= 0 and supports(target)
+                                      and (draft is None or split > 0)) else None
+        self.runner: StaticRunner | None = None
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, *, record: bool = True,
@@ -233,6 +246,8 @@ class SpeculativeEngine:
 
         if not prompt:
             raise ValueError("empty prompt")
+        if self.static_split is not None:
+            return self._generate_static(prompt, max_new_tokens, record)
         clock = make_clock(self.device, record)
         gen = None
         if self.temperature > 0:
@@ -265,11 +280,7 @@ class SpeculativeEngine:
                                  use_cache=True).logits[0]
             m2 = clock.mark()
             accepted, new = self._accept(logits, drafts, q, gen)
-            new = new[:remaining]
-            for i, tok in enumerate(new):
-                if tok in self.eos_ids:
-                    new, finish = new[:i + 1], "stop"
-                    break
+            new, finish = self._clip(new, remaining)
             seq[0, n:n + len(new)] = torch.tensor(new, dtype=torch.long)
             tokens.extend(new)
             crop_cache(cache, n + len(new) - 1)
@@ -280,15 +291,59 @@ class SpeculativeEngine:
             produced += len(new)
             if finish == "stop":
                 break
-        clock.sync()
-        total_s = time.perf_counter() - t_start
-        for r in rounds:
-            a, b, c, e = r.marks
-            r.draft_s, r.verify_s, r.round_s = (clock.seconds(a, b), clock.seconds(b, c),
-                                                clock.seconds(a, e))
-            r.marks = (None, None, None, None)
-        return Generation(len(prompt), tokens[len(prompt):], finish, clock.seconds(p0, p1),
-                          total_s, rounds)
+        return _finish(clock, t_start, prompt, tokens, finish, (p0, p1), rounds)
+
+    def _generate_static(self, prompt: list[int], max_new_tokens: int,
+                         record: bool) -> Generation:
+        """:meth:`generate` on :class:`StaticRunner`: greedy, same rounds and records."""
+        if self.runner is None:
+            self.runner = StaticRunner(self.target, self.static_split or 0, self.k)
+        runner = self.runner
+        ngram = self.drafter if isinstance(self.drafter, NgramDrafter) else None
+        clock = make_clock(self.device, record)
+        t_start = time.perf_counter()
+        n = len(prompt)
+        tokens = list(prompt)
+        runner.ensure(n + max_new_tokens + self.k)
+        p0 = clock.mark()
+        runner.prefill(prompt[:-1])
+        p1 = clock.mark()
+        rounds: list[RoundRecord] = []
+        produced, finish = 0, "length"
+        while produced < max_new_tokens:
+            remaining = max_new_tokens - produced
+            d = max(min(self.k, remaining - 1), 0)
+            m0 = clock.mark()
+            found = ngram.lookup(tokens, d) if ngram is not None and d else []
+            runner.start_round(n - 1, tokens[-1], found)
+            if ngram is not None:
+                d = len(found)
+            elif d:
+                runner.draft(d)
+            m1 = clock.mark()
+            runner.verify(d)
+            m2 = clock.mark()
+            drafts, best = runner.result(d)
+            accepted = 0
+            while accepted < d and drafts[accepted] == best[accepted]:
+                accepted += 1
+            new, finish = self._clip([*drafts[:accepted], best[accepted]], remaining)
+            tokens.extend(new)
+            m3 = clock.mark()
+            rounds.append(RoundRecord(d, accepted, len(new), n, (m0, m1, m2, m3)))
+            n += len(new)
+            produced += len(new)
+            if finish == "stop":
+                break
+        return _finish(clock, t_start, prompt, tokens, finish, (p0, p1), rounds)
+
+    def _clip(self, new: list[int], remaining: int) -> tuple[list[int], str]:
+        """Cut a round's tokens at the budget and after the first EOS: ``(tokens, finish)``."""
+        new = new[:remaining]
+        for i, tok in enumerate(new):
+            if tok in self.eos_ids:
+                return new[:i + 1], "stop"
+        return new, "length"
 
     def _draft(self, seq: torch.Tensor, tokens: list[int], n: int, k: int,
                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -339,6 +394,34 @@ class SpeculativeEngine:
             dist = p[a]
         extra = int(torch.multinomial(dist, 1, generator=gen))
         return a, [*drafts[:a].tolist(), extra]
+
+
+def _finish(clock: Clock, t_start: float, prompt: list[int], tokens: list[int], finish: str,
+            prefill: tuple[Any, Any], rounds: list[RoundRecord]) -> Generation:
+    """Wait for the device, turn the marks into times and build the :class:`Generation`."""
+    clock.sync()
+    total_s = time.perf_counter() - t_start
+    for r in rounds:
+        a, b, c, e = r.marks
+        r.draft_s, r.verify_s, r.round_s = (clock.seconds(a, b), clock.seconds(b, c),
+                                            clock.seconds(a, e))
+        r.marks = (None, None, None, None)
+    return Generation(len(prompt), tokens[len(prompt):], finish, clock.seconds(*prefill),
+                      total_s, rounds)
+
+
+def shared_layers(target: nn.Module, draft: nn.Module) -> int:
+    """``N`` when ``draft`` is the target's own first ``N`` layers, norm and head, else 0."""
+    t_base, d_base = getattr(target, "model", None), getattr(draft, "model", None)
+    t_layers = getattr(t_base, "layers", None)
+    d_layers = getattr(d_base, "layers", None)
+    if t_layers is None or d_layers is None or len(d_layers) >= len(t_layers):
+        return 0
+    same = (all(a is b for a, b in zip(d_layers, t_layers, strict=False))
+            and getattr(draft, "lm_head", None) is getattr(target, "lm_head", None)
+            and getattr(d_base, "norm", None) is getattr(t_base, "norm", None)
+            and getattr(d_base, "embed_tokens", None) is getattr(t_base, "embed_tokens", None))
+    return len(d_layers) if same else 0
 
 
 def eos_ids_of(model: nn.Module, tokenizer: Any) -> set[int]:

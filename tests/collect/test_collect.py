@@ -53,6 +53,34 @@ def test_greedy_equals_target_greedy(target, draft: str, k: int) -> None:
         assert sum(r.accepted for r in g.rounds) > 0
 
 
+@pytest.mark.parametrize("draft", ["layers:2", "ngram:3"])
+def test_static_path_matches_dynamic_cache_loop(target, draft: str) -> None:
+    """The static-cache path (layer reuse for ``layers:N``) makes the same rounds and tokens."""
+    def engine(static: bool) -> SpeculativeEngine:
+        if draft == "ngram:3":
+            return SpeculativeEngine(target, ngram=3, k=3, static=static)
+        return SpeculativeEngine(target, draft=layers_draft(target, 2), k=3, static=static)
+
+    fast, slow = engine(True), engine(False)
+    assert fast.static_split is not None and slow.static_split is None
+    gen = torch.Generator().manual_seed(5)
+    # a short request, then one longer than the first cache allocation (it must grow)
+    for prompt, n in (([7, 8, 9, 7, 8], 20), (torch.randint(3, 64, (9,), generator=gen).tolist()
+                                                * 40, 200)):
+        a, b = fast.generate(prompt, n), slow.generate(prompt, n)
+        assert a.tokens == b.tokens == _greedy(target, prompt, n)
+        assert [(r.drafted, r.accepted, r.emitted, r.context_tokens) for r in a.rounds] == \
+            [(r.drafted, r.accepted, r.emitted, r.context_tokens) for r in b.rounds]
+    assert fast.runner is not None and fast.runner.capacity >= 9 * 40 + 200
+
+
+def test_static_path_only_where_it_applies(target) -> None:
+    assert SpeculativeEngine(target, draft=layers_draft(target, 3)).static_split == 3
+    assert SpeculativeEngine(target, ngram=2).static_split == 0
+    assert SpeculativeEngine(target, draft=tiny_llama(7, layers=2)).static_split is None
+    assert SpeculativeEngine(target, ngram=2, temperature=0.5).static_split is None
+
+
 def test_eos_stops_and_no_recording(target) -> None:
     prompt = [5, 6, 7, 8]
     ref = _greedy(target, prompt, 30)

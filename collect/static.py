@@ -1,0 +1,206 @@
+"""Greedy speculative decoding on a static KV cache, with CUDA graphs on a GPU.
+
+Hugging Face's eager forward of a small model is bound by Python and kernel-launch overhead
+(about 30 ms per token for SmolLM2-135M on an H100), so :class:`StaticRunner` runs the target's
+own modules over preallocated per-layer key/value buffers with fixed shapes, and on CUDA replays
+each fixed-shape step as one captured :class:`torch.cuda.CUDAGraph`.
+
+Two ideas keep it cheap:
+
+* No cropping. A query at position ``p`` attends to cache slots ``<= p`` only, and a round writes
+  every slot it reads, so entries left by rejected drafts are masked until they are overwritten.
+* ``layers:N`` drafts share the target's first ``N`` layers *and* their cache (LayerSkip-style
+  reuse): each drafted token's layer-``N`` hidden state is kept, so verification runs layers
+  ``0..N-1`` on the last draft token only and layers ``N..L-1`` on ``[pending, drafts]``.
+
+The host talks to the device once each way per round: one small copy in (position, pending
+token, prompt-lookup drafts) and one ``tolist`` out (drafts and the target's argmaxes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+# rope types whose inverse frequencies are fixed at load time (no data-dependent update)
+_STATIC_ROPE = {"default", "linear", "llama3"}
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether :class:`StaticRunner` can run ``model`` (a Llama-architecture causal LM)."""
+    cfg = getattr(model, "config", None)
+    rope = getattr(getattr(getattr(model, "model", None), "rotary_emb", None), "rope_type", None)
+    return (getattr(cfg, "model_type", None) == "llama" and rope in _STATIC_ROPE
+            and hasattr(model, "lm_head"))
+
+
+class StaticRunner:
+    """A Llama target on a static KV cache, drafting with its first ``split`` layers.
+
+    Parameters
+    ----------
+    model
+        The target (``supports(model)`` must hold), on its device, in eval mode.
+    split
+        ``N`` of a ``layers:N`` draft, or 0 for prompt lookup (drafts come from the host).
+    k
+        Most tokens drafted per round; one draft and one verify step is built for each count.
+    capacity
+        Cache slots (positions) per layer; :meth:`ensure` grows it.
+    """
+
+    def __init__(self, model: nn.Module, split: int, k: int, capacity: int = 512) -> None:
+        self.model = model
+        self.base = model.model
+        self.layers = list(self.base.layers)
+        self.split = split
+        self.k = k
+        self.cfg = model.config
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.graphed = self.device.type == "cuda"
+        self.n_kv = self.cfg.num_key_value_heads
+        self.head_dim = self.layers[0].self_attn.head_dim
+        rot = self.base.rotary_emb
+        self.inv_freq = rot.inv_freq.to(self.device, torch.float32)
+        self.rope_scale = float(rot.attention_scaling)
+        # inp = [position of the pending token, pending token, drafts...]; out = [drafts, best]
+        self.inp = torch.zeros(k + 2, dtype=torch.long, device=self.device)
+        self.out = torch.zeros(2 * k + 1, dtype=torch.long, device=self.device)
+        self.hidden = torch.zeros(k + 1, self.cfg.hidden_size, dtype=self.dtype,
+                                  device=self.device)
+        self.capacity = 0
+        self._alloc(capacity)
+
+    # ------------------------------------------------------------------------ cache and graphs
+    def _alloc(self, capacity: int) -> None:
+        shape = (self.n_kv, capacity, self.head_dim)
+        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                     for _ in self.layers]
+        self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                       for _ in self.layers]
+        self.slots = torch.arange(capacity, device=self.device)
+        self.capacity = capacity
+        self.steps: dict[tuple[str, int], Callable[[], None]] = {}
+
+    def ensure(self, positions: int) -> None:
+        """Make room for ``positions`` cache slots (rounded up to 512; graphs are rebuilt).
+
+        Call it before :meth:`prefill`: capturing a graph runs its step, which writes slots.
+        """
+        if positions > self.capacity:
+            self._alloc(-(-positions // 512) * 512)
+        if not self.steps:
+            self._build()
+
+    def _build(self) -> None:
+        plain: dict[tuple[str, int], Callable[[], None]] = {}
+        for d in range(self.k + 1):
+            plain[("verify", d)] = lambda d=d: self._verify_step(d)
+            if self.split and d:
+                plain[("draft", d)] = lambda d=d: self._draft_step(d)
+        if not self.graphed:
+            self.steps = plain
+            return
+        self.inp.zero_()
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for fn in plain.values():  # warm-up outside capture (allocator, kernel choice)
+                fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for key, fn in plain.items():
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                fn()
+            self.steps[key] = graph.replay
+
+    # --------------------------------------------------------------------------------- model
+    def _layers(self, x: torch.Tensor, pos: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Layers ``lo..hi-1`` on hidden states ``x`` (T, H) at positions ``pos`` (T,)."""
+        freqs = pos[:, None].float() * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(x.dtype)[None]
+        sin = (emb.sin() * self.rope_scale).to(x.dtype)[None]
+        mask = self.slots[None, :] <= pos[:, None]  # (T, capacity)
+        t = x.shape[0]
+        for i in range(lo, hi):
+            layer = self.layers[i]
+            att = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = att.q_proj(h).view(t, -1, self.head_dim).transpose(0, 1)
+            k = att.k_proj(h).view(t, -1, self.head_dim).transpose(0, 1)
+            v = att.v_proj(h).view(t, -1, self.head_dim).transpose(0, 1)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.keys[i].index_copy_(1, pos, k)
+            self.values[i].index_copy_(1, pos, v)
+            # grouped-query attention: fold each key/value head's query heads into rows
+            qg = q.reshape(self.n_kv, -1, self.head_dim)  # (n_kv, groups * T, hd)
+            scores = torch.matmul(qg, self.keys[i].transpose(1, 2)) * att.scaling
+            scores = scores.view(self.n_kv, -1, t, self.capacity).masked_fill(
+                ~mask, float("-inf"))
+            w = torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
+            o = torch.matmul(w.view(self.n_kv, -1, self.capacity), self.values[i])
+            o = o.view(-1, t, self.head_dim).transpose(0, 1).reshape(t, -1)
+            x = x + att.o_proj(o)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return x
+
+    def _argmax(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.base.norm(x)).argmax(-1)
+
+    def _draft_step(self, d: int) -> None:
+        """Draft ``d`` tokens after the pending one with layers ``0..split-1``."""
+        p, toks = self.inp[:1], self.inp[1:]
+        for i in range(d):
+            x = self._layers(self.base.embed_tokens(toks[i:i + 1]), p + i, 0, self.split)
+            self.hidden[i:i + 1] = x
+            toks[i + 1:i + 2] = self._argmax(x)
+
+    def _verify_step(self, d: int) -> None:
+        """The target's argmax after each of ``[pending, drafts[:d]]``, into ``out``."""
+        pos = self.inp[0] + torch.arange(d + 1, device=self.device)
+        toks = self.inp[1:d + 2]
+        if self.split:
+            x = self._layers(self.base.embed_tokens(toks[d:]), pos[d:], 0, self.split)
+            self.hidden[d:d + 1] = x
+            x = self._layers(self.hidden[:d + 1], pos, self.split, len(self.layers))
+        else:
+            x = self._layers(self.base.embed_tokens(toks), pos, 0, len(self.layers))
+        self.out[:d] = toks[1:]
+        self.out[d:2 * d + 1] = self._argmax(x)
+
+    # ----------------------------------------------------------------------------- interface
+    def prefill(self, ids: list[int]) -> None:
+        """Fill slots ``0..len(ids)-1`` of every layer (eager: the length varies)."""
+        if ids:
+            t = torch.tensor(ids, dtype=torch.long, device=self.device)
+            self._layers(self.base.embed_tokens(t), torch.arange(len(ids), device=self.device),
+                         0, len(self.layers))
+
+    def start_round(self, position: int, pending: int, drafts: list[int] | None = None) -> None:
+        """Set the pending token, its position and (prompt lookup) the drafts: one copy."""
+        vals = [position, pending, *(drafts or ())]
+        self.inp[:len(vals)].copy_(torch.tensor(vals, dtype=torch.long), non_blocking=True)
+
+    def draft(self, d: int) -> None:
+        """Draft ``d >= 1`` tokens (``layers:N`` only); they stay on the device."""
+        self.steps[("draft", d)]()
+
+    def verify(self, d: int) -> None:
+        """Run the target over the pending token and ``d`` drafts (no host sync)."""
+        self.steps[("verify", d)]()
+
+    def result(self, d: int) -> tuple[list[int], list[int]]:
+        """``(drafts, best)`` of the last verify: ``d`` drafts, the target's ``d + 1`` argmaxes."""
+        both = self.out[:2 * d + 1].tolist()
+        return both[:d], both[d:]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
