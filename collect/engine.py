@@ -21,6 +21,7 @@ token is drawn from ``p``. Prompt-lookup drafts have a one-hot ``q``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -267,30 +268,22 @@ class SpeculativeEngine:
         self.drafter.reset(seq, n)
         p1 = clock.mark()
 
-        rounds: list[RoundRecord] = []
-        produced, finish = 0, "length"
-        while produced < max_new_tokens:
-            remaining = max_new_tokens - produced
-            k = min(self.k, remaining - 1)
-            m0 = clock.mark()
-            drafts, q = self._draft(seq, tokens, n, k, gen)
+        def step(n: int, d: int) -> tuple[int, int, list[int], Any, Any]:
+            drafts, q = self._draft(seq, tokens, n, d, gen)
             d = int(drafts.numel())
             m1 = clock.mark()
             logits = self.target(input_ids=seq[:, n - 1:n + d], past_key_values=cache,
                                  use_cache=True).logits[0]
             m2 = clock.mark()
-            accepted, new = self._accept(logits, drafts, q, gen)
-            new, finish = self._clip(new, remaining)
+            accepted, proposed = self._accept(logits, drafts, q, gen)
+            return d, accepted, proposed, m1, m2
+
+        def commit(n: int, new: list[int], accepted: int, d: int) -> None:
             seq[0, n:n + len(new)] = torch.tensor(new, dtype=torch.long)
-            tokens.extend(new)
             crop_cache(cache, n + len(new) - 1)
             self.drafter.commit(n, accepted, max(d, 1))
-            m3 = clock.mark()
-            rounds.append(RoundRecord(d, accepted, len(new), n, (m0, m1, m2, m3)))
-            n += len(new)
-            produced += len(new)
-            if finish == "stop":
-                break
+
+        rounds, finish = self._rounds(clock, tokens, max_new_tokens, step, commit)
         return _finish(clock, t_start, prompt, tokens, finish, (p0, p1), rounds)
 
     def _generate_static(self, prompt: list[int], max_new_tokens: int,
@@ -308,12 +301,7 @@ class SpeculativeEngine:
         p0 = clock.mark()
         runner.prefill(prompt[:-1])
         p1 = clock.mark()
-        rounds: list[RoundRecord] = []
-        produced, finish = 0, "length"
-        while produced < max_new_tokens:
-            remaining = max_new_tokens - produced
-            d = max(min(self.k, remaining - 1), 0)
-            m0 = clock.mark()
+        def step(n: int, d: int) -> tuple[int, int, list[int], Any, Any]:
             found = ngram.lookup(tokens, d) if ngram is not None and d else []
             runner.start_round(n - 1, tokens[-1], found)
             if ngram is not None:
@@ -324,18 +312,40 @@ class SpeculativeEngine:
             runner.verify(d)
             m2 = clock.mark()
             drafts, best = runner.result(d)
-            accepted = 0
-            while accepted < d and drafts[accepted] == best[accepted]:
-                accepted += 1
-            new, finish = self._clip([*drafts[:accepted], best[accepted]], remaining)
+            return (d, *greedy_accept(drafts, best), m1, m2)
+
+        rounds, finish = self._rounds(clock, tokens, max_new_tokens, step)
+        return _finish(clock, t_start, prompt, tokens, finish, (p0, p1), rounds)
+
+    def _rounds(self, clock: Clock, tokens: list[int], max_new_tokens: int,
+                step: Callable[[int, int], tuple[int, int, list[int], Any, Any]],
+                commit: Callable[[int, list[int], int, int], None] | None = None,
+                ) -> tuple[list[RoundRecord], str]:
+        """The round loop both paths share: bookkeeping, clipping and records.
+
+        ``step(n, k)`` drafts up to ``k`` tokens after ``tokens[:n]`` and verifies them,
+        returning ``(drafted, accepted, proposed tokens, draft-end mark, verify-end mark)``;
+        ``commit(n, new, accepted, drafted)`` updates the path's caches with the kept tokens.
+        ``tokens`` (prompt first) is extended in place.
+        """
+        rounds: list[RoundRecord] = []
+        n = len(tokens)
+        produced, finish = 0, "length"
+        while produced < max_new_tokens:
+            remaining = max_new_tokens - produced
+            m0 = clock.mark()
+            d, accepted, proposed, m1, m2 = step(n, min(self.k, remaining - 1))
+            new, finish = self._clip(proposed, remaining)
             tokens.extend(new)
+            if commit is not None:
+                commit(n, new, accepted, d)
             m3 = clock.mark()
             rounds.append(RoundRecord(d, accepted, len(new), n, (m0, m1, m2, m3)))
             n += len(new)
             produced += len(new)
             if finish == "stop":
                 break
-        return _finish(clock, t_start, prompt, tokens, finish, (p0, p1), rounds)
+        return rounds, finish
 
     def _clip(self, new: list[int], remaining: int) -> tuple[list[int], str]:
         """Cut a round's tokens at the budget and after the first EOS: ``(tokens, finish)``."""
@@ -365,11 +375,7 @@ class SpeculativeEngine:
         d = int(drafts.numel())
         if self.temperature <= 0:
             both = torch.cat([logits.argmax(-1), drafts]).tolist()
-            best, drafted = both[:d + 1], both[d + 1:]
-            a = 0
-            while a < d and drafted[a] == best[a]:
-                a += 1
-            return a, [*drafted[:a], best[a]]
+            return greedy_accept(both[d + 1:], both[:d + 1])
         p = torch.softmax(logits.float() / self.temperature, dim=-1)
         if d:
             idx = torch.arange(d, device=p.device)
@@ -394,6 +400,18 @@ class SpeculativeEngine:
             dist = p[a]
         extra = int(torch.multinomial(dist, 1, generator=gen))
         return a, [*drafts[:a].tolist(), extra]
+
+
+def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, list[int]]:
+    """Greedy verification: the drafts that match the target's choices, then its next token.
+
+    ``best[i]`` is the target's argmax after the pending token and ``drafts[:i]``
+    (``len(best) == len(drafts) + 1``). Returns ``(accepted, tokens to append)``.
+    """
+    a = 0
+    while a < len(drafts) and drafts[a] == best[a]:
+        a += 1
+    return a, [*drafts[:a], best[a]]
 
 
 def _finish(clock: Clock, t_start: float, prompt: list[int], tokens: list[int], finish: str,
