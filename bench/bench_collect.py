@@ -4,7 +4,8 @@ For each draft it times, over the same prompts and token budget: the lapsd engin
 without per-round recording, ``generate(assistant_model=...)`` (or ``prompt_lookup_num_tokens``
 for ``ngram:N``) with a constant ``k``, and plain greedy ``generate``. It also counts how many
 lapsd outputs equal plain greedy ``generate``'s output token for token, and says which engine path
-ran (``static`` = :mod:`collect.static`'s static cache and CUDA graphs, else the DynamicCache loop).
+ran (``static`` = :mod:`lapsd.collect.static`'s static cache and CUDA graphs, else the
+DynamicCache loop).
 
 Usage::
 
@@ -27,10 +28,10 @@ def _sync() -> None:
 
 
 def main() -> None:
-    from collect.engine import build_engine, eos_ids_of
-    from collect.models import layers_draft, load_model, parse_draft
-    from collect.prompts import encode, load_prompts
-    from collect.run import resolve_device
+    from lapsd.collect.engine import build_engine, eos_ids_of
+    from lapsd.collect.models import layers_draft, load_model, parse_draft
+    from lapsd.collect.prompts import encode, load_prompts
+    from lapsd.collect.run import resolve_device
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--target", type=Path, required=True)

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from predict.data import load_alpaca_eval, load_token_counter
-from predict.features import embeddings_available
-from predict.model import LengthPredictor
-from predict.train import train_predictor
+from lapsd.predict.data import load_alpaca_eval, load_token_counter
+from lapsd.predict.features import embeddings_available
+from lapsd.predict.model import LengthPredictor
+from lapsd.predict.train import train_predictor
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "prompts_alpaca_eval"
 

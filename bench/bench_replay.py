@@ -18,12 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
+from lapsd.replay.engine import TraceArrays, simulate  # noqa: E402
+from lapsd.replay.policies import available, create  # noqa: E402
+from lapsd.replay.trace import read_trace  # noqa: E402
+from lapsd.replay.workload import build_workload  # noqa: E402
 from sim_reference import reference_simulate  # noqa: E402
-
-from replay.engine import TraceArrays, simulate  # noqa: E402
-from replay.policies import available, create  # noqa: E402
-from replay.trace import read_trace  # noqa: E402
-from replay.workload import build_workload  # noqa: E402
 
 
 def _fast(arrays, workload, name):

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import optuna
-
-from tune.context import TuneSpec, load_context
-from tune.study import StorageSpec, StudyJob, run_job
+from lapsd.tune.context import TuneSpec, load_context
+from lapsd.tune.study import StorageSpec, StudyJob, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

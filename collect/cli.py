@@ -1,7 +1,7 @@
-"""`lapsd` subcommands of the collect package: ``collect``, ``collect-profile`` and ``merge``.
+"""``lapsd`` subcommands of the collect package: ``collect``, ``collect-profile`` and ``merge``.
 
 Torch and transformers are imported only when one of these commands runs, so that ``lapsd``'s
-other commands (and ``import replay``) never load them.
+other commands (and ``import lapsd.replay``) never load them.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from lapsd.console import console, out
+from lapsd.errors import require_extra
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,9 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    require_extra("collect", "torch", "transformers")
     """``lapsd collect``."""
-    from collect.prompts import parse_shard
-    from collect.run import CollectConfig, collect
+    from lapsd.collect.prompts import parse_shard
+    from lapsd.collect.run import CollectConfig, collect
 
     cfg = CollectConfig(
         target=args.target, draft=args.draft, prompts=args.prompts, out=args.out, k=args.k,
@@ -79,14 +83,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
         temperature=args.temperature, shard=parse_shard(args.shard), limit=args.limit,
         seed=args.seed, chunk_size=args.chunk_size, resume=args.resume, chat=args.chat,
     )
-    path = collect(cfg)
-    print(f"trace written to {path}")
+    path = collect(cfg, log=console.print)
+    out.print(f"trace written to {path}")
     return 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    require_extra("collect", "torch", "transformers")
     """``lapsd collect-profile``."""
-    from collect.profile import profile
+    from lapsd.collect.profile import profile
 
     table = profile(
         args.target, args.draft, k=args.k,
@@ -94,15 +99,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
         contexts=[int(x) for x in args.contexts.split(",")], repeats=args.repeats,
         device=args.device, dtype=args.dtype, out=args.out,
     )
-    print(json.dumps(table["switch_fit"]))
-    print(f"cost table written to {args.out}")
+    out.print(json.dumps(table["switch_fit"]))
+    console.print(f"cost table written to {args.out}")
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """``lapsd merge``."""
-    from collect.run import merge
+    from lapsd.collect.run import merge
 
     path = merge(args.sources, args.out, overwrite=args.force)
-    print(f"merged trace written to {path}")
+    out.print(f"merged trace written to {path}")
     return 0

@@ -8,8 +8,8 @@ is still valid. Every output token therefore comes from a round, and with greedy
 output is the target's own greedy output.
 
 Greedy runs of a Llama target with a ``layers:N`` or prompt-lookup draft take the static-cache
-path of :mod:`collect.static` (CUDA graphs on a GPU, the draft's layers and cache reused by the
-verification); the same rounds, tokens and records, only faster. Everything else (sampling,
+path of :mod:`lapsd.collect.static` (CUDA graphs on a GPU, the draft's layers and cache reused
+by the verification); the same rounds, tokens and records, only faster. Everything else (sampling,
 separate draft models, other architectures) uses the DynamicCache loop below.
 
 Sampling (``temperature > 0``) uses speculative rejection sampling (Leviathan et al. 2023; Chen
@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from lapsd.collect.models import DraftSpec
+from lapsd.collect.static import StaticRunner, supports
 from torch import nn
-
-from collect.models import DraftSpec
-from collect.static import StaticRunner, supports
 
 
 # ------------------------------------------------------------------------------------- clocks
@@ -216,7 +215,7 @@ class SpeculativeEngine:
     eos_ids
         Token ids that end a request.
     static
-        Take the static-cache path (:mod:`collect.static`) where it applies; ``False`` forces
+        Take the static-cache path (:mod:`lapsd.collect.static`) where it applies; ``False`` forces
         the DynamicCache loop (for comparisons).
     """
 
@@ -458,7 +457,7 @@ def build_engine(target: nn.Module, spec: DraftSpec, draft_model: nn.Module | No
                  eos_ids: set[int], temperature: float, device: torch.device | str
                  ) -> SpeculativeEngine:
     """An engine for a parsed draft spec (``draft_model`` for ``model`` drafts)."""
-    from collect.models import layers_draft
+    from lapsd.collect.models import layers_draft
 
     if spec.kind == "ngram":
         return SpeculativeEngine(target, ngram=spec.n, k=k, eos_ids=eos_ids,

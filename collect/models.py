@@ -23,10 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from lapsd.errors import LapsdError
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ModelError(ValueError):
+class ModelError(LapsdError):
     """A model or draft specification that cannot be used (raised before any GPU work)."""
 
 
@@ -94,7 +96,7 @@ def load_model(path: Path, *, dtype: str, device: str) -> LoadedModel:
     """Load a causal LM from a HF folder or a GGUF file (GGUF weights are dequantized)."""
     from transformers import AutoModelForCausalLM
 
-    from replay.trace import sha256_file
+    from lapsd.io import sha256_file
 
     check_model_path(path, "target")
     torch_dtype = DTYPES[dtype]

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lapsd.collect.engine import crop_cache, make_clock
 
-from collect.engine import crop_cache, make_clock
+from lapsd.errors import LapsdError
 
 
 def _prefill(model: torch.nn.Module, ids: torch.Tensor) -> Any:
@@ -35,12 +36,12 @@ def profile(target_path: Path, draft: str, *, k: int, batch_sizes: list[int],
             contexts: list[int], repeats: int, device: str, dtype: str, out: Path
             ) -> dict[str, Any]:
     """Measure and write the cost table; returns it."""
-    from collect.models import layers_draft, load_model, parse_draft
-    from collect.run import resolve_device
+    from lapsd.collect.models import layers_draft, load_model, parse_draft
+    from lapsd.collect.run import resolve_device
 
     spec = parse_draft(draft)
     if spec.kind == "ngram":
-        raise ValueError("profiling needs a draft model (a path or layers:N), not ngram:N")
+        raise LapsdError("profiling needs a draft model (a path or layers:N), not ngram:N")
     dev = resolve_device(device)
     target = load_model(target_path, dtype=dtype, device=dev)
     dmodel = (layers_draft(target.model, spec.n) if spec.kind == "layers"
@@ -83,7 +84,7 @@ def profile(target_path: Path, draft: str, *, k: int, batch_sizes: list[int],
         "switch_fit": _fit([s["context"] for s in swaps], [s["out_s"] + s["in_s"] for s in swaps]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    from replay.trace import atomic_write_text
+    from lapsd.io import atomic_write_text
 
     atomic_write_text(out, json.dumps(table, indent=2) + "\n")
     return table

@@ -7,16 +7,18 @@ Each line is a JSON object. The prompt text is taken from the first present key 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lapsd.errors import LapsdError
+from lapsd.io import read_jsonl
 
 _TEXT_KEYS = ("prompt", "text", "instruction", "turns")
 _ID_KEYS = ("id", "question_id", "request_id")
 
 
-class PromptError(ValueError):
+class PromptError(LapsdError):
     """A prompt file that does not parse; the message names the file and line."""
 
 
@@ -44,24 +46,17 @@ def load_prompts(path: Path | str) -> list[Prompt]:
     dataset = path.parent.name or path.stem
     prompts: list[Prompt] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise PromptError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            text = _text(obj, where)
-            rid = next((str(obj[k]) for k in _ID_KEYS if obj.get(k) is not None), str(lineno))
-            if rid in seen:
-                raise PromptError(f"{where}: id {rid!r} already used on line {seen[rid]}")
-            seen[rid] = lineno
-            category = obj.get("category")
-            prompts.append(Prompt(rid, text, None if category is None else str(category), dataset))
+    for lineno, obj in read_jsonl(path, what="prompt"):
+        where = f"{path}:{lineno}"
+        if not isinstance(obj, dict):
+            raise PromptError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        text = _text(obj, where)
+        rid = next((str(obj[k]) for k in _ID_KEYS if obj.get(k) is not None), str(lineno))
+        if rid in seen:
+            raise PromptError(f"{where}: id {rid!r} already used on line {seen[rid]}")
+        seen[rid] = lineno
+        category = obj.get("category")
+        prompts.append(Prompt(rid, text, None if category is None else str(category), dataset))
     if not prompts:
         raise PromptError(f"{path}: no prompts")
     return prompts
@@ -107,7 +102,7 @@ def parse_shard(value: str) -> tuple[int, int]:
         i_s, n_s = value.split("/")
         i, n = int(i_s), int(n_s)
     except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {value!r}") from None
+        raise LapsdError(f"--shard must look like i/n (e.g. 0/4), got {value!r}") from None
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard {value}: need 0 <= i < n")
+        raise LapsdError(f"--shard {value}: need 0 <= i < n")
     return i, n

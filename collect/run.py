@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replay.trace import (
+from lapsd.replay.trace import (
     TraceError,
     make_trace,
     new_manifest,
     read_trace,
     write_trace,
 )
+
+from lapsd.errors import LapsdError
 
 CHUNKS = "chunks"
 MERGED = "trace"
@@ -67,14 +69,14 @@ def preflight(cfg: CollectConfig) -> tuple[Any, list[Any], Any]:
 
     Returns ``(draft_spec, prompts_to_run, target_tokenizer)``.
     """
-    from collect.models import check_model_path, check_vocab, load_tokenizer, parse_draft
-    from collect.prompts import load_prompts, select
+    from lapsd.collect.models import check_model_path, check_vocab, load_tokenizer, parse_draft
+    from lapsd.collect.prompts import load_prompts, select
 
     check_model_path(cfg.target, "target")
     spec = parse_draft(cfg.draft)
     prompts = select(load_prompts(cfg.prompts), shard=cfg.shard, limit=cfg.limit)
     if cfg.k < 1 or cfg.max_new_tokens < 1:
-        raise ValueError("--k and --max-new-tokens must be >= 1")
+        raise LapsdError("--k and --max-new-tokens must be >= 1")
     tok = load_tokenizer(cfg.target)
     if spec.kind == "model":
         check_vocab(tok, load_tokenizer(spec.path), spec.name)
@@ -101,7 +103,7 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from replay import __version__
+    from lapsd import __version__
 
     out = {"python": platform.python_version(), "torch": torch.__version__,
            "transformers": transformers.__version__, "lapsd": __version__}
@@ -113,15 +115,14 @@ def _versions() -> dict[str, str]:
 def collect(cfg: CollectConfig, *, log: Any = print) -> Path:
     """Run every selected prompt not yet collected and return the merged trace folder."""
     import torch
-
-    from collect.engine import build_engine, eos_ids_of
-    from collect.models import load_model
-    from collect.prompts import encode
+    from lapsd.collect.engine import build_engine, eos_ids_of
+    from lapsd.collect.models import load_model
+    from lapsd.collect.prompts import encode
 
     spec, prompts, tok = preflight(cfg)
     out = cfg.out
     if chunk_dirs(out) and not cfg.resume:
-        raise FileExistsError(f"{out} already holds chunks: pass --resume to continue that run "
+        raise LapsdError(f"{out} already holds chunks: pass --resume to continue that run "
                               "or choose another --out")
     done = done_ids(out) if cfg.resume else set()
     todo = [p for p in prompts if p.request_id not in done]

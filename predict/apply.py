@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from lapsd.predict.persist import load_predictor
+from lapsd.replay.engine import TraceArrays
+from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.trace import Trace, TraceError, read_trace, write_trace
 
-from predict.persist import load_predictor
-from replay.engine import TraceArrays
-from replay.estimate import LengthPrediction
-from replay.trace import Trace, TraceError, read_trace, sha256_file, write_trace
+from lapsd.errors import LapsdError
+from lapsd.io import sha256_file
 
 
 def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | None = None,
@@ -26,7 +28,7 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
     ------
     TraceError
         When the trace is unusable or a request has no prompt text.
-    ValueError
+    LapsdError
         When the predictor cannot be loaded.
     """
     predictor = load_predictor(model)
@@ -41,8 +43,8 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
     target = predictor.card.get("target_model")
     models = {m for m in req["target_model"].to_list() if m is not None}
     if target and models and models != {target}:
-        print(f"lapsd predict: warning: the predictor was trained for {target!r} but the trace "
-              f"serves {sorted(models)}", file=sys.stderr)
+        warnings.warn(f"the predictor was trained for {target!r} but the trace serves "
+                      f"{sorted(models)}", stacklevel=2)
     p50, p90 = predictor.predict_lengths(prompts, req["category"].to_list())
     requests = req.with_columns(pl.Series("predicted_tokens", p50, pl.Float64),
                                 pl.Series("predicted_tokens_p90", p90, pl.Float64))
@@ -56,10 +58,11 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
 
 def predictor_source(model_path: str | Path,
                      ) -> Callable[[TraceArrays, np.ndarray], list[LengthPrediction]]:
-    """A prediction source for :func:`replay.workload.make_predictions` (``--predictor``).
+    """A prediction source for :func:`lapsd.replay.workload.make_predictions` (``--predictor``).
 
     The predictor is loaded once; each call predicts every distinct trace request it is asked
-    about once and returns one :class:`~replay.estimate.LengthPrediction` per entry of ``index``.
+    about once and returns one :class:`~lapsd.replay.estimate.LengthPrediction` per entry of
+    ``index``.
     """
     predictor = load_predictor(model_path)
 
@@ -68,7 +71,7 @@ def predictor_source(model_path: str | Path,
         prompts = [arrays.prompts[i] for i in unique]
         missing = [int(unique[j]) for j, p in enumerate(prompts) if p is None]
         if missing:
-            raise ValueError(f"--predictor {model_path}: request "
+            raise LapsdError(f"--predictor {model_path}: request "
                              f"{arrays.request_ids[missing[0]]!r} (and {len(missing) - 1} more) "
                              "has no prompt text; use a trace with prompts or "
                              "--predictions oracle:sigma=...")

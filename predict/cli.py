@@ -1,19 +1,20 @@
-"""`lapsd predict` subcommands: train, eval, cv, apply.
+"""``lapsd predict`` subcommands: train, eval, cv, apply.
 
 The commands only parse arguments and print; the work is done by functions that tests call
-directly (:func:`predict.train.train_predictor`, :func:`predict.evaluate.evaluate_predictor`,
-:func:`predict.evaluate.cross_validate`, :func:`predict.evaluate.cross_model`,
-:func:`predict.apply.apply_to_trace`). Each command is stored as ``func`` on the parsed
-namespace and returns an exit status.
+directly (:func:`lapsd.predict.train.train_predictor`,
+:func:`lapsd.predict.evaluate.evaluate_predictor`, :func:`lapsd.predict.evaluate.cross_validate`,
+:func:`lapsd.predict.evaluate.cross_model`, :func:`lapsd.predict.apply.apply_to_trace`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from rich.table import Table
+
+from lapsd.console import add_json, emit, out
+from lapsd.errors import require_extra
 
 _COLUMNS = (("mae_tokens", "MAE tok", "{:.1f}"), ("median_rel_error", "med rel err", "{:.3f}"),
             ("spearman", "Spearman", "{:.3f}"), ("kendall_tau", "Kendall τ", "{:.3f}"),
@@ -30,6 +31,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-model", help="the target model whose lengths to use")
 
 
+def _needs_extra(command: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        require_extra("predict", "sklearn", "skops")
+        return int(command(args))
+
+    return run
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `lapsd` parser."""
     parser = subparsers.add_parser("predict", help="output-length predictor: train, evaluate, "
@@ -44,13 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--embeddings", action="store_true",
                    help="add sentence-embedding features (needs the 'embed' extra)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=_needs_extra(cmd_train))
 
     p = sub.add_parser("eval", help="evaluate a trained predictor against the baselines")
     p.add_argument("--model", required=True, help="predictor file (.skops)")
     _add_data_args(p)
-    p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
-    p.set_defaults(func=cmd_eval)
+    add_json(p, "the metrics")
+    p.set_defaults(func=_needs_extra(cmd_eval))
 
     p = sub.add_parser("cv", help="cross-validate by prompt and across models (no file saved)")
     _add_data_args(p)
@@ -59,14 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cv-folds", type=int, default=5)
     p.add_argument("--embeddings", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
-    p.set_defaults(func=cmd_cv)
+    add_json(p, "the metrics")
+    p.set_defaults(func=_needs_extra(cmd_cv))
 
     p = sub.add_parser("apply", help="add predicted_tokens(_p90) columns to a trace")
     p.add_argument("--model", required=True, help="predictor file (.skops)")
     p.add_argument("trace", metavar="TRACE_DIR")
     p.add_argument("--out", help="write the result here instead of in place")
-    p.set_defaults(func=cmd_apply)
+    p.set_defaults(func=_needs_extra(cmd_apply))
 
 
 def metrics_table(title: str, result: dict[str, Any]) -> Table:
@@ -75,7 +84,7 @@ def metrics_table(title: str, result: dict[str, Any]) -> Table:
     table.add_column("system")
     for _, header, _ in _COLUMNS:
         table.add_column(header, justify="right")
-    from predict.evaluate import SYSTEMS
+    from lapsd.predict.evaluate import SYSTEMS
 
     for system in SYSTEMS:
         row = result[system]
@@ -85,38 +94,31 @@ def metrics_table(title: str, result: dict[str, Any]) -> Table:
 
 
 def _load(args: argparse.Namespace):
-    from predict.data import load_data
+    from lapsd.predict.data import load_data
 
     return load_data(args.data, questions=args.questions, tokenizer=args.tokenizer)
 
 
-def _write_json(path: str | None, payload: dict[str, Any]) -> None:
-    if path:
-        from replay.trace import atomic_write_text
-
-        atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from predict.train import train_predictor
-    from replay.cli import out as console
-    with console.status("training"):
+    from lapsd.predict.train import train_predictor
+
+    with out.status("training"):
         predictor = train_predictor(_load(args), args.out, target_model=args.target_model,
                                     cv_folds=args.cv_folds, seed=args.seed,
                                     embeddings=args.embeddings)
     card = predictor.card
     cv = card["metrics"]["cross_validation"]
     if cv is not None:
-        console.print(metrics_table(f"{card['target_model']}: {args.cv_folds}-fold cross-"
-                                    f"validation by prompt (n={card['n_train']})", cv))
-    console.print(f"wrote {args.out} (target model {card['target_model']!r}, "
+        out.print(metrics_table(f"{card['target_model']}: {args.cv_folds}-fold cross-"
+                                f"validation by prompt (n={card['n_train']})", cv))
+    out.print(f"wrote {args.out} (target model {card['target_model']!r}, "
                   f"{card['n_train']} examples, tokens: {card['token_count']})")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from predict.evaluate import evaluate_predictor
-    from predict.persist import load_predictor
+    from lapsd.predict.evaluate import evaluate_predictor
+    from lapsd.predict.persist import load_predictor
 
     predictor = load_predictor(args.model)
     data = _load(args)
@@ -126,15 +128,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.target_model:
         data = data.for_model(args.target_model)  # raises with the models present
     result = evaluate_predictor(predictor, data)
-    from replay.cli import out as console
-    console.print(metrics_table(f"{args.model} on {len(data)} examples ({', '.join(data.models)})",
-                                result))
-    overlap = result["train_prompt_overlap"]
-    if overlap:
-        console.print(f"[yellow]warning: {overlap:.0%} of these prompts were in the training "
+
+    def show() -> None:
+        out.print(metrics_table(f"{args.model} on {len(data)} examples "
+                                f"({', '.join(data.models)})", result))
+        overlap = result["train_prompt_overlap"]
+        if overlap:
+            out.print(f"[yellow]warning: {overlap:.0%} of these prompts were in the training "
                       "data; the numbers are optimistic[/yellow]")
-    _write_json(args.json_out, {"model": args.model, "card": _card_summary(predictor.card),
-                                "result": result})
+
+    emit(args.json, {"model": args.model, "card": _card_summary(predictor.card),
+                     "result": result}, show)
     return 0
 
 
@@ -143,48 +147,39 @@ def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from predict.evaluate import cross_model, cross_validate
-    from predict.train import select_target
+    from lapsd.predict.evaluate import cross_model, cross_validate
+    from lapsd.predict.train import select_target
 
     data = _load(args)
-    from replay.cli import out as console
     fit = {"embeddings": args.embeddings, "random_state": args.seed}
-    out: dict[str, Any] = {}
+    results: dict[str, Any] = {}
     if args.target_model or len(data.models) == 1:
         own, target = select_target(data, args.target_model)
-        with console.status(f"cross-validating {target}"):
-            out["within_model"] = {"target_model": target,
-                                   **cross_validate(own, args.cv_folds, args.seed, **fit)}
-        console.print(metrics_table(f"{target}: {args.cv_folds}-fold CV by prompt",
-                                    out["within_model"]))
-    out["cross_model"] = {}
+        with out.status(f"cross-validating {target}"):
+            results["within_model"] = {"target_model": target,
+                                       **cross_validate(own, args.cv_folds, args.seed, **fit)}
+    results["cross_model"] = {}
     for name in args.cross_model:
-        with console.status(f"cross-model: held out {name}"):
-            result = cross_model(data, name, args.cv_folds, args.seed, **fit)
-        out["cross_model"][name] = result
-        console.print(metrics_table(f"trained on the other models, ranking {name} "
+        with out.status(f"cross-model: held out {name}"):
+            results["cross_model"][name] = cross_model(data, name, args.cv_folds, args.seed,
+                                                       **fit)
+
+    def show() -> None:
+        if "within_model" in results:
+            out.print(metrics_table(f"{results['within_model']['target_model']}: "
+                                    f"{args.cv_folds}-fold CV by prompt",
+                                    results["within_model"]))
+        for name, result in results["cross_model"].items():
+            out.print(metrics_table(f"trained on the other models, ranking {name} "
                                     "(held-out prompts)", result))
-    _write_json(args.json_out, out)
+
+    emit(args.json, results, show)
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from predict.apply import apply_to_trace
+    from lapsd.predict.apply import apply_to_trace
 
     dest = apply_to_trace(args.model, args.trace, args.out)
-    from replay.cli import out
-
     out.print(f"wrote predicted_tokens and predicted_tokens_p90 to {dest}")
     return 0
-
-
-def run(argv: list[str]) -> int:
-    """Parse ``argv`` (after ``lapsd``) with only this package's commands and run it."""
-    parser = argparse.ArgumentParser(prog="lapsd")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(run(__import__("sys").argv[1:]))

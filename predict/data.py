@@ -7,7 +7,8 @@ Three inputs, all turned into a :class:`LengthData`:
 * alpaca_eval ``model_outputs.json`` files (a JSON array of ``instruction``, ``output``,
   ``generator``, ``dataset``), or a folder of them: lengths are counted with a tokenizer;
 * Spec-Bench answer files plus the ``question.jsonl`` with the prompts (imported with
-  :func:`replay.importers.specbench.import_specbench`; lengths are the recorded ``new_tokens``).
+  :func:`lapsd.replay.importers.specbench.import_specbench`; lengths are the recorded
+  ``new_tokens``).
 
 Without a tokenizer, alpaca_eval lengths are estimated as characters / :data:`CHARS_PER_TOKEN`
 (3.7: LLaMA-family tokenizers on English answers, measured on the Spec-Bench answers; Llama-3 is
@@ -17,15 +18,17 @@ nearer 4.4 and Qwen2.5 4.7), and the estimate is announced on stderr and in the 
 from __future__ import annotations
 
 import json
-import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lapsd.replay.trace import MANIFEST_FILE, Trace, TraceError, read_trace, trace_digest
 
-from replay.trace import MANIFEST_FILE, Trace, TraceError, read_trace, sha256_file, trace_digest
+from lapsd.errors import LapsdError
+from lapsd.io import sha256_file
 
 CHARS_PER_TOKEN = 3.7
 
@@ -73,7 +76,7 @@ class LengthData:
         """The examples of one target model; a clear error when it is absent."""
         idx = [i for i, m in enumerate(self.target_models) if m == name]
         if not idx:
-            raise ValueError(f"target model {name!r} is not in the data; it has "
+            raise LapsdError(f"target model {name!r} is not in the data; it has "
                              f"{self.models}: pass one of these to --target-model")
         return self.subset(idx)
 
@@ -103,13 +106,13 @@ def load_token_counter(path: str | Path | None) -> tuple[TokenCounter, str]:
 
     Raises
     ------
-    ValueError
+    LapsdError
         When the tokenizer cannot be loaded.
     """
     if path is None:
-        print(f"lapsd predict: no --tokenizer given: output tokens are estimated as characters / "
-              f"{CHARS_PER_TOKEN} (LLaMA-family tokenizers on English text); pass --tokenizer "
-              "DIR or --tokenizer FILE.gguf for exact counts", file=sys.stderr)
+        warnings.warn(f"no --tokenizer given: output tokens are estimated as characters / "
+                      f"{CHARS_PER_TOKEN} (LLaMA-family tokenizers on English text); pass "
+                      "--tokenizer DIR or --tokenizer FILE.gguf for exact counts", stacklevel=2)
 
         def estimate(texts: list[str]) -> np.ndarray:
             chars = np.fromiter((len(t) for t in texts), np.float64, len(texts))
@@ -118,7 +121,7 @@ def load_token_counter(path: str | Path | None) -> tuple[TokenCounter, str]:
         return estimate, f"chars/{CHARS_PER_TOKEN} estimate"
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"tokenizer {p} not found: pass a Hugging Face tokenizer folder "
+        raise LapsdError(f"tokenizer {p} not found: pass a Hugging Face tokenizer folder "
                          "(with tokenizer.json or tokenizer_config.json) or a .gguf file")
     try:
         from transformers import AutoTokenizer
@@ -129,7 +132,7 @@ def load_token_counter(path: str | Path | None) -> tuple[TokenCounter, str]:
         else:
             tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     except Exception as exc:  # transformers raises many types for unusable folders/files
-        raise ValueError(
+        raise LapsdError(
             f"cannot load a tokenizer from {p} ({type(exc).__name__}: {exc}); pass a Hugging "
             "Face tokenizer folder (tokenizer.json / tokenizer_config.json) or a GGUF model "
             "file with tokenizer metadata (needs the 'gguf' package), or leave --tokenizer out "
@@ -145,7 +148,7 @@ def load_token_counter(path: str | Path | None) -> tuple[TokenCounter, str]:
 def _check_prompts(prompts: list[Any], where: Path) -> None:
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"{where}: example {i} has an empty or missing prompt "
+            raise LapsdError(f"{where}: example {i} has an empty or missing prompt "
                              f"({p!r}); remove it or fill in its text")
 
 
@@ -154,21 +157,21 @@ def load_alpaca_eval(path: str | Path, counter: TokenCounter, token_count: str) 
     base = Path(path)
     files = sorted(base.glob("*.json")) if base.is_dir() else [base]
     if not files:
-        raise ValueError(f"{base}: no *.json files (expected alpaca_eval model_outputs files)")
+        raise LapsdError(f"{base}: no *.json files (expected alpaca_eval model_outputs files)")
     parts = []
     for f in files:
         try:
             rows = json.loads(f.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{f}: not readable JSON ({exc})") from None
+            raise LapsdError(f"{f}: not readable JSON ({exc})") from None
         if not isinstance(rows, list) or not rows:
-            raise ValueError(f"{f}: expected a non-empty JSON array of alpaca_eval records "
+            raise LapsdError(f"{f}: expected a non-empty JSON array of alpaca_eval records "
                              "(instruction, output, generator)")
         for i, r in enumerate(rows):
             missing = [k for k in ("instruction", "output") if not isinstance(r, dict)
                        or not isinstance(r.get(k), str)]
             if missing:
-                raise ValueError(f"{f}: record {i} lacks the text field(s) {missing} of the "
+                raise LapsdError(f"{f}: record {i} lacks the text field(s) {missing} of the "
                                  "alpaca_eval format (instruction, output, generator)")
         prompts = [r["instruction"] for r in rows]
         _check_prompts(prompts, f)
@@ -207,12 +210,12 @@ def load_trace_data(path: str | Path) -> LengthData:
 
 def load_specbench(files: Sequence[str | Path], questions: str | Path) -> LengthData:
     """Spec-Bench answer files joined to their questions (one example per turn)."""
-    from replay.importers.specbench import import_specbench
+    from lapsd.replay.importers.specbench import import_specbench
 
     trace, report = import_specbench(list(files), questions, max_token_mismatch=2)
     if report.skipped:
-        print(f"lapsd predict: skipped {len(report.skipped)} Spec-Bench records (first: "
-              f"{report.skipped[0]['reason']})", file=sys.stderr)
+        warnings.warn(f"skipped {len(report.skipped)} Spec-Bench records (first: "
+                      f"{report.skipped[0]['reason']})", stacklevel=2)
     data = from_trace(trace, Path(files[0]))
     data.sources = [{"path": str(f), "sha256": sha256_file(f)} for f in [*files, questions]]
     return data
@@ -226,13 +229,13 @@ def load_data(paths: Sequence[str | Path], *, questions: str | Path | None = Non
     need ``questions``); ``*.json`` files and other folders are alpaca_eval outputs.
     """
     if not paths:
-        raise ValueError("no --data given: pass a trace folder, alpaca_eval JSON file(s) or "
+        raise LapsdError("no --data given: pass a trace folder, alpaca_eval JSON file(s) or "
                          "Spec-Bench answer files with --questions")
     traces, alpaca, answers = [], [], []
     for raw in paths:
         p = Path(raw)
         if not p.exists():
-            raise ValueError(f"--data {p}: no such file or folder")
+            raise LapsdError(f"--data {p}: no such file or folder")
         if p.is_dir() and (p / MANIFEST_FILE).exists():
             traces.append(p)
         elif p.suffix == ".jsonl":
@@ -242,7 +245,7 @@ def load_data(paths: Sequence[str | Path], *, questions: str | Path | None = Non
     parts = [load_trace_data(p) for p in traces]
     if answers:
         if questions is None:
-            raise ValueError(f"{answers[0]}: Spec-Bench answers need the prompts: pass "
+            raise LapsdError(f"{answers[0]}: Spec-Bench answers need the prompts: pass "
                              "--questions .../specbench_questions/question.jsonl")
         parts.append(load_specbench(answers, questions))
     if alpaca:

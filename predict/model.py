@@ -10,7 +10,7 @@
    on ``[prompt statistics, SVD components, ridge prediction]``.
 
 The target is ``log(output tokens)``; a predictor returns token counts. The p50/p90 pair feeds
-:meth:`replay.estimate.LengthPrediction.from_quantiles`, so schedulers get a log-normal belief
+:meth:`lapsd.replay.estimate.LengthPrediction.from_quantiles`, so schedulers get a log-normal belief
 and a conditional remaining length once a request outlives its median.
 """
 
@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from lapsd.predict.features import N_STATS, build_features, log_chars, to_frame
+from lapsd.replay.estimate import LengthPrediction
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -30,9 +32,6 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from threadpoolctl import threadpool_limits
-
-from predict.features import N_STATS, build_features, log_chars, to_frame
-from replay.estimate import LengthPrediction
 
 QUANTILES = (0.5, 0.9)
 
@@ -166,14 +165,14 @@ class LengthPredictor:
     Attributes
     ----------
     pipeline
-        Trained :func:`build_pipeline` (input :func:`predict.features.to_frame`).
+        Trained :func:`build_pipeline` (input :func:`lapsd.predict.features.to_frame`).
     length_baseline
         Trained :func:`build_length_baseline` (input: the prompt column), kept so that
         ``lapsd predict eval`` compares against the baselines on any data.
     train_mean_tokens
         Mean output tokens of the training data (the mean baseline).
     card
-        The model card (see :mod:`predict.persist`).
+        The model card (see :mod:`lapsd.predict.persist`).
     """
 
     pipeline: Pipeline
@@ -199,7 +198,10 @@ class LengthPredictor:
 
     def predictions(self, prompts: Sequence[str],
                     categories: Sequence[str | None] | None = None) -> list[LengthPrediction]:
-        """Log-normal beliefs for the schedulers (:class:`replay.estimate.LengthPrediction`)."""
+        """Log-normal beliefs for the schedulers (:class:`~lapsd.replay.estimate.LengthPrediction`).
+
+        One per prompt.
+        """
         p50, p90 = self.predict_lengths(prompts, categories)
         return [LengthPrediction.from_quantiles(a, b) for a, b in zip(p50, p90, strict=True)]
 

@@ -12,29 +12,31 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import platform
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from lapsd.predict.model import LengthPredictor
 from skops import io as sio
 
-from predict.model import LengthPredictor
+from lapsd.errors import LapsdError
+from lapsd.io import atomic_path
 
 FORMAT = "lapsd-predictor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Module prefixes of lapsd 0.1's predictor types (before the ``lapsd.`` namespace).
+_OLD_MODULES = ("predict.",)
 
 #: The types of a lapsd predictor that skops does not trust by default (its own defaults cover
 #: the standard scikit-learn and numpy types); a file with any other type is refused.
 TRUSTED_TYPES = [
-    "predict.features.SentenceEmbedder",
-    "predict.features.log_chars",
-    "predict.features.prompt_stats",
-    "predict.model.LengthRegressor",
+    "lapsd.predict.features.SentenceEmbedder",
+    "lapsd.predict.features.log_chars",
+    "lapsd.predict.features.prompt_stats",
+    "lapsd.predict.model.LengthRegressor",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 ]
 
@@ -66,8 +68,6 @@ def new_card(**fields: Any) -> dict[str, Any]:
 
 def save_predictor(predictor: LengthPredictor, path: str | Path) -> Path:
     """Write a predictor atomically (temporary file in the same folder, then rename)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -76,15 +76,9 @@ def save_predictor(predictor: LengthPredictor, path: str | Path) -> Path:
         "length_baseline": predictor.length_baseline,
         "train_mean_tokens": float(predictor.train_mean_tokens),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sio.dump(payload, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return Path(path)
 
 
 def load_predictor(path: str | Path) -> LengthPredictor:
@@ -92,31 +86,34 @@ def load_predictor(path: str | Path) -> LengthPredictor:
 
     Raises
     ------
-    ValueError
+    LapsdError
         When the file is missing, is not a skops file, holds types outside
         :data:`TRUSTED_TYPES`, is not a lapsd predictor, or has another format version.
     """
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"predictor {p} not found: train one with `lapsd predict train "
+        raise LapsdError(f"predictor {p} not found: train one with `lapsd predict train "
                          "--data ... --out model.skops`")
     try:
         untrusted = sio.get_untrusted_types(file=p)
     except (zipfile.BadZipFile, KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{p} is not a lapsd predictor (not a skops file: {exc}); pass a "
+        raise LapsdError(f"{p} is not a lapsd predictor (not a skops file: {exc}); pass a "
                          "file written by `lapsd predict train`") from None
     unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected and all(name.startswith(_OLD_MODULES) for name in unexpected):
+        raise LapsdError(f"{p} was written by lapsd 0.1 (predictor format 1), which this lapsd "
+                         f"no longer reads: retrain it with `lapsd predict train`")
     if unexpected:
-        raise ValueError(f"{p} holds types a lapsd predictor never contains ({unexpected[:5]}"
+        raise LapsdError(f"{p} holds types a lapsd predictor never contains ({unexpected[:5]}"
                          f"{' ...' if len(unexpected) > 5 else ''}); refusing to load it. Retrain "
                          "with this lapsd version if it is your own file")
     payload = sio.load(p, trusted=TRUSTED_TYPES)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{p} is a skops file but not a lapsd predictor (no "
+        raise LapsdError(f"{p} is a skops file but not a lapsd predictor (no "
                          f"format={FORMAT!r}); pass a file written by `lapsd predict train`")
     got = payload.get("format_version")
     if got != FORMAT_VERSION:
-        raise ValueError(f"{p} is a lapsd predictor of format version {got}, but this lapsd "
+        raise LapsdError(f"{p} is a lapsd predictor of format version {got}, but this lapsd "
                          f"reads version {FORMAT_VERSION}: retrain it with `lapsd predict train`")
     return LengthPredictor(payload["pipeline"], payload["length_baseline"],
                            float(payload["train_mean_tokens"]), json.loads(payload["card"]))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from predict.data import LengthData
-from predict.evaluate import cross_validate
-from predict.model import QUANTILES, LengthPredictor, fit_predictor
-from predict.persist import new_card, prompt_hashes, save_predictor
+from lapsd.predict.data import LengthData
+from lapsd.predict.evaluate import cross_validate
+from lapsd.predict.model import QUANTILES, LengthPredictor, fit_predictor
+from lapsd.predict.persist import new_card, prompt_hashes, save_predictor
+
+from lapsd.errors import LapsdError
 
 
 def select_target(data: LengthData, target_model: str | None) -> tuple[LengthData, str]:
@@ -16,7 +18,7 @@ def select_target(data: LengthData, target_model: str | None) -> tuple[LengthDat
     if target_model is not None:
         return data.for_model(target_model), target_model
     if len(data.models) > 1:
-        raise ValueError(f"the data holds responses of {len(data.models)} target models "
+        raise LapsdError(f"the data holds responses of {len(data.models)} target models "
                          f"({', '.join(data.models)}); a predictor is trained per target model: "
                          "pass --target-model NAME")
     return data, data.models[0]
@@ -30,7 +32,7 @@ def train_predictor(data: LengthData, out: str | Path | None = None, *,
     Parameters
     ----------
     data
-        Training examples (:func:`predict.data.load_data`).
+        Training examples (:func:`lapsd.predict.data.load_data`).
     out
         Where to write the predictor (atomically); ``None`` keeps it in memory only.
     target_model
@@ -40,11 +42,11 @@ def train_predictor(data: LengthData, out: str | Path | None = None, *,
     embeddings
         Add sentence-embedding features (the ``embed`` extra).
     regressor
-        :class:`predict.model.LengthRegressor` settings.
+        :class:`lapsd.predict.model.LengthRegressor` settings.
     """
     data, target = select_target(data, target_model)
     if len(data) < 10:
-        raise ValueError(f"only {len(data)} examples for {target!r}: a predictor needs at "
+        raise LapsdError(f"only {len(data)} examples for {target!r}: a predictor needs at "
                          "least 10 (a few hundred for useful rankings)")
     fit: dict[str, Any] = {"embeddings": embeddings, "random_state": seed, **regressor}
     cv = cross_validate(data, cv_folds, seed, **fit) if cv_folds else None

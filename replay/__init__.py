@@ -1,7 +1,7 @@
-"""lapsd's replay package: the trace format, workloads, scheduling policies and the simulator.
+"""The trace format, workloads, scheduling policies, the simulator and the server config.
 
 The policies here are the online schedulers a server drives; the simulator runs the very same
-objects. Importing this package never imports torch.
+objects, and :mod:`lapsd.replay.config` builds them from an exported ``lapsd-config.json``.
+This package imports nothing from :mod:`lapsd.predict`, :mod:`lapsd.tune` or
+:mod:`lapsd.collect`, and never imports torch, scikit-learn or optuna.
 """
-
-__version__ = "0.1.0"

@@ -1,42 +1,34 @@
-"""The ``lapsd`` command: one subcommand per job.
+"""``lapsd`` subcommands of the replay package: ``inspect``, ``import`` and ``replay``.
 
-The CLI only parses arguments and calls library functions; each package contributes its own
-subcommands through a ``register(subparsers)`` function.
+The commands only parse arguments, call library functions and print; errors are
+:class:`~lapsd.errors.LapsdError` (one line, exit status 2, from the root command).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from replay import __version__
-from replay.trace import TraceError
-
-console = Console(stderr=True, soft_wrap=True)
-#: Tables go to stdout; off a terminal they get a fixed width instead of 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 160)
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
+from lapsd.console import add_json, add_switch_cost, console, emit, out
+from lapsd.errors import LapsdError
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``policy.param=value`` strings into ``{policy: {param: value}}`` (values parsed as JSON
-    where possible, so ``K=6`` is an int and ``unit=rounds`` a string)."""
+    """``policy.param=value`` strings into ``{policy: {param: value}}``.
+
+    Values are parsed as JSON where possible, so ``K=6`` is an int and ``unit=rounds`` a string.
+    """
     params: dict[str, dict[str, Any]] = {}
     for item in items:
         target, sep, value = item.partition("=")
         policy, dot, name = target.rpartition(".")
         if not sep or not dot or not policy or not name:
-            raise CLIError(f"--set {item!r}: expected POLICY.PARAM=VALUE, e.g. laps-sd.K=6")
+            raise LapsdError(f"--set {item!r}: expected POLICY.PARAM=VALUE, e.g. laps-sd.K=6")
         try:
             parsed: Any = json.loads(value)
         except json.JSONDecodeError:
@@ -45,27 +37,17 @@ def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return params
 
 
-def write_json(path: str, payload: Any) -> None:
-    """Write JSON to a file atomically, or to stdout for ``-``."""
-    from replay.trace import atomic_write_text
-
-    text = json.dumps(payload, indent=2, default=str) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-    else:
-        atomic_write_text(path, text)
-
-
 # ---------------------------------------------------------------------- inspect
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from replay.trace import read_trace, summarize
+    from lapsd.replay.trace import read_trace, summarize
 
     summary = summarize(read_trace(args.trace))
-    if args.json:
-        write_json(args.json, summary)
-        if args.json == "-":
-            return 0
-    table = Table(title=f"trace {args.trace}: {summary['requests']} requests, "
+    emit(args.json, summary, lambda: _show_summary(args.trace, summary))
+    return 0
+
+
+def _show_summary(trace: Path, summary: dict[str, Any]) -> None:
+    table = Table(title=f"trace {trace}: {summary['requests']} requests, "
                         f"{summary['rounds']} rounds ({summary['timing']})")
     table.add_column("distribution")
     for col in ("mean", "p10", "p50", "p90", "p99", "max"):
@@ -81,13 +63,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"{'-' if acc is None else f'{acc:.3f}'}")
     cats = ", ".join(f"{k} {v}" for k, v in list(summary["categories"].items())[:12])
     out.print(f"categories: {cats}")
-    return 0
 
 
 # ---------------------------------------------------------------------- import
 def cmd_import_specbench(args: argparse.Namespace) -> int:
-    from replay.importers.specbench import import_specbench
-    from replay.trace import write_trace
+    from lapsd.replay.importers.specbench import import_specbench
+    from lapsd.replay.trace import write_trace
 
     k: int | str | None = "infer"
     if args.k is not None:
@@ -102,10 +83,9 @@ def cmd_import_specbench(args: argparse.Namespace) -> int:
                       f"{s['reason']}")
     console.print(f"wrote {args.out}: {trace.n_requests} requests, {trace.n_rounds} rounds from "
                   f"{report.records} records ({len(report.skipped)} skipped)")
-    if args.json:
-        write_json(args.json, {"out": str(args.out), "requests": trace.n_requests,
-                               "rounds": trace.n_rounds, "records": report.records,
-                               "skipped": report.skipped})
+    emit(args.json, {"out": str(args.out), "requests": trace.n_requests,
+                     "rounds": trace.n_rounds, "records": report.records,
+                     "skipped": report.skipped})
     return 0
 
 
@@ -115,7 +95,7 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 def metrics_table(metrics: list, title: str) -> Table:
-    """A rich table of :class:`~replay.metrics.Metrics` rows."""
+    """A rich table of :class:`~lapsd.replay.metrics.Metrics` rows."""
     table = Table(title=title)
     for col in ("policy", "mean s", "p50 s", "p90 s", "p99 s", "mean/srpt", "req/s",
                 "preempt", "switch %", "est err"):
@@ -129,61 +109,67 @@ def metrics_table(metrics: list, title: str) -> Table:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from replay.engine import SwitchCost, TraceArrays
-    from replay.run import ReplaySetup, replay_all
-    from replay.trace import read_trace
+    from lapsd.replay.engine import SwitchCost, TraceArrays
+    from lapsd.replay.matrix import build_cases, registry_factories, replay_matrix
+    from lapsd.replay.policies import REGISTRY
+    from lapsd.replay.trace import read_trace
+    from lapsd.replay.workload import ORACLE_WHAT_IF, PredictionSource, parse_workload
 
     arrays = TraceArrays.from_trace(read_trace(args.trace))
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    predictions: Any = args.predictions
-    if args.predictor:
-        from predict.apply import predictor_source
-
-        predictions = predictor_source(args.predictor)
-    elif predictions is None:
-        predictions = "column" if arrays.predicted is not None else "oracle:sigma=0.5"
-    factories = {}
+    workloads = [parse_workload(w) for w in args.workload or ["burst:n=30"]]
+    names = [p.strip() for p in args.policies.split(",") if p.strip()]
+    params = parse_assignments(args.set)
+    factories = registry_factories([n for n in names if not (args.config and n == "laps-sd")],
+                                   arrays.scale, params)
     if args.config:
-        from tune.config import scheduler_factory
+        from lapsd.replay.config import scheduler_factory
 
         factories["laps-sd"] = scheduler_factory(args.config)
-    setup = ReplaySetup(policies=policies, params=parse_assignments(args.set),
-                        predictions=predictions, switch=SwitchCost(args.c0, args.c1),
-                        factories=factories)
-    metrics = replay_all(arrays, args.workload or ["burst:n=30"], setup)
-    if args.json:
-        write_json(args.json, {
-            "trace": str(args.trace), "predictions": str(getattr(predictions, "name",
-                                                                  predictions)),
-            "switch_cost": {"c0": args.c0, "c1": args.c1},
-            "results": [m.to_dict() for m in metrics],
-        })
-        if args.json == "-":
-            return 0
-    for wl in dict.fromkeys(m.workload for m in metrics):
-        out.print(metrics_table([m for m in metrics if m.workload == wl], f"workload {wl}"))
+    factories = {n: factories[n] for n in names}
+    predictions: PredictionSource
+    if args.predictor:
+        predictions = args.load_predictor(args.predictor)
+        label = f"predictor {args.predictor}"
+    else:
+        predictions = args.predictions or (
+            "column" if arrays.predicted is not None else ORACLE_WHAT_IF)
+        label = predictions
+    needs = any(REGISTRY[n].needs_prediction for n in names if n in REGISTRY) or args.config
+    cases = build_cases([(args.trace.name, arrays)], workloads, predictions if needs else None)
+    rows = [row.metrics for row in replay_matrix(cases, factories,
+                                                  switch=SwitchCost(args.c0, args.c1))]
+
+    def show() -> None:
+        if label.startswith("oracle"):
+            console.print(f"[yellow]predictions: {label}, a what-if (true length x noise), "
+                          "not a real predictor[/]")
+        for wl in dict.fromkeys(m.workload for m in rows):
+            out.print(metrics_table([m for m in rows if m.workload == wl],
+                                    f"workload {wl} (predictions: {label})"))
+
+    emit(args.json, {"trace": str(args.trace), "predictions": label,
+                     "switch_cost": {"c0": args.c0, "c1": args.c1},
+                     "results": [m.to_dict() for m in rows]}, show)
     return 0
 
 
 # ---------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    from replay.policies import available
+def register(subparsers: argparse._SubParsersAction, *,
+             load_predictor: Any = None) -> None:
+    """Add this package's subcommands to the ``lapsd`` parser.
 
-    parser = argparse.ArgumentParser(
-        prog="lapsd",
-        description="Schedule speculative-decoding LLM requests: collect traces, train a length "
-                    "predictor, replay schedulers, tune LAPS-SD and export its config.",
-    )
-    parser.add_argument("--version", action="version", version=f"lapsd {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    ``load_predictor(path) -> PredictionSource`` serves ``lapsd replay --predictor``; the root
+    command passes it in, so that this package never imports the predictor.
+    """
+    from lapsd.replay.policies import available
 
-    p = sub.add_parser("inspect", help="validate a trace and summarize it",
-                       description="Validate a trace folder and print its summary.")
+    p = subparsers.add_parser("inspect", help="validate a trace and summarize it",
+                              description="Validate a trace folder and print its summary.")
     p.add_argument("trace", type=Path, help="trace folder")
-    p.add_argument("--json", metavar="OUT", help="also write the summary as JSON ('-': stdout)")
+    add_json(p, "the summary")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("import", help="convert public traces to lapsd traces")
+    p = subparsers.add_parser("import", help="convert public traces to lapsd traces")
     isub = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     q = isub.add_parser("specbench", help="Spec-Bench answer files (per-step accept lengths)",
                         description="Import Spec-Bench answer JSONL files: each turn becomes a "
@@ -198,10 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-token-mismatch", type=int, default=0,
                    help="tolerated difference between accept lengths and new_tokens per turn")
     q.add_argument("--force", action="store_true", help="replace an existing trace folder")
-    q.add_argument("--json", metavar="OUT", help="write the import report as JSON")
+    add_json(q, "the import report")
     q.set_defaults(func=cmd_import_specbench)
 
-    p = sub.add_parser(
+    p = subparsers.add_parser(
         "replay", help="replay a trace through schedulers",
         description="Replay a trace under workloads through several policies and compare mean "
                     "and tail latency, normalised by srpt-oracle.",
@@ -210,44 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
                f"Policies: {', '.join(available())}.",
     )
     p.add_argument("trace", type=Path, help="trace folder")
-    p.add_argument("--policies", default="fcfs,las,mlfq,lp-sjf,lp-srpt,srpt-oracle,laps-sd",
+    p.add_argument("--policies", default=",".join(available()),
                    help="comma-separated policy names (default: all)")
     p.add_argument("--workload", action="append",
                    help="workload string (repeatable; default burst:n=30)")
     p.add_argument("--set", action="append", default=[], metavar="POLICY.PARAM=VALUE",
                    help="policy parameter, e.g. laps-sd.K=6 (repeatable)")
-    p.add_argument("--predictions", help="oracle:sigma=S[,seed=N] or column (default: column if "
-                                         "the trace has predictions, else oracle:sigma=0.5)")
-    p.add_argument("--predictor", type=Path, help="a trained predictor (.skops) for lp-sjf, "
-                                                  "lp-srpt and laps-sd")
+    p.add_argument("--predictions", help="oracle:sigma=S[,seed=N] (a what-if: true length x "
+                                         "noise) or column (default: column if the trace has "
+                                         "predictions, else the oracle what-if)")
+    p.add_argument("--predictor", type=Path, help="a trained predictor (.skops) for the "
+                                                  "length-aware policies")
     p.add_argument("--config", type=Path, help="lapsd-config.json: laps-sd uses its parameters")
-    p.add_argument("--c0", type=float, default=0.0, help="switch cost, seconds per preemption")
-    p.add_argument("--c1", type=float, default=0.0,
-                   help="switch cost, seconds per context token of the preempted request")
-    p.add_argument("--json", metavar="OUT", help="write the results as JSON ('-': stdout)")
-    p.set_defaults(func=cmd_replay)
-
-    from collect.cli import register as register_collect
-    from predict.cli import register as register_predict
-    from tune.cli import register as register_tune
-
-    for register in (register_predict, register_tune, register_collect):
-        register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lapsd`` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (CLIError, TraceError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[bold red]lapsd {args.command}: error:[/] {exc}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    add_switch_cost(p)
+    add_json(p)
+    p.set_defaults(func=cmd_replay, load_predictor=load_predictor)

@@ -19,10 +19,11 @@ from functools import cached_property
 
 import numpy as np
 import polars as pl
+from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.policies.base import NS_PER_S, Policy, PrefixSums, RequestInfo, Rounds, TraceScale
+from lapsd.replay.trace import Trace
 
-from replay.estimate import LengthPrediction
-from replay.policies.base import NS_PER_S, Policy, PrefixSums, RequestInfo, Rounds, TraceScale
-from replay.trace import Trace
+from lapsd.errors import LapsdError
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class SwitchCost:
 
     def __post_init__(self) -> None:
         if self.c0 < 0 or self.c1 < 0:
-            raise ValueError(f"switch costs must be >= 0, got c0={self.c0}, c1={self.c1}")
+            raise LapsdError(f"switch costs must be >= 0, got c0={self.c0}, c1={self.c1}")
 
     @property
     def free(self) -> bool:

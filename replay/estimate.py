@@ -5,7 +5,7 @@
   once a request outlives its prediction).
 
 The execution-time estimate ``T = L * (k t_draft + t_verify) / (k A + 1)`` and the stability
-test are compiled with the policies' inner loops, in :mod:`replay.kernels`.
+test are compiled with the policies' inner loops, in :mod:`lapsd.replay.kernels`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from replay.kernels import remaining_many, remaining_tokens
+from lapsd.replay.kernels import remaining_many, remaining_tokens
 
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 

@@ -1,26 +1,27 @@
-"""Latency metrics of replays, and the comparison table of several policies."""
+"""Latency metrics of one replay, normalised by the clairvoyant reference on the same workload."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from replay.engine import SimResult
-from replay.policies.base import NS_PER_S
+from lapsd.replay.engine import SimResult
+from lapsd.replay.policies.base import NS_PER_S
 
 
 @dataclass(frozen=True)
 class Metrics:
     """Summary of one replay (latencies in seconds).
 
-    ``norm_mean`` is the mean latency over that of ``srpt-oracle`` on the same workload (set by
-    :func:`normalize`); ``est_error`` is LAPS-SD's mean relative error of the execution-time
-    estimate made when a request became perceptible, against the service it really needed.
+    ``norm_mean`` and ``norm_p99`` are the mean and p99 latency over those of the reference
+    (``srpt-oracle``) on the same workload; ``est_error`` is LAPS-SD's mean relative error of the
+    execution-time estimate made when a request became perceptible, against the service it
+    really needed.
     """
 
     policy: str
     workload: str
+    trace: str
     requests: int
     mean: float
     p50: float
@@ -33,6 +34,7 @@ class Metrics:
     rounds: int
     decisions: int
     norm_mean: float | None = None
+    norm_p99: float | None = None
     est_error: float | None = None
     est_count: int = 0
 
@@ -40,8 +42,19 @@ class Metrics:
         return asdict(self)
 
 
-def summarize_result(result: SimResult) -> Metrics:
-    """:class:`Metrics` of one :class:`SimResult`."""
+def summarize_result(result: SimResult, *, policy: str | None = None, trace: str = "",
+                     reference: Metrics | None = None) -> Metrics:
+    """:class:`Metrics` of one :class:`SimResult`.
+
+    Parameters
+    ----------
+    policy
+        The name to report (default: the policy's registry name).
+    trace
+        The trace the workload replayed.
+    reference
+        Metrics of the reference policy on the same workload, to normalise by.
+    """
     lat = result.latency_s
     start = int(result.arrival_ns.min())
     span_s = max(int(result.completion_ns.max()) - start, 1) / NS_PER_S
@@ -53,23 +66,16 @@ def summarize_result(result: SimResult) -> Metrics:
         true = result.service_ns[jobs] / NS_PER_S
         est_error = float(np.mean(np.abs(est - true) / true))
         est_count = int(jobs.size)
+    mean = float(lat.mean())
     return Metrics(
-        policy=result.policy, workload=result.workload, requests=int(lat.size),
-        mean=float(lat.mean()), p50=float(p50), p90=float(p90), p99=float(p99),
+        policy=policy or result.policy, workload=result.workload, trace=trace,
+        requests=int(lat.size), mean=mean, p50=float(p50), p90=float(p90), p99=float(p99),
         throughput_rps=lat.size / span_s,
         throughput_tps=float(result.output_tokens.sum()) / span_s,
         preemptions=result.preemptions,
         switch_share=result.switch_ns / NS_PER_S / span_s,
         rounds=result.rounds, decisions=result.decisions,
+        norm_mean=None if reference is None else mean / reference.mean,
+        norm_p99=None if reference is None else float(p99) / reference.p99,
         est_error=est_error, est_count=est_count,
     )
-
-
-def normalize(metrics: list[Metrics], reference: str = "srpt-oracle") -> list[Metrics]:
-    """Set ``norm_mean`` = mean latency / the reference policy's on the same workload."""
-    ref = {m.workload: m.mean for m in metrics if m.policy == reference}
-    out = []
-    for m in metrics:
-        r = ref.get(m.workload)
-        out.append(m if r is None else Metrics(**{**asdict(m), "norm_mean": m.mean / r}))
-    return out

@@ -16,14 +16,15 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from lapsd import __version__
+from lapsd.errors import LapsdError
+from lapsd.io import atomic_dir, sha256_file
 
 SCHEMA_VERSION = 1
 
@@ -82,7 +83,7 @@ UNITS = {
 TIMING_MODES = ("measured_per_round", "per_turn_mean", "synthetic")
 
 
-class TraceError(ValueError):
+class TraceError(LapsdError):
     """A trace that cannot be used, with where the problem is.
 
     Parameters
@@ -136,21 +137,10 @@ class Trace:
         return self.rounds.height
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def new_manifest(
     *, timing: str, sources: list[Path | str] = (), notes: str | None = None, **extra: Any
 ) -> dict[str, Any]:
     """A manifest with provenance filled in (source files and their hashes, tool version)."""
-    from replay import __version__
-
     if timing not in TIMING_MODES:
         raise ValueError(f"timing must be one of {TIMING_MODES}, got {timing!r}")
     manifest: dict[str, Any] = {
@@ -357,50 +347,16 @@ def read_trace(path: Path | str) -> Trace:
 
 
 def write_trace(trace: Trace, path: Path | str, *, overwrite: bool = False) -> Path:
-    """Validate and write a trace folder atomically.
+    """Validate and write a trace folder atomically (:func:`lapsd.io.atomic_dir`).
 
-    The folder is written next to its destination under a temporary name and renamed into place,
-    so readers never see a half-written trace and a crash leaves the old one intact.
+    Readers never see a half-written trace and a crash leaves the old one intact.
     """
     validate(trace)
-    dest = Path(path)
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest} exists; pass overwrite=True (--force) to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(path, overwrite=overwrite) as tmp:
         trace.requests.write_parquet(tmp / REQUESTS_FILE)
         trace.rounds.write_parquet(tmp / ROUNDS_FILE)
         (tmp / MANIFEST_FILE).write_text(json.dumps(trace.manifest, indent=2) + "\n")
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        # mkstemp makes the file private; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return Path(path)
 
 
 def trace_digest(path: Path | str) -> str:

@@ -24,13 +24,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from lapsd.replay.engine import TraceArrays, Workload
+from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.importers.arrivals import read_arrivals
+from lapsd.replay.policies.base import NS_PER_S
 
-from replay.engine import TraceArrays, Workload
-from replay.estimate import LengthPrediction
-from replay.importers.arrivals import read_arrivals
-from replay.policies.base import NS_PER_S
+from lapsd.errors import LapsdError
 
 KINDS = ("burst", "poisson", "gamma", "trace")
+
+#: The noisy-oracle what-if (true length x log-normal noise): for analysis only, never a real
+#: predictor; every table that uses it says so.
+ORACLE_WHAT_IF = "oracle:sigma=0.5"
+
+#: What length-aware policies are told: a source string (module docstring) or a callable
+#: ``(arrays, index) -> list[LengthPrediction]`` (a trained predictor).
+PredictionSource = str | Callable[[TraceArrays, np.ndarray], list[LengthPrediction]]
 
 
 @dataclass(frozen=True)
@@ -71,16 +80,16 @@ def parse_workload(text: str) -> WorkloadSpec:
     """Parse a workload string; errors say which part is wrong and what is expected."""
     kind, positional, options = _split_options(text, "workload")
     if kind not in KINDS:
-        raise ValueError(f"workload {text!r}: unknown kind {kind!r}; expected one of "
+        raise LapsdError(f"workload {text!r}: unknown kind {kind!r}; expected one of "
                          f"{', '.join(KINDS)} (e.g. 'poisson:load=0.9,n=1000,seed=1')")
     allowed = {"burst": {"n", "seed"}, "poisson": {"load", "n", "seed"},
                "gamma": {"load", "cv", "n", "seed"}, "trace": {"load", "n", "seed"}}[kind]
     unknown = set(options) - allowed
     if unknown:
-        raise ValueError(f"workload {text!r}: {kind} takes {sorted(allowed)}, not "
+        raise LapsdError(f"workload {text!r}: {kind} takes {sorted(allowed)}, not "
                          f"{sorted(unknown)}")
     if (kind == "trace") != bool(positional) or len(positional) > 1:
-        raise ValueError(f"workload {text!r}: only trace: takes a path "
+        raise LapsdError(f"workload {text!r}: only trace: takes a path "
                          "(trace:PATH,load=0.8)")
 
     def num(key: str, cast: Callable[[str], Any], default: Any = None, low: float | None = None):
@@ -89,19 +98,19 @@ def parse_workload(text: str) -> WorkloadSpec:
         try:
             value = cast(options[key])
         except ValueError:
-            raise ValueError(f"workload {text!r}: {key}={options[key]!r} is not a "
+            raise LapsdError(f"workload {text!r}: {key}={options[key]!r} is not a "
                              f"{cast.__name__}") from None
         if low is not None and not value > low:
-            raise ValueError(f"workload {text!r}: {key} must be > {low}, got {value}")
+            raise LapsdError(f"workload {text!r}: {key} must be > {low}, got {value}")
         return value
 
     spec = WorkloadSpec(kind=kind, n=num("n", int, None, 0), load=num("load", float, None, 0.0),
                         cv=num("cv", float, 1.0, 0.0), seed=num("seed", int, 0),
                         path=positional[0] if positional else None)
     if kind in ("burst", "poisson", "gamma") and spec.n is None:
-        raise ValueError(f"workload {text!r}: n= is required (number of requests)")
+        raise LapsdError(f"workload {text!r}: n= is required (number of requests)")
     if kind != "burst" and spec.load is None:
-        raise ValueError(f"workload {text!r}: load= is required (offered load, e.g. 0.9)")
+        raise LapsdError(f"workload {text!r}: load= is required (offered load, e.g. 0.9)")
     return spec
 
 
@@ -128,8 +137,7 @@ def _arrival_times(spec: WorkloadSpec, mean_service_s: float,
 
 
 def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
-                   predictions: str | Callable[[TraceArrays, np.ndarray], list] | None = None,
-                   ) -> Workload:
+                   predictions: PredictionSource | None = None) -> Workload:
     """Arrival times and sampled requests for ``spec`` over the compiled trace ``arrays``.
 
     Parameters
@@ -152,9 +160,8 @@ def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
     return workload
 
 
-def make_predictions(source: str | Callable[[TraceArrays, np.ndarray], list],
-                     arrays: TraceArrays, index: np.ndarray, seed: int = 0,
-                     ) -> list[LengthPrediction]:
+def make_predictions(source: PredictionSource, arrays: TraceArrays, index: np.ndarray,
+                     seed: int = 0) -> list[LengthPrediction]:
     """Length predictions for the trace requests ``index`` from a source (module docstring)."""
     if callable(source):
         return list(source(arrays, index))
@@ -162,19 +169,19 @@ def make_predictions(source: str | Callable[[TraceArrays, np.ndarray], list],
     if kind == "oracle":
         sigma = float(options.get("sigma", 0.5))
         if sigma < 0:
-            raise ValueError(f"predictions {source!r}: sigma must be >= 0")
+            raise LapsdError(f"predictions {source!r}: sigma must be >= 0")
         rng = np.random.default_rng(int(options.get("seed", seed)) + 7919)
         true = arrays.output_tokens[index].astype(np.float64)
         noisy = np.maximum(true * np.exp(sigma * rng.standard_normal(true.size)), 1.0)
         return [LengthPrediction(float(x), sigma) for x in noisy]
     if kind == "column":
         if arrays.predicted is None:
-            raise ValueError("predictions 'column': the trace has no predicted_tokens column; "
+            raise LapsdError("predictions 'column': the trace has no predicted_tokens column; "
                              "add one with `lapsd predict apply` or use oracle:sigma=...")
         p50 = arrays.predicted[index]
         p90 = arrays.predicted_p90[index] if arrays.predicted_p90 is not None else None
         return [LengthPrediction.from_quantiles(float(p50[i]),
                                                 None if p90 is None else float(p90[i]))
                 for i in range(index.size)]
-    raise ValueError(f"unknown prediction source {source!r}: expected 'oracle:sigma=S', "
+    raise LapsdError(f"unknown prediction source {source!r}: expected 'oracle:sigma=S', "
                      "'column', or a predictor model (--predictor)")

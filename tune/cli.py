@@ -1,4 +1,4 @@
-"""`lapsd` subcommands of the tune package: ``tune`` and ``report``."""
+"""``lapsd`` subcommands of the tune package: ``tune`` and ``report``."""
 
 from __future__ import annotations
 
@@ -7,39 +7,57 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tune.defaults import DEFAULT_BAND_LIMITS, DEFAULT_BAND_TRIALS, DEFAULT_TRIALS
-from tune.suite import Suite
+from lapsd.tune.defaults import (
+    DEFAULT_BAND_LIMITS,
+    DEFAULT_BAND_TRIALS,
+    DEFAULT_GRACE,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_TRIALS,
+)
+from lapsd.tune.suite import Suite
+
+from lapsd.console import add_json, add_switch_cost, console, emit, out
+from lapsd.errors import require_extra
 
 
 def _ints(text: str) -> tuple[int, ...]:
     text = text.strip()
     if text in ("", "none"):
         return ()
-    return tuple(int(x) for x in text.split(","))
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
+                                         ) from None
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(","))
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}"
+                                         ) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 class _Bar:
     """A rich progress bar per study with the best objective value so far."""
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import TextColumn
 
-        from replay.cli import console
+        from lapsd.console import progress
 
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), console=console,
-        )
+        self.progress = progress(TextColumn("best {task.fields[best]}"))
         self.tasks: dict[str, Any] = {}
 
     def __call__(self, label: str, done: int, total: int, best: float | None) -> None:
@@ -50,18 +68,19 @@ class _Bar:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from replay.cli import console, out, write_json
-    from replay.trace import read_trace
-    from tune.context import TuneSpec
-    from tune.run import RunOptions, run_tune
+    require_extra("tune", "optuna", "plotly", "sklearn")
+    from lapsd.replay.trace import read_trace
+    from lapsd.replay.workload import ORACLE_WHAT_IF
+    from lapsd.tune.context import TuneSpec
+    from lapsd.tune.run import RunOptions, run_tune
 
     predictions = args.predictions
     if predictions is None:
         has_column = all("predicted_tokens" in read_trace(t).requests.columns
                          for t in args.traces)
-        predictions = "column" if has_column else "oracle:sigma=0.5"
-    suite = Suite(bursts=_ints(args.bursts), loads=_floats(args.loads), poisson_n=args.poisson_n,
-                  seeds=_ints(args.seeds))
+        predictions = "column" if has_column else ORACLE_WHAT_IF
+    suite = Suite(bursts=args.bursts, loads=args.loads, poisson_n=args.poisson_n,
+                  seeds=args.seeds)
     spec = TuneSpec(
         traces=tuple(str(Path(t)) for t in args.traces), suite=suite, holdout=args.holdout,
         seed=args.seed, second_objective=args.second_objective, predictions=predictions,
@@ -70,7 +89,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     opts = RunOptions(
         out=args.out, n_trials=args.trials, workers=args.workers, storage_url=args.storage,
-        study=args.study, band_limits=_ints(args.bands), band_trials=args.band_trials,
+        study=args.study, band_limits=args.bands, band_trials=args.band_trials,
         heartbeat=args.heartbeat, grace=args.grace,
     )
     import optuna
@@ -80,17 +99,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     bar = _Bar()
     with bar.progress:
         summary = run_tune(spec, opts, bar)
-    if args.json:
-        write_json(args.json, summary)
-        if args.json == "-":
-            return 0
-    _print_summary(summary, out)
-    console.print(f"elapsed {summary['elapsed_s']:.1f} s; config {summary['config']}; report "
-                  f"{summary['report']}", highlight=False)
+
+    def show() -> None:
+        _print_summary(summary)
+        console.print(f"elapsed {summary['elapsed_s']:.1f} s; config {summary['config']}; "
+                      f"report {summary['report']}", highlight=False)
+
+    emit(args.json, summary, show)
     return 0
 
 
-def _print_summary(summary: dict[str, Any], out: Any) -> None:
+def _print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"held-out ({len(summary['heldout_workloads'])} workloads per trace)")
@@ -109,8 +128,8 @@ def _print_summary(summary: dict[str, Any], out: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from replay.cli import console
-    from tune.report import write_report
+    require_extra("tune", "optuna", "plotly")
+    from lapsd.tune.report import write_report
 
     path = write_report(args.out_dir, args.storage)
     console.print(f"wrote {path}")
@@ -129,10 +148,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("traces", nargs="+", type=Path, metavar="TRACE_DIR", help="trace folders")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+    p.add_argument("--trials", type=_positive, default=DEFAULT_TRIALS,
                    help=f"target number of trials of the single-set study "
                         f"(default {DEFAULT_TRIALS})")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_positive, default=1,
                    help="worker processes (default 1: reproducible; more: faster)")
     p.add_argument("--storage", help="RDB URL shared by workers on several machines, e.g. "
                                      "postgresql://user:pass@host/db (default: a journal file "
@@ -145,29 +164,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", help="prediction source without --predictor: column or "
                                          "oracle:sigma=S (default: column if every trace has "
                                          "one, else oracle:sigma=0.5)")
-    p.add_argument("--c0", type=float, default=0.0, help="switch cost, seconds per preemption")
-    p.add_argument("--c1", type=float, default=0.0,
-                   help="switch cost, seconds per context token of the preempted request")
+    add_switch_cost(p)
     p.add_argument("--holdout", type=float, default=0.3,
                    help="fraction of prompts held out (default 0.3)")
-    p.add_argument("--bursts", default=",".join(map(str, d.bursts)),
+    p.add_argument("--bursts", type=_ints, default=",".join(map(str, d.bursts)),
                    help="burst sizes of the suite (default %(default)s; 'none' for none)")
-    p.add_argument("--loads", default=",".join(f"{x:g}" for x in d.loads),
+    p.add_argument("--loads", type=_floats, default=",".join(f"{x:g}" for x in d.loads),
                    help="Poisson loads of the suite (default %(default)s)")
-    p.add_argument("--poisson-n", type=int, default=d.poisson_n,
+    p.add_argument("--poisson-n", type=_positive, default=d.poisson_n,
                    help="requests per Poisson workload (default %(default)s)")
-    p.add_argument("--seeds", default=",".join(map(str, d.seeds)),
+    p.add_argument("--seeds", type=_ints, default=",".join(map(str, d.seeds)),
                    help="workload seeds (default %(default)s)")
-    p.add_argument("--bands", default=",".join(map(str, DEFAULT_BAND_LIMITS)),
+    p.add_argument("--bands", type=_ints, default=",".join(map(str, DEFAULT_BAND_LIMITS)),
                    help="load bands: largest number of waiting requests of each band but the "
                         "last (default %(default)s; 'none': one parameter set)")
-    p.add_argument("--band-trials", type=int, default=DEFAULT_BAND_TRIALS,
+    p.add_argument("--band-trials", type=_positive, default=DEFAULT_BAND_TRIALS,
                    help="trials per band study (default %(default)s)")
-    p.add_argument("--heartbeat", type=int, default=10,
-                   help="RDB heartbeat interval, seconds (default 10)")
-    p.add_argument("--grace", type=int, default=30,
-                   help="RDB seconds without heartbeat before a trial is retried (default 30)")
-    p.add_argument("--json", metavar="OUT", help="write the summary as JSON ('-': stdout)")
+    p.add_argument("--heartbeat", type=_positive, default=DEFAULT_HEARTBEAT,
+                   help="RDB heartbeat interval, seconds (default %(default)s)")
+    p.add_argument("--grace", type=_positive, default=DEFAULT_GRACE,
+                   help="RDB seconds without heartbeat before a trial is retried "
+                        "(default %(default)s)")
+    add_json(p, "the summary")
     p.set_defaults(func=cmd_tune)
 
     p = subparsers.add_parser("report", help="write report.html of a tuning run",

@@ -7,12 +7,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from replay.engine import SwitchCost, TraceArrays
-from replay.trace import read_trace, trace_digest
-from tune.objective import Evaluator, PredictionSource
-from tune.space import SearchSpace, combined_scale
-from tune.split import split_by_prompt
-from tune.suite import Suite
+from lapsd.replay.engine import SwitchCost, TraceArrays
+from lapsd.replay.matrix import build_cases
+from lapsd.replay.policies.laps_sd import LapsSDParams
+from lapsd.replay.trace import read_trace, trace_digest
+from lapsd.replay.workload import ORACLE_WHAT_IF, PredictionSource
+from lapsd.tune.objective import Evaluator
+from lapsd.tune.space import SearchSpace, combined_scale
+from lapsd.tune.split import split_by_prompt
+from lapsd.tune.suite import Suite
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class TuneSpec:
     holdout: float = 0.3
     seed: int = 0
     second_objective: str | None = None
-    predictions: str = "oracle:sigma=0.5"
+    predictions: str = ORACLE_WHAT_IF
     predictor: str | None = None
     c0: float = 0.0
     c1: float = 0.0
@@ -64,7 +67,7 @@ class TuneSpec:
         out["traces"] = [trace_digest(t) for t in self.traces]
         out["suite"] = asdict(self.suite)
         if self.predictor:
-            from replay.trace import sha256_file
+            from lapsd.io import sha256_file
 
             out["predictor"] = sha256_file(self.predictor)
         return out
@@ -85,7 +88,7 @@ class TuneContext:
 
 def prediction_source(spec: TuneSpec) -> PredictionSource:
     if spec.predictor:
-        from predict.apply import predictor_source
+        from lapsd.predict.apply import predictor_source
 
         return predictor_source(Path(spec.predictor))
     return spec.predictions
@@ -100,7 +103,8 @@ def load_context(spec: TuneSpec) -> TuneContext:
         tune_idx, held_idx = split_by_prompt(a, spec.holdout, spec.seed)
         tune_sets.append((name, a.subset(tune_idx)))
         heldout_sets.append((name, a.subset(held_idx)))
-    space = SearchSpace(combined_scale([a.scale for _, a in arrays]))
+    space = SearchSpace(LapsSDParams, combined_scale([a.scale for _, a in arrays]))
     predictions = prediction_source(spec)
-    evaluator = Evaluator.build(tune_sets, spec.suite, predictions, spec.switch)
+    evaluator = Evaluator(build_cases(tune_sets, spec.suite.workloads(), predictions),
+                          spec.switch)
     return TuneContext(spec, arrays, tune_sets, heldout_sets, space, predictions, evaluator)

@@ -3,3 +3,13 @@
 DEFAULT_TRIALS = 150
 DEFAULT_BAND_LIMITS = (4, 12)
 DEFAULT_BAND_TRIALS = 30
+#: Seconds between heartbeats of a running trial (RDB storage).
+DEFAULT_HEARTBEAT = 10
+#: Seconds without a heartbeat after which a trial is failed and retried (RDB storage).
+DEFAULT_GRACE = 30
+
+#: The files of a run's output folder.
+CONFIG_FILE = "lapsd-config.json"
+HELDOUT_FILE = "heldout.json"
+JOURNAL_FILE = "study.journal"
+REPORT_FILE = "report.html"

@@ -16,21 +16,19 @@ from typing import Any
 import numpy as np
 import optuna
 import plotly.graph_objects as go
+from lapsd.replay.config import LapsdConfig, load_config
+from lapsd.tune.defaults import CONFIG_FILE, HELDOUT_FILE, JOURNAL_FILE, REPORT_FILE
+from lapsd.tune.study import StorageSpec
 
-from replay.trace import atomic_write_text
-
-REPORT_FILE = "report.html"
+from lapsd.io import atomic_write_text
 
 
-def _study(out: Path, cfg: dict[str, Any], storage_url: str | None) -> optuna.Study | None:
-    from tune.run import JOURNAL_FILE
-    from tune.study import StorageSpec
-
+def _study(out: Path, cfg: LapsdConfig, storage_url: str | None) -> optuna.Study | None:
     journal = out / JOURNAL_FILE
     if storage_url is None and not journal.exists():
         return None
     storage = StorageSpec(str(journal), storage_url).open()
-    return optuna.load_study(study_name=cfg["provenance"]["study"], storage=storage)
+    return optuna.load_study(study_name=cfg.provenance.study, storage=storage)
 
 
 def _study_figures(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
@@ -99,9 +97,6 @@ def _table(summary: dict[str, dict[str, float]]) -> str:
 
 def render(out: Path, storage_url: str | None = None) -> str:
     """The report page of the run in ``out`` (reads its config, held-out file and study)."""
-    from tune.config import load_config
-    from tune.run import CONFIG_FILE, HELDOUT_FILE
-
     cfg = load_config(out / CONFIG_FILE)
     heldout = json.loads((out / HELDOUT_FILE).read_text())
     study = _study(out, cfg, storage_url)
@@ -123,18 +118,18 @@ def render(out: Path, storage_url: str | None = None) -> str:
         parts.append(fig.to_html(full_html=False, include_plotlyjs=plotlyjs,
                                  config={"displaylogo": False}))
         plotlyjs = False
-    prov = cfg["provenance"]
-    params = json.dumps(cfg["policy"]["parameters"])
-    bands = cfg["load_bands"]
+    prov = cfg.provenance
+    params = json.dumps(cfg.model_dump(mode="json")["policy"]["parameters"])
+    bands = cfg.load_bands
     band_note = ("one parameter set for all loads" if bands is None else
-                 f"{len(bands['bands'])} load bands by waiting requests")
+                 f"{len(bands.bands)} load bands by waiting requests")
     notes = [
-        f"traces: {', '.join(html.escape(t['path']) for t in prov['traces'])}",
-        f"study {html.escape(prov['study'])} ({html.escape(prov.get('storage', ''))}), best "
-        f"trial {prov['trial']} of {prov.get('n_trials', '?')}",
+        f"traces: {', '.join(html.escape(t.path) for t in prov.traces)}",
+        f"study {html.escape(prov.study)} ({html.escape(prov.storage or '')}), best "
+        f"trial {prov.trial} of {prov.n_trials or '?'}",
         f"exported parameters: <code>{html.escape(params)}</code>; {band_note}",
         f"held-out workloads: {html.escape(', '.join(heldout['workloads']))}",
-        f"created {html.escape(prov['created'])} by lapsd {html.escape(prov['lapsd_version'])}",
+        f"created {html.escape(prov.created)} by lapsd {html.escape(prov.lapsd_version)}",
     ]
     items = "".join(f"<li>{n}</li>" for n in notes)
     return (

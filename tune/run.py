@@ -22,32 +22,36 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from replay import __version__
-from replay.policies.laps_sd import LapsSD
-from replay.trace import atomic_write_text, sha256_file, trace_digest
-from tune.bands import LoadBand
-from tune.config import (
-    ACCEPTANCE_STATISTIC,
-    VERSION,
-    bands_section,
-    policy_section,
-    write_config,
+from lapsd.replay.config import ACCEPTANCE_STATISTIC, VERSION, LapsdConfig, write_config
+from lapsd.replay.policies.banded import LoadBand
+from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
+from lapsd.replay.trace import trace_digest
+from lapsd.tune.context import TuneSpec, load_context
+from lapsd.tune.defaults import (
+    CONFIG_FILE,
+    DEFAULT_BAND_LIMITS,
+    DEFAULT_BAND_TRIALS,
+    DEFAULT_GRACE,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_TRIALS,
+    HELDOUT_FILE,
+    JOURNAL_FILE,
 )
-from tune.context import TuneSpec, load_context
-from tune.defaults import DEFAULT_BAND_LIMITS, DEFAULT_BAND_TRIALS, DEFAULT_TRIALS
-from tune.heldout import baseline_factories, compare
-from tune.study import StorageSpec, StudyJob, banded_policy, best_trial, run_job
+from lapsd.tune.heldout import baseline_factories, compare
+from lapsd.tune.report import write_report
+from lapsd.tune.study import StorageSpec, StudyJob, banded_policy, best_trial, run_job
+
+from lapsd import __version__
+from lapsd.errors import LapsdError
+from lapsd.io import atomic_write_text, sha256_file
 
 #: Relative gain on the tuning objective that load bands need to be exported.
 BAND_MIN_GAIN = 0.005
 
-CONFIG_FILE = "lapsd-config.json"
-HELDOUT_FILE = "heldout.json"
-JOURNAL_FILE = "study.journal"
 
 Progress = Callable[[str, int, int, float | None], None]
 
@@ -83,8 +87,8 @@ class RunOptions:
     study: str = "lapsd"
     band_limits: tuple[int, ...] = DEFAULT_BAND_LIMITS
     band_trials: int = DEFAULT_BAND_TRIALS
-    heartbeat: int = 10
-    grace: int = 30
+    heartbeat: int = DEFAULT_HEARTBEAT
+    grace: int = DEFAULT_GRACE
 
     @property
     def storage(self) -> StorageSpec:
@@ -100,7 +104,8 @@ def _locked(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"{out} is in use by another `lapsd tune`") from None
+            raise LapsdError(f"{out} is in use by another `lapsd tune`; wait for it to finish "
+                             "or choose another --out") from None
         yield
 
 
@@ -115,6 +120,7 @@ def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
         study = run_job(job, opts.workers, _bind(progress, label, opts.n_trials))
         best = best_trial(study)
         tuned = ctx.space.to_params(best.params)
+        assert isinstance(tuned, LapsSDParams)
         tuned_value = best.values[0]
 
         sets: list[dict[str, Any]] = []
@@ -150,19 +156,22 @@ def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
                                        "laps-sd (banded)": banded_value}
         atomic_write_text(opts.out / HELDOUT_FILE, json.dumps(heldout) + "\n")
 
-        cfg = {
+        cfg: dict[str, Any] = {
             "version": VERSION,
-            "policy": policy_section(tuned),
+            "policy": _policy_section(tuned),
             "acceptance_statistic": ACCEPTANCE_STATISTIC,
             "switch_cost": {"model": "c0 + c1 * context_tokens", "c0_s": spec.c0,
                             "c1_s_per_token": spec.c1},
             "predictor": (None if spec.predictor is None else
                           {"path": str(spec.predictor), "sha256": sha256_file(spec.predictor)}),
             "predictions": "predictor" if spec.predictor else spec.predictions,
-            "load_bands": bands_section(bands) if bands_kept else None,
+            "load_bands": (None if not bands_kept or bands is None else
+                           {"by": "waiting_requests",
+                            "bands": [{"max_waiting": b.max_waiting, "parameters": b.params}
+                                      for b in bands]}),
             "provenance": {
                 "traces": [{"path": str(t), "sha256": trace_digest(t)} for t in spec.traces],
-                "workloads": spec.suite.workloads(),
+                "workloads": [w.text for w in spec.suite.workloads()],
                 "holdout_fraction": spec.holdout,
                 "study": opts.study,
                 "storage": opts.storage.describe(),
@@ -182,20 +191,23 @@ def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
         if spec.second_objective:
             cfg["pareto_front"] = [
                 {"trial": t.number, "values": list(t.values),
-                 "parameters": policy_section(ctx.space.to_params(t.params))["parameters"]}
+                 "parameters": ctx.space.to_params(t.params)}
                 for t in sorted(study.best_trials, key=lambda t: t.values[0])]
-        write_config(cfg, opts.out / CONFIG_FILE)
-
-        from tune.report import write_report
+        config = LapsdConfig.model_validate(cfg)
+        write_config(config, opts.out / CONFIG_FILE)
 
         report = write_report(opts.out, opts.storage_url)
     return {
         "out": str(opts.out), "config": str(opts.out / CONFIG_FILE), "report": str(report),
         "elapsed_s": time.perf_counter() - start, "best_trial": best.number,
         "tuning_objective": tuned_value, "banded_objective": banded_value,
-        "bands_exported": bands_kept, "parameters": cfg["policy"]["parameters"],
+        "bands_exported": bands_kept, "parameters": asdict(tuned),
         "heldout": heldout["summary"], "heldout_workloads": heldout["workloads"],
     }
+
+
+def _policy_section(params: LapsSDParams) -> dict[str, Any]:
+    return {"name": "laps-sd", "parameters": params, "units": params.units()}
 
 
 def _bind(progress: Progress | None, label: str, total: int,

@@ -1,93 +1,137 @@
-"""The search space of LAPS-SD's parameters, scaled to the trace being tuned.
+"""The search space of a policy's parameters, derived from its parameter dataclass.
 
-Every parameter of :class:`~replay.policies.laps_sd.LapsSDParams` is searched:
+Every field of the policy's parameters (:mod:`lapsd.replay.policies.params`) that carries a
+searched range (a :class:`~lapsd.replay.policies.params.Tunable` with ``low`` and ``high``) or
+has a categorical type (``bool``, ``Literal``) is searched, in field order; no bound is written
+here. For LAPS-SD that is ``K`` 2..8, ``sup1`` 1..256 typical rounds (log), ``M`` 1.5..8 (log),
+``gamma`` 2..20, ``delta`` 1e-5..1e-1 (log), the unit and ``perceptible_first``.
 
-=====================  ==========================================  ==========================
-parameter              range                                       why
-=====================  ==========================================  ==========================
-``K``                  2 .. 8 queues (int)                          the paper's best K is 4..6;
-                                                                    K = 1 is plain SJF/LAS
-``sup1``               ``sup1_rounds`` x one typical round, with    the first bound only means
-                       ``sup1_rounds`` log-uniform in 1 .. 256      something relative to the
-                                                                    trace's round time
-``M``                  1.5 .. 8 (log-uniform)                       geometric growth of bounds
-``gamma``              2 .. 20 rounds (int)                         stability window
-``delta``              1e-5 .. 1e-1 (log-uniform)                   variance tolerance of the
-                                                                    running acceptance rate
-``unit``               seconds, rounds, tokens                      attained-service unit
-``perceptible_first``  true / false                                 the design page's choice
-=====================  ==========================================  ==========================
-
-``sup1`` is searched as ``sup1_rounds``, a number of typical rounds, and turned into the unit's
-amount with :meth:`TraceScale.per_round`: 16 rounds is 16 x the median round time in seconds,
-16 rounds, or 16 x the mean tokens per round. That keeps one range valid for every trace and unit
-and makes the default (16 rounds) a point of the space.
+A field measured in typical rounds (``Tunable(rounds=True)``, LAPS-SD's ``sup1``) is searched as
+``<name>_rounds``, a number of typical rounds, and turned into the unit's amount with
+:meth:`TraceScale.per_round`: 16 rounds is 16 x the median round time in seconds, 16 rounds, or
+16 x the mean tokens per round. That keeps one range valid for every trace and unit and makes the
+default (16 rounds) a point of the space.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from lapsd.replay.policies.base import TraceScale
+from lapsd.replay.policies.params import PolicyParams, build, choices, tunables
 
-from replay.policies.base import UNITS, TraceScale
-from replay.policies.laps_sd import LapsSDParams
 
-#: Trial parameters of LAPS-SD's defaults (``LapsSDParams.with_defaults``), enqueued first.
-DEFAULT_TRIAL_PARAMS: dict[str, Any] = {
-    "K": 4, "sup1_rounds": 16.0, "M": 2.0, "gamma": 5, "delta": 1e-3, "unit": "seconds",
-    "perceptible_first": True,
-}
+@dataclass(frozen=True)
+class Dim:
+    """One searched parameter: a range (``int`` or ``float``) or categorical ``choices``.
+
+    ``rounds``: the trial value is a number of typical rounds (see the module docstring).
+    """
+
+    field: str
+    trial_name: str
+    kind: str
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    rounds: bool = False
+    choices: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Ranges of the searched parameters (see the module docstring).
+    """The searched parameters of one policy's parameter dataclass.
 
     Parameters
     ----------
+    params_cls
+        The parameter dataclass (e.g. :class:`~lapsd.replay.policies.laps_sd.LapsSDParams`).
     scale
-        Typical round of the tuned traces; converts ``sup1_rounds`` into ``sup1``.
+        Typical round of the tuned traces; converts fields in typical rounds into their unit.
+    fixed
+        Fields held at one value (the load bands share one ``gamma``); they stay in the trial
+        parameters, as a range of one value.
     """
 
+    params_cls: type[PolicyParams]
     scale: TraceScale
-    K: tuple[int, int] = (2, 8)
-    sup1_rounds: tuple[float, float] = (1.0, 256.0)
-    M: tuple[float, float] = (1.5, 8.0)
-    gamma: tuple[int, int] = (2, 20)
-    delta: tuple[float, float] = (1e-5, 1e-1)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
 
-    def suggest(self, trial: optuna.Trial) -> LapsSDParams:
+    @property
+    def dims(self) -> list[Dim]:
+        """The searched parameters, in field order."""
+        out = []
+        fields = self.params_cls.__pydantic_fields__  # type: ignore[attr-defined]
+        for name, t in tunables(self.params_cls).items():
+            if not t.search:
+                continue
+            options = choices(self.params_cls, name)
+            kind = ("categorical" if options is not None
+                    else "int" if fields[name].annotation is int else "float")
+            if name in self.fixed:
+                value = self.fixed[name]
+                out.append(Dim(name, name, kind, value, value, choices=(value,)))
+            elif options is not None:
+                out.append(Dim(name, name, kind, choices=options))
+            elif t.low is not None and t.high is not None:
+                out.append(Dim(name, f"{name}_rounds" if t.rounds else name, kind, t.low,
+                               t.high, t.log, t.rounds))
+        return out
+
+    def suggest(self, trial: optuna.Trial) -> PolicyParams:
         """Sample one parameter set."""
-        values = {
-            "K": trial.suggest_int("K", *self.K),
-            "sup1_rounds": trial.suggest_float("sup1_rounds", *self.sup1_rounds, log=True),
-            "M": trial.suggest_float("M", *self.M, log=True),
-            "gamma": trial.suggest_int("gamma", *self.gamma),
-            "delta": trial.suggest_float("delta", *self.delta, log=True),
-            "unit": trial.suggest_categorical("unit", list(UNITS)),
-            "perceptible_first": trial.suggest_categorical("perceptible_first", [True, False]),
-        }
+        values: dict[str, Any] = {}
+        for d in self.dims:
+            if d.kind == "categorical":
+                values[d.trial_name] = trial.suggest_categorical(d.trial_name, list(d.choices))
+            elif d.kind == "int":
+                values[d.trial_name] = trial.suggest_int(d.trial_name, int(d.low), int(d.high),
+                                                         log=d.log)
+            else:
+                values[d.trial_name] = trial.suggest_float(d.trial_name, d.low, d.high,
+                                                           log=d.log)
         return self.to_params(values)
 
-    def to_params(self, trial_params: Mapping[str, Any]) -> LapsSDParams:
+    def to_params(self, trial_params: Mapping[str, Any]) -> PolicyParams:
         """The scheduler parameters of a trial's sampled values."""
-        values = dict(trial_params)
-        rounds = float(values.pop("sup1_rounds"))
-        values["sup1"] = rounds * self.scale.per_round(values["unit"])
-        return LapsSDParams(**values)
+        values: dict[str, Any] = {}
+        rounds: dict[str, float] = {}
+        for d in self.dims:
+            if d.trial_name in trial_params:
+                if d.rounds:
+                    rounds[d.field] = float(trial_params[d.trial_name])
+                else:
+                    values[d.field] = trial_params[d.trial_name]
+        unit = values.get(self.params_cls.unit_field or "", "seconds")
+        for name, n in rounds.items():
+            values[name] = n * self.scale.per_round(unit)
+        return build(self.params_cls, values)
+
+    def default_trial_params(self) -> dict[str, Any]:
+        """The trial values of the policy's defaults (enqueued as the first trial)."""
+        return default_trial_params(self.params_cls)
 
     def describe(self) -> dict[str, Any]:
         """The ranges, for the exported provenance."""
-        return {
-            "K": list(self.K), "sup1_rounds": list(self.sup1_rounds), "M": list(self.M),
-            "gamma": list(self.gamma), "delta": list(self.delta), "unit": list(UNITS),
-            "perceptible_first": [True, False],
-            "typical_round": {"round_s": self.scale.round_s,
-                              "tokens_per_round": self.scale.tokens_per_round},
-        }
+        out: dict[str, Any] = {d.trial_name: list(d.choices) if d.kind == "categorical"
+                               else [d.low, d.high] for d in self.dims}
+        out["typical_round"] = {"round_s": self.scale.round_s,
+                                "tokens_per_round": self.scale.tokens_per_round}
+        return out
+
+
+def default_trial_params(params_cls: type[PolicyParams]) -> dict[str, Any]:
+    """The trial values of a parameter dataclass's defaults (fields in rounds: in rounds)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(params_cls)}  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    for d in SearchSpace(params_cls, TraceScale()).dims:
+        t = tunables(params_cls)[d.field]
+        out[d.trial_name] = float(t.default_rounds or 0) if d.rounds else defaults[d.field]
+    return out
 
 
 def combined_scale(scales: list[TraceScale]) -> TraceScale:

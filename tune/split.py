@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+from lapsd.replay.engine import TraceArrays
 
-from replay.engine import TraceArrays
+from lapsd.errors import LapsdError
 
 
 def _unit_hash(key: str, seed: int) -> float:
@@ -26,16 +27,16 @@ def split_by_prompt(arrays: TraceArrays, holdout: float = 0.3, seed: int = 0,
 
     Raises
     ------
-    ValueError
+    LapsdError
         When ``holdout`` is not in (0, 1) or a side would be empty.
     """
     if not 0 < holdout < 1:
-        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+        raise LapsdError(f"holdout must be in (0, 1), got {holdout}")
     keys = [p if p is not None else f"id:{rid}"
             for p, rid in zip(arrays.prompts, arrays.request_ids, strict=True)]
     held = np.array([_unit_hash(k, seed) < holdout for k in keys], dtype=bool)
     tune_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     if tune_idx.size == 0 or held_idx.size == 0:
-        raise ValueError(f"splitting {arrays.n_requests} requests by prompt with holdout="
+        raise LapsdError(f"splitting {arrays.n_requests} requests by prompt with holdout="
                          f"{holdout} leaves one side empty; use a trace with more prompts")
     return tune_idx, held_idx

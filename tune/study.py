@@ -42,6 +42,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
+from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
+from lapsd.replay.policies.base import Policy
+from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
+from lapsd.tune.context import TuneContext, TuneSpec, load_context
+from lapsd.tune.defaults import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from optuna.storages import (
     BaseStorage,
     JournalStorage,
@@ -52,10 +57,7 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from replay.policies.base import Policy
-from replay.policies.laps_sd import LapsSD
-from tune.bands import BandedLapsSD, LoadBand
-from tune.context import TuneContext, TuneSpec, load_context
+from lapsd.errors import LapsdError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)
@@ -84,8 +86,8 @@ class StorageSpec:
 
     journal: str
     url: str | None = None
-    heartbeat: int = 10
-    grace: int = 30
+    heartbeat: int = DEFAULT_HEARTBEAT
+    grace: int = DEFAULT_GRACE
 
     def open(self) -> BaseStorage:
         if self.url is None:
@@ -129,9 +131,11 @@ class StudyJob:
 
     def first_params(self) -> dict[str, Any]:
         """Enqueued as trial 0: the design defaults, or the band's current parameters."""
-        from tune.space import DEFAULT_TRIAL_PARAMS
+        from lapsd.tune.space import default_trial_params
 
-        return dict(DEFAULT_TRIAL_PARAMS if self.band is None else self.fixed[self.band])
+        if self.band is None:
+            return default_trial_params(LapsSDParams)
+        return dict(self.fixed[self.band])
 
 
 def banded_policy(ctx: TuneContext, limits: tuple[int, ...],
@@ -146,9 +150,10 @@ def _objective(job: StudyJob, ctx: TuneContext) -> Callable[[optuna.Trial], Any]
     single = job.spec.second_objective is None
     space = ctx.space
     if job.band is not None:
-        # Bands share the stability window (see tune.bands): gamma stays the single set's.
+        # Bands share the stability window (lapsd.replay.policies.banded): gamma stays the
+        # single set's.
         gamma = int(job.fixed[job.band]["gamma"])
-        space = replace(space, gamma=(gamma, gamma))
+        space = replace(space, fixed={"gamma": gamma})
 
     def objective(trial: optuna.Trial) -> Any:
         live = job_trials(trial.study, LIVE)
@@ -254,7 +259,7 @@ def prepare_study(job: StudyJob) -> optuna.Study:
         study.set_user_attr("lapsd_settings", fingerprint)
     elif old != fingerprint:
         changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        raise ValueError(f"study {job.study!r} in {job.storage.describe()} was made with other "
+        raise LapsdError(f"study {job.study!r} in {job.storage.describe()} was made with other "
                          f"settings ({', '.join(changed)} differ); use another --out or --study")
     trials = study.get_trials(deepcopy=False)
     if not job.storage.shared:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lapsd.replay.workload import WorkloadSpec
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -28,10 +30,10 @@ class Suite:
     poisson_n: int = 150
     seeds: tuple[int, ...] = (1, 2)
 
-    def workloads(self) -> list[str]:
-        """Workload strings, cheapest first."""
-        out = [f"burst:n={n},seed={s}" for n in self.bursts for s in self.seeds]
-        out += [f"poisson:load={x:g},n={self.poisson_n},seed={s}"
+    def workloads(self) -> list[WorkloadSpec]:
+        """The workloads, cheapest first."""
+        out = [WorkloadSpec("burst", n=n, seed=s) for n in self.bursts for s in self.seeds]
+        out += [WorkloadSpec("poisson", n=self.poisson_n, load=float(x), seed=s)
                 for x in self.loads for s in self.seeds]
         return out
 

@@ -6,13 +6,13 @@ are used: a ``trace:PATH`` workload replays their pattern, time-scaled to a targ
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from lapsd.replay.trace import TraceError
 
-from replay.trace import TraceError
+from lapsd.io import read_jsonl
 
 
 def read_arrivals(path: Path | str) -> np.ndarray:
@@ -55,14 +55,11 @@ def _azure(path: Path) -> np.ndarray:
 
 def _mooncake(path: Path) -> np.ndarray:
     times = []
-    with open(path) as f:
-        for lineno, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                times.append(float(json.loads(line)["timestamp"]) / 1000.0)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise TraceError(f"line {lineno + 1}: not a Mooncake record with a numeric "
-                                 f"'timestamp' ({exc})", path=path, column="timestamp",
-                                 row=lineno) from None
+    for lineno, record in read_jsonl(path, what="Mooncake record"):
+        try:
+            times.append(float(record["timestamp"]) / 1000.0)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TraceError(f"line {lineno}: not a Mooncake record with a numeric "
+                             f"'timestamp' ({exc})", path=path, column="timestamp",
+                             row=lineno - 1) from None
     return np.asarray(times)

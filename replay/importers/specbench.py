@@ -12,15 +12,15 @@ Records with errors or broken invariants are reported and skipped, never kept.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from lapsd.replay.trace import Trace, TraceError, make_trace, new_manifest
 
-from replay.trace import Trace, TraceError, make_trace, new_manifest
+from lapsd.io import read_jsonl
 
 #: Characters per token used to estimate prompt tokens when no tokenizer is at hand
 #: (LLaMA-family tokenizers on English text, measured on the Spec-Bench answers).
@@ -44,18 +44,14 @@ def read_questions(path: Path | str) -> dict[int, dict[str, Any]]:
     """Spec-Bench questions by ``question_id`` (``turns`` = the user messages)."""
     questions: dict[int, dict[str, Any]] = {}
     p = Path(path)
-    with open(p) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                q = json.loads(line)
-                questions[int(q["question_id"])] = q
-                if not isinstance(q["turns"], list):
-                    raise TypeError("turns is not a list")
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise TraceError(f"line {lineno}: not a Spec-Bench question ({exc})",
-                                 path=p, row=lineno - 1) from None
+    for lineno, q in read_jsonl(p, what="Spec-Bench question"):
+        try:
+            questions[int(q["question_id"])] = q
+            if not isinstance(q["turns"], list):
+                raise TypeError("turns is not a list")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TraceError(f"line {lineno}: not a Spec-Bench question ({exc})",
+                             path=p, row=lineno - 1) from None
     return questions
 
 
@@ -116,15 +112,8 @@ def import_specbench(files: list[Path | str], questions: Path | str | None = Non
         path = Path(file)
         if not path.is_file():
             raise TraceError("answer file not found", path=path)
-        records = []
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    report.skip(path.name, lineno, None, f"not JSON: {exc}")
+        records = list(read_jsonl(path, what="Spec-Bench answer", on_error=lambda lineno, msg,
+                                  name=path.name: report.skip(name, lineno, None, msg)))
         if not records:
             raise TraceError("no records in the answer file", path=path)
         file_k = k

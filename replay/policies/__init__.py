@@ -1,8 +1,8 @@
-"""Scheduling policies, one module each, behind :class:`~replay.policies.base.Policy`.
+"""Scheduling policies, one module each, behind :class:`~lapsd.replay.policies.base.Policy`.
 
 Policies register themselves by name; :func:`create` builds one with its parameters::
 
-    from replay.policies import create
+    from lapsd.replay.policies import create
     policy = create("laps-sd", K=4, M=2.0)
 """
 
@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from replay.policies.base import (
+from lapsd.replay.policies.base import (
     Policy,
     RequestInfo,
     RequestState,
     Rounds,
     TraceScale,
 )
+from lapsd.replay.policies.params import ParamsError
+
+from lapsd.errors import LapsdError
 
 REGISTRY: dict[str, type[Policy]] = {}
 
@@ -25,7 +28,7 @@ REGISTRY: dict[str, type[Policy]] = {}
 def register(cls: type[Policy]) -> type[Policy]:
     """Class decorator: make a policy available under ``cls.name``."""
     if cls.name in REGISTRY:
-        raise ValueError(f"policy name {cls.name!r} is registered twice")
+        raise TypeError(f"policy name {cls.name!r} is registered twice")
     REGISTRY[cls.name] = cls
     return cls
 
@@ -45,7 +48,7 @@ def _lookup(name: str) -> type[Policy]:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(REGISTRY)}") from None
+        raise LapsdError(f"unknown policy {name!r}; available: {', '.join(REGISTRY)}") from None
 
 
 def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy:
@@ -66,18 +69,17 @@ def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy:
     params_cls = getattr(cls, "Params", None)
     if params_cls is None:
         if params:
-            raise ValueError(f"policy {name!r} takes no parameters (got {sorted(params)})")
+            raise ParamsError(f"policy {name!r} takes no parameters (got {sorted(params)})")
         return cls()
-    known = {f.name for f in fields(params_cls)}
-    unknown = set(params) - known
-    if unknown:
-        raise ValueError(f"policy {name!r} has no parameter(s) {sorted(unknown)}; "
-                         f"its parameters: {sorted(known)}")
-    return cls(params_cls.with_defaults(scale or TraceScale(), **params))
+    try:
+        return cls(params_cls.with_defaults(scale or TraceScale(), **params))
+    except ParamsError as exc:
+        raise ParamsError(f"policy {name!r}: {exc}; its parameters: "
+                          f"{', '.join(parameters(name))}") from None
 
 
 # Importing the modules registers them.
-from replay.policies import fcfs, laps_sd, las, lp_sjf, lp_srpt, mlfq, srpt_oracle  # noqa: E402
+from lapsd.replay.policies import fcfs, laps_sd, las, lp_sjf, lp_srpt, mlfq, srpt_oracle  # noqa: E402
 
 __all__ = [
     "REGISTRY", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale", "available",

@@ -24,15 +24,15 @@ from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
+from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.policies.params import UNITS, Unit
 
-from replay.estimate import LengthPrediction
+__all__ = ["UNITS", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale", "Unit"]
 
 RequestId = Hashable
-Unit = Literal["seconds", "rounds", "tokens"]
-UNITS: tuple[Unit, ...] = ("seconds", "rounds", "tokens")
 
 NS_PER_S = 1_000_000_000
 

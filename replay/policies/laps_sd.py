@@ -23,75 +23,57 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
-
-from replay import kernels
-from replay.policies import register
-from replay.policies.base import (
+from lapsd.replay import kernels
+from lapsd.replay.policies import register
+from lapsd.replay.policies.base import (
     UNIT_FIELD,
-    UNITS,
     Policy,
     RequestId,
     RequestInfo,
     RequestState,
     Rounds,
-    TraceScale,
-    Unit,
     unit_amount,
 )
+from lapsd.replay.policies.params import PolicyParams, Tunable, Unit, params_dataclass
+from pydantic import Field
 
 
-@dataclass(frozen=True)
-class LapsSDParams:
+@params_dataclass
+class LapsSDParams(PolicyParams):
     """Parameters of :class:`LapsSD` (the names of the design page).
 
     Parameters
     ----------
     K
-        Number of queues (>= 1).
+        Number of queues.
     sup1
-        First queue bound ``Sup_1`` in ``unit`` (> 0). Default: 16 typical rounds.
+        First queue bound ``Sup_1`` in ``unit``. Default: 16 typical rounds.
     M
-        Growth factor of the bounds (> 1).
+        Growth factor of the bounds.
     gamma
-        Stability window in rounds (>= 2).
+        Stability window in rounds.
     delta
-        Stability tolerance: largest variance of the running acceptance rate over the window
-        (>= 0).
+        Stability tolerance: largest variance of the running acceptance rate over the window.
     unit
         Attained-service unit: ``seconds`` of server time, ``rounds`` or ``tokens``.
     perceptible_first
         Inside one queue, perceptible requests go ahead of non-perceptible ones.
     """
 
-    K: int = 4
-    sup1: float = 0.48
-    M: float = 2.0
-    gamma: int = 5
-    delta: float = 1e-3
+    K: Annotated[int, Field(ge=1, le=64), Tunable("queues", 2, 8)] = 4
+    sup1: Annotated[float, Field(gt=0, allow_inf_nan=False),
+                    Tunable("{unit}", 1.0, 256.0, log=True, rounds=True,
+                            default_rounds=16)] = 0.48
+    M: Annotated[float, Field(gt=1, allow_inf_nan=False),
+                 Tunable("ratio (bound growth per queue)", 1.5, 8.0, log=True)] = 2.0
+    gamma: Annotated[int, Field(ge=2, le=1000), Tunable("rounds", 2, 20)] = 5
+    delta: Annotated[float, Field(ge=0, allow_inf_nan=False),
+                     Tunable("variance of the acceptance rate", 1e-5, 1e-1, log=True)] = 1e-3
     unit: Unit = "seconds"
     perceptible_first: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.K >= 1, f"K must be >= 1, got {self.K}"),
-            (self.sup1 > 0 and math.isfinite(self.sup1), f"sup1 must be > 0, got {self.sup1}"),
-            (self.M > 1, f"M must be > 1, got {self.M}"),
-            (self.gamma >= 2, f"gamma must be >= 2, got {self.gamma}"),
-            (self.delta >= 0, f"delta must be >= 0, got {self.delta}"),
-            (self.unit in UNITS, f"unit must be one of {UNITS}, got {self.unit!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    @classmethod
-    def with_defaults(cls, scale: TraceScale, **given) -> LapsSDParams:
-        unit = given.get("unit", "seconds")
-        given.setdefault("sup1", 16 * scale.per_round(unit))
-        return cls(**given)
 
 
 _NO_RIVAL = (0, 0, 0.0, 0)
@@ -162,18 +144,6 @@ class LapsSD(Policy):
                 heap.append((st.key, rid))
         heapq.heapify(heap)
         self._heap = heap
-
-    @classmethod
-    def from_config(cls, config) -> LapsSD:
-        """The scheduler a server runs from an exported ``lapsd-config.json``.
-
-        ``config`` is a path or a parsed config; with load bands, use
-        :func:`tune.config.scheduler_from_config`, which picks the band's parameters.
-        """
-        from tune.config import load_config
-
-        cfg = load_config(config) if not isinstance(config, dict) else config
-        return cls(LapsSDParams(**cfg["policy"]["parameters"]))
 
     def _new_state(self, info: RequestInfo, seq: int) -> RequestState:
         return _LapsState(info, seq, self.params.gamma)

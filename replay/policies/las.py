@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from lapsd.replay.policies import register
+from lapsd.replay.policies.base import UNIT_FIELD, Policy, RequestState, Rounds
+from lapsd.replay.policies.params import PolicyParams, Unit, params_dataclass
 
-from replay.policies import register
-from replay.policies.base import UNIT_FIELD, UNITS, Policy, RequestState, Rounds, TraceScale, Unit
 
-
-@dataclass(frozen=True)
-class LASParams:
+@params_dataclass
+class LASParams(PolicyParams):
     """Parameters of :class:`LAS`.
 
     Parameters
@@ -19,14 +18,6 @@ class LASParams:
     """
 
     unit: Unit = "seconds"
-
-    def __post_init__(self) -> None:
-        if self.unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
-
-    @classmethod
-    def with_defaults(cls, scale: TraceScale, **given) -> LASParams:
-        return cls(**given)
 
 
 @register

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from replay.policies import register
-from replay.policies.base import Policy, RequestState, Rounds
+from lapsd.replay.policies import register
+from lapsd.replay.policies.base import Policy, RequestState, Rounds
 
 
 @register

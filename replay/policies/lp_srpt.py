@@ -7,9 +7,9 @@ so an under-predicted request can be overtaken instead of holding the server.
 
 from __future__ import annotations
 
-from replay import kernels
-from replay.policies import register
-from replay.policies.base import Policy, RequestState, Rounds
+from lapsd.replay import kernels
+from lapsd.replay.policies import register
+from lapsd.replay.policies.base import Policy, RequestState, Rounds
 
 _NO_RIVAL = (0.0, 0)
 

@@ -10,36 +10,34 @@ is then demoted when its attained service reaches that level's upper bound.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
-
-from replay.policies import register
-from replay.policies.base import (
+from lapsd.replay.policies import register
+from lapsd.replay.policies.base import (
     UNIT_FIELD,
-    UNITS,
     Policy,
     RequestInfo,
     RequestState,
     Rounds,
-    TraceScale,
-    Unit,
     unit_amount,
 )
+from lapsd.replay.policies.params import PolicyParams, Tunable, Unit, params_dataclass
+from pydantic import Field
 
 
-@dataclass(frozen=True)
-class MLFQParams:
+@params_dataclass
+class MLFQParams(PolicyParams):
     """Parameters of :class:`MLFQ`.
 
     Parameters
     ----------
     K
-        Number of levels (>= 1).
+        Number of levels.
     q1
-        Quantum of the first level, in ``unit`` (> 0). Default: 8 typical rounds.
+        Quantum of the first level, in ``unit``. Default: 8 typical rounds.
     M
-        Growth of the quantum from one level to the next (>= 1).
+        Growth of the quantum from one level to the next.
     unit
         Attained-service unit: ``seconds``, ``rounds`` or ``tokens``.
     skip_join
@@ -48,28 +46,15 @@ class MLFQParams:
         Prefill seconds per prompt token for ``skip_join``.
     """
 
-    K: int = 4
-    q1: float = 0.0
-    M: float = 2.0
+    K: Annotated[int, Field(ge=1, le=64), Tunable("levels", 2, 8)] = 4
+    q1: Annotated[float, Field(gt=0, allow_inf_nan=False),
+                  Tunable("{unit}", 1.0, 256.0, log=True, rounds=True, default_rounds=8)] = 0.24
+    M: Annotated[float, Field(ge=1, allow_inf_nan=False),
+                 Tunable("ratio (quantum growth per level)", 1.0, 8.0, log=True)] = 2.0
     unit: Unit = "seconds"
     skip_join: bool = False
-    prefill_s_per_token: float = 2e-5
-
-    def __post_init__(self) -> None:
-        if self.K < 1:
-            raise ValueError(f"K must be >= 1, got {self.K}")
-        if self.q1 <= 0:
-            raise ValueError(f"q1 must be > 0, got {self.q1}")
-        if self.M < 1:
-            raise ValueError(f"M must be >= 1, got {self.M}")
-        if self.unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
-
-    @classmethod
-    def with_defaults(cls, scale: TraceScale, **given) -> MLFQParams:
-        unit = given.get("unit", "seconds")
-        given.setdefault("q1", 8 * scale.per_round(unit))
-        return cls(**given)
+    prefill_s_per_token: Annotated[float, Field(ge=0, allow_inf_nan=False),
+                                   Tunable("seconds per prompt token", search=False)] = 2e-5
 
 
 class _MLFQState(RequestState):
@@ -90,7 +75,7 @@ class MLFQ(Policy):
 
     def __init__(self, params: MLFQParams | None = None) -> None:
         super().__init__()
-        p = self.params = params or MLFQParams(q1=8 * TraceScale().round_s)
+        p = self.params = params or MLFQParams()
         self._field = UNIT_FIELD[p.unit]
         quanta = p.q1 * p.M ** np.arange(p.K - 1)
         # Level j covers attained service in [bounds[j-1], bounds[j]).

@@ -6,8 +6,8 @@ the only policy that sees true service times, through :meth:`Policy.reveal`.
 
 from __future__ import annotations
 
-from replay.policies import register
-from replay.policies.base import NS_PER_S, Policy, RequestId, RequestState, Rounds
+from lapsd.replay.policies import register
+from lapsd.replay.policies.base import NS_PER_S, Policy, RequestId, RequestState, Rounds
 
 
 @register

@@ -9,11 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from collect.engine import NgramDrafter, SpeculativeEngine  # noqa: E402
-from collect.models import ModelError, layers_draft, parse_draft  # noqa: E402
-from collect.prompts import PromptError, load_prompts, parse_shard, select  # noqa: E402
-from collect.run import CollectConfig, chunk_dirs, collect, merge  # noqa: E402
-from replay.trace import TraceError, read_trace  # noqa: E402
+from lapsd.collect.engine import NgramDrafter, SpeculativeEngine  # noqa: E402
+from lapsd.collect.models import ModelError, layers_draft, parse_draft  # noqa: E402
+from lapsd.collect.prompts import PromptError, load_prompts, parse_shard, select  # noqa: E402
+from lapsd.collect.run import CollectConfig, chunk_dirs, collect, merge  # noqa: E402
+from lapsd.replay.trace import TraceError, read_trace  # noqa: E402
+
+from lapsd.errors import LapsdError  # noqa: E402
 from tests.collect.conftest import tiny_llama  # noqa: E402
 
 
@@ -174,7 +176,7 @@ def test_resume_after_kill_neither_duplicates_nor_drops(tiny_dir, prompts_file, 
     # the 3 finished requests were flushed although the chunk was not full
     assert [read_trace(c).n_requests for c in chunk_dirs(out)] == [3]
     monkeypatch.setattr(SpeculativeEngine, "generate", real)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(LapsdError, match="--resume"):
         collect(_cfg(tiny_dir, prompts_file, out), log=lambda *_: None)
     path = collect(_cfg(tiny_dir, prompts_file, out, resume=True), log=lambda *_: None)
     ids = read_trace(path).requests["request_id"].to_list()
@@ -213,7 +215,7 @@ def test_oom_skips_the_request(tiny_dir, prompts_file, tmp_path, monkeypatch) ->
 
 
 def test_cli_collect_and_merge(tiny_dir, prompts_file, tmp_path) -> None:
-    from replay.cli import main
+    from lapsd.cli import main
 
     out = tmp_path / "cli"
     assert main(["collect", "--target", str(tiny_dir), "--draft", "ngram:2", "--prompts",
@@ -229,7 +231,7 @@ def test_cli_collect_and_merge(tiny_dir, prompts_file, tmp_path) -> None:
 def test_bad_prompt_file_names_the_line(tmp_path) -> None:
     p = tmp_path / "q.jsonl"
     p.write_text('{"prompt": "hi"}\n\n{"prompt": "x"\n')
-    with pytest.raises(PromptError, match=r"q\.jsonl:3: not valid JSON"):
+    with pytest.raises(LapsdError, match=r"q\.jsonl:3: not JSON"):
         load_prompts(p)
     p.write_text('{"prompt": "hi"}\n{"other": 1}\n')
     with pytest.raises(PromptError, match=r":2: no prompt text"):
@@ -269,7 +271,7 @@ def test_draft_vocab_must_match(tiny_dir, prompts_file, tmp_path) -> None:
 
 
 def test_profile_cost_table(tiny_dir, tmp_path) -> None:
-    from collect.profile import profile
+    from lapsd.collect.profile import profile
 
     table = profile(tiny_dir, "layers:2", k=2, batch_sizes=[1, 2], contexts=[8, 16],
                     repeats=1, device="cpu", dtype="float32", out=tmp_path / "cost.json")
@@ -280,14 +282,14 @@ def test_profile_cost_table(tiny_dir, tmp_path) -> None:
 # ------------------------------------------------------------------------- real SmolLM2
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
-    from collect.models import load_model
+    from lapsd.collect.models import load_model
 
     return load_model(smollm2_gguf, dtype="float32", device="cpu")
 
 
 def test_smollm2_chat_template_and_greedy(smollm2) -> None:
-    from collect.engine import eos_ids_of
-    from collect.prompts import encode
+    from lapsd.collect.engine import eos_ids_of
+    from lapsd.collect.prompts import encode
 
     tok, model = smollm2.tokenizer, smollm2.model
     ids = encode(tok, "What is the capital of France?")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-
-from replay.engine import SwitchCost, TraceArrays, Workload
-from replay.policies.base import NS_PER_S, Policy, RequestInfo
-from replay.trace import Trace, make_trace, new_manifest
+from lapsd.replay.engine import SwitchCost, TraceArrays, Workload
+from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo
+from lapsd.replay.trace import Trace, make_trace, new_manifest
 
 
 def reference_simulate(arrays: TraceArrays, workload: Workload, policy: Policy,

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from predict.data import LengthData, load_alpaca_eval, load_token_counter
-from predict.model import LengthPredictor
-from predict.train import train_predictor
-from replay.importers.specbench import import_specbench
-from replay.trace import make_trace, write_trace
+from lapsd.predict.data import LengthData, load_alpaca_eval, load_token_counter
+from lapsd.predict.model import LengthPredictor
+from lapsd.predict.train import train_predictor
+from lapsd.replay.importers.specbench import import_specbench
+from lapsd.replay.trace import make_trace, write_trace
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ALPACA = DATA / "prompts_alpaca_eval"
@@ -45,7 +44,7 @@ def model_file(vicuna: LengthData, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def predictor(model_file: Path) -> LengthPredictor:
-    from predict.persist import load_predictor
+    from lapsd.predict.persist import load_predictor
 
     return load_predictor(model_file)
 

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lapsd.predict.apply import apply_to_trace, predictor_source
+from lapsd.predict.data import LengthData, load_alpaca_eval, load_data, load_token_counter
+from lapsd.predict.evaluate import cross_model, cross_validate, metrics, prompt_folds, prompt_split
+from lapsd.predict.model import LengthPredictor
+from lapsd.predict.persist import FORMAT, load_predictor
+from lapsd.predict.train import select_target
+from lapsd.replay.engine import TraceArrays
+from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.trace import TraceError, read_trace, write_trace
 from skops import io as sio
 
-from predict.apply import apply_to_trace, predictor_source
-from predict.cli import run
-from predict.data import LengthData, load_alpaca_eval, load_data, load_token_counter
-from predict.evaluate import cross_model, cross_validate, metrics, prompt_folds, prompt_split
-from predict.model import LengthPredictor
-from predict.persist import FORMAT, load_predictor
-from predict.train import select_target
-from replay.engine import TraceArrays
-from replay.estimate import LengthPrediction
-from replay.trace import TraceError, read_trace, write_trace
+from lapsd.cli import main as run
 
 from .conftest import ALPACA, FAST, QUESTIONS, SPECBENCH
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from replay.engine import TraceArrays
-from replay.trace import read_trace
+from lapsd.replay.engine import TraceArrays
+from lapsd.replay.trace import read_trace
 
 
 @pytest.fixture(scope="session")

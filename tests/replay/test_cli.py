@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from replay.cli import main
+from lapsd.cli import main
 
 
 def test_inspect_json(examples_dir, tmp_path, capsys):
@@ -51,10 +51,10 @@ def test_replay_rejects_bad_options(examples_dir, capsys):
     assert "load= is required" in capsys.readouterr().err
     assert main(["replay", trace, "--set", "laps-sd.K"]) == 2
     assert main(["replay", trace, "--set", "laps-sd.K=0"]) == 2
-    assert "K must be >= 1" in capsys.readouterr().err
+    assert "K: Input should be greater than or equal to 1 (got 0)" in capsys.readouterr().err
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "replay.cli", "replay", "--help"],
+    out = subprocess.run([sys.executable, "-m", "lapsd", "replay", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--workload" in out and "laps-sd" in out

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lapsd.replay.engine import SwitchCost, TraceArrays, simulate
+from lapsd.replay.policies import available, create
+from lapsd.replay.workload import build_workload
 from sim_reference import reference_simulate, synthetic_trace
-
-from replay.engine import SwitchCost, TraceArrays, simulate
-from replay.policies import available, create
-from replay.workload import build_workload
 
 ALL = available()
 WORKLOADS = ["burst:n={n},seed={s}", "poisson:load=0.9,n={n},seed={s}",

@@ -7,10 +7,9 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
-from replay.importers.arrivals import read_arrivals
-from replay.importers.specbench import import_specbench
-from replay.trace import TraceError
+from lapsd.replay.importers.arrivals import read_arrivals
+from lapsd.replay.importers.specbench import import_specbench
+from lapsd.replay.trace import TraceError
 
 
 def test_specbench_eagle(shared_data) -> None:

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from lapsd.replay import kernels
+from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.policies import available, create, parameters
+from lapsd.replay.policies.base import RequestInfo
+from lapsd.replay.policies.params import ParamsError
 
-from replay import kernels
-from replay.estimate import LengthPrediction
-from replay.policies import available, create, parameters
-from replay.policies.base import RequestInfo
+from lapsd.errors import LapsdError
 
 
 def info(rid, median=100.0, sigma=0.0):
@@ -22,12 +24,14 @@ def test_registry_has_every_policy():
                                 "laps-sd"}
     assert set(parameters("laps-sd")) == {"K", "sup1", "M", "gamma", "delta", "unit",
                                           "perceptible_first"}
-    with pytest.raises(ValueError, match="unknown policy 'sjf'"):
+    with pytest.raises(LapsdError, match="unknown policy 'sjf'"):
         create("sjf")
-    with pytest.raises(ValueError, match="no parameter"):
+    with pytest.raises(ParamsError, match="policy 'laps-sd': Q: unknown field; its parameters: K"):
         create("laps-sd", Q=3)
-    with pytest.raises(ValueError, match="M must be > 1"):
+    with pytest.raises(ParamsError, match=r"M: Input should be greater than 1 \(got 1.0\)"):
         create("laps-sd", M=1.0)
+    with pytest.raises(ParamsError, match="takes no parameters"):
+        create("fcfs", K=3)
 
 
 def test_server_loop_las():

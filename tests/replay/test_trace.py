@@ -7,9 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from sim_reference import synthetic_trace
-
-from replay.trace import (
+from lapsd.replay.trace import (
     REQUESTS_FILE,
     ROUNDS_FILE,
     Trace,
@@ -18,6 +16,9 @@ from replay.trace import (
     summarize,
     write_trace,
 )
+from sim_reference import synthetic_trace
+
+from lapsd.errors import LapsdError
 
 
 @pytest.fixture
@@ -103,5 +104,5 @@ def test_failed_write_leaves_old_trace(trace_dir: Path, monkeypatch) -> None:
 
 
 def test_refuses_to_overwrite(trace_dir: Path) -> None:
-    with pytest.raises(FileExistsError):
+    with pytest.raises(LapsdError, match="pass --force"):
         write_trace(read_trace(trace_dir), trace_dir)

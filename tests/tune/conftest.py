@@ -7,12 +7,11 @@ from typing import Any
 
 import optuna
 import pytest
+from lapsd.tune.context import TuneSpec
+from lapsd.tune.run import RunOptions, run_tune
+from lapsd.tune.study import FINISHED, SURPLUS, _retried_numbers
+from lapsd.tune.suite import Suite
 from optuna.trial import TrialState
-
-from tune.context import TuneSpec
-from tune.run import RunOptions, run_tune
-from tune.study import FINISHED, SURPLUS, _retried_numbers
-from tune.suite import Suite
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "examples" / "specbench-vicuna7b-eagle"

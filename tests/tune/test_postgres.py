@@ -9,11 +9,10 @@ import uuid
 
 import optuna
 import pytest
+from lapsd.tune.context import TuneSpec
+from lapsd.tune.study import FINISHED, StorageSpec, StudyJob, prepare_study, work
+from lapsd.tune.suite import Suite
 from optuna.trial import TrialState
-
-from tune.context import TuneSpec
-from tune.study import FINISHED, StorageSpec, StudyJob, prepare_study, work
-from tune.suite import Suite
 
 from .conftest import TRACE, check_accounted
 

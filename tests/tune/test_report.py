@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from tune.report import write_report
+from lapsd.tune.report import write_report
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(n)), None)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-from tune.run import JOURNAL_FILE
-from tune.study import FINISHED, StorageSpec
+from lapsd.tune.defaults import JOURNAL_FILE
+from lapsd.tune.study import FINISHED, StorageSpec
 
 from .conftest import TINY_ARGS, TRACE, check_accounted
 
@@ -21,7 +20,7 @@ TARGET = 8
 
 
 def _command(out: Path) -> list[str]:
-    return [sys.executable, "-m", "replay.cli", "tune", str(TRACE), "--out", str(out),
+    return [sys.executable, "-m", "lapsd", "tune", str(TRACE), "--out", str(out),
             "--trials", str(TARGET), "--bands", "none", *TINY_ARGS]
 
 

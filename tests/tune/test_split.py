@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
-from replay.engine import TraceArrays
-from replay.trace import read_trace
-from tune.split import split_by_prompt
+from lapsd.replay.engine import TraceArrays
+from lapsd.replay.trace import read_trace
+from lapsd.tune.split import split_by_prompt
 
 from .conftest import ROOT
 

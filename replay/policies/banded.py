@@ -1,7 +1,7 @@
 """Load-adaptive LAPS-SD: one parameter set per band of the number of waiting requests.
 
 The design page (section 8) allows a parameter set per load band. :class:`BandedLapsSD` is a
-:class:`~replay.policies.laps_sd.LapsSD` whose parameters follow the number of requests in the
+:class:`~lapsd.replay.policies.laps_sd.LapsSD` whose parameters follow the number of requests in the
 system (``waiting``: admitted and not finished, the running one included). The band is checked
 whenever that number changes (an admission or a completion). When it moves to another band, the
 new band's parameters apply to **every** request from then on, queued ones included: each
@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from replay.policies.base import RequestInfo
-from replay.policies.laps_sd import LapsSD, LapsSDParams
+from lapsd.replay.policies.base import RequestInfo
+from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
+
+from lapsd.errors import LapsdError
 
 
 @dataclass(frozen=True)
@@ -78,17 +80,17 @@ class BandedLapsSD(LapsSD):
 
 
 def check_bands(bands: Sequence[LoadBand]) -> None:
-    """Raise ``ValueError`` unless the bands' limits increase and only the last is unbounded."""
+    """Raise :class:`~lapsd.errors.LapsdError` unless the limits increase, only the last is open."""
     if not bands:
-        raise ValueError("load bands: at least one band is needed")
+        raise LapsdError("load bands: at least one band is needed")
     limits = [b.max_waiting for b in bands]
     if limits[-1] is not None:
-        raise ValueError("load bands: the last band must have max_waiting null (no bound)")
+        raise LapsdError("load bands: the last band must have max_waiting null (no bound)")
     bounded = limits[:-1]
     if any(x is None or x < 1 for x in bounded):
-        raise ValueError("load bands: every band but the last needs max_waiting >= 1")
+        raise LapsdError("load bands: every band but the last needs max_waiting >= 1")
     if any(a >= b for a, b in pairwise(bounded)):
-        raise ValueError(f"load bands: max_waiting must increase, got {bounded}")
+        raise LapsdError(f"load bands: max_waiting must increase, got {bounded}")
     gammas = {b.params.gamma for b in bands}
     if len(gammas) > 1:
-        raise ValueError(f"load bands: every band must use the same gamma, got {sorted(gammas)}")
+        raise LapsdError(f"load bands: every band must use the same gamma, got {sorted(gammas)}")

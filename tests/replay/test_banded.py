@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lapsd.replay.engine import TraceArrays, simulate
+from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
+from lapsd.replay.policies.laps_sd import LapsSDParams
+from lapsd.replay.workload import build_workload
 from sim_reference import reference_simulate, synthetic_trace
 
-from replay.engine import TraceArrays, simulate
-from replay.policies.laps_sd import LapsSDParams
-from replay.workload import build_workload
-from tune.bands import BandedLapsSD, LoadBand
+from lapsd.errors import LapsdError
 
 
 def _bands(limit: int, sup_a: float, sup_b: float, k_a: int, k_b: int) -> list[LoadBand]:
@@ -33,5 +34,5 @@ def test_banded_matches_reference(seed, limit, k_a, k_b, wl):
 
 
 def test_bands_must_share_gamma():
-    with pytest.raises(ValueError, match="same gamma"):
+    with pytest.raises(LapsdError, match="same gamma"):
         BandedLapsSD([LoadBand(3, LapsSDParams(gamma=3)), LoadBand(None, LapsSDParams(gamma=4))])

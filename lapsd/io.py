@@ -1,0 +1,152 @@
+"""File helpers every package shares: atomic writes, JSON output, JSON Lines input, hashes.
+
+Writers never leave a half-written file or folder behind: content goes to a temporary name in
+the destination's folder and is renamed into place, so a reader sees the old version or the new
+one, and a crash keeps the old one. Files get the permissions a plain ``open()`` would give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lapsd.errors import LapsdError
+
+#: The ``--json`` target that means standard output.
+STDOUT = "-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """A temporary file path beside ``path``; renamed to ``path`` when the block succeeds.
+
+    For writers that need a path of their own (Parquet, skops). On an exception the temporary
+    file is removed and ``path`` is left as it was.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        # mkstemp makes the file private; give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+@contextmanager
+def atomic_dir(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``path``; it replaces ``path`` when the block succeeds.
+
+    Raises
+    ------
+    LapsdError
+        When ``path`` exists and ``overwrite`` is false.
+    """
+    dest = Path(path)
+    if dest.exists() and not overwrite:
+        raise LapsdError(f"{dest} exists; pass --force (overwrite=True) to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def dumps(payload: Any) -> str:
+    """The JSON text lapsd writes: indented, non-JSON values as strings, a final newline."""
+    return json.dumps(payload, indent=2, default=str) + "\n"
+
+
+def write_json(target: Path | str, payload: Any) -> None:
+    """Write ``payload`` as JSON to a file (atomically), or to standard output for ``-``."""
+    if str(target) == STDOUT:
+        sys.stdout.write(dumps(payload))
+        sys.stdout.flush()
+    else:
+        atomic_write_text(target, dumps(payload))
+
+
+def read_jsonl(path: Path | str, *, what: str = "record",
+               on_error: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` for each non-blank line of a JSON Lines file.
+
+    Parameters
+    ----------
+    path
+        The file.
+    what
+        What a line holds, for error messages ("Spec-Bench question").
+    on_error
+        Called with ``(line number, message)`` for a line that is not JSON, which is then
+        skipped; without it such a line raises.
+
+    Raises
+    ------
+    LapsdError
+        When the file is missing or unreadable, or (without ``on_error``) a line is not JSON.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise LapsdError(f"{p}: no such file (expected a JSON Lines file of {what}s)")
+    try:
+        with p.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    message = f"not JSON ({exc.msg} at column {exc.colno})"
+                    if on_error is None:
+                        raise LapsdError(f"{p}:{lineno}: {message}; expected one {what} per "
+                                         "line") from None
+                    on_error(lineno, message)
+                    continue
+                yield lineno, value
+    except UnicodeDecodeError as exc:
+        raise LapsdError(f"{p}: not UTF-8 text ({exc.reason}); expected a JSON Lines file of "
+                         f"{what}s") from None
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

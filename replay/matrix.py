@@ -1,0 +1,103 @@
+"""Replays of policies over cases (a workload on a trace): the one loop every comparison runs.
+
+``lapsd replay``, the tuning objective and the held-out comparison all replay a set of policies
+on a set of cases and normalise each result by the clairvoyant ``srpt-oracle`` on the very same
+arrivals and requests (the lower bound of mean latency at batch size one with free switches).
+:func:`replay_matrix` is that loop; a :class:`Case` replays its reference once and keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lapsd.replay.engine import SimResult, SwitchCost, TraceArrays, Workload, simulate
+from lapsd.replay.metrics import Metrics, summarize_result
+from lapsd.replay.policies import create
+from lapsd.replay.policies.base import Policy, TraceScale
+from lapsd.replay.workload import PredictionSource, WorkloadSpec, build_workload
+
+#: The policy every result is normalised by.
+REFERENCE = "srpt-oracle"
+
+PolicyFactory = Callable[[], Policy]
+
+
+@dataclass
+class Case:
+    """One workload on one trace: what every policy of a comparison replays."""
+
+    trace: str
+    arrays: TraceArrays
+    workload: Workload
+    _references: dict[SwitchCost, tuple[SimResult, Metrics]] = field(
+        default_factory=dict, repr=False)
+
+    def reference(self, switch: SwitchCost) -> tuple[SimResult, Metrics]:
+        """The reference policy's replay of this case under ``switch`` (computed once)."""
+        if switch not in self._references:
+            result = simulate(self.arrays, self.workload, create(REFERENCE), switch=switch)
+            self._references[switch] = (result, summarize_result(result, trace=self.trace))
+        return self._references[switch]
+
+
+def build_cases(traces: Sequence[tuple[str, TraceArrays]],
+                workloads: Sequence[WorkloadSpec | str],
+                predictions: PredictionSource | None) -> list[Case]:
+    """A case per workload and trace, workloads outer (in the order given: cheapest first).
+
+    ``predictions`` is the source length-aware policies are told (``None`` when none needs one).
+    """
+    return [Case(name, arrays, build_workload(wl, arrays, predictions))
+            for wl in workloads for name, arrays in traces]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One policy replayed on one case."""
+
+    case: Case
+    policy: str
+    result: SimResult
+    metrics: Metrics
+
+
+def replay_matrix(cases: Sequence[Case], policies: Mapping[str, PolicyFactory], *,
+                  switch: SwitchCost | None = None,
+                  progress: Callable[[Case, str], None] | None = None) -> Iterator[Row]:
+    """Replay each case under each policy (fresh objects), normalised by :data:`REFERENCE`.
+
+    Rows come case by case, in the order of ``policies``, so a caller can stop early (the
+    tuner's pruner does).
+    """
+    switch = switch or SwitchCost()
+    for case in cases:
+        ref_result, ref = case.reference(switch)
+        for name, make in policies.items():
+            if progress is not None:
+                progress(case, name)
+            result = (ref_result if name == REFERENCE
+                      else simulate(case.arrays, case.workload, make(), switch=switch))
+            metrics = summarize_result(result, policy=name, trace=case.trace, reference=ref)
+            yield Row(case, name, result, metrics)
+
+
+def registry_factories(names: Sequence[str], scale: TraceScale | None = None,
+                       params: Mapping[str, Mapping[str, Any]] | None = None,
+                       ) -> dict[str, PolicyFactory]:
+    """Factories of registered policies with optional per-policy parameters.
+
+    Parameters are checked here, once, so a bad ``--set`` fails before any replay.
+    """
+    params = params or {}
+    out: dict[str, PolicyFactory] = {}
+    for name in names:
+        kwargs = dict(params.get(name, {}))
+        create(name, scale, **kwargs)
+
+        def make(name: str = name, kwargs: dict[str, Any] = kwargs) -> Policy:
+            return create(name, scale, **kwargs)
+
+        out[name] = make
+    return out

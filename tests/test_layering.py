@@ -1,0 +1,121 @@
+"""Imports follow the data flow, and a server-side install stays small.
+
+Layers, lowest first: the root helpers (``lapsd.errors``, ``lapsd.io``, ``lapsd.console``),
+``lapsd.replay``, ``lapsd.predict``, then ``lapsd.tune`` and ``lapsd.collect`` (which may use
+both below them, not each other), and the root command ``lapsd.cli`` above all. No package
+imports another package's ``cli`` module. Every import counts, also one inside a function.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Folder -> package name (pyproject's package-dir mapping).
+PACKAGES = {"lapsd": "lapsd", "replay": "lapsd.replay", "predict": "lapsd.predict",
+            "tune": "lapsd.tune", "collect": "lapsd.collect"}
+FORBIDDEN = {
+    "lapsd": ("lapsd.replay", "lapsd.predict", "lapsd.tune", "lapsd.collect", "lapsd.cli"),
+    "lapsd.replay": ("lapsd.predict", "lapsd.tune", "lapsd.collect", "lapsd.cli"),
+    "lapsd.predict": ("lapsd.tune", "lapsd.collect", "lapsd.cli"),
+    "lapsd.tune": ("lapsd.collect", "lapsd.cli"),
+    "lapsd.collect": ("lapsd.tune", "lapsd.cli"),
+}
+#: Modules above the layers: the root command and ``python -m lapsd``.
+TOP = {"lapsd.cli", "lapsd.__main__"}
+#: Documented exceptions, (importer, imported): none today.
+ALLOWED: set[tuple[str, str]] = set()
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _layer(module: str) -> str:
+    for package in ("lapsd.replay", "lapsd.predict", "lapsd.tune", "lapsd.collect"):
+        if module == package or module.startswith(package + "."):
+            return package
+    return "lapsd"
+
+
+MODULES = _modules()
+
+
+def test_every_package_is_scanned() -> None:
+    assert {_layer(m) for m in MODULES} == set(FORBIDDEN)
+    assert "lapsd.replay.policies.laps_sd" in MODULES and "lapsd.cli" in MODULES
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - TOP))
+def test_imports_follow_the_data_flow(module: str) -> None:
+    layer = _layer(module)
+    bad = []
+    for name in _imports(MODULES[module]):
+        if not name.startswith("lapsd") or (module, name) in ALLOWED:
+            continue
+        other = _layer(name)
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[layer]):
+            bad.append(f"{name} (a {layer} module must not import it)")
+        elif other != layer and other != "lapsd" and name.split(".")[-1] == "cli":
+            bad.append(f"{name} (another package's CLI)")
+    assert not bad, f"{module} imports " + "; ".join(sorted(bad))
+
+
+@pytest.mark.parametrize("name", ["replay", "predict", "tune", "collect"])
+def test_bare_folder_names_are_not_imported(name: str) -> None:
+    """The folders install as ``lapsd.<name>``; a bare ``import replay`` would be a second copy."""
+    users = [m for m, path in MODULES.items()
+             if any(i == name or i.startswith(name + ".") for i in _imports(path))]
+    assert not users
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=ROOT.parent).stdout
+
+
+def test_a_server_imports_no_tuner_predictor_or_torch() -> None:
+    """What a server needs (config, schedulers) loads without optuna, scikit-learn or torch."""
+    loaded = _run(
+        "import sys\n"
+        "from lapsd.replay.config import scheduler_factory\n"
+        "from lapsd.replay.estimate import LengthPrediction\n"
+        "from lapsd.replay.policies import create\n"
+        "from lapsd.replay.engine import simulate\n"
+        # (numba itself imports scipy when it is installed, so scipy is not checked.)
+        "heavy = ('optuna', 'sklearn', 'torch', 'transformers', 'plotly', 'skops')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n")
+    assert loaded.strip() == "[]"
+
+
+def test_the_command_parser_needs_none_of_the_extras() -> None:
+    """`lapsd --help` (and so `lapsd collect` on a GPU box) works without the extras."""
+    text = _run(
+        "import sys\n"
+        "for m in ('optuna', 'sklearn', 'torch', 'transformers', 'plotly', 'skops'):\n"
+        "    sys.modules[m] = None\n"
+        "from lapsd.cli import build_parser\n"
+        "print(build_parser().format_help())\n")
+    assert "collect" in text and "tune" in text and "replay" in text
