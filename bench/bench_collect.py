@@ -28,6 +28,7 @@ def _sync() -> None:
 
 
 def main() -> None:
+    """Run the comparison and print its table."""
     from lapsd.collect.engine import build_engine, eos_ids_of
     from lapsd.collect.models import layers_draft, load_model, parse_draft
     from lapsd.collect.prompts import encode, load_prompts

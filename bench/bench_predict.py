@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from lapsd.predict.data import load_alpaca_eval, load_token_counter
 from lapsd.predict.features import embeddings_available
 from lapsd.predict.model import LengthPredictor
@@ -31,6 +32,7 @@ def _rate(fn, n: int) -> float:
 
 
 def bench(predictor: LengthPredictor, prompts: list[str], label: str) -> None:
+    """Print the prediction rate of the model and of its baseline on ``prompts``."""
     model = _rate(lambda: predictor.predict_lengths(prompts), len(prompts))
     base = _rate(lambda: predictor.baseline_lengths(prompts), len(prompts))
     print(f"{label:<22} {model:>12,.0f} rows/s   length-only baseline {base:>12,.0f} rows/s   "
@@ -38,6 +40,7 @@ def bench(predictor: LengthPredictor, prompts: list[str], label: str) -> None:
 
 
 def main() -> None:
+    """Train a predictor, then time it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--no-embeddings", action="store_true")

@@ -18,11 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
+from sim_reference import reference_simulate  # noqa: E402
+
 from lapsd.replay.engine import TraceArrays, simulate  # noqa: E402
 from lapsd.replay.policies import available, create  # noqa: E402
 from lapsd.replay.trace import read_trace  # noqa: E402
 from lapsd.replay.workload import build_workload  # noqa: E402
-from sim_reference import reference_simulate  # noqa: E402
 
 
 def _fast(arrays, workload, name):
@@ -34,6 +35,7 @@ def _reference(arrays, workload, name):
 
 
 def best_of(fn, repeat: int) -> float:
+    """The fastest of ``repeat`` runs of ``fn``, seconds."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -43,6 +45,7 @@ def best_of(fn, repeat: int) -> float:
 
 
 def main() -> None:
+    """Time every policy and the reference simulator; print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", action="append", type=Path)
     ap.add_argument("--n", type=int, default=10_000, help="requests per replay")

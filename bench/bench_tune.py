@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import optuna
+
 from lapsd.tune.context import TuneSpec, load_context
 from lapsd.tune.study import StorageSpec, StudyJob, run_job
 
@@ -32,6 +33,7 @@ def measure(spec: TuneSpec, trials: int, workers: int) -> float:
 
 
 def main() -> None:
+    """Time the trials with one and two workers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--trace", default=str(ROOT / "examples" / "specbench-vicuna7b-eagle"))

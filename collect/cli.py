@@ -72,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    require_extra("collect", "torch", "transformers")
     """``lapsd collect``."""
+    require_extra("collect", "torch", "transformers")
     from lapsd.collect.prompts import parse_shard
     from lapsd.collect.run import CollectConfig, collect
 
@@ -89,8 +89,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    require_extra("collect", "torch", "transformers")
     """``lapsd collect-profile``."""
+    require_extra("collect", "torch", "transformers")
     from lapsd.collect.profile import profile
 
     table = profile(

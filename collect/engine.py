@@ -26,20 +26,24 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from lapsd.collect.models import DraftSpec
-from lapsd.collect.static import StaticRunner, supports
 from torch import nn
+
+from lapsd.collect.models import DraftSpec, cache_arg
+from lapsd.collect.static import StaticRunner, supports
 
 
 # ------------------------------------------------------------------------------------- clocks
 class Clock(Protocol):
     """Marks points in time; :meth:`seconds` turns two marks into seconds once work is done."""
 
-    def mark(self) -> Any: ...
+    def mark(self) -> Any:
+        """A point in time (cheap; may be resolved only later)."""
 
-    def seconds(self, a: Any, b: Any) -> float | None: ...
+    def seconds(self, a: Any, b: Any) -> float | None:
+        """Seconds from mark ``a`` to mark ``b`` (after :meth:`sync`)."""
 
-    def sync(self) -> None: ...
+    def sync(self) -> None:
+        """Wait until every mark so far can be resolved."""
 
 
 class CudaClock:
@@ -49,14 +53,17 @@ class CudaClock:
         self.device = device
 
     def mark(self) -> torch.cuda.Event:
+        """A CUDA event recorded on the current stream."""
         ev = torch.cuda.Event(enable_timing=True)
         ev.record()
         return ev
 
     def seconds(self, a: torch.cuda.Event, b: torch.cuda.Event) -> float:
+        """Seconds between two recorded events."""
         return a.elapsed_time(b) / 1000.0
 
     def sync(self) -> None:
+        """Wait for the device."""
         torch.cuda.synchronize(self.device)
 
 
@@ -64,9 +71,11 @@ class HostClock:
     """``time.perf_counter`` for the CPU, where work is synchronous."""
 
     def mark(self) -> float:
+        """``time.perf_counter()``."""
         return time.perf_counter()
 
     def seconds(self, a: float, b: float) -> float:
+        """``b - a``."""
         return b - a
 
     def sync(self) -> None:
@@ -77,9 +86,11 @@ class NullClock:
     """Recording switched off: marks cost nothing and give no times."""
 
     def mark(self) -> None:
+        """No mark."""
         return None
 
-    def seconds(self, a: None, b: None) -> None:
+    def seconds(self, a: None, b: None) -> None:  # noqa: ARG002 (the Clock signature)
+        """No time."""
         return None
 
     def sync(self) -> None:
@@ -87,9 +98,12 @@ class NullClock:
 
 
 def make_clock(device: torch.device, record: bool) -> Clock:
-    """The clock for ``device``: CUDA events on a GPU, perf_counter elsewhere."""
-    if not record:
-        return NullClock()
+    """The clock for ``device``: CUDA events on a GPU, perf_counter elsewhere; or none."""
+    return timing_clock(device) if record else NullClock()
+
+
+def timing_clock(device: torch.device) -> CudaClock | HostClock:
+    """A clock that records: CUDA events on a GPU, perf_counter elsewhere."""
     return CudaClock(device) if device.type == "cuda" else HostClock()
 
 
@@ -135,8 +149,8 @@ def crop_cache(cache: Any, length: int) -> None:
 class ModelDrafter:
     """A draft model with its own KV cache, kept in step with the committed sequence."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: Any) -> None:
+        self.model: Any = model
         self.cache: Any = None
         self.cached = 0
 
@@ -147,7 +161,8 @@ class ModelDrafter:
         self.cache = DynamicCache(config=self.model.config)
         self.cached = 0
         if n > 1:
-            self.model(input_ids=seq[:, : n - 1], past_key_values=self.cache, use_cache=True,
+            self.model(input_ids=seq[:, : n - 1], **cache_arg(self.model, self.cache),
+                       use_cache=True,
                        logits_to_keep=1)
             self.cached = n - 1
 
@@ -157,7 +172,8 @@ class ModelDrafter:
         inp = seq[:, self.cached:n]
         tokens, probs = [], []
         for _ in range(k):
-            logits = self.model(input_ids=inp, past_key_values=self.cache, use_cache=True,
+            logits = self.model(input_ids=inp, **cache_arg(self.model, self.cache),
+                                use_cache=True,
                                 logits_to_keep=1).logits[0, -1]
             if temperature > 0:
                 q = torch.softmax(logits.float() / temperature, dim=-1)
@@ -186,8 +202,10 @@ class NgramDrafter:
         """Stateless: nothing to prefill."""
 
     def lookup(self, context: list[int], k: int) -> list[int]:
-        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest suffix
-        n-gram (``n = max_n .. 1``); empty when none occurs."""
+        """Up to ``k`` tokens that followed the last earlier match of the longest suffix n-gram.
+
+        ``n`` goes from ``max_n`` down to 1; empty when no n-gram occurs earlier.
+        """
         size = len(context)
         for n in range(min(self.max_n, size - 1), 0, -1):
             tail = context[size - n:]
@@ -219,7 +237,7 @@ class SpeculativeEngine:
         the DynamicCache loop (for comparisons).
     """
 
-    def __init__(self, target: nn.Module, *, draft: nn.Module | None = None, ngram: int = 0,
+    def __init__(self, target: Any, *, draft: Any = None, ngram: int = 0,
                  k: int = 4, eos_ids: set[int] | None = None, temperature: float = 0.0,
                  device: torch.device | str = "cpu", static: bool = True) -> None:
         if (draft is None) == (ngram == 0):
@@ -262,7 +280,8 @@ class SpeculativeEngine:
         p0 = clock.mark()
         cache = DynamicCache(config=self.target.config)
         if n > 1:
-            self.target(input_ids=seq[:, : n - 1], past_key_values=cache, use_cache=True,
+            self.target(input_ids=seq[:, : n - 1], **cache_arg(self.target, cache),
+                        use_cache=True,
                         logits_to_keep=1)
         self.drafter.reset(seq, n)
         p1 = clock.mark()
@@ -271,7 +290,7 @@ class SpeculativeEngine:
             drafts, q = self._draft(seq, tokens, n, d, gen)
             d = int(drafts.numel())
             m1 = clock.mark()
-            logits = self.target(input_ids=seq[:, n - 1:n + d], past_key_values=cache,
+            logits = self.target(input_ids=seq[:, n - 1:n + d], **cache_arg(self.target, cache),
                                  use_cache=True).logits[0]
             m2 = clock.mark()
             accepted, proposed = self._accept(logits, drafts, q, gen)

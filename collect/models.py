@@ -15,6 +15,7 @@ Drafts are given as a string:
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +42,25 @@ class DraftSpec:
     n: int = 0
 
     @property
+    def model_path(self) -> Path:
+        """The draft model's path (``kind == "model"`` only)."""
+        if self.path is None:
+            raise ValueError(f"draft {self.name} is not a model file")
+        return self.path
+
+    @property
     def name(self) -> str:
-        return str(self.path.name) if self.kind == "model" else f"{self.kind}:{self.n}"
+        """The draft's name for the manifest (file name, ``layers:N`` or ``ngram:N``)."""
+        if self.kind == "model" and self.path is not None:
+            return self.path.name
+        return f"{self.kind}:{self.n}"
 
 
 @dataclass
 class LoadedModel:
     """A model with its tokenizer and provenance (name and file hash for the manifest)."""
 
-    model: nn.Module
+    model: Any
     tokenizer: Any
     name: str
     info: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +111,7 @@ def load_model(path: Path, *, dtype: str, device: str) -> LoadedModel:
 
     check_model_path(path, "target")
     torch_dtype = DTYPES[dtype]
+    model: Any
     if path.is_dir():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
@@ -113,7 +125,7 @@ def load_model(path: Path, *, dtype: str, device: str) -> LoadedModel:
                        {"path": str(path), "sha256": sha})
 
 
-def layers_draft(target: nn.Module, n: int) -> nn.Module:
+def layers_draft(target: Any, n: int) -> Any:
     """A draft made of the target's first ``n`` layers, its final norm and its head.
 
     The returned model shares every parameter with ``target`` (no memory is copied); it is built
@@ -158,3 +170,19 @@ def check_vocab(target_tok: Any, draft_tok: Any, draft_name: str) -> None:
         raise ModelError(f"draft {draft_name}: its vocabulary differs from the target's "
                          f"({len(a)} vs {len(b)} entries; {only_t} target and {only_d} draft "
                          "entries have no identical counterpart)")
+
+
+def cache_arg(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword that passes a KV cache to ``model``'s forward.
+
+    transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name goes in 5.40);
+    lapsd runs on both sides of the rename (the GPU image has 5.17).
+    """
+    cls = type(model)
+    if cls not in _CACHE_KEYWORDS:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_KEYWORDS[cls] = "cache" if "cache" in params else "past_key_values"
+    return {_CACHE_KEYWORDS[cls]: cache}
+
+
+_CACHE_KEYWORDS: dict[type, str] = {}

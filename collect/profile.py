@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lapsd.collect.engine import crop_cache, make_clock
 
+from lapsd.collect.engine import Clock, crop_cache, timing_clock
+from lapsd.collect.models import cache_arg
 from lapsd.errors import LapsdError
 
 
-def _prefill(model: torch.nn.Module, ids: torch.Tensor) -> Any:
+def _prefill(model: Any, ids: torch.Tensor) -> Any:
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids, **cache_arg(model, cache), use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -44,9 +45,11 @@ def profile(target_path: Path, draft: str, *, k: int, batch_sizes: list[int],
         raise LapsdError("profiling needs a draft model (a path or layers:N), not ngram:N")
     dev = resolve_device(device)
     target = load_model(target_path, dtype=dtype, device=dev)
-    dmodel = (layers_draft(target.model, spec.n) if spec.kind == "layers"
-              else load_model(spec.path, dtype=dtype, device=dev).model)
-    clock = make_clock(torch.device(dev), True)
+    if spec.kind == "layers":
+        dmodel = layers_draft(target.model, spec.n)
+    else:
+        dmodel = load_model(spec.model_path, dtype=dtype, device=dev).model
+    clock: Clock = timing_clock(torch.device(dev))
     vocab = target.model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(0)
     rounds = []
@@ -59,17 +62,18 @@ def profile(target_path: Path, draft: str, *, k: int, batch_sizes: list[int],
                 m0 = clock.mark()
                 inp = ids[:, ctx:ctx + 1]
                 for _ in range(k):
-                    logits = dmodel(input_ids=inp, past_key_values=dcache, use_cache=True).logits
+                    logits = dmodel(input_ids=inp, **cache_arg(dmodel, dcache),
+                                    use_cache=True).logits
                     inp = logits[:, -1:].argmax(-1)
                 m1 = clock.mark()
-                target.model(input_ids=ids[:, ctx:ctx + k + 1], past_key_values=tcache,
+                target.model(input_ids=ids[:, ctx:ctx + k + 1], **cache_arg(target.model, tcache),
                              use_cache=True)
                 m2 = clock.mark()
                 clock.sync()
                 crop_cache(tcache, ctx)
                 crop_cache(dcache, ctx)
                 if rep >= 2:
-                    times.append((clock.seconds(m0, m1), clock.seconds(m1, m2)))
+                    times.append((_elapsed(clock, m0, m1), _elapsed(clock, m1, m2)))
             d_s = statistics.median(t[0] for t in times)
             v_s = statistics.median(t[1] for t in times)
             rounds.append({"batch": b, "context": ctx, "draft_s": d_s, "verify_s": v_s,
@@ -90,14 +94,14 @@ def profile(target_path: Path, draft: str, *, k: int, batch_sizes: list[int],
     return table
 
 
-def _swap(target: torch.nn.Module, draft: torch.nn.Module, ctx: int, vocab: int, repeats: int,
+def _swap(target: Any, draft: Any, ctx: int, vocab: int, repeats: int,
           dev: str, gen: torch.Generator) -> dict[str, Any]:
     """Median time to copy one request's KV caches to pinned host memory and back."""
     ids = torch.randint(0, vocab, (1, ctx), generator=gen).to(dev)
     tensors = _kv_tensors(_prefill(target, ids)) + _kv_tensors(_prefill(draft, ids))
     pin = dev.startswith("cuda")
     host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
-    clock = make_clock(torch.device(dev), True)
+    clock: Clock = timing_clock(torch.device(dev))
     outs, ins = [], []
     for rep in range(repeats + 2):
         m0 = clock.mark()
@@ -109,10 +113,17 @@ def _swap(target: torch.nn.Module, draft: torch.nn.Module, ctx: int, vocab: int,
         m2 = clock.mark()
         clock.sync()
         if rep >= 2:
-            outs.append(clock.seconds(m0, m1))
-            ins.append(clock.seconds(m1, m2))
+            outs.append(_elapsed(clock, m0, m1))
+            ins.append(_elapsed(clock, m1, m2))
     return {"context": ctx, "bytes": sum(t.numel() * t.element_size() for t in tensors),
             "out_s": statistics.median(outs), "in_s": statistics.median(ins)}
+
+
+def _elapsed(clock: Clock, a: Any, b: Any) -> float:
+    seconds = clock.seconds(a, b)
+    if seconds is None:
+        raise RuntimeError("the profiler's clock recorded no time")
+    return seconds
 
 
 def _fit(x: list[int], y: list[float]) -> dict[str, float]:

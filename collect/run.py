@@ -12,13 +12,17 @@ chunk, so nothing is run twice or dropped.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lapsd.errors import LapsdError
 from lapsd.replay.trace import (
     TraceError,
     make_trace,
@@ -27,7 +31,7 @@ from lapsd.replay.trace import (
     write_trace,
 )
 
-from lapsd.errors import LapsdError
+logger = logging.getLogger(__name__)
 
 CHUNKS = "chunks"
 MERGED = "trace"
@@ -79,7 +83,7 @@ def preflight(cfg: CollectConfig) -> tuple[Any, list[Any], Any]:
         raise LapsdError("--k and --max-new-tokens must be >= 1")
     tok = load_tokenizer(cfg.target)
     if spec.kind == "model":
-        check_vocab(tok, load_tokenizer(spec.path), spec.name)
+        check_vocab(tok, load_tokenizer(spec.model_path), spec.name)
     return spec, prompts, tok
 
 
@@ -112,9 +116,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def collect(cfg: CollectConfig, *, log: Any = print) -> Path:
-    """Run every selected prompt not yet collected and return the merged trace folder."""
+def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> Path:
+    """Run every selected prompt not yet collected and return the merged trace folder.
+
+    ``log`` receives progress lines (default: the ``lapsd.collect`` logger, level INFO).
+    """
+    log = log or logger.info
     import torch
+
     from lapsd.collect.engine import build_engine, eos_ids_of
     from lapsd.collect.models import load_model
     from lapsd.collect.prompts import encode
@@ -132,12 +141,13 @@ def collect(cfg: CollectConfig, *, log: Any = print) -> Path:
     target = load_model(cfg.target, dtype=cfg.dtype, device=device)
     draft_model = None
     if spec.kind == "model":
-        draft_model = load_model(spec.path, dtype=cfg.dtype, device=device)
+        draft_model = load_model(spec.model_path, dtype=cfg.dtype, device=device)
     engine = build_engine(target.model, spec, draft_model.model if draft_model else None,
                           k=cfg.k, eos_ids=eos_ids_of(target.model, tok),
                           temperature=cfg.temperature, device=device)
     manifest = new_manifest(
         timing="measured_per_round", sources=[cfg.prompts],
+        response_offsets="exact: decoded text length after each round",
         collector={
             "target": target.name, "target_sha256": target.info["sha256"],
             "draft": spec.name,
@@ -151,7 +161,7 @@ def collect(cfg: CollectConfig, *, log: Any = print) -> Path:
         },
     )
     seq = len(chunk_dirs(out))
-    buffer: list[tuple[Any, Any]] = []
+    buffer: list[tuple[Any, Any, str, list[int]]] = []
 
     def flush() -> None:
         nonlocal seq, buffer
@@ -166,7 +176,8 @@ def collect(cfg: CollectConfig, *, log: Any = print) -> Path:
         for i, prompt in enumerate(todo):
             ids = encode(tok, prompt.text, chat=cfg.chat)
             try:
-                result = engine.generate(ids, cfg.max_new_tokens, seed=cfg.seed + i)
+                result = engine.generate(ids, cfg.max_new_tokens,
+                                         seed=request_seed(cfg.seed, prompt.request_id))
             except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
                 _log_error(out, prompt.request_id, len(ids), exc)
                 log(f"request {prompt.request_id}: out of memory ({len(ids)} prompt tokens), "
@@ -174,13 +185,22 @@ def collect(cfg: CollectConfig, *, log: Any = print) -> Path:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            buffer.append((prompt, result))
+            buffer.append((prompt, result, *response_text(tok, result)))
             if len(buffer) >= cfg.chunk_size:
                 flush()
                 log(f"{len(done) + i + 1}/{len(prompts)} requests written")
     finally:
         flush()  # also on Ctrl-C: what is done is kept
     return merge([out], out / MERGED, overwrite=True)
+
+
+def request_seed(seed: int, request_id: str) -> int:
+    """The sampling seed of one request: from the run's seed and the request id alone.
+
+    So a sampled request draws the same tokens whichever shard runs it, and after ``--resume``.
+    """
+    digest = hashlib.sha256(f"{seed}\0{request_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def _log_error(out: Path, request_id: str, prompt_tokens: int, exc: BaseException) -> None:
@@ -191,29 +211,47 @@ def _log_error(out: Path, request_id: str, prompt_tokens: int, exc: BaseExceptio
                             "time": time.time()}) + "\n")
 
 
-def rows(items: list[tuple[Any, Any]], target: str, draft: str, k: int
+def response_text(tokenizer: Any, generation: Any) -> tuple[str, list[int]]:
+    """The generated text, and its length in characters after each round.
+
+    The lengths come from decoding the tokens produced up to each round (special tokens
+    skipped), made non-decreasing and capped at the whole text's length.
+    """
+    tokens = generation.tokens
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    offsets, produced, longest = [], 0, 0
+    for r in generation.rounds:
+        produced += r.emitted
+        longest = max(longest, len(tokenizer.decode(tokens[:produced],
+                                                    skip_special_tokens=True)))
+        offsets.append(min(longest, len(text)))
+    return text, offsets
+
+
+def rows(items: list[tuple[Any, Any, str, list[int]]], target: str, draft: str, k: int
          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Request and round rows for (prompt, generation) pairs."""
+    """Request and round rows for (prompt, generation, text, per-round offsets) items."""
     req, rnd = [], []
-    for prompt, g in items:
+    for prompt, g, text, offsets in items:
         req.append({
             "request_id": prompt.request_id, "source": "lapsd-collect",
             "dataset": prompt.dataset, "category": prompt.category, "prompt": prompt.text,
             "prompt_tokens": g.prompt_tokens, "target_model": target, "draft_model": draft,
             "k": k, "finish_reason": g.finish_reason, "total_s": g.total_s,
-            "prefill_s": g.prefill_s,
+            "prefill_s": g.prefill_s, "response": text,
         })
-        for j, r in enumerate(g.rounds):
+        for j, (r, chars) in enumerate(zip(g.rounds, offsets, strict=True)):
             rnd.append({
                 "request_id": prompt.request_id, "round": j, "drafted": r.drafted,
                 "accepted": r.accepted, "emitted": r.emitted, "draft_s": r.draft_s,
                 "verify_s": r.verify_s, "round_s": r.round_s, "context_tokens": r.context_tokens,
+                "response_chars": chars,
             })
     return req, rnd
 
 
-def write_chunk(items: list[tuple[Any, Any]], manifest: dict[str, Any], dest: Path,
-                target: str, draft: str, k: int) -> Path:
+def write_chunk(items: list[tuple[Any, Any, str, list[int]]], manifest: dict[str, Any],
+                dest: Path, target: str, draft: str, k: int) -> Path:
     """Write one chunk as a complete trace folder (atomic: renamed into place when done)."""
     import polars as pl
 

@@ -19,7 +19,9 @@ token, prompt-lookup drafts) and one ``tolist`` out (drafts and the target's arg
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,13 +53,14 @@ class StaticRunner:
         Cache slots (positions) per layer; :meth:`ensure` grows it.
     """
 
-    def __init__(self, model: nn.Module, split: int, k: int, capacity: int = 512) -> None:
-        self.model = model
-        self.base = model.model
-        self.layers = list(self.base.layers)
+    def __init__(self, model: Any, split: int, k: int, capacity: int = 512) -> None:
+        # transformers' modules: their attributes (config, layers, ...) are not typed by nn.Module.
+        self.model: Any = model
+        self.base: Any = model.model
+        self.layers: list[Any] = list(self.base.layers)
         self.split = split
         self.k = k
-        self.cfg = model.config
+        self.cfg: Any = model.config
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.graphed = self.device.type == "cuda"
@@ -98,9 +101,9 @@ class StaticRunner:
     def _build(self) -> None:
         plain: dict[tuple[str, int], Callable[[], None]] = {}
         for d in range(self.k + 1):
-            plain[("verify", d)] = lambda d=d: self._verify_step(d)
+            plain[("verify", d)] = functools.partial(self._verify_step, d)
             if self.split and d:
-                plain[("draft", d)] = lambda d=d: self._draft_step(d)
+                plain[("draft", d)] = functools.partial(self._draft_step, d)
         if not self.graphed:
             self.steps = plain
             return

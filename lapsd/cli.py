@@ -57,8 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lapsd.console import console
 
-    def show_warning(message: Warning | str, category: type[Warning], *_: Any,
-                     **__: Any) -> None:
+    def show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
         console.print(f"[yellow]lapsd: warning:[/] {escape(str(message))}", highlight=False)
 
     args = build_parser().parse_args(argv)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from lapsd.errors import LapsdError
+from lapsd.io import sha256_file
 from lapsd.predict.persist import load_predictor
 from lapsd.replay.engine import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.trace import Trace, TraceError, read_trace, write_trace
-
-from lapsd.errors import LapsdError
-from lapsd.io import sha256_file
 
 
 def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | None = None,

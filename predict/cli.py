@@ -100,6 +100,7 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``lapsd predict train``."""
     from lapsd.predict.train import train_predictor
 
     with out.status("training"):
@@ -117,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``lapsd predict eval``."""
     from lapsd.predict.evaluate import evaluate_predictor
     from lapsd.predict.persist import load_predictor
 
@@ -147,6 +149,7 @@ def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
+    """``lapsd predict cv``."""
     from lapsd.predict.evaluate import cross_model, cross_validate
     from lapsd.predict.train import select_target
 
@@ -178,6 +181,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    """``lapsd predict apply``."""
     from lapsd.predict.apply import apply_to_trace
 
     dest = apply_to_trace(args.model, args.trace, args.out)

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lapsd.replay.trace import MANIFEST_FILE, Trace, TraceError, read_trace, trace_digest
 
 from lapsd.errors import LapsdError
 from lapsd.io import sha256_file
+from lapsd.replay.trace import MANIFEST_FILE, Trace, TraceError, read_trace, trace_digest
 
 CHARS_PER_TOKEN = 3.7
 
@@ -58,6 +58,7 @@ class LengthData:
     token_count: str = "recorded"
 
     def __len__(self) -> int:
+        """The number of examples."""
         return len(self.prompts)
 
     @property

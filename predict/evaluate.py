@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from lapsd.predict.data import LengthData
-from lapsd.predict.model import LengthPredictor, fit_predictor
 from scipy.stats import kendalltau, spearmanr
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lapsd.errors import LapsdError
+from lapsd.predict.data import LengthData
+from lapsd.predict.model import LengthPredictor, fit_predictor
 
 #: Upper edges (tokens) of the length buckets for bucket accuracy: <=64, <=128, ..., >1024.
 BUCKET_EDGES = (64, 128, 256, 512, 1024)
@@ -124,8 +124,9 @@ def _fold_average(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray,
         out[system] = {}
         for key in per_fold[0][system]:
             values = [fold[system][key] for fold in per_fold]
-            out[system][key] = (None if any(v is None for v in values)
-                                else float(np.average(values, weights=weights)))
+            known = [v for v in values if v is not None]
+            out[system][key] = (None if len(known) < len(values)
+                                else float(np.average(known, weights=weights)))
         out[system]["n"] = float(weights.sum())
     return out
 

@@ -106,12 +106,14 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
             _EMBEDDERS[folder] = SentenceTransformer(folder, device="cpu")
         return _EMBEDDERS[folder]
 
-    def fit(self, prompts: np.ndarray, y: Any = None) -> SentenceEmbedder:
+    def fit(self, prompts: np.ndarray, y: Any = None) -> SentenceEmbedder:  # noqa: ARG002
+        """Load the embedding model (nothing is learned; sklearn's fit signature)."""
         self._model()
         self.n_features_out_ = 384
         return self
 
     def transform(self, prompts: np.ndarray) -> np.ndarray:
+        """Normalised embeddings, shape ``(n, 384)``."""
         return self._model().encode(list(prompts), batch_size=self.batch_size,
                                     normalize_embeddings=True, show_progress_bar=False)
 

@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from lapsd.predict.features import N_STATS, build_features, log_chars, to_frame
-from lapsd.replay.estimate import LengthPrediction
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -32,6 +30,9 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from threadpoolctl import threadpool_limits
+
+from lapsd.predict.features import N_STATS, build_features, log_chars, to_frame
+from lapsd.replay.estimate import LengthPrediction
 
 QUANTILES = (0.5, 0.9)
 
@@ -96,6 +97,7 @@ class LengthRegressor(RegressorMixin, BaseEstimator):
         return np.hstack([dense, reduced, ridge_pred[:, None]])
 
     def fit(self, X: Any, y: np.ndarray) -> LengthRegressor:
+        """Fit the stack on features ``X`` and log lengths ``y``."""
         with threadpool_limits(self.omp_threads, user_api="openmp"):
             return self._fit(X, y)
 

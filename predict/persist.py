@@ -19,11 +19,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from lapsd.predict.model import LengthPredictor
 from skops import io as sio
 
 from lapsd.errors import LapsdError
 from lapsd.io import atomic_path
+from lapsd.predict.model import LengthPredictor
 
 FORMAT = "lapsd-predictor"
 FORMAT_VERSION = 2

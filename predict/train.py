@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lapsd.errors import LapsdError
 from lapsd.predict.data import LengthData
 from lapsd.predict.evaluate import cross_validate
 from lapsd.predict.model import QUANTILES, LengthPredictor, fit_predictor
 from lapsd.predict.persist import new_card, prompt_hashes, save_predictor
-
-from lapsd.errors import LapsdError
 
 
 def select_target(data: LengthData, target_model: str | None) -> tuple[LengthData, str]:

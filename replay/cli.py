@@ -39,6 +39,7 @@ def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 # ---------------------------------------------------------------------- inspect
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """``lapsd inspect``."""
     from lapsd.replay.trace import read_trace, summarize
 
     summary = summarize(read_trace(args.trace))
@@ -58,15 +59,18 @@ def _show_summary(trace: Path, summary: dict[str, Any]) -> None:
         table.add_row(key, *(f"{d[c]:.4g}" for c in ("mean", "p10", "p50", "p90", "p99", "max")))
     out.print(table)
     acc = summary["acceptance_rate"]
+    rate = "-" if acc is None else f"{acc:.3f}"
     out.print(f"targets: {', '.join(summary['targets']) or '-'}; drafts: "
-              f"{', '.join(summary['drafts']) or '-'}; acceptance rate: "
-              f"{'-' if acc is None else f'{acc:.3f}'}")
+              f"{', '.join(summary['drafts']) or '-'} ({summary['draft_length']} draft length); "
+              f"acceptance rate: {rate}; accepted tokens per round: "
+              f"{summary['accepted_per_round']:.3f}")
     cats = ", ".join(f"{k} {v}" for k, v in list(summary["categories"].items())[:12])
     out.print(f"categories: {cats}")
 
 
 # ---------------------------------------------------------------------- import
 def cmd_import_specbench(args: argparse.Namespace) -> int:
+    """``lapsd import specbench``."""
     from lapsd.replay.importers.specbench import import_specbench
     from lapsd.replay.trace import write_trace
 
@@ -81,11 +85,13 @@ def cmd_import_specbench(args: argparse.Namespace) -> int:
     for s in report.skipped:
         console.print(f"[yellow]skipped[/] {s['file']}:{s['line']} question {s['question_id']}: "
                       f"{s['reason']}")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
     console.print(f"wrote {args.out}: {trace.n_requests} requests, {trace.n_rounds} rounds from "
-                  f"{report.records} records ({len(report.skipped)} skipped)")
+                  f"{report.records} records ({len(report.skipped)} records or turns skipped)")
     emit(args.json, {"out": str(args.out), "requests": trace.n_requests,
                      "rounds": trace.n_rounds, "records": report.records,
-                     "skipped": report.skipped})
+                     "skipped": report.skipped, "notes": report.notes})
     return 0
 
 
@@ -109,6 +115,7 @@ def metrics_table(metrics: list, title: str) -> Table:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    """``lapsd replay``."""
     from lapsd.replay.engine import SwitchCost, TraceArrays
     from lapsd.replay.matrix import build_cases, registry_factories, replay_matrix
     from lapsd.replay.policies import REGISTRY

@@ -34,19 +34,20 @@ Fields of version 1:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-from lapsd.replay.policies.banded import BandedLapsSD, LoadBand, check_bands
-from lapsd.replay.policies.base import Policy
-from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
-from lapsd.replay.policies.params import describe, file_model
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lapsd.errors import LapsdError
 from lapsd.io import atomic_write_text
+from lapsd.replay.policies.banded import BandedLapsSD, LoadBand, check_bands
+from lapsd.replay.policies.base import Policy
+from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
+from lapsd.replay.policies.params import describe, file_model
 
 VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("lapsd-config.schema.json")
@@ -283,4 +284,4 @@ def schema_text() -> str:
 
 if __name__ == "__main__":
     atomic_write_text(SCHEMA_PATH, schema_text())
-    print(f"wrote {SCHEMA_PATH}")
+    sys.stdout.write(f"wrote {SCHEMA_PATH}\n")

@@ -16,14 +16,23 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
-from lapsd.replay.estimate import LengthPrediction
-from lapsd.replay.policies.base import NS_PER_S, Policy, PrefixSums, RequestInfo, Rounds, TraceScale
-from lapsd.replay.trace import Trace
 
 from lapsd.errors import LapsdError
+from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.policies.base import (
+    NS_PER_S,
+    Policy,
+    PrefixSums,
+    RequestId,
+    RequestInfo,
+    Rounds,
+    TraceScale,
+)
+from lapsd.replay.trace import Trace, number
 
 
 @dataclass(frozen=True)
@@ -37,11 +46,13 @@ class SwitchCost:
     c1: float = 0.0
 
     def __post_init__(self) -> None:
+        """Reject negative costs."""
         if self.c0 < 0 or self.c1 < 0:
             raise LapsdError(f"switch costs must be >= 0, got c0={self.c0}, c1={self.c1}")
 
     @property
     def free(self) -> bool:
+        """Whether switching costs nothing."""
         return self.c0 == 0 and self.c1 == 0
 
 
@@ -67,6 +78,7 @@ class TraceArrays:
 
     @property
     def n_requests(self) -> int:
+        """The number of requests."""
         return len(self.request_ids)
 
     @cached_property
@@ -78,11 +90,14 @@ class TraceArrays:
     def from_trace(cls, trace: Trace) -> TraceArrays:
         """Compile a validated trace.
 
-        Unknown ``drafted`` counts (variable draft length) are taken as the largest ``accepted``
-        of the trace, the smallest draft length consistent with every round.
+        Unknown ``drafted`` counts (a variable draft length) are taken as the largest
+        ``accepted`` of the trace, the smallest draft length consistent with every round: the
+        acceptance rate LAPS-SD's stability test watches is then the request's accepted tokens
+        per round over that constant, and its execution-time estimate (tokens per round,
+        seconds per round) needs no draft count at all.
         """
         req, rnd = trace.requests, trace.rounds
-        k_fill = int(rnd["accepted"].max() or 0)
+        k_fill = int(number(rnd["accepted"].max()))
         rnd = rnd.with_columns(pl.col("drafted").fill_null(k_fill))
         counts = req["n_rounds"].to_numpy().astype(np.int64)
         offsets = np.zeros(counts.size + 1, dtype=np.int64)
@@ -111,8 +126,8 @@ class TraceArrays:
             predicted_p90=(req["predicted_tokens_p90"].to_numpy()
                            if "predicted_tokens_p90" in req.columns else None),
             scale=TraceScale(
-                round_s=float(rnd["round_s"].median()),
-                tokens_per_round=float(rnd["emitted"].mean()),
+                round_s=number(rnd["round_s"].median()),
+                tokens_per_round=number(rnd["emitted"].mean()),
             ),
         )
 
@@ -167,6 +182,7 @@ class Workload:
     predictions: list[LengthPrediction] | None = None
 
     def __len__(self) -> int:
+        """The number of arriving requests."""
         return int(self.index.size)
 
 
@@ -188,10 +204,11 @@ class SimResult:
 
     @property
     def latency_s(self) -> np.ndarray:
+        """Completion minus arrival of each request, seconds."""
         return (self.completion_ns - self.arrival_ns) / NS_PER_S
 
 
-def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
+def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
              switch: SwitchCost | None = None, max_chunk: int | None = None) -> SimResult:
     """Replay ``workload`` through ``policy`` at batch size one.
 
@@ -236,6 +253,12 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
     c1_ns = switch.c1 * NS_PER_S
     admit, pick, advance, finish = policy.admit, policy.pick, policy.advance, policy.finish
     may_preempt = policy.arrivals_may_preempt
+    estimates: dict[int, float] = {}
+
+    def record(request_id: RequestId, total_s: float) -> None:
+        estimates[cast(int, request_id)] = total_s
+
+    policy.on_estimate = record
 
     now = 0
     nxt = 0
@@ -251,10 +274,11 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
             admit(RequestInfo(nxt, arrival[nxt] / NS_PER_S, prompt_tokens[nxt],
                               None if preds is None else preds[nxt]))
             nxt += 1
-        rid = pick()
-        if rid is None:
+        picked = pick()
+        if picked is None:
             now = arrival[nxt]
             continue
+        rid = cast(int, picked)  # the engine admits requests by their workload position
         decisions += 1
         if rid != last and last >= 0:
             # The last request was preempted unfinished: its KV cache is swapped out and back.
@@ -284,7 +308,6 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
         else:
             last = rid
 
-    estimates = getattr(policy, "finished_estimates", {})
     return SimResult(
         policy=policy.name,
         workload=workload.name,
@@ -296,5 +319,5 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy, *,
         switch_ns=switch_ns,
         rounds=int((arrays.offsets[index + 1] - arrays.offsets[index]).sum()),
         decisions=decisions,
-        estimates=dict(estimates),
+        estimates=estimates,
     )

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from lapsd.replay.kernels import remaining_many, remaining_tokens
 
 _Z90 = 1.2815515655446004  # standard normal 0.9 quantile

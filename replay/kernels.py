@@ -65,16 +65,23 @@ def _unit_total(unit: int, c_em: np.ndarray, c_ns: np.ndarray, start: int, i: in
 
 
 @njit(cache=True)
-def window_var(window: np.ndarray, gamma: int) -> float:
-    """Variance of ``window[:gamma]``, summed left to right (a fixed order of additions)."""
+def window_var(history: np.ndarray, rate: float, gamma: int) -> float:
+    """Variance of the window ``history[:gamma - 1] + [rate]``, without building it.
+
+    Summed left to right: a fixed order of additions, the same whichever way rounds arrive.
+    """
+    keep = gamma - 1
     total = 0.0
-    for j in range(gamma):
-        total += window[j]
+    for j in range(keep):
+        total += history[j]
+    total += rate
     mean = total / gamma
     sq = 0.0
-    for j in range(gamma):
-        d = window[j] - mean
+    for j in range(keep):
+        d = history[j] - mean
         sq += d * d
+    d = rate - mean
+    sq += d * d
     return sq / gamma
 
 
@@ -91,20 +98,14 @@ def new_request_run(c_em, c_dr, c_ac, c_ns, start, n, unit, attained0, bound, ac
     -------
     (taken, stable)
     """
-    window = np.empty(gamma)
-    keep = gamma - 1
     for i in range(n):
         accepted = accepted0 + c_ac[start + i + 1] - c_ac[start]
         drafted = drafted0 + c_dr[start + i + 1] - c_dr[start]
         rate = accepted / drafted if drafted > 0 else 0.0
         seen = seen0 + i + 1
-        if seen >= gamma:
-            for j in range(keep):
-                window[j] = history[j]
-            window[keep] = rate
-            if window_var(window, gamma) <= delta:
-                _push(history, rate)
-                return i + 1, True
+        if seen >= gamma and window_var(history, rate, gamma) <= delta:
+            _push(history, rate)
+            return i + 1, True
         _push(history, rate)
         if bound >= 0 and attained0 + _unit_total(unit, c_em, c_ns, start, i + 1) >= bound:
             return i + 1, False
@@ -153,8 +154,11 @@ def estimate(unit, rounds, generated, service_ns, median, sigma, bounds):
 @njit(cache=True)
 def perceptible_run(c_em, c_ns, start, n, unit, rounds0, generated0, service0, median, sigma,
                     bounds, cls, seq, has_rival, r_queue, r_cls, r_x, r_seq):
-    """LAPS-SD, perceptible request: run while its key ``(queue, cls, T_rem, seq)`` stays ahead
-    of the rival's; return (taken, queue, T_rem) after the rounds taken."""
+    """LAPS-SD, perceptible request: run while its key stays ahead of the rival's.
+
+    The key is ``(queue, cls, T_rem, seq)``; returns ``(taken, queue, T_rem)`` after the rounds
+    taken.
+    """
     queue, t_rem = 0, 0.0
     for i in range(n):
         queue, t_rem, _, _ = estimate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from lapsd.replay.engine import SimResult
 from lapsd.replay.policies.base import NS_PER_S
 
@@ -39,6 +40,7 @@ class Metrics:
     est_count: int = 0
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-able dict."""
         return asdict(self)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,10 @@ REQUEST_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
     "prefill_s": (pl.Float64(), True),
 }
 
-#: Optional request columns: written by the predictor (``lapsd predict apply``).
+#: Optional request columns: the generated text (collectors and importers that have it) and
+#: the predictor's output (``lapsd predict apply``).
 OPTIONAL_REQUEST_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "response": (pl.String(), True),
     "predicted_tokens": (pl.Float64(), True),
     "predicted_tokens_p90": (pl.Float64(), True),
 }
@@ -66,6 +69,13 @@ ROUND_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
     "verify_s": (pl.Float64(), True),
     "round_s": (pl.Float64(), False),
     "context_tokens": (pl.Int64(), True),
+}
+
+#: Optional round columns: ``response_chars``, the length in characters of the request's
+#: ``response`` after the round (to cut the text at a round; the manifest's
+#: ``response_offsets`` says whether they are exact or estimated).
+OPTIONAL_ROUND_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "response_chars": (pl.Int64(), True),
 }
 
 UNITS = {
@@ -130,15 +140,24 @@ class Trace:
 
     @property
     def n_requests(self) -> int:
+        """The number of requests."""
         return self.requests.height
 
     @property
     def n_rounds(self) -> int:
+        """The number of rounds."""
         return self.rounds.height
 
 
+def number(value: object) -> float:
+    """A polars aggregate (typed as any Python literal) as a float; null is an error."""
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
 def new_manifest(
-    *, timing: str, sources: list[Path | str] = (), notes: str | None = None, **extra: Any
+    *, timing: str, sources: Sequence[Path | str] = (), notes: str | None = None, **extra: Any
 ) -> dict[str, Any]:
     """A manifest with provenance filled in (source files and their hashes, tool version)."""
     if timing not in TIMING_MODES:
@@ -192,7 +211,8 @@ def make_trace(requests: pl.DataFrame, rounds: pl.DataFrame, manifest: dict[str,
     requests = requests.drop("_n", "_out")
     trace = Trace(
         _conform(requests, REQUEST_COLUMNS, OPTIONAL_REQUEST_COLUMNS),
-        _sort_rounds(_conform(rounds, ROUND_COLUMNS), requests["request_id"]),
+        _sort_rounds(_conform(rounds, ROUND_COLUMNS, OPTIONAL_ROUND_COLUMNS),
+                     requests["request_id"]),
         manifest,
     )
     validate(trace)
@@ -248,7 +268,7 @@ def validate(trace: Trace, where: Path | str | None = None) -> None:
     rq_path, rd_path = base / REQUESTS_FILE, base / ROUNDS_FILE
     req, rnd = trace.requests, trace.rounds
     _check_schema(req, REQUEST_COLUMNS, rq_path, OPTIONAL_REQUEST_COLUMNS)
-    _check_schema(rnd, ROUND_COLUMNS, rd_path)
+    _check_schema(rnd, ROUND_COLUMNS, rd_path, OPTIONAL_ROUND_COLUMNS)
     if req.height == 0:
         raise TraceError("the trace has no requests", path=rq_path)
 
@@ -374,8 +394,9 @@ def summarize(trace: Trace) -> dict[str, Any]:
     def dist(s: pl.Series) -> dict[str, float]:
         s = s.cast(pl.Float64)
         return {
-            "mean": float(s.mean()), "p10": float(s.quantile(0.1)), "p50": float(s.median()),
-            "p90": float(s.quantile(0.9)), "p99": float(s.quantile(0.99)), "max": float(s.max()),
+            "mean": number(s.mean()), "p10": number(s.quantile(0.1)),
+            "p50": number(s.median()), "p90": number(s.quantile(0.9)),
+            "p99": number(s.quantile(0.99)), "max": number(s.max()),
         }
 
     req, rnd = trace.requests, trace.rounds
@@ -392,10 +413,15 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "tokens_per_round": dist(rnd["emitted"]),
         "round_s": dist(rnd["round_s"]),
         "service_s": dist(per_req["service_s"]),
+        # Accepted / drafted over the rounds whose draft count is known (None when none is:
+        # a variable draft length); accepted tokens per round is always defined.
         "acceptance_rate": (
-            float(drafted["accepted"].sum() / drafted["drafted"].sum())
-            if drafted.height and drafted["drafted"].sum() > 0 else None
+            number(drafted["accepted"].sum()) / number(drafted["drafted"].sum())
+            if drafted.height and number(drafted["drafted"].sum()) > 0 else None
         ),
+        "accepted_per_round": number(rnd["accepted"].mean()),
+        "draft_length": ("fixed" if drafted.height == rnd.height else
+                         "variable" if drafted.height == 0 else "partly variable"),
         "categories": dict(
             req.group_by("category").len().sort("len", descending=True)
             .select(pl.col("category").fill_null("(none)"), "len").iter_rows()

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from lapsd.errors import LapsdError
 from lapsd.replay.engine import TraceArrays, Workload
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.importers.arrivals import read_arrivals
 from lapsd.replay.policies.base import NS_PER_S
-
-from lapsd.errors import LapsdError
 
 KINDS = ("burst", "poisson", "gamma", "trace")
 
@@ -53,8 +53,20 @@ class WorkloadSpec:
     seed: int = 0
     path: str | None = None
 
+    def __post_init__(self) -> None:
+        """Check that the kind has what it needs (as :func:`parse_workload` does for text)."""
+        if self.kind not in KINDS:
+            raise LapsdError(f"workload kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+        if self.kind in ("burst", "poisson", "gamma") and self.n is None:
+            raise LapsdError(f"workload {self.kind}: n= is required (number of requests)")
+        if self.kind != "burst" and self.load is None:
+            raise LapsdError(f"workload {self.kind}: load= is required (offered load, e.g. 0.9)")
+        if (self.kind == "trace") != (self.path is not None):
+            raise LapsdError("workload: trace: and only trace: takes a path (trace:PATH,load=0.8)")
+
     @property
     def text(self) -> str:
+        """The canonical workload string (``poisson:load=0.9,n=1000,seed=1``)."""
         parts = [] if self.path is None else [self.path]
         for key in ("load", "cv", "n", "seed"):
             value = getattr(self, key)
@@ -64,7 +76,7 @@ class WorkloadSpec:
         return f"{self.kind}:{','.join(parts)}"
 
 
-def _split_options(text: str, what: str) -> tuple[str, list[str], dict[str, str]]:
+def _split_options(text: str) -> tuple[str, list[str], dict[str, str]]:
     kind, _, rest = text.partition(":")
     positional, options = [], {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
@@ -78,7 +90,7 @@ def _split_options(text: str, what: str) -> tuple[str, list[str], dict[str, str]
 
 def parse_workload(text: str) -> WorkloadSpec:
     """Parse a workload string; errors say which part is wrong and what is expected."""
-    kind, positional, options = _split_options(text, "workload")
+    kind, positional, options = _split_options(text)
     if kind not in KINDS:
         raise LapsdError(f"workload {text!r}: unknown kind {kind!r}; expected one of "
                          f"{', '.join(KINDS)} (e.g. 'poisson:load=0.9,n=1000,seed=1')")
@@ -104,20 +116,20 @@ def parse_workload(text: str) -> WorkloadSpec:
             raise LapsdError(f"workload {text!r}: {key} must be > {low}, got {value}")
         return value
 
-    spec = WorkloadSpec(kind=kind, n=num("n", int, None, 0), load=num("load", float, None, 0.0),
-                        cv=num("cv", float, 1.0, 0.0), seed=num("seed", int, 0),
-                        path=positional[0] if positional else None)
-    if kind in ("burst", "poisson", "gamma") and spec.n is None:
-        raise LapsdError(f"workload {text!r}: n= is required (number of requests)")
-    if kind != "burst" and spec.load is None:
-        raise LapsdError(f"workload {text!r}: load= is required (offered load, e.g. 0.9)")
-    return spec
+    values = {"n": num("n", int, None, 0), "load": num("load", float, None, 0.0),
+              "cv": num("cv", float, 1.0, 0.0), "seed": num("seed", int, 0)}
+    try:
+        return WorkloadSpec(kind=kind, path=positional[0] if positional else None, **values)
+    except LapsdError as exc:
+        raise LapsdError(f"workload {text!r}: {str(exc).partition(': ')[2]}") from None
 
 
 def _arrival_times(spec: WorkloadSpec, mean_service_s: float,
                    rng: np.random.Generator) -> np.ndarray:
     if spec.kind == "burst":
+        assert spec.n is not None
         return np.zeros(spec.n)
+    assert spec.load is not None
     mean_gap = mean_service_s / spec.load
     if spec.kind == "poisson":
         gaps = rng.exponential(mean_gap, spec.n)
@@ -125,6 +137,7 @@ def _arrival_times(spec: WorkloadSpec, mean_service_s: float,
         shape = 1.0 / spec.cv**2
         gaps = rng.gamma(shape, mean_gap / shape, spec.n)
     else:
+        assert spec.path is not None
         times = read_arrivals(spec.path)
         if spec.n is not None:
             times = times[: spec.n]
@@ -165,7 +178,7 @@ def make_predictions(source: PredictionSource, arrays: TraceArrays, index: np.nd
     """Length predictions for the trace requests ``index`` from a source (module docstring)."""
     if callable(source):
         return list(source(arrays, index))
-    kind, _, options = _split_options(source, "predictions")
+    kind, _, options = _split_options(source)
     if kind == "oracle":
         sigma = float(options.get("sigma", 0.5))
         if sigma < 0:

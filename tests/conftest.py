@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ settings.register_profile("lapsd", deadline=None)
 settings.load_profile("lapsd")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+#: The real public data beside the checkout (LAPSD_SHARED_DATA overrides it, e.g. to check
+#: that the tests needing it skip cleanly when it is missing).
+SHARED_DATA = Path(os.environ.get("LAPSD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 EXAMPLES = ROOT / "examples"
 
 

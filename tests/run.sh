@@ -5,7 +5,7 @@
 #
 # Creates .venv, installs torch (CPU build) first, then lapsd with every extra; as root with
 # apt-get available, also installs Debian's chromium (the report's browser test) and postgresql
-# (the distributed-tuning test) and starts the database. Then ruff and pytest.
+# (the distributed-tuning test) and starts the database. Then ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,7 @@ else
 fi
 
 .venv/bin/ruff check .
+bash tests/mypy.sh
 set +e
 $py -m pytest -n 2 "$@"
 status=$?

@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lapsd.console import add_json, add_switch_cost, console, emit, out
+from lapsd.errors import require_extra
 from lapsd.tune.defaults import (
     DEFAULT_BAND_LIMITS,
     DEFAULT_BAND_TRIALS,
@@ -15,9 +17,6 @@ from lapsd.tune.defaults import (
     DEFAULT_TRIALS,
 )
 from lapsd.tune.suite import Suite
-
-from lapsd.console import add_json, add_switch_cost, console, emit, out
-from lapsd.errors import require_extra
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -68,6 +67,7 @@ class _Bar:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    """``lapsd tune``."""
     require_extra("tune", "optuna", "plotly", "sklearn")
     from lapsd.replay.trace import read_trace
     from lapsd.replay.workload import ORACLE_WHAT_IF
@@ -128,6 +128,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``lapsd report``."""
     require_extra("tune", "optuna", "plotly")
     from lapsd.tune.report import write_report
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lapsd.replay.engine import SwitchCost, TraceArrays
 from lapsd.replay.matrix import build_cases
@@ -55,10 +55,12 @@ class TuneSpec:
 
     @property
     def switch(self) -> SwitchCost:
+        """The switch-cost model."""
         return SwitchCost(self.c0, self.c1)
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["minimize"]]:
+        """Optuna's study directions (one per objective)."""
         return ["minimize", "minimize"] if self.second_objective else ["minimize"]
 
     def fingerprint(self) -> dict[str, Any]:
@@ -81,12 +83,13 @@ class TuneContext:
     arrays: list[tuple[str, TraceArrays]]
     tune_sets: list[tuple[str, TraceArrays]]
     heldout_sets: list[tuple[str, TraceArrays]]
-    space: SearchSpace
+    space: SearchSpace[LapsSDParams]
     predictions: PredictionSource
     evaluator: Evaluator
 
 
 def prediction_source(spec: TuneSpec) -> PredictionSource:
+    """What the length-aware policies are told: the predictor, or the spec's source."""
     if spec.predictor:
         from lapsd.predict.apply import predictor_source
 

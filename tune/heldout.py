@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from lapsd.replay.matrix import PolicyFactory, build_cases, replay_matrix
-from lapsd.replay.policies import REGISTRY, create
-from lapsd.replay.policies.base import Policy
+
+from lapsd.replay.matrix import PolicyFactory, build_cases, registry_factories, replay_matrix
+from lapsd.replay.policies import REGISTRY
 from lapsd.tune.context import TuneContext
 
 #: Seeds of the held-out workloads (the tuning suite uses small seeds).
@@ -25,15 +25,8 @@ def baseline_factories(ctx: TuneContext) -> dict[str, PolicyFactory]:
     Scale-dependent defaults (queue bounds, quanta) use the tuned traces' typical round.
     """
     scale = ctx.space.scale
-    out: dict[str, PolicyFactory] = {}
-    for name in REGISTRY:
-        if name != "laps-sd":
-            out[name] = lambda name=name: create(name, scale)
-
-    def default_laps() -> Policy:
-        return create("laps-sd", scale)
-
-    out["laps-sd (default)"] = default_laps
+    out = registry_factories([n for n in REGISTRY if n != "laps-sd"], scale)
+    out["laps-sd (default)"] = registry_factories(["laps-sd"], scale)["laps-sd"]
     return out
 
 

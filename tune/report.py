@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import optuna
 import plotly.graph_objects as go
+
+from lapsd.io import atomic_write_text
 from lapsd.replay.config import LapsdConfig, load_config
 from lapsd.tune.defaults import CONFIG_FILE, HELDOUT_FILE, JOURNAL_FILE, REPORT_FILE
 from lapsd.tune.study import StorageSpec
-
-from lapsd.io import atomic_write_text
 
 
 def _study(out: Path, cfg: LapsdConfig, storage_url: str | None) -> optuna.Study | None:

@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lapsd import __version__
+from lapsd.errors import LapsdError
+from lapsd.io import atomic_write_text, sha256_file
 from lapsd.replay.config import ACCEPTANCE_STATISTIC, VERSION, LapsdConfig, write_config
 from lapsd.replay.policies.banded import LoadBand
 from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
@@ -44,10 +47,6 @@ from lapsd.tune.defaults import (
 from lapsd.tune.heldout import baseline_factories, compare
 from lapsd.tune.report import write_report
 from lapsd.tune.study import StorageSpec, StudyJob, banded_policy, best_trial, run_job
-
-from lapsd import __version__
-from lapsd.errors import LapsdError
-from lapsd.io import atomic_write_text, sha256_file
 
 #: Relative gain on the tuning objective that load bands need to be exported.
 BAND_MIN_GAIN = 0.005
@@ -92,6 +91,7 @@ class RunOptions:
 
     @property
     def storage(self) -> StorageSpec:
+        """Where the studies live."""
         return StorageSpec(str(self.out / JOURNAL_FILE), self.storage_url, self.heartbeat,
                            self.grace)
 
@@ -113,8 +113,8 @@ def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
              ) -> dict[str, Any]:
     """Tune, compare on held-out data, export; return a summary (also written as files)."""
     start = time.perf_counter()
+    ctx = load_context(spec)  # checks the traces and the split before anything is written
     with _locked(opts.out):
-        ctx = load_context(spec)
         label = f"{opts.study}"
         job = StudyJob(spec, opts.storage, opts.study, opts.n_trials)
         study = run_job(job, opts.workers, _bind(progress, label, opts.n_trials))

@@ -18,11 +18,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import optuna
+
 from lapsd.replay.policies.base import TraceScale
 from lapsd.replay.policies.params import PolicyParams, build, choices, tunables
+
+P = TypeVar("P", bound=PolicyParams)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Dim:
 
 
 @dataclass(frozen=True)
-class SearchSpace:
+class SearchSpace(Generic[P]):
     """The searched parameters of one policy's parameter dataclass.
 
     Parameters
@@ -57,7 +60,7 @@ class SearchSpace:
         parameters, as a range of one value.
     """
 
-    params_cls: type[PolicyParams]
+    params_cls: type[P]
     scale: TraceScale
     fixed: Mapping[str, Any] = field(default_factory=dict)
 
@@ -82,7 +85,7 @@ class SearchSpace:
                                t.high, t.log, t.rounds))
         return out
 
-    def suggest(self, trial: optuna.Trial) -> PolicyParams:
+    def suggest(self, trial: optuna.Trial) -> P:
         """Sample one parameter set."""
         values: dict[str, Any] = {}
         for d in self.dims:
@@ -96,7 +99,7 @@ class SearchSpace:
                                                            log=d.log)
         return self.to_params(values)
 
-    def to_params(self, trial_params: Mapping[str, Any]) -> PolicyParams:
+    def to_params(self, trial_params: Mapping[str, Any]) -> P:
         """The scheduler parameters of a trial's sampled values."""
         values: dict[str, Any] = {}
         rounds: dict[str, float] = {}

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from lapsd.replay.engine import TraceArrays
 
 from lapsd.errors import LapsdError
+from lapsd.replay.engine import TraceArrays
 
 
 def _unit_hash(key: str, seed: int) -> float:

@@ -37,16 +37,11 @@ import multiprocessing as mp
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
-from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
-from lapsd.replay.policies.base import Policy
-from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
-from lapsd.tune.context import TuneContext, TuneSpec, load_context
-from lapsd.tune.defaults import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from optuna.storages import (
     BaseStorage,
     JournalStorage,
@@ -58,6 +53,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from lapsd.errors import LapsdError
+from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
+from lapsd.replay.policies.base import Policy
+from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
+from lapsd.tune.context import TuneContext, TuneSpec, load_context
+from lapsd.tune.defaults import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)
@@ -90,6 +90,7 @@ class StorageSpec:
     grace: int = DEFAULT_GRACE
 
     def open(self) -> BaseStorage:
+        """The Optuna storage."""
         if self.url is None:
             return JournalStorage(JournalFileBackend(self.journal))
         # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; lapsd depends on psycopg2.
@@ -139,7 +140,7 @@ class StudyJob:
 
 
 def banded_policy(ctx: TuneContext, limits: tuple[int, ...],
-                  trial_params: list[Mapping[str, Any]]) -> BandedLapsSD:
+                  trial_params: Sequence[Mapping[str, Any]]) -> BandedLapsSD:
     """A :class:`BandedLapsSD` from per-band trial parameters."""
     maxes: list[int | None] = [*limits, None]
     return BandedLapsSD([LoadBand(m, ctx.space.to_params(p))
@@ -162,14 +163,15 @@ def _objective(job: StudyJob, ctx: TuneContext) -> Callable[[optuna.Trial], Any]
             raise SurplusTrial(f"trial {trial.number} is beyond the target of {job.n_trials}")
         params = space.suggest(trial)
         trial.set_user_attr("sup1", params.sup1)
-        make: Callable[[], Policy]
+        make: Callable[[], Policy[Any]]
         if job.band is None:
-            def make() -> Policy:
+            def make() -> Policy[Any]:
                 return LapsSD(params)
         else:
             sets = [dict(p) for p in job.fixed]
             sets[job.band] = dict(trial.params)
-            def make() -> Policy:
+
+            def make() -> Policy[Any]:
                 return banded_policy(ctx, job.band_limits, sets)
         mean, p99 = ctx.evaluator.score(make, trial if single else None)
         trial.set_user_attr("norm_mean", mean)
@@ -180,12 +182,15 @@ def _objective(job: StudyJob, ctx: TuneContext) -> Callable[[optuna.Trial], Any]
 
 
 def job_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
+    """The study's trials in ``states`` (not copied)."""
     return study.get_trials(deepcopy=False, states=states)
 
 
 def _sampler(job: StudyJob, worker: int, n_existing: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE seeded by the run seed, the worker and the trials already in the study: a resumed
-    run must not replay the random start-up points of the run it continues."""
+    """TPE seeded by the run seed, the worker and the trials already in the study.
+
+    A resumed run must not replay the random start-up points of the run it continues.
+    """
     seed = job.spec.seed + worker + 7919 * n_existing
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
@@ -198,6 +203,7 @@ def _pruner(job: StudyJob) -> optuna.pruners.BasePruner:
 
 def load_job_study(job: StudyJob, worker: int = 0,
                    storage: BaseStorage | None = None) -> optuna.Study:
+    """Open ``job``'s study for ``worker``, with its pruner and seeded sampler."""
     study = optuna.load_study(study_name=job.study, storage=storage or job.storage.open(),
                               pruner=_pruner(job))
     study.sampler = _sampler(job, worker, len(study.get_trials(deepcopy=False)))
@@ -265,7 +271,7 @@ def prepare_study(job: StudyJob) -> optuna.Study:
     if not job.storage.shared:
         for t in trials:
             if t.state == TrialState.RUNNING:
-                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                study.tell(t.number, state=TrialState.FAIL)
         trials = study.get_trials(deepcopy=False)
     retried = _retried_numbers(trials)
     for t in trials:

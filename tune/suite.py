@@ -1,5 +1,7 @@
-"""The workload suite a tuning objective averages over (kept free of optuna: the CLI reads its
-defaults to build ``--help``)."""
+"""The workload suite a tuning objective averages over.
+
+Kept free of optuna: the CLI reads its defaults to build ``--help``.
+"""
 
 from __future__ import annotations
 
@@ -38,4 +40,5 @@ class Suite:
         return out
 
     def with_seeds(self, seeds: Sequence[int]) -> Suite:
+        """The same workloads with other seeds (the held-out suite)."""
         return Suite(self.bursts, self.loads, self.poisson_n, tuple(seeds))

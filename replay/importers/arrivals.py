@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from lapsd.replay.trace import TraceError
 
 from lapsd.io import read_jsonl
+from lapsd.replay.trace import TraceError
 
 
 def read_arrivals(path: Path | str) -> np.ndarray:

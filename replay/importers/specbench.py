@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from lapsd.replay.trace import Trace, TraceError, make_trace, new_manifest
 
 from lapsd.io import read_jsonl
+from lapsd.replay.trace import Trace, TraceError, make_trace, new_manifest
 
 #: Characters per token used to estimate prompt tokens when no tokenizer is at hand
 #: (LLaMA-family tokenizers on English text, measured on the Spec-Bench answers).
@@ -34,50 +34,97 @@ class ImportReport:
     records: int = 0
     turns: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def skip(self, file: str, line: int, question_id: Any, reason: str) -> None:
+        """Record a skipped record or turn and why."""
         self.skipped.append({"file": file, "line": line, "question_id": question_id,
                              "reason": reason})
 
 
-def read_questions(path: Path | str) -> dict[int, dict[str, Any]]:
-    """Spec-Bench questions by ``question_id`` (``turns`` = the user messages)."""
-    questions: dict[int, dict[str, Any]] = {}
+def read_questions(path: Path | str) -> dict[str, dict[str, Any]]:
+    """Questions by ``question_id`` (as a string), with ``turns`` as a list of user messages.
+
+    Reads Spec-Bench and MT-bench ``question.jsonl`` (integer ids, turns as strings) and
+    Arena-style files (hex-string ids, turns as ``{"content": ...}`` objects).
+    """
+    questions: dict[str, dict[str, Any]] = {}
     p = Path(path)
-    for lineno, q in read_jsonl(p, what="Spec-Bench question"):
+    for lineno, q in read_jsonl(p, what="question"):
         try:
-            questions[int(q["question_id"])] = q
-            if not isinstance(q["turns"], list):
-                raise TypeError("turns is not a list")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TraceError(f"line {lineno}: not a Spec-Bench question ({exc})",
-                             path=p, row=lineno - 1) from None
+            qid = q["question_id"]
+            turns = q["turns"]
+            if not isinstance(turns, list) or isinstance(qid, dict | list):
+                raise TypeError("expected a question_id and a list of turns")
+            texts = [x["content"] if isinstance(x, dict) else x for x in turns]
+            if not all(isinstance(x, str) for x in texts):
+                raise TypeError("a turn is neither a string nor an object with 'content'")
+        except (KeyError, TypeError) as exc:
+            raise TraceError(f"line {lineno}: not a question record ({exc}); expected "
+                             '{"question_id": ..., "turns": ["..."]}', path=p,
+                             row=lineno - 1) from None
+        questions[str(qid)] = {**q, "turns": texts}
     return questions
 
 
-def _record_problem(rec: dict[str, Any], steps: list[int], tokens: list[int],
-                    walls: list[float], accepts: list[int], max_mismatch: int) -> str | None:
+def _record_problem(steps: list[int], tokens: list[int], walls: list[float],
+                    accepts: list[int]) -> str | None:
+    """What makes a whole record unusable (its turns cannot be told apart), or ``None``."""
     n_turns = len(steps)
     if not (len(tokens) == n_turns == len(walls)):
         return "new_tokens, decoding_steps and wall_time have different numbers of turns"
     if n_turns == 0:
         return "no turns"
-    if len(accepts) != sum(steps):
+    if any(s < 0 for s in steps) or len(accepts) != sum(steps):
         return f"len(accept_lengths)={len(accepts)} != sum(decoding_steps)={sum(steps)}"
     if any(a < 1 for a in accepts):
         return "an accept length below 1"
-    start = 0
-    for t in range(n_turns):
-        if steps[t] < 1 or tokens[t] < 1:
-            return f"turn {t}: no steps or no tokens (an ERROR record)"
-        if not (isinstance(walls[t], int | float) and math.isfinite(walls[t]) and walls[t] > 0):
-            return f"turn {t}: wall_time {walls[t]!r} is not a positive number"
-        emitted = sum(accepts[start:start + steps[t]])
-        if abs(emitted - tokens[t]) > max_mismatch:
-            return (f"turn {t}: accept lengths add up to {emitted} tokens but new_tokens is "
-                    f"{tokens[t]} (raise --max-token-mismatch to keep such records)")
-        start += steps[t]
     return None
+
+
+def _turn_problem(steps: int, tokens: int, wall: float, accepts: list[int],
+                  max_mismatch: int, k: int | None) -> str | None:
+    """What makes one turn unusable, or ``None``; the record's other turns are kept."""
+    if steps < 1 or tokens < 1:
+        return "no steps or no tokens (an ERROR turn)"
+    if not (math.isfinite(wall) and wall > 0):
+        return f"wall_time {wall!r} is not a positive number"
+    emitted = sum(accepts)
+    if abs(emitted - tokens) > max_mismatch:
+        return (f"accept lengths add up to {emitted} tokens but new_tokens is {tokens} (raise "
+                "--max-token-mismatch to keep such turns)")
+    if k is not None and max(accepts) - 1 > k:
+        return f"an accept length of {max(accepts)} exceeds k + 1 = {k + 1}"
+    return None
+
+
+#: Largest draft length ``k="infer"`` takes as fixed. Longer accept lengths come from adaptive
+#: drafters (Hugging Face assisted generation drafts up to 20 tokens and stops early when
+#: unsure), whose per-round draft count the answer files do not record.
+MAX_FIXED_K = 16
+
+
+def infer_k(records: list[tuple[int, Any]]) -> int | None:
+    """The draft length of a file: its largest accept length minus one.
+
+    ``None`` (variable) when that exceeds :data:`MAX_FIXED_K`.
+    """
+    longest = 1
+    for _, rec in records:
+        try:
+            longest = max(longest, *(int(a) for a in rec["choices"][0]["accept_lengths"]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+    return longest - 1 if longest - 1 <= MAX_FIXED_K else None
+
+
+def _char_offsets(text: str, accepts: list[int]) -> list[int]:
+    """Estimated length of ``text`` after each round: characters in proportion to tokens."""
+    total, produced, out = sum(accepts), 0, []
+    for a in accepts:
+        produced += a
+        out.append(round(len(text) * produced / total))
+    return out
 
 
 def import_specbench(files: list[Path | str], questions: Path | str | None = None, *,
@@ -93,34 +140,43 @@ def import_specbench(files: list[Path | str], questions: Path | str | None = Non
     questions
         The ``question.jsonl`` that gives prompt texts (optional; prompts are null without it).
     k
-        Draft length per round: an integer, ``None`` for variable (drafted left null), or
-        ``"infer"``: the largest accept length of the file minus one.
+        Draft length per round: an integer; ``None`` for a variable draft length (``k`` and
+        ``drafted`` left null: the files do not say how many tokens each round drafted); or
+        ``"infer"``: the largest accept length of the file minus one, or variable when that
+        exceeds :data:`MAX_FIXED_K`.
     target_model, draft_model
         Model names for the requests table (default: the answers' ``model_id``).
     max_token_mismatch
         Largest allowed difference per turn between the accept lengths' sum and ``new_tokens``
-        (Token Recycling counts the last step's overshoot: 2 keeps its records).
+        (Token Recycling counts the last step's overshoot: 2 keeps its turns).
+
+    A record whose fields are malformed or whose turns cannot be told apart is skipped whole; a
+    turn with no steps, a bad wall time or accept lengths that disagree with its ``new_tokens``
+    is skipped alone. Both are reported.
     """
     qs = read_questions(questions) if questions is not None else {}
     report = ImportReport()
     req_rows: list[dict[str, Any]] = []
     rnd_cols: dict[str, list] = {c: [] for c in
                                  ("request_id", "round", "drafted", "accepted", "emitted",
-                                  "round_s", "context_tokens")}
+                                  "round_s", "context_tokens", "response_chars")}
     seen: set[str] = set()
+    variable: list[str] = []
     for file in files:
         path = Path(file)
         if not path.is_file():
             raise TraceError("answer file not found", path=path)
-        records = list(read_jsonl(path, what="Spec-Bench answer", on_error=lambda lineno, msg,
-                                  name=path.name: report.skip(name, lineno, None, msg)))
+        def bad_line(lineno: int, message: str, name: str = path.name) -> None:
+            report.skip(name, lineno, None, message)
+
+        records = list(read_jsonl(path, what="Spec-Bench answer", on_error=bad_line))
         if not records:
             raise TraceError("no records in the answer file", path=path)
-        file_k = k
-        if k == "infer":
-            longest = max((max(r["choices"][0].get("accept_lengths") or [1])
-                           for _, r in records if r.get("choices")), default=1)
-            file_k = int(longest) - 1
+        file_k = infer_k(records) if k == "infer" else k
+        if not isinstance(file_k, int | None):
+            raise TraceError(f"k must be an integer, None or 'infer', got {k!r}", path=path)
+        if file_k is None:
+            variable.append(path.name)
         for lineno, rec in records:
             report.records += 1
             qid = rec.get("question_id")
@@ -130,31 +186,34 @@ def import_specbench(files: list[Path | str], questions: Path | str | None = Non
                 tokens = [int(x) for x in choice["new_tokens"]]
                 walls = [float(x) for x in choice["wall_time"]]
                 accepts = [int(x) for x in choice["accept_lengths"]]
+                texts = choice.get("turns") or []
             except (KeyError, IndexError, TypeError, ValueError) as exc:
                 report.skip(path.name, lineno, qid, f"missing or malformed field: {exc}")
                 continue
-            problem = _record_problem(rec, steps, tokens, walls, accepts, max_token_mismatch)
-            if problem is None and file_k is not None and max(accepts) - 1 > file_k:
-                problem = f"an accept length of {max(accepts)} exceeds k + 1 = {file_k + 1}"
+            problem = _record_problem(steps, tokens, walls, accepts)
             if problem is not None:
                 report.skip(path.name, lineno, qid, problem)
                 continue
-            question = qs.get(int(qid)) if qid is not None else None
+            question = qs.get(str(qid)) if qid is not None else None
             start = 0
             model = rec.get("model_id") or path.stem
             for t in range(len(steps)):
+                turn_accepts = accepts[start:start + steps[t]]
+                start += steps[t]
                 rid = f"{path.stem}:{qid}:{t}"
-                if rid in seen:
-                    report.skip(path.name, lineno, qid, f"duplicate of an earlier record ({rid})")
-                    break
+                problem = (f"duplicate of an earlier record ({rid})" if rid in seen else
+                           _turn_problem(steps[t], tokens[t], walls[t], turn_accepts,
+                                         max_token_mismatch, file_k))
+                if problem is not None:
+                    report.skip(path.name, lineno, qid, f"turn {t}: {problem}")
+                    continue
                 seen.add(rid)
                 prompt = None
                 if question is not None and t < len(question["turns"]):
                     prompt = question["turns"][t]
                 prompt_tokens = (math.ceil(len(prompt) / CHARS_PER_TOKEN)
                                  if prompt is not None else None)
-                turn_accepts = accepts[start:start + steps[t]]
-                start += steps[t]
+                text = texts[t] if t < len(texts) and isinstance(texts[t], str) else None
                 round_s = walls[t] / steps[t]
                 req_rows.append({
                     "request_id": rid, "source": "specbench", "dataset": path.stem,
@@ -162,10 +221,12 @@ def import_specbench(files: list[Path | str], questions: Path | str | None = Non
                     "prompt_tokens": prompt_tokens, "target_model": target_model or model,
                     "draft_model": draft_model or model, "k": file_k,
                     "finish_reason": "length" if tokens[t] >= 1024 else "stop",
-                    "total_s": walls[t], "prefill_s": None,
+                    "total_s": walls[t], "prefill_s": None, "response": text,
                 })
+                offsets = (_char_offsets(text, turn_accepts) if text is not None
+                           else [None] * len(turn_accepts))
                 context = prompt_tokens or 0
-                for i, a in enumerate(turn_accepts):
+                for i, (a, chars) in enumerate(zip(turn_accepts, offsets, strict=True)):
                     rnd_cols["request_id"].append(rid)
                     rnd_cols["round"].append(i)
                     rnd_cols["drafted"].append(file_k)
@@ -173,24 +234,33 @@ def import_specbench(files: list[Path | str], questions: Path | str | None = Non
                     rnd_cols["emitted"].append(a)
                     rnd_cols["round_s"].append(round_s)
                     rnd_cols["context_tokens"].append(context)
+                    rnd_cols["response_chars"].append(chars)
                     context += a
                 report.turns += 1
     if not req_rows:
         raise TraceError("no usable records: every record was skipped "
                          f"({report.skipped[0]['reason'] if report.skipped else 'empty input'})",
                          path=Path(files[0]))
+    if variable:
+        report.notes.append(
+            f"{', '.join(variable)}: accept lengths above {MAX_FIXED_K + 1} mean an adaptive "
+            "draft length; recorded as variable (k and drafted null). Pass --k N to force a "
+            "fixed k.")
     manifest = new_manifest(
         timing="per_turn_mean",
         sources=[*files, *([questions] if questions is not None else [])],
         notes=("Imported from Spec-Bench answer files. round_s is the turn's wall_time divided "
                "by its decoding steps; prompt_tokens are estimated as characters / "
                f"{CHARS_PER_TOKEN}."),
+        response_offsets="estimated: the turn's characters in proportion to its tokens",
+        draft_length=("variable: drafted per round unknown" if variable else "fixed"),
         importer={"format": "specbench", "k": k if k != "infer" else "inferred",
                   "max_token_mismatch": max_token_mismatch,
-                  "skipped": len(report.skipped)},
+                  "skipped": len(report.skipped), "variable_k_files": variable},
     )
     rounds = pl.DataFrame(rnd_cols, schema={
         "request_id": pl.String, "round": pl.Int64, "drafted": pl.Int64, "accepted": pl.Int64,
-        "emitted": pl.Int64, "round_s": pl.Float64, "context_tokens": pl.Int64})
+        "emitted": pl.Int64, "round_s": pl.Float64, "context_tokens": pl.Int64,
+        "response_chars": pl.Int64})
     requests = pl.DataFrame(req_rows, infer_schema_length=None)
     return make_trace(requests, rounds, manifest), report

@@ -8,9 +8,11 @@ Policies register themselves by name; :func:`create` builds one with its paramet
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar, cast
 
+from lapsd.errors import LapsdError
 from lapsd.replay.policies.base import (
     Policy,
     RequestInfo,
@@ -20,12 +22,12 @@ from lapsd.replay.policies.base import (
 )
 from lapsd.replay.policies.params import ParamsError
 
-from lapsd.errors import LapsdError
+REGISTRY: dict[str, type[Policy[Any]]] = {}
 
-REGISTRY: dict[str, type[Policy]] = {}
+P = TypeVar("P", bound=Policy[Any])
 
 
-def register(cls: type[Policy]) -> type[Policy]:
+def register(cls: type[P]) -> type[P]:
     """Class decorator: make a policy available under ``cls.name``."""
     if cls.name in REGISTRY:
         raise TypeError(f"policy name {cls.name!r} is registered twice")
@@ -44,14 +46,14 @@ def parameters(name: str) -> list[str]:
     return [f.name for f in fields(params)] if params is not None else []
 
 
-def _lookup(name: str) -> type[Policy]:
+def _lookup(name: str) -> type[Policy[Any]]:
     try:
         return REGISTRY[name]
     except KeyError:
         raise LapsdError(f"unknown policy {name!r}; available: {', '.join(REGISTRY)}") from None
 
 
-def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy:
+def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy[Any]:
     """Build a registered policy.
 
     Parameters
@@ -72,10 +74,12 @@ def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy:
             raise ParamsError(f"policy {name!r} takes no parameters (got {sorted(params)})")
         return cls()
     try:
-        return cls(params_cls.with_defaults(scale or TraceScale(), **params))
+        params_obj = params_cls.with_defaults(scale or TraceScale(), **params)
     except ParamsError as exc:
         raise ParamsError(f"policy {name!r}: {exc}; its parameters: "
                           f"{', '.join(parameters(name))}") from None
+    # A policy with a Params class takes its parameters as the one constructor argument.
+    return cast(Callable[[Any], Policy[Any]], cls)(params_obj)
 
 
 # Importing the modules registers them.

@@ -23,10 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from lapsd.replay.policies.base import RequestInfo
-from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
-
 from lapsd.errors import LapsdError
+from lapsd.replay.policies.base import RequestId, RequestInfo
+from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class BandedLapsSD(LapsSD):
     def __init__(self, bands: Sequence[LoadBand]) -> None:
         check_bands(bands)
         self.bands = tuple(bands)
-        self._limits = [b.max_waiting for b in self.bands[:-1]]
+        self._limits = [b.max_waiting or 0 for b in self.bands[:-1]]  # all set: check_bands
         self.band = 0
         super().__init__(self.bands[0].params)
         #: Number of band changes during the replay.
@@ -59,10 +58,12 @@ class BandedLapsSD(LapsSD):
         return len(self.bands) - 1
 
     def admit(self, info: RequestInfo) -> None:
+        """Admit, then follow the load to its band."""
         super().admit(info)
         self._follow_load()
 
-    def finish(self, request_id) -> None:
+    def finish(self, request_id: RequestId) -> None:
+        """Finish, then follow the load to its band."""
         super().finish(request_id)
         self._follow_load()
 
@@ -73,7 +74,7 @@ class BandedLapsSD(LapsSD):
             self.switches += 1
             self.set_params(self.bands[band].params)
 
-    def _arrival_floor(self) -> None:
+    def _arrival_floor(self) -> tuple | None:
         # An admission may switch the band, and so the running request's parameters: the
         # simulator must admit arrivals at the round boundary where they happen.
         return None
@@ -86,8 +87,8 @@ def check_bands(bands: Sequence[LoadBand]) -> None:
     limits = [b.max_waiting for b in bands]
     if limits[-1] is not None:
         raise LapsdError("load bands: the last band must have max_waiting null (no bound)")
-    bounded = limits[:-1]
-    if any(x is None or x < 1 for x in bounded):
+    bounded = [x for x in limits[:-1] if x is not None]
+    if len(bounded) < len(limits) - 1 or any(x < 1 for x in bounded):
         raise LapsdError("load bands: every band but the last needs max_waiting >= 1")
     if any(a >= b for a, b in pairwise(bounded)):
         raise LapsdError(f"load bands: max_waiting must increase, got {bounded}")

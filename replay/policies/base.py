@@ -22,11 +22,12 @@ import heapq
 import math
 from abc import ABC, abstractmethod
 from bisect import bisect_left
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar, cast
 
 import numpy as np
+
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.params import UNITS, Unit
 
@@ -70,10 +71,12 @@ class TraceScale:
 
 
 class PrefixSums:
-    """Prefix sums of per-round values: ``arrays[f][i]`` is the total of ``f`` over rounds
-    ``[0, i)``, for ``f`` in emitted, drafted, accepted and ns (round time in integer
-    nanoseconds). Kept as numpy arrays for vectorised queries and as lists for scalar ones,
-    which are several times faster on single values.
+    """Prefix sums of per-round values.
+
+    ``arrays[f][i]`` is the total of ``f`` over rounds ``[0, i)``, for ``f`` in emitted,
+    drafted, accepted and ns (round time in integer nanoseconds). Kept as numpy arrays for
+    vectorised queries and as lists for scalar ones, which are several times faster on single
+    values.
     """
 
     __slots__ = ("arrays", "lists")
@@ -105,14 +108,20 @@ class Rounds:
     @classmethod
     def single(cls, emitted: int, drafted: int | None, accepted: int, seconds: float) -> Rounds:
         """One observed round, as a server reports it."""
-        values = {
-            "emitted": int(emitted), "drafted": int(drafted or 0), "accepted": int(accepted),
-            "ns": round(seconds * NS_PER_S),
-        }
-        return cls(PrefixSums({k: np.array([0, v], dtype=np.int64) for k, v in values.items()}),
-                   0, 1)
+        one = cls(PrefixSums({f: np.zeros(2, dtype=np.int64) for f in PrefixSums.FIELDS}), 0, 1)
+        return one.set_single(emitted, drafted, accepted, seconds)
+
+    def set_single(self, emitted: int, drafted: int | None, accepted: int,
+                   seconds: float) -> Rounds:
+        """Make this one-round run hold another observed round, in place (no allocation)."""
+        for f, value in (("emitted", int(emitted)), ("drafted", int(drafted or 0)),
+                         ("accepted", int(accepted)), ("ns", round(seconds * NS_PER_S))):
+            self.arrays[f][1] = value
+            self._lists[f][1] = value
+        return self
 
     def __len__(self) -> int:
+        """The number of rounds in the run."""
         return self.n
 
     def total(self, field: str, n: int) -> int:
@@ -154,6 +163,14 @@ class RequestState:
     service_ns: int = 0
     key: tuple = ()
 
+    @property
+    def prediction(self) -> LengthPrediction:
+        """The request's length prediction (policies that need one get it at admission)."""
+        pred = self.info.prediction
+        if pred is None:
+            raise ValueError(f"request {self.info.request_id!r} has no length prediction")
+        return pred
+
     def attained(self, unit: Unit) -> int:
         """Attained service in ``unit`` (integer: nanoseconds, rounds or tokens)."""
         if unit == "seconds":
@@ -170,8 +187,13 @@ def unit_amount(value: float, unit: Unit) -> int:
     return round(value * NS_PER_S) if unit == "seconds" else math.ceil(value)
 
 
-class Policy(ABC):
+S = TypeVar("S", bound=RequestState)
+
+
+class Policy(ABC, Generic[S]):
     """A scheduling policy: an online priority order over admitted requests.
+
+    Generic over the per-request state ``S`` it keeps (a :class:`RequestState` subclass).
 
     Subclasses define a priority key per request (smaller runs first; it must end with the
     request's admission sequence number, which makes keys unique) and how many offered rounds the
@@ -196,10 +218,17 @@ class Policy(ABC):
     needs_oracle: ClassVar[bool] = False
 
     def __init__(self) -> None:
-        self._states: dict[RequestId, RequestState] = {}
+        self._states: dict[RequestId, S] = {}
         self._heap: list[tuple[tuple, RequestId]] = []
-        self._current: RequestState | None = None
+        self._current: S | None = None
         self._seq = 0
+        #: The buffer :meth:`observe` reports each round through.
+        self._one = Rounds.single(1, 0, 0, 0.0)
+        #: Called with ``(request_id, estimated total service in seconds)`` when the policy
+        #: commits to an execution-time estimate (LAPS-SD: when a request becomes
+        #: perceptible). The simulator sets it to measure estimation errors; a server may log
+        #: them. The policy itself keeps no record of finished requests.
+        self.on_estimate: Callable[[RequestId, float], None] | None = None
 
     # ------------------------------------------------------------------ online API
     def admit(self, info: RequestInfo) -> None:
@@ -232,7 +261,7 @@ class Policy(ABC):
     def observe(self, request_id: RequestId, emitted: int, drafted: int | None, accepted: int,
                 seconds: float) -> None:
         """One round of the running request finished: tokens appended, drafted, accepted, time."""
-        self.advance(request_id, Rounds.single(emitted, drafted, accepted, seconds))
+        self.advance(request_id, self._one.set_single(emitted, drafted, accepted, seconds))
 
     def advance(self, request_id: RequestId, rounds: Rounds) -> int:
         """Observe up to ``len(rounds)`` rounds of the running request; return how many ran.
@@ -244,6 +273,9 @@ class Policy(ABC):
         if st is None or st.info.request_id != request_id:
             raise ValueError(f"request {request_id!r} is not the one picked to run")
         n = self._consume(st, rounds)
+        if not 1 <= n <= len(rounds):
+            raise RuntimeError(f"policy {self.name!r} took {n} of {len(rounds)} offered rounds; "
+                               "_consume must take at least one and at most all")
         emitted, drafted, accepted, ns = rounds.totals(n)
         st.rounds += n
         st.generated += emitted
@@ -260,9 +292,8 @@ class Policy(ABC):
             self._current = None
 
     def order(self, n: int) -> list[RequestId]:
-        """The ``n`` highest-priority requests, best first (for batch sizes above one)."""
-        self._drop_stale()
-        entries = heapq.nsmallest(n, self._heap)
+        """The ``n`` highest-priority requests in the system, best first (batch sizes > 1)."""
+        entries = heapq.nsmallest(n, (e for e in self._heap if self._live(e)))
         if self._current is not None:
             entries.append((self._running_key(self._current), self._current.info.request_id))
             entries.sort(key=lambda e: e[0])
@@ -279,7 +310,7 @@ class Policy(ABC):
         cur = self._current
         return floor is None or cur is None or not self._running_key(cur) < floor
 
-    def reveal(self, request_id: RequestId, service_s: float) -> None:
+    def reveal(self, request_id: RequestId, service_s: float) -> None:  # noqa: ARG002
         """Oracle channel: the true total service time of a request (oracle policies only)."""
         raise TypeError(f"policy {self.name!r} is not an oracle and must not see true service")
 
@@ -289,26 +320,30 @@ class Policy(ABC):
         return len(self._states)
 
     # ------------------------------------------------------------------ for subclasses
-    def _new_state(self, info: RequestInfo, seq: int) -> RequestState:
-        return RequestState(info, seq)
+    def _new_state(self, info: RequestInfo, seq: int) -> S:
+        """The state of a newly admitted request (a plain :class:`RequestState` by default)."""
+        return cast(S, RequestState(info, seq))
 
     @abstractmethod
-    def _key(self, st: RequestState) -> tuple:
+    def _key(self, st: S) -> tuple:
         """Priority key of a request (smaller first); must end with ``st.seq``."""
 
-    def _running_key(self, st: RequestState) -> tuple:
+    def _running_key(self, st: S) -> tuple:
         """Key of the running request when compared with waiting ones.
 
         Its own key for a preemptive policy; ahead of every key for a non-preemptive one.
         """
         return st.key if self.preempts_on_arrival else _AHEAD_OF_ALL
 
-    @abstractmethod
-    def _consume(self, st: RequestState, rounds: Rounds) -> int:
+    def _consume(self, st: S, rounds: Rounds) -> int:  # noqa: ARG002
         """How many of ``rounds`` the running request takes (1..len); update policy state.
 
-        Called before the base class adds the rounds to ``st``'s counters.
+        Called before the base class adds the rounds to ``st``'s counters. The default takes
+        one round, after which the keys are compared again: always correct, so a new policy
+        needs only its :meth:`_key`. Taking more (up to the first round after which the
+        decision could change) is a speed-up that the differential tests check.
         """
+        return 1
 
     def _arrival_floor(self) -> tuple | None:
         """A key no larger than that of any request admitted from now on (``None``: unknown)."""
@@ -319,11 +354,12 @@ class Policy(ABC):
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
+    def _live(self, entry: tuple[tuple, RequestId]) -> bool:
+        """Whether a heap entry is a waiting request's current key (else it is stale)."""
+        st = self._states.get(entry[1])
+        return st is not None and st.key is entry[0] and st is not self._current
+
     def _drop_stale(self) -> None:
-        heap, states = self._heap, self._states
-        while heap:
-            key, rid = heap[0]
-            st = states.get(rid)
-            if st is not None and st.key is key and st is not self._current:
-                return
+        heap = self._heap
+        while heap and not self._live(heap[0]):
             heapq.heappop(heap)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 from lapsd.replay.policies import register
 from lapsd.replay.policies.base import Policy, RequestState, Rounds
 
 
 @register
-class FCFS(Policy):
+class FCFS(Policy[RequestState]):
     """Arrival order, non-preemptive. Knows nothing about requests."""
 
     name = "fcfs"
@@ -16,5 +18,6 @@ class FCFS(Policy):
     def _key(self, st: RequestState) -> tuple:
         return (st.seq,)
 
+    @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         return len(rounds)

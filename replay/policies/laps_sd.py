@@ -26,22 +26,23 @@ import math
 from typing import Annotated
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
 from lapsd.replay import kernels
 from lapsd.replay.policies import register
 from lapsd.replay.policies.base import (
     UNIT_FIELD,
     Policy,
-    RequestId,
     RequestInfo,
     RequestState,
     Rounds,
     unit_amount,
 )
-from lapsd.replay.policies.params import PolicyParams, Tunable, Unit, params_dataclass
-from pydantic import Field
+from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Tunable, Unit
 
 
-@params_dataclass
+@dataclass(frozen=True, config=PARAMS_CONFIG)
 class LapsSDParams(PolicyParams):
     """Parameters of :class:`LapsSD` (the names of the design page).
 
@@ -92,7 +93,7 @@ class _LapsState(RequestState):
 
 
 @register
-class LapsSD(Policy):
+class LapsSD(Policy[_LapsState]):
     """The LAPS-SD scheduler; see the module docstring."""
 
     name = "laps-sd"
@@ -102,10 +103,6 @@ class LapsSD(Policy):
     def __init__(self, params: LapsSDParams | None = None) -> None:
         super().__init__()
         self._configure(params or LapsSDParams())
-        #: Estimated total service (seconds) of each request when it became perceptible.
-        self.estimates: dict[RequestId, float] = {}
-        #: Perceptible-time estimates of finished requests.
-        self.finished_estimates: dict[RequestId, float] = {}
 
     def _configure(self, p: LapsSDParams) -> None:
         self.params = p
@@ -132,7 +129,7 @@ class LapsSD(Policy):
         heap = []
         for rid, st in self._states.items():
             if st.perceptible:
-                pred = st.info.prediction
+                pred = st.prediction
                 st.queue, st.t_remaining, _, _ = kernels.estimate(
                     self._unit, st.rounds, st.generated, st.service_ns, pred.median, pred.sigma,
                     self._bounds)
@@ -145,7 +142,7 @@ class LapsSD(Policy):
         heapq.heapify(heap)
         self._heap = heap
 
-    def _new_state(self, info: RequestInfo, seq: int) -> RequestState:
+    def _new_state(self, info: RequestInfo, seq: int) -> _LapsState:
         return _LapsState(info, seq, self.params.gamma)
 
     def _key(self, st: _LapsState) -> tuple:
@@ -159,14 +156,14 @@ class LapsSD(Policy):
         # A running non-perceptible request is not preempted by peers of its queue.
         return (st.queue, self._cls_new, -math.inf, st.seq)
 
-    def _arrival_floor(self) -> tuple:
+    def _arrival_floor(self) -> tuple | None:
         # Arrivals join queue 0, non-perceptible, with no service and a later sequence number.
         return (0, self._cls_new, 0, self._seq)
 
     def _consume(self, st: _LapsState, rounds: Rounds) -> int:
         p = self.params
         c = rounds.arrays
-        pred = st.info.prediction
+        pred = st.prediction
         if not st.perceptible:
             # Non-perceptible: run until demotion, stability, or the end of the offered run.
             bound = int(self._bounds[st.queue]) if st.queue < p.K - 1 else -1
@@ -183,7 +180,8 @@ class LapsSD(Policy):
             st.queue, st.t_remaining, _, total_s = kernels.estimate(
                 self._unit, st.rounds + n, st.generated + emitted, st.service_ns + ns,
                 pred.median, pred.sigma, self._bounds)
-            self.estimates[st.info.request_id] = total_s
+            if self.on_estimate is not None:
+                self.on_estimate(st.info.request_id, total_s)
             return n
         # Perceptible: run while its estimated key beats the best waiting request, and any
         # request that may arrive (see arrivals_may_preempt).
@@ -197,9 +195,3 @@ class LapsSD(Policy):
             rival is not None, *_NO_RIVAL if rival is None else
             (rival[0], rival[1], float(rival[2]), rival[3]))
         return n
-
-    def finish(self, request_id: RequestId) -> None:
-        super().finish(request_id)
-        est = self.estimates.pop(request_id, None)
-        if est is not None:
-            self.finished_estimates[request_id] = est

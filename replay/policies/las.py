@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pydantic.dataclasses import dataclass
+
 from lapsd.replay.policies import register
 from lapsd.replay.policies.base import UNIT_FIELD, Policy, RequestState, Rounds
-from lapsd.replay.policies.params import PolicyParams, Unit, params_dataclass
+from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Unit
 
 
-@params_dataclass
+@dataclass(frozen=True, config=PARAMS_CONFIG)
 class LASParams(PolicyParams):
     """Parameters of :class:`LAS`.
 
@@ -21,7 +23,7 @@ class LASParams(PolicyParams):
 
 
 @register
-class LAS(Policy):
+class LAS(Policy[RequestState]):
     """Runs the request with the least attained service; ties go to the earlier arrival."""
 
     name = "las"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 from lapsd.replay.policies import register
 from lapsd.replay.policies.base import Policy, RequestState, Rounds
 
 
 @register
-class LPSJF(Policy):
+class LPSJF(Policy[RequestState]):
     """Orders waiting requests by predicted output length; the running one finishes first."""
 
     name = "lp-sjf"
@@ -15,7 +17,8 @@ class LPSJF(Policy):
     needs_prediction = True
 
     def _key(self, st: RequestState) -> tuple:
-        return (st.info.prediction.median, st.seq)
+        return (st.prediction.median, st.seq)
 
+    @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         return len(rounds)

@@ -15,18 +15,18 @@ _NO_RIVAL = (0.0, 0)
 
 
 @register
-class LPSRPT(Policy):
+class LPSRPT(Policy[RequestState]):
     """Preemptive shortest-predicted-remaining-length first."""
 
     name = "lp-srpt"
     needs_prediction = True
 
     def _key(self, st: RequestState) -> tuple:
-        return (st.info.prediction.remaining_one(st.generated), st.seq)
+        return (st.prediction.remaining_one(st.generated), st.seq)
 
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         rival = self._rival()
-        pred = st.info.prediction
+        pred = st.prediction
         return kernels.srpt_predicted_run(
             rounds.arrays["emitted"], rounds.start, rounds.n, st.generated, pred.median,
             pred.sigma, st.seq, rival is not None, *_NO_RIVAL if rival is None else

@@ -13,6 +13,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
 from lapsd.replay.policies import register
 from lapsd.replay.policies.base import (
     UNIT_FIELD,
@@ -22,11 +25,10 @@ from lapsd.replay.policies.base import (
     Rounds,
     unit_amount,
 )
-from lapsd.replay.policies.params import PolicyParams, Tunable, Unit, params_dataclass
-from pydantic import Field
+from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Tunable, Unit
 
 
-@params_dataclass
+@dataclass(frozen=True, config=PARAMS_CONFIG)
 class MLFQParams(PolicyParams):
     """Parameters of :class:`MLFQ`.
 
@@ -67,7 +69,7 @@ class _MLFQState(RequestState):
 
 
 @register
-class MLFQ(Policy):
+class MLFQ(Policy[_MLFQState]):
     """FastServe-style multi-level feedback queue over attained service."""
 
     name = "mlfq"
@@ -84,7 +86,7 @@ class MLFQ(Policy):
         self._quanta = quanta
         self._entries = 0
 
-    def _new_state(self, info: RequestInfo, seq: int) -> RequestState:
+    def _new_state(self, info: RequestInfo, seq: int) -> _MLFQState:
         st = _MLFQState(info, seq)
         if self.params.skip_join:
             prefill = info.prompt_tokens * self.params.prefill_s_per_token
@@ -97,7 +99,7 @@ class MLFQ(Policy):
         self._entries += 1
         return self._entries
 
-    def _key(self, st: RequestState) -> tuple:
+    def _key(self, st: _MLFQState) -> tuple:
         return (st.level, st.entry, st.seq)
 
     def _arrival_floor(self) -> tuple:

@@ -1,7 +1,8 @@
 """Policy parameters: validated dataclasses whose fields say their range, unit and search space.
 
-Each policy with parameters declares a :func:`params_dataclass`. A field's type carries, in its
-``Annotated`` metadata, everything about it that other code needs, written once:
+Each policy with parameters declares a frozen pydantic dataclass (``config=PARAMS_CONFIG``,
+subclassing :class:`PolicyParams`). A field's type carries, in its ``Annotated`` metadata,
+everything about it that other code needs, written once:
 
 * its valid range (pydantic ``Field(ge=..., le=...)``): checked whenever parameters are built,
   whether from code, ``--set``, a config file or a tuning trial;
@@ -14,7 +15,6 @@ Bad values raise :class:`ParamsError`, which names the field.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -66,14 +66,10 @@ class Tunable:
     search: bool = True
 
 
-_CONFIG = ConfigDict(extra="forbid")
+#: The pydantic config of parameter dataclasses: unknown fields are errors.
+PARAMS_CONFIG = ConfigDict(extra="forbid")
 
 P = TypeVar("P")
-
-
-def params_dataclass(cls: type[P]) -> type[P]:
-    """Class decorator: a frozen, validated parameter dataclass (pydantic)."""
-    return typing.cast(type[P], pydantic.dataclasses.dataclass(frozen=True, config=_CONFIG)(cls))
 
 
 class PolicyParams:
@@ -163,8 +159,8 @@ def file_model(cls: type[Any]) -> type[BaseModel]:
     """
     fields: dict[str, Any] = {}
     for name, info in cls.__pydantic_fields__.items():
-        annotation = (Annotated[(info.annotation, *info.metadata)]  # type: ignore[misc]
-                      if info.metadata else info.annotation)
+        annotation = (Annotated[(info.annotation, *info.metadata)] if info.metadata
+                      else info.annotation)
         fields[name] = (annotation, ...)
     model = pydantic.create_model(
         cls.__name__, __config__=ConfigDict(extra="forbid", from_attributes=True),

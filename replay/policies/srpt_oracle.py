@@ -6,12 +6,14 @@ the only policy that sees true service times, through :meth:`Policy.reveal`.
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 from lapsd.replay.policies import register
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestId, RequestState, Rounds
 
 
 @register
-class SRPTOracle(Policy):
+class SRPTOracle(Policy[RequestState]):
     """Preemptive shortest true remaining service time first."""
 
     name = "srpt-oracle"
@@ -22,6 +24,7 @@ class SRPTOracle(Policy):
         self._truth: dict[RequestId, int] = {}
 
     def reveal(self, request_id: RequestId, service_s: float) -> None:
+        """The true total service time of a request (before it is admitted)."""
         self._truth[request_id] = round(service_s * NS_PER_S)
 
     def _key(self, st: RequestState) -> tuple:
@@ -32,10 +35,12 @@ class SRPTOracle(Policy):
                              f"(request {st.info.request_id!r})") from None
         return (total - st.service_ns, st.seq)
 
+    @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         # Its remaining time only shrinks while it runs: no waiting request can overtake it.
         return len(rounds)
 
     def finish(self, request_id: RequestId) -> None:
+        """The request left: forget its true service time too."""
         super().finish(request_id)
         self._truth.pop(request_id, None)

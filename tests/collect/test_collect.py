@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,9 +14,8 @@ from lapsd.collect.engine import NgramDrafter, SpeculativeEngine  # noqa: E402
 from lapsd.collect.models import ModelError, layers_draft, parse_draft  # noqa: E402
 from lapsd.collect.prompts import PromptError, load_prompts, parse_shard, select  # noqa: E402
 from lapsd.collect.run import CollectConfig, chunk_dirs, collect, merge  # noqa: E402
-from lapsd.replay.trace import TraceError, read_trace  # noqa: E402
-
 from lapsd.errors import LapsdError  # noqa: E402
+from lapsd.replay.trace import TraceError, read_trace  # noqa: E402
 from tests.collect.conftest import tiny_llama  # noqa: E402
 
 
@@ -144,6 +144,19 @@ def _cfg(tiny_dir: Path, prompts: Path, out: Path, **kw) -> CollectConfig:
     return CollectConfig(**base)
 
 
+def test_sampled_requests_do_not_depend_on_sharding(tiny_dir, prompts_file, tmp_path) -> None:
+    """A request's sampling seed comes from its id: shards and resumes draw the same tokens."""
+    def responses(out: Path, **kw) -> dict[str, str]:
+        t = read_trace(collect(_cfg(tiny_dir, prompts_file, out, temperature=1.0, seed=7, **kw),
+                               log=lambda *_: None))
+        return dict(zip(t.requests["request_id"], t.requests["response"], strict=True))
+
+    whole = responses(tmp_path / "whole", limit=4)
+    second = responses(tmp_path / "shard1", shard=(1, 2), limit=2)
+    assert second and all(whole[rid] == second[rid] for rid in second)
+    assert len(set(whole.values())) == len(whole)  # sampled: every request draws its own
+
+
 def test_collect_writes_valid_trace(tiny_dir, prompts_file, tmp_path) -> None:
     path = collect(_cfg(tiny_dir, prompts_file, tmp_path / "run"), log=lambda *_: None)
     t = read_trace(path)
@@ -154,6 +167,11 @@ def test_collect_writes_valid_trace(tiny_dir, prompts_file, tmp_path) -> None:
     assert c["versions"]["torch"] and c["timer"] == "perf_counter"
     assert all(c["target_sha256"].values())
     assert t.manifest["timing"] == "measured_per_round"
+    # The generated text, and how much of it each round added.
+    chars = t.rounds.group_by("request_id", maintain_order=True).agg(pl.col("response_chars"))
+    for text, offsets in zip(t.requests["response"], chars["response_chars"].to_list(),
+                             strict=True):
+        assert offsets[-1] == len(text) and offsets == sorted(offsets)
     assert t.rounds["round_s"].min() > 0 and t.requests["prefill_s"].min() > 0
     assert set(t.requests["category"].to_list()) == {"qa", "writing"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+
 from lapsd.replay.engine import SwitchCost, TraceArrays, Workload
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo
 from lapsd.replay.trace import Trace, make_trace, new_manifest

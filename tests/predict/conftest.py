@@ -1,4 +1,5 @@
-"""Fixtures of the predictor tests: small real data read from ../shared/data (never copied)."""
+"""Fixtures of the predictor tests: the repo's example traces, and small real data read from
+../shared/data (never copied; tests that need it skip without it)."""
 
 from __future__ import annotations
 
@@ -6,33 +7,25 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from lapsd.predict.data import LengthData, load_alpaca_eval, load_token_counter
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.train import train_predictor
-from lapsd.replay.importers.specbench import import_specbench
-from lapsd.replay.trace import make_trace, write_trace
+from lapsd.replay.trace import make_trace, read_trace, write_trace
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-ALPACA = DATA / "prompts_alpaca_eval"
-SPECBENCH = DATA / "specdec_specbench_vicuna7b_yukiki" / \
-    "vicuna-7b-v1.3-eagle-float16-temperature-0.0.jsonl"
-QUESTIONS = DATA / "specbench_questions" / "question.jsonl"
+ALPACA = "prompts_alpaca_eval"
+SPECBENCH = "specdec_specbench_vicuna7b_yukiki/vicuna-7b-v1.3-eagle-float16-temperature-0.0.jsonl"
+QUESTIONS = "specbench_questions/question.jsonl"
 
 #: Small-model settings that keep each fit around a second.
 FAST = {"n_components": 32, "max_iter": 80}
 
 
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not found: {path}")
-    return path
-
-
 @pytest.fixture(scope="session")
-def vicuna() -> LengthData:
+def vicuna(shared_data: Path) -> LengthData:
     """vicuna-7b-v1.3 alpaca_eval responses (805 prompts), tokens estimated from characters."""
     counter, how = load_token_counter(None)
-    return load_alpaca_eval(_need(ALPACA / "vicuna-7b-v1.3.json"), counter, how)
+    return load_alpaca_eval(shared_data / ALPACA / "vicuna-7b-v1.3.json", counter, how)
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +43,9 @@ def predictor(model_file: Path) -> LengthPredictor:
 
 
 @pytest.fixture(scope="session")
-def trace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """150 requests of a Spec-Bench EAGLE trace with prompts (imported to a temp folder)."""
-    trace, _ = import_specbench([_need(SPECBENCH)], _need(QUESTIONS))
+def trace_dir(tmp_path_factory: pytest.TempPathFactory, examples_dir: Path) -> Path:
+    """150 requests of the example Spec-Bench EAGLE trace (with prompts), in a temp folder."""
+    trace = read_trace(examples_dir / "specbench-vicuna7b-eagle")
     keep = trace.requests["request_id"][:150]
     small = make_trace(trace.requests.filter(pl.col("request_id").is_in(keep.implode())),
                        trace.rounds.filter(pl.col("request_id").is_in(keep.implode())),

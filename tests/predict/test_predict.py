@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from skops import io as sio
+
+from lapsd.cli import main as run
 from lapsd.predict.apply import apply_to_trace, predictor_source
 from lapsd.predict.data import LengthData, load_alpaca_eval, load_data, load_token_counter
 from lapsd.predict.evaluate import cross_model, cross_validate, metrics, prompt_folds, prompt_split
@@ -19,9 +22,6 @@ from lapsd.predict.train import select_target
 from lapsd.replay.engine import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.trace import TraceError, read_trace, write_trace
-from skops import io as sio
-
-from lapsd.cli import main as run
 
 from .conftest import ALPACA, FAST, QUESTIONS, SPECBENCH
 
@@ -32,8 +32,7 @@ prompt_lists = st.lists(st.sampled_from([f"prompt {i}" for i in range(12)] + [" 
 @settings(max_examples=40, deadline=None)
 @given(prompts=prompt_lists, seed=st.integers(0, 10))
 def test_splits_never_share_a_prompt(prompts: list[str], seed: int) -> None:
-    if len({p.strip() for p in prompts}) < 3:
-        return
+    assume(len({p.strip() for p in prompts}) >= 3)
     train, test = prompt_split(prompts, 0.3, seed)
     assert not {prompts[i].strip() for i in train} & {prompts[i].strip() for i in test}
     for train, test in prompt_folds(prompts, 3, seed):
@@ -62,10 +61,10 @@ def test_model_beats_mean_baseline(vicuna: LengthData) -> None:
     assert 0.5 < model["p90_coverage"] <= 1.0
 
 
-def test_cross_model_ranks_unseen_model() -> None:
+def test_cross_model_ranks_unseen_model(shared_data: Path) -> None:
     counter, how = load_token_counter(None)
     data = LengthData.concat([
-        load_alpaca_eval(ALPACA / f"{m}.json", counter, how).subset(range(240))
+        load_alpaca_eval(shared_data / ALPACA / f"{m}.json", counter, how).subset(range(240))
         for m in ("alpaca-7b", "vicuna-7b-v1.3")])
     result = cross_model(data, "vicuna-7b-v1.3", n_splits=3, **FAST)
     assert result["model"]["n"] == 240
@@ -150,8 +149,10 @@ def test_bad_inputs_have_clear_errors(tmp_path: Path) -> None:
     f.write_text(json.dumps([{"instruction": "Hi"}]))
     with pytest.raises(ValueError, match=r"lacks the text field\(s\) \['output'\]"):
         load_data([f])
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("{}\n")
     with pytest.raises(ValueError, match="--questions"):
-        load_data([SPECBENCH])
+        load_data([answers])
     junk = tmp_path / "model.gguf"
     junk.write_bytes(b"not gguf")
     with pytest.raises(ValueError, match="cannot load a tokenizer"):
@@ -182,16 +183,23 @@ def test_several_models_need_a_target(vicuna: LengthData) -> None:
     assert len(select_target(both, "other")[0]) == 1
 
 
-def test_cli_train_eval_apply(trace_dir: Path, tmp_path: Path) -> None:
+def test_cli_train_eval_apply(trace_dir: Path, tmp_path: Path, shared_data: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
     model = tmp_path / "eagle.skops"
     assert run(["predict", "train", "--data", str(trace_dir), "--out", str(model),
                 "--cv-folds", "0"]) == 0
     report = tmp_path / "eval.json"
-    assert run(["predict", "eval", "--model", str(model), "--data", str(SPECBENCH),
-                "--questions", str(QUESTIONS), "--json", str(report)]) == 0
+    assert run(["predict", "eval", "--model", str(model), "--data",
+                str(shared_data / SPECBENCH), "--questions", str(shared_data / QUESTIONS),
+                "--json", str(report)]) == 0
     result = json.loads(report.read_text())["result"]
     assert 0.0 < result["train_prompt_overlap"] < 1.0  # eval reads all 560 turns
     assert set(result) >= {"model", "mean", "length"}
+    capsys.readouterr()
+    assert run(["predict", "eval", "--model", str(model), "--data", str(trace_dir),
+                "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["result"]["train_prompt_overlap"] == 1.0
+    assert not Path("-").exists()
     copy = tmp_path / "trace"
     shutil.copytree(trace_dir, copy)
     assert run(["predict", "apply", "--model", str(model), str(copy)]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lapsd.replay.engine import TraceArrays
 from lapsd.replay.trace import read_trace
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sim_reference import reference_simulate, synthetic_trace
+
+from lapsd.errors import LapsdError
 from lapsd.replay.engine import TraceArrays, simulate
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.laps_sd import LapsSDParams
 from lapsd.replay.workload import build_workload
-from sim_reference import reference_simulate, synthetic_trace
-
-from lapsd.errors import LapsdError
 
 
 def _bands(limit: int, sup_a: float, sup_b: float, k_a: int, k_b: int) -> list[LoadBand]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from lapsd.cli import main
 
@@ -55,6 +56,20 @@ def test_replay_rejects_bad_options(examples_dir, capsys):
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "lapsd", "replay", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    """The installed `lapsd` script (beside this interpreter), as a user runs it."""
+    script = Path(sys.executable).with_name("lapsd")
+    assert script.is_file(), f"{script}: the lapsd console script is not installed"
+    out = subprocess.run([str(script), "replay", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     assert "--workload" in out and "laps-sd" in out
+    bad = subprocess.run([str(script), "inspect", "/nonexistent"], capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "not a trace folder" in bad.stderr
+
+
+def test_json_dash_goes_to_stdout(examples_dir, capsys):
+    assert main(["inspect", str(examples_dir / "smollm2-ngram4"), "--json", "-"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed)["requests"] == 300
+    assert not Path("-").exists()

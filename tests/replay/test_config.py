@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from lapsd.replay.config import (
     ACCEPTANCE_STATISTIC,
     SCHEMA_PATH,

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sim_reference import reference_simulate, synthetic_trace
+
 from lapsd.replay.engine import SwitchCost, TraceArrays, simulate
 from lapsd.replay.policies import available, create
 from lapsd.replay.workload import build_workload
-from sim_reference import reference_simulate, synthetic_trace
 
 ALL = available()
 WORKLOADS = ["burst:n={n},seed={s}", "poisson:load=0.9,n={n},seed={s}",

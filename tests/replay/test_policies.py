@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from lapsd.errors import LapsdError
 from lapsd.replay import kernels
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies import available, create, parameters
 from lapsd.replay.policies.base import RequestInfo
 from lapsd.replay.policies.params import ParamsError
-
-from lapsd.errors import LapsdError
 
 
 def info(rid, median=100.0, sigma=0.0):
@@ -71,7 +71,24 @@ def test_laps_sd_becomes_perceptible_and_orders_by_estimate():
     # so the new request in queue 0 runs.
     assert p._states["long"].queue == 1
     assert p.pick() == "short"
-    assert "long" in p.estimates
+
+
+def test_laps_sd_reports_estimates_and_keeps_no_history():
+    """A long-running server's scheduler holds only the requests in the system."""
+    p = create("laps-sd", unit="rounds", sup1=100, K=2, gamma=2, delta=1e-9)
+    seen: dict[str, float] = {}
+    p.on_estimate = seen.__setitem__
+    for i in range(200):
+        rid = f"r{i}"
+        p.admit(info(rid, median=10))
+        assert p.pick() == rid
+        for _ in range(3):
+            p.observe(rid, 3, 4, 2, 0.03)
+        p.finish(rid)
+    assert len(seen) == 200 and seen["r0"] == pytest.approx(10 / 3 * 0.03)
+    assert p.waiting == 0
+    leftovers = [v for v in vars(p).values() if isinstance(v, dict | list | set) and v]
+    assert leftovers == [], leftovers
 
 
 def test_order_for_batches():
@@ -82,6 +99,73 @@ def test_order_for_batches():
     assert p.order(2) == ["b", "c"]
     assert p.pick() == "b"
     assert p.order(3) == ["b", "c", "a"]
+
+
+@pytest.mark.parametrize("name", available())
+def test_order_never_returns_finished_requests(name):
+    p = create(name)
+    for rid, s in (("a", 3.0), ("b", 1.0), ("c", 2.0), ("d", 4.0)):
+        if p.needs_oracle:
+            p.reveal(rid, s)
+        p.admit(info(rid, median=100 * s))
+    first = p.pick()
+    p.observe(first, 2, 4, 1, 0.03)
+    for rid in ("c", first):
+        if rid in p.order(4):
+            p.finish(rid)
+    left = p.order(4)
+    assert sorted(left) == sorted({"a", "b", "d"} - {first}), left
+    assert p.waiting == len(left)
+
+
+def test_a_policy_needs_only_its_key():
+    """Look-ahead is optional: a policy with a key and no _consume runs round by round."""
+    from lapsd.replay.policies.base import Policy
+
+    class ShortestPromptFirst(Policy):
+        name = "test-shortest-prompt"
+
+        def _key(self, st):
+            return (st.info.prompt_tokens, st.seq)
+
+    p = ShortestPromptFirst()
+    p.admit(RequestInfo("long", 0.0, 50))
+    p.admit(RequestInfo("short", 0.0, 5))
+    assert p.pick() == "short"
+    assert p.advance("short", __import__("lapsd.replay.policies.base",
+                                         fromlist=["Rounds"]).Rounds.single(2, 4, 1, 0.03)) == 1
+
+
+def test_observe_creates_no_arrays(monkeypatch):
+    """A server calls observe every round: it must not allocate numpy arrays."""
+    import lapsd.replay.policies.base as base
+
+    created = []
+
+    class Counting:
+        def __getattr__(self, name):
+            attr = getattr(np, name)
+            if name in ("array", "zeros", "empty", "asarray", "concatenate", "full", "ones"):
+                def wrapped(*a, **kw):
+                    created.append(name)
+                    return attr(*a, **kw)
+                return wrapped
+            return attr
+
+    for name in available():
+        p = create(name)
+        for rid in ("a", "b"):
+            if p.needs_oracle:
+                p.reveal(rid, 1.0)
+            p.admit(info(rid))
+        rid = p.pick()
+        p.observe(rid, 2, 4, 1, 0.03)  # warm up (first call may build buffers)
+        monkeypatch.setattr(base, "np", Counting())
+        for _ in range(50):
+            rid = p.pick()
+            p.observe(rid, 2, 4, 1, 0.03)
+        monkeypatch.undo()
+    assert created == []
 
 
 def test_only_the_oracle_sees_true_service():

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from sim_reference import synthetic_trace
+
+from lapsd.errors import LapsdError
 from lapsd.replay.trace import (
     REQUESTS_FILE,
     ROUNDS_FILE,
@@ -16,9 +19,6 @@ from lapsd.replay.trace import (
     summarize,
     write_trace,
 )
-from sim_reference import synthetic_trace
-
-from lapsd.errors import LapsdError
 
 
 @pytest.fixture

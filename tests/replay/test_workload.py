@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lapsd.replay.workload import build_workload, make_predictions, parse_workload
 
 

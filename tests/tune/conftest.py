@@ -7,11 +7,12 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import TrialState
+
 from lapsd.tune.context import TuneSpec
 from lapsd.tune.run import RunOptions, run_tune
 from lapsd.tune.study import FINISHED, SURPLUS, _retried_numbers
 from lapsd.tune.suite import Suite
-from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "examples" / "specbench-vicuna7b-eagle"

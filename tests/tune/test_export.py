@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lapsd.replay.config import load_config, scheduler_from_config
 from lapsd.replay.engine import TraceArrays, simulate
 from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams

@@ -9,10 +9,11 @@ import uuid
 
 import optuna
 import pytest
+from optuna.trial import TrialState
+
 from lapsd.tune.context import TuneSpec
 from lapsd.tune.study import FINISHED, StorageSpec, StudyJob, prepare_study, work
 from lapsd.tune.suite import Suite
-from optuna.trial import TrialState
 
 from .conftest import TRACE, check_accounted
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
 from lapsd.tune.report import write_report
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
@@ -30,50 +29,11 @@ def _chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedPro
 
 
 def read_png(path: Path) -> np.ndarray:
-    """Decode an 8-bit RGB/RGBA PNG (what Chromium writes) into an array (rows, cols, chans)."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    assert header is not None
-    width, height, depth, color = header[:4]
-    assert depth == 8 and color in (2, 6), header
-    chans = 3 if color == 2 else 4
-    raw = zlib.decompress(idat)
-    stride = width * chans
-    img = np.zeros((height, stride), dtype=np.int32)
-    prev = np.zeros(stride, dtype=np.int32)
-    for y in range(height):
-        ftype = raw[y * (stride + 1)]
-        line = np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int32)
-        if ftype == 0:
-            cur = line
-        elif ftype == 2:
-            cur = (line + prev) & 0xFF
-        else:  # Sub, Average, Paeth depend on the left pixel: decode byte by byte.
-            cur = np.zeros(stride, dtype=np.int32)
-            for i in range(stride):
-                a = cur[i - chans] if i >= chans else 0
-                b, c = prev[i], (prev[i - chans] if i >= chans else 0)
-                if ftype == 1:
-                    pred = a
-                elif ftype == 3:
-                    pred = (a + b) // 2
-                else:
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                cur[i] = (line[i] + pred) & 0xFF
-        img[y] = cur
-        prev = cur
-    return img.reshape(height, width, chans)
+    """A PNG as an RGB array (rows, cols, 3), decoded by Pillow."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def test_report_is_self_contained(tiny_run: dict[str, Any]) -> None:
@@ -100,7 +60,7 @@ def test_report_renders_in_chromium(tiny_run: dict[str, Any], tmp_path: Path) ->
     shot = tmp_path / "shot.png"
     res = _chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}")
     assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
-    pixels = read_png(shot)[..., :3].astype(np.float64)
+    pixels = read_png(shot).astype(np.float64)
     assert pixels.std() > 10, "the screenshot is blank"
     # Plot traces are coloured; a page of text only would be grey levels.
     colour = np.abs(pixels[..., 0] - pixels[..., 2]) > 40

@@ -11,12 +11,41 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from lapsd.tune.defaults import JOURNAL_FILE
 from lapsd.tune.study import FINISHED, StorageSpec
 
 from .conftest import TINY_ARGS, TRACE, check_accounted
 
 TARGET = 8
+HELD = 3
+
+#: Loaded by every Python process of the interrupted run (through PYTHONPATH): the objective
+#: lets HELD trials finish, then holds the next one until the test interrupts the run. So the
+#: interruption lands at a point the test controls, not in a race with fast trials.
+HOLD = f"""
+import os, time
+from pathlib import Path
+
+from lapsd.tune.objective import Evaluator
+
+_score = Evaluator.score
+_calls = Path(os.environ["LAPSD_TEST_HOLD_DIR"])
+
+
+def score(self, *args, **kwargs):
+    done = len(list(_calls.glob("trial-*")))
+    if done >= {HELD}:
+        (_calls / "holding").touch()
+        while True:
+            time.sleep(1)
+    result = _score(self, *args, **kwargs)
+    (_calls / f"trial-{{os.getpid()}}-{{time.monotonic_ns()}}").touch()
+    return result
+
+
+Evaluator.score = score
+"""
 
 
 def _command(out: Path) -> list[str]:
@@ -41,17 +70,21 @@ def _finished(out: Path) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_run_resumes_to_exact_count(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "run"
+    hook, hold = tmp_path / "hook", tmp_path / "hold"
+    hook.mkdir()
+    hold.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD)
+    env = {**os.environ, "PYTHONPATH": str(hook), "LAPSD_TEST_HOLD_DIR": str(hold)}
     proc = subprocess.Popen(_command(out), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while _finished(out) < 3:
+                            stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 180
+    while not (hold / "holding").exists():
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         assert time.monotonic() < deadline, "the first run made no progress"
         time.sleep(0.05)
     os.killpg(proc.pid, sig)  # the whole group: the command and its worker process
     proc.wait(timeout=60)
-    interrupted = _finished(out)
-    assert interrupted < TARGET, "the run finished before it could be interrupted"
+    assert _finished(out) == HELD
 
     rerun = subprocess.run(_command(out), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

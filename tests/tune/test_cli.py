@@ -1,0 +1,33 @@
+"""`lapsd tune` options: bad values are rejected before anything starts or is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lapsd.cli import main
+
+from .conftest import TRACE
+
+
+@pytest.mark.parametrize("args", [["--trials", "0"], ["--trials", "-3"], ["--workers", "0"],
+                                  ["--band-trials", "0"], ["--loads", "0.5,x"],
+                                  ["--bursts", "1.5"]])
+def test_bad_options_are_rejected_up_front(tmp_path: Path, args: list[str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", str(TRACE), "--out", str(out), *args])
+    assert exc.value.code == 2
+    assert args[0] in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_holdout_out_of_range_is_one_line(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tune", str(TRACE), "--out", str(tmp_path / "r"), "--holdout", "1.5",
+                 "--trials", "1", "--bands", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "holdout must be in (0, 1)" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
