@@ -13,6 +13,7 @@ change, so a replay costs a few Python calls per scheduling decision rather than
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -62,6 +63,9 @@ class TraceArrays:
 
     Rounds of request ``i`` are ``offsets[i]:offsets[i+1]`` in the prefix-sum arrays ``cum``
     (``emitted``, ``drafted``, ``accepted``, ``ns``; each of length ``rounds + 1``).
+    ``responses`` and ``response_chars`` (per round, -1 where unknown) let a re-predictor see
+    the text a request had produced after each round. ``max_new_tokens`` is the output cap the
+    trace was produced under (``inf`` when unknown).
     """
 
     request_ids: list[str]
@@ -75,6 +79,10 @@ class TraceArrays:
     predicted: np.ndarray | None
     predicted_p90: np.ndarray | None
     scale: TraceScale
+    responses: list[str | None] = field(default_factory=list)
+    response_chars: np.ndarray | None = None
+    max_new_tokens: float = math.inf
+    target_models: list[str | None] = field(default_factory=list)
 
     @property
     def n_requests(self) -> int:
@@ -113,6 +121,8 @@ class TraceArrays:
             cum[name] = c
         service = cum["ns"][offsets[1:]] - cum["ns"][offsets[:-1]]
         has_pred = "predicted_tokens" in req.columns
+        chars = (rnd["response_chars"].fill_null(-1).to_numpy().astype(np.int64)
+                 if "response_chars" in rnd.columns else None)
         return cls(
             request_ids=req["request_id"].to_list(),
             offsets=offsets,
@@ -129,6 +139,11 @@ class TraceArrays:
                 round_s=number(rnd["round_s"].median()),
                 tokens_per_round=number(rnd["emitted"].mean()),
             ),
+            responses=(req["response"].to_list() if "response" in req.columns
+                       else [None] * req.height),
+            response_chars=chars,
+            max_new_tokens=output_cap(trace),
+            target_models=req["target_model"].to_list(),
         )
 
     def subset(self, indices: np.ndarray) -> TraceArrays:
@@ -157,7 +172,28 @@ class TraceArrays:
             predicted=None if self.predicted is None else self.predicted[idx],
             predicted_p90=None if self.predicted_p90 is None else self.predicted_p90[idx],
             scale=self.scale,
+            responses=[self.responses[i] for i in pick],
+            response_chars=None if self.response_chars is None else self.response_chars[rows],
+            max_new_tokens=self.max_new_tokens,
+            target_models=[self.target_models[i] for i in pick],
         )
+
+
+def output_cap(trace: Trace) -> float:
+    """The ``max_new_tokens`` a trace was produced under, or ``inf`` when it does not say.
+
+    A collected trace records it; otherwise the longest request that stopped for length.
+    """
+    collector = trace.manifest.get("collector") or {}
+    if collector.get("max_new_tokens"):
+        return float(collector["max_new_tokens"])
+    capped = trace.requests.filter(pl.col("finish_reason") == "length")["output_tokens"]
+    return number(capped.max()) if capped.len() else math.inf
+
+
+#: Re-predictions of one arriving request: ``(rounds run, new prediction)`` pairs, the rounds
+#: increasing; each applies after that many of the request's rounds.
+Updates = list[tuple[int, LengthPrediction]]
 
 
 @dataclass
@@ -174,12 +210,15 @@ class Workload:
         For each arriving request, the trace request it replays.
     predictions
         For each arriving request, its length prediction (``None`` where no policy needs one).
+    updates
+        For each arriving request, its re-predictions (``None``: predictions never change).
     """
 
     name: str
     arrival_ns: np.ndarray
     index: np.ndarray
     predictions: list[LengthPrediction] | None = None
+    updates: list[Updates] | None = None
 
     def __len__(self) -> int:
         """The number of arriving requests."""
@@ -217,7 +256,8 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
     arrays
         The compiled trace.
     workload
-        Arrivals and predictions.
+        Arrivals, predictions and re-predictions (delivered with
+        :meth:`Policy.update_prediction` right after the round they were made for).
     policy
         A fresh policy object (it is consumed by the replay).
     switch
@@ -253,6 +293,12 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
     c1_ns = switch.c1 * NS_PER_S
     admit, pick, advance, finish = policy.admit, policy.pick, policy.advance, policy.finish
     may_preempt = policy.arrivals_may_preempt
+    update = policy.update_prediction
+    # Each request's pending re-predictions, as absolute round positions (ends of runs).
+    pending: list[list[tuple[int, LengthPrediction]]] | None = None
+    if workload.updates is not None:
+        pending = [[(starts[j] + r, p) for r, p in reversed(u) if 0 < r < ends[j] - starts[j]]
+                   for j, u in enumerate(workload.updates)]
     estimates: dict[int, float] = {}
 
     def record(request_id: RequestId, total_s: float) -> None:
@@ -297,9 +343,14 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
             b = max(a + 1, bisect_left(c_ns, base + (arrival[nxt] - now), a, b))
         if max_chunk is not None and b - a > max_chunk:
             b = a + max_chunk
+        todo = None if pending is None else pending[rid]
+        if todo:
+            b = min(b, todo[-1][0])  # a re-prediction lands at a round boundary
         a += advance(rid, Rounds(prefix, a, b))
         now += c_ns[a] - base
         pos[rid] = a
+        if todo and todo[-1][0] == a:
+            update(rid, todo.pop()[1])
         if a == ends[rid]:
             finish(rid)
             completion[rid] = now

@@ -11,49 +11,13 @@ running total is exact.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
+from lapsd.replay.lognormal import remaining_tokens
+
 #: Attained-service units as kernel codes.
 SECONDS, ROUNDS, TOKENS = 0, 1, 2
-
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-@njit(cache=True)
-def log_ndtr(x: float) -> float:
-    """``log Phi(x)`` of the standard normal, accurate far into the lower tail."""
-    if x > -20.0:
-        return math.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
-    # Asymptotic expansion of the Mills ratio for very negative x.
-    x2 = x * x
-    series = 1.0 - 1.0 / x2 + 3.0 / (x2 * x2) - 15.0 / (x2 * x2 * x2)
-    return -0.5 * x2 - _LOG_SQRT_2PI - math.log(-x) + math.log(series)
-
-
-@njit(cache=True)
-def remaining_tokens(median: float, sigma: float, generated: float) -> float:
-    """Expected tokens still to come after ``generated``, never below 1.
-
-    Before the median: ``median - g`` (the paper's ``max(L_hat - g, 1)``). Past it, under the
-    log-normal belief ``log L ~ N(log median, sigma)``, the conditional mean ``E[L | L > g] - g``
-    (which tends to 0 far in the tail, where the floor of one token applies).
-    """
-    rem = median - generated
-    if rem >= 1.0:
-        return rem
-    if sigma > 1e-9:
-        mu = math.log(median)
-        lg = math.log(max(generated, 1e-12))
-        log_num = mu + 0.5 * sigma * sigma + log_ndtr((mu + sigma * sigma - lg) / sigma)
-        log_den = log_ndtr((mu - lg) / sigma)
-        cond = math.exp(log_num - log_den) if log_den > -700.0 else generated
-        if math.isfinite(cond) and cond > generated:
-            rem = cond - generated
-    return max(rem, 1.0)
-
 
 @njit(cache=True)
 def _unit_total(unit: int, c_em: np.ndarray, c_ns: np.ndarray, start: int, i: int) -> int:
@@ -130,7 +94,7 @@ def _band(bounds: np.ndarray, value: float) -> int:
 
 
 @njit(cache=True)
-def estimate(unit, rounds, generated, service_ns, median, sigma, bounds):
+def estimate(unit, rounds, generated, service_ns, median, sigma, cap, bounds):
     """LAPS-SD's estimates after ``rounds`` rounds: (queue, T_remaining, T_total, T_total_s).
 
     ``T = tokens * c / (k A_hat + 1)``, with ``k A_hat + 1`` the observed tokens per round and
@@ -145,7 +109,7 @@ def estimate(unit, rounds, generated, service_ns, median, sigma, bounds):
         cost = 1.0
     else:
         cost = tpr
-    rem = remaining_tokens(median, sigma, float(generated))
+    rem = remaining_tokens(median, sigma, cap, float(generated))
     t_rem = rem * cost / tpr
     t_total = (generated + rem) * cost / tpr
     return _band(bounds, t_total), t_rem, t_total, (generated + rem) * (mean_ns / 1e9) / tpr
@@ -153,7 +117,7 @@ def estimate(unit, rounds, generated, service_ns, median, sigma, bounds):
 
 @njit(cache=True)
 def perceptible_run(c_em, c_ns, start, n, unit, rounds0, generated0, service0, median, sigma,
-                    bounds, cls, seq, has_rival, r_queue, r_cls, r_x, r_seq):
+                    cap, bounds, cls, seq, has_rival, r_queue, r_cls, r_x, r_seq):
     """LAPS-SD, perceptible request: run while its key stays ahead of the rival's.
 
     The key is ``(queue, cls, T_rem, seq)``; returns ``(taken, queue, T_rem)`` after the rounds
@@ -163,7 +127,7 @@ def perceptible_run(c_em, c_ns, start, n, unit, rounds0, generated0, service0, m
     for i in range(n):
         queue, t_rem, _, _ = estimate(
             unit, rounds0 + i + 1, generated0 + c_em[start + i + 1] - c_em[start],
-            service0 + c_ns[start + i + 1] - c_ns[start], median, sigma, bounds)
+            service0 + c_ns[start + i + 1] - c_ns[start], median, sigma, cap, bounds)
         if has_rival and _after(queue, cls, t_rem, seq, r_queue, r_cls, r_x, r_seq):
             return i + 1, queue, t_rem
     return n, queue, t_rem
@@ -182,22 +146,14 @@ def _after(q, c, x, s, rq, rc, rx, rs) -> bool:
 
 
 @njit(cache=True)
-def srpt_predicted_run(c_em, start, n, generated0, median, sigma, seq, has_rival, r_x, r_seq):
+def srpt_predicted_run(c_em, start, n, generated0, median, sigma, cap, seq, has_rival, r_x,
+                       r_seq):
     """lp-srpt: run while ``(remaining predicted tokens, seq)`` stays ahead of the rival's."""
     if not has_rival:
         return n
     for i in range(n):
-        rem = remaining_tokens(median, sigma, float(generated0 + c_em[start + i + 1]
-                                                    - c_em[start]))
+        rem = remaining_tokens(median, sigma, cap,
+                               float(generated0 + c_em[start + i + 1] - c_em[start]))
         if rem > r_x or (rem == r_x and seq > r_seq):
             return i + 1
     return n
-
-
-@njit(cache=True)
-def remaining_many(median: float, sigma: float, generated: np.ndarray) -> np.ndarray:
-    """:func:`remaining_tokens` for each value of ``generated``."""
-    out = np.empty(generated.shape[0])
-    for i in range(generated.shape[0]):
-        out[i] = remaining_tokens(median, sigma, float(generated[i]))
-    return out

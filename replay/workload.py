@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lapsd.errors import LapsdError
-from lapsd.replay.engine import TraceArrays, Workload
+from lapsd.replay.engine import TraceArrays, Updates, Workload
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.importers.arrivals import read_arrivals
 from lapsd.replay.policies.base import NS_PER_S
@@ -40,6 +40,9 @@ ORACLE_WHAT_IF = "oracle:sigma=0.5"
 #: What length-aware policies are told: a source string (module docstring) or a callable
 #: ``(arrays, index) -> list[LengthPrediction]`` (a trained predictor).
 PredictionSource = str | Callable[[TraceArrays, np.ndarray], list[LengthPrediction]]
+#: Re-predictions: ``(arrays, index) -> [Updates of each request of index]`` (a re-predictor
+#: that reads each request's output so far).
+UpdateSource = Callable[[TraceArrays, np.ndarray], list[Updates]]
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def _arrival_times(spec: WorkloadSpec, mean_service_s: float,
 
 
 def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
-                   predictions: PredictionSource | None = None) -> Workload:
+                   predictions: PredictionSource | None = None,
+                   updates: UpdateSource | None = None) -> Workload:
     """Arrival times and sampled requests for ``spec`` over the compiled trace ``arrays``.
 
     Parameters
@@ -158,6 +162,8 @@ def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
     predictions
         A prediction-source string (see the module docstring), a callable
         ``(arrays, index) -> list[LengthPrediction]`` (a trained predictor), or ``None``.
+    updates
+        Re-predictions of each request while it runs, or ``None``.
     """
     if isinstance(spec, str):
         spec = parse_workload(spec)
@@ -170,6 +176,8 @@ def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
     workload = Workload(spec.text, arrival_ns, index.astype(np.int64))
     if predictions is not None:
         workload.predictions = make_predictions(predictions, arrays, workload.index, spec.seed)
+    if updates is not None:
+        workload.updates = updates(arrays, workload.index)
     return workload
 
 
@@ -186,7 +194,7 @@ def make_predictions(source: PredictionSource, arrays: TraceArrays, index: np.nd
         rng = np.random.default_rng(int(options.get("seed", seed)) + 7919)
         true = arrays.output_tokens[index].astype(np.float64)
         noisy = np.maximum(true * np.exp(sigma * rng.standard_normal(true.size)), 1.0)
-        return [LengthPrediction(float(x), sigma) for x in noisy]
+        return [LengthPrediction(float(x), sigma, arrays.max_new_tokens) for x in noisy]
     if kind == "column":
         if arrays.predicted is None:
             raise LapsdError("predictions 'column': the trace has no predicted_tokens column; "
@@ -194,7 +202,8 @@ def make_predictions(source: PredictionSource, arrays: TraceArrays, index: np.nd
         p50 = arrays.predicted[index]
         p90 = arrays.predicted_p90[index] if arrays.predicted_p90 is not None else None
         return [LengthPrediction.from_quantiles(float(p50[i]),
-                                                None if p90 is None else float(p90[i]))
+                                                None if p90 is None else float(p90[i]),
+                                                arrays.max_new_tokens)
                 for i in range(index.size)]
     raise LapsdError(f"unknown prediction source {source!r}: expected 'oracle:sigma=S', "
                      "'column', or a predictor model (--predictor)")

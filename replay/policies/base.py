@@ -162,14 +162,17 @@ class RequestState:
     accepted: int = 0
     service_ns: int = 0
     key: tuple = ()
+    belief: LengthPrediction | None = None
 
     @property
     def prediction(self) -> LengthPrediction:
-        """The request's length prediction (policies that need one get it at admission)."""
-        pred = self.info.prediction
-        if pred is None:
+        """The request's current length prediction (the admission one, or the latest update).
+
+        Policies that need one are given one at admission.
+        """
+        if self.belief is None:
             raise ValueError(f"request {self.info.request_id!r} has no length prediction")
-        return pred
+        return self.belief
 
     def attained(self, unit: Unit) -> int:
         """Attained service in ``unit`` (integer: nanoseconds, rounds or tokens)."""
@@ -239,6 +242,7 @@ class Policy(ABC, Generic[S]):
             raise ValueError(f"policy {self.name!r} needs a length prediction for each request "
                              f"(request {info.request_id!r} has none)")
         st = self._new_state(info, self._seq)
+        st.belief = info.prediction
         self._seq += 1
         st.key = self._key(st)
         self._states[info.request_id] = st
@@ -284,6 +288,19 @@ class Policy(ABC, Generic[S]):
         st.service_ns += ns
         st.key = self._key(st)
         return n
+
+    def update_prediction(self, request_id: RequestId, prediction: LengthPrediction) -> None:
+        """A new length prediction for an admitted request (re-predicted from its output so far).
+
+        The request's priority is recomputed from it; policies that keep derived estimates
+        refresh them (:meth:`_repredicted`).
+        """
+        st = self._states[request_id]
+        st.belief = prediction
+        self._repredicted(st)
+        st.key = self._key(st)
+        if st is not self._current:
+            heapq.heappush(self._heap, (st.key, request_id))
 
     def finish(self, request_id: RequestId) -> None:
         """The request completed (or was cancelled) and leaves the scheduler."""
@@ -344,6 +361,9 @@ class Policy(ABC, Generic[S]):
         decision could change) is a speed-up that the differential tests check.
         """
         return 1
+
+    def _repredicted(self, st: S) -> None:
+        """Refresh what the policy derived from ``st``'s prediction (nothing by default)."""
 
     def _arrival_floor(self) -> tuple | None:
         """A key no larger than that of any request admitted from now on (``None``: unknown)."""

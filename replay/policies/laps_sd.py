@@ -129,10 +129,7 @@ class LapsSD(Policy[_LapsState]):
         heap = []
         for rid, st in self._states.items():
             if st.perceptible:
-                pred = st.prediction
-                st.queue, st.t_remaining, _, _ = kernels.estimate(
-                    self._unit, st.rounds, st.generated, st.service_ns, pred.median, pred.sigma,
-                    self._bounds)
+                self._repredicted(st)
             else:
                 st.queue = int(np.searchsorted(self._bounds, st.attained(params.unit),
                                                side="right"))
@@ -141,6 +138,14 @@ class LapsSD(Policy[_LapsState]):
                 heap.append((st.key, rid))
         heapq.heapify(heap)
         self._heap = heap
+
+    def _repredicted(self, st: _LapsState) -> None:
+        """A perceptible request's estimate and queue follow its new prediction."""
+        if st.perceptible:
+            pred = st.prediction
+            st.queue, st.t_remaining, _, _ = kernels.estimate(
+                self._unit, st.rounds, st.generated, st.service_ns, pred.median, pred.sigma,
+                pred.cap, self._bounds)
 
     def _new_state(self, info: RequestInfo, seq: int) -> _LapsState:
         return _LapsState(info, seq, self.params.gamma)
@@ -179,7 +184,7 @@ class LapsSD(Policy[_LapsState]):
             st.perceptible = True
             st.queue, st.t_remaining, _, total_s = kernels.estimate(
                 self._unit, st.rounds + n, st.generated + emitted, st.service_ns + ns,
-                pred.median, pred.sigma, self._bounds)
+                pred.median, pred.sigma, pred.cap, self._bounds)
             if self.on_estimate is not None:
                 self.on_estimate(st.info.request_id, total_s)
             return n
@@ -191,7 +196,8 @@ class LapsSD(Policy[_LapsState]):
             rival = floor
         n, st.queue, st.t_remaining = kernels.perceptible_run(
             c["emitted"], c["ns"], rounds.start, rounds.n, self._unit, st.rounds, st.generated,
-            st.service_ns, pred.median, pred.sigma, self._bounds, self._cls_perceptible, st.seq,
+            st.service_ns, pred.median, pred.sigma, pred.cap, self._bounds, self._cls_perceptible,
+            st.seq,
             rival is not None, *_NO_RIVAL if rival is None else
             (rival[0], rival[1], float(rival[2]), rival[3]))
         return n

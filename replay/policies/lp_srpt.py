@@ -29,5 +29,5 @@ class LPSRPT(Policy[RequestState]):
         pred = st.prediction
         return kernels.srpt_predicted_run(
             rounds.arrays["emitted"], rounds.start, rounds.n, st.generated, pred.median,
-            pred.sigma, st.seq, rival is not None, *_NO_RIVAL if rival is None else
+            pred.sigma, pred.cap, st.seq, rival is not None, *_NO_RIVAL if rival is None else
             (float(rival[0]), rival[1]))

@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 
 from lapsd.replay.engine import SwitchCost, TraceArrays, Workload
+from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo
 from lapsd.replay.trace import Trace, make_trace, new_manifest
 
@@ -49,6 +50,9 @@ def reference_simulate(arrays: TraceArrays, workload: Workload, policy: Policy,
                        int(per_round["accepted"][r]), per_round["ns"][r] / NS_PER_S)
         now += int(per_round["ns"][r])
         pos[rid] += 1
+        for rounds, pred in (workload.updates[rid] if workload.updates is not None else ()):
+            if rounds == pos[rid] - start[rid] and pos[rid] < end[rid]:
+                policy.update_prediction(rid, pred)
         if pos[rid] == end[rid]:
             policy.finish(rid)
             done[rid] = now
@@ -79,3 +83,17 @@ def synthetic_trace(seed: int, n_requests: int = 12, max_rounds: int = 40,
         req.append({"request_id": f"r{i}", "source": "synthetic",
                     "prompt_tokens": int(rng.integers(5, 500)), "k": k})
     return make_trace(pl.DataFrame(req), pl.DataFrame(rows), new_manifest(timing="synthetic"))
+
+
+def random_updates(arrays: TraceArrays, workload: Workload, seed: int, every: int = 3,
+                   sigma: float = 0.6) -> list[list[tuple[int, LengthPrediction]]]:
+    """Re-predictions every ``every`` rounds of each request: the true length x noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for j in workload.index:
+        n = int(arrays.offsets[j + 1] - arrays.offsets[j])
+        true = float(arrays.output_tokens[j])
+        out.append([(r, LengthPrediction(max(true * float(np.exp(sigma * rng.standard_normal())),
+                                             1.0), sigma))
+                    for r in range(every, n, every)])
+    return out

@@ -273,6 +273,9 @@ def spec_simulate(arrays: TraceArrays, workload: Workload, policy: SpecPolicy,
         job.ns.append(per_round["ns"][r])
         now += per_round["ns"][r]
         policy.after_round(job)
+        for rounds, pred in (workload.updates[pick] if workload.updates is not None else ()):
+            if rounds == len(job.ns) and starts[pick] + rounds < ends[pick]:
+                job.prediction = pred  # re-predicted after this round
         if starts[pick] + len(job.ns) == ends[pick]:
             done[pick] = now
             del jobs[pick]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sim_reference import reference_simulate, synthetic_trace
+from sim_reference import random_updates, reference_simulate, synthetic_trace
 
 from lapsd.replay.engine import SwitchCost, TraceArrays, simulate
 from lapsd.replay.policies import available, create
@@ -30,11 +30,15 @@ def _cases(name: str) -> list[dict]:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), policy=st.sampled_from(ALL), wl=st.sampled_from(WORKLOADS),
        variant=st.integers(0, 3), c0=st.sampled_from([0.0, 0.002]),
-       c1=st.sampled_from([0.0, 1e-5]), sigma=st.sampled_from([0.0, 0.7]))
-def test_engine_matches_reference_on_random_traces(seed, policy, wl, variant, c0, c1, sigma):
+       c1=st.sampled_from([0.0, 1e-5]), sigma=st.sampled_from([0.0, 0.7]),
+       every=st.sampled_from([0, 1, 4]))
+def test_engine_matches_reference_on_random_traces(seed, policy, wl, variant, c0, c1, sigma,
+                                                   every):
     arrays = TraceArrays.from_trace(synthetic_trace(seed))
     params = _cases(policy)[variant % len(_cases(policy))]
     workload = build_workload(wl.format(n=15, s=seed), arrays, f"oracle:sigma={sigma}")
+    if every:
+        workload.updates = random_updates(arrays, workload, seed, every)
     switch = SwitchCost(c0, c1)
     fast = simulate(arrays, workload, create(policy, arrays.scale, **params), switch=switch)
     ref = reference_simulate(arrays, workload, create(policy, arrays.scale, **params), switch)

@@ -210,8 +210,9 @@ def test_stability_test_does_not_depend_on_batching(accepted, split, gamma, delt
 @given(st.floats(1, 5000), st.floats(0, 2), st.integers(0, 20000))
 def test_remaining_length_is_at_least_one_and_consistent(median, sigma, g):
     pred = LengthPrediction(median, sigma)
-    r = pred.remaining(np.array([g]))[0]
+    r = pred.remaining_one(g)
     assert r >= 1.0
-    assert pred.remaining_one(g) == r
     if g + 1 <= median:
         assert r == median - g
+    else:
+        assert r == pred.mean_remaining(g)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sim_reference import synthetic_trace
+from sim_reference import random_updates, synthetic_trace
 from spec_reference import make, spec_simulate
 
 from lapsd.replay.engine import SwitchCost, TraceArrays, simulate
@@ -65,8 +65,10 @@ def params_for(policy: str) -> st.SearchStrategy[dict]:
 
 
 def _check(arrays: TraceArrays, wl: str, policy: str, params: dict, switch: SwitchCost,
-           sigma: float) -> None:
+           sigma: float, every: int = 0) -> None:
     workload = build_workload(wl, arrays, f"oracle:sigma={sigma}")
+    if every:
+        workload.updates = random_updates(arrays, workload, len(wl), every)
     engine_policy = create(policy, arrays.scale, **params)
     # Defaults that depend on the trace (queue bounds) are resolved once, for both.
     resolved = dataclasses.asdict(engine_policy.params) if hasattr(engine_policy, "params") \
@@ -82,12 +84,13 @@ def _check(arrays: TraceArrays, wl: str, policy: str, params: dict, switch: Swit
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), seed=st.integers(0, 10_000), policy=st.sampled_from(available()),
        wl=st.sampled_from(WORKLOADS), c0=st.sampled_from([0.0, 0.002]),
-       c1=st.sampled_from([0.0, 1e-5]), sigma=st.sampled_from([0.0, 0.7]))
+       c1=st.sampled_from([0.0, 1e-5]), sigma=st.sampled_from([0.0, 0.7]),
+       every=st.sampled_from([0, 2, 5]))
 def test_engine_follows_the_specification_on_random_traces(data, seed, policy, wl, c0, c1,
-                                                           sigma):
+                                                           sigma, every):
     arrays = TraceArrays.from_trace(synthetic_trace(seed))
     params = data.draw(params_for(policy))
-    _check(arrays, wl.format(n=15, s=seed), policy, params, SwitchCost(c0, c1), sigma)
+    _check(arrays, wl.format(n=15, s=seed), policy, params, SwitchCost(c0, c1), sigma, every)
 
 
 @pytest.mark.parametrize("trace", ["specbench-vicuna7b-eagle", "smollm2-layers-28",

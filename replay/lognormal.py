@@ -1,0 +1,137 @@
+"""The capped log-normal length belief, compiled (numba) for the policies' inner loops.
+
+A request's output length is believed to be ``L = min(X, cap)`` with ``log X ~ Normal(mu,
+sigma)``, ``mu = log(median)``: the predictor's distribution, cut at the server's
+``max_new_tokens``. Once ``g`` tokens are out the request is known to have ``L > g``; every
+quantity here is conditional on that. ``sigma = 0`` is a point prediction.
+
+All functions work in log space where the tail probabilities underflow, so a request far past
+its prediction still gets a finite, sensible answer.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_SQRT2 = math.sqrt(2.0)
+#: Below this survival probability a belief is treated as exhausted (the request outlived it).
+_TINY = -700.0
+
+
+@njit(cache=True)
+def log_ndtr(x: float) -> float:
+    """``log Phi(x)`` of the standard normal, accurate far into the lower tail."""
+    if x > -20.0:
+        return math.log(0.5 * math.erfc(-x / _SQRT2))
+    # Asymptotic expansion of the Mills ratio for very negative x.
+    x2 = x * x
+    series = 1.0 - 1.0 / x2 + 3.0 / (x2 * x2) - 15.0 / (x2 * x2 * x2)
+    return -0.5 * x2 - _LOG_SQRT_2PI - math.log(-x) + math.log(series)
+
+
+@njit(cache=True)
+def ndtri(p: float) -> float:
+    """The standard normal quantile ``Phi^-1(p)``, for ``0 < p < 1``.
+
+    Acklam's rational approximation, refined by one Halley step (about 1e-15 relative error).
+    """
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    a = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+         1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
+    b = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+         6.680131188771972e+01, -1.328068155288572e+01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+         -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+         3.754408661907416e+00)
+    if p < 0.02425:
+        q = math.sqrt(-2.0 * math.log(p))
+        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+    elif p > 1.0 - 0.02425:
+        q = math.sqrt(-2.0 * math.log(1.0 - p))
+        x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+    else:
+        q = p - 0.5
+        r = q * q
+        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / \
+            (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+    # One Halley step on Phi(x) - p.
+    e = 0.5 * math.erfc(-x / _SQRT2) - p
+    u = e * math.sqrt(2.0 * math.pi) * math.exp(0.5 * x * x)
+    return x - u / (1.0 + 0.5 * x * u)
+
+
+@njit(cache=True)
+def log_survival(median: float, sigma: float, x: float) -> float:
+    """``log P(X > x)`` of the uncapped belief."""
+    if x <= 0.0:
+        return 0.0
+    if sigma <= 1e-9:
+        return 0.0 if x < median else -math.inf
+    return log_ndtr((math.log(median) - math.log(x)) / sigma)
+
+
+@njit(cache=True)
+def _log_upper_mean(median: float, sigma: float, x: float) -> float:
+    """``log E[X ; X > x]`` (the partial first moment above ``x``) of the uncapped belief."""
+    mu = math.log(median)
+    if x <= 0.0:
+        return mu + 0.5 * sigma * sigma
+    return mu + 0.5 * sigma * sigma + log_ndtr((mu + sigma * sigma - math.log(x)) / sigma)
+
+
+@njit(cache=True)
+def conditional_mean(median: float, sigma: float, cap: float, generated: float) -> float:
+    """``E[L - g | L > g]``: expected tokens still to come, at least 1.
+
+    ``L = min(X, cap)``; ``E[min(X, cap) | X > g] = (E[X; g < X <= cap] + cap P(X > cap)) /
+    P(X > g)``. A point prediction (``sigma = 0``) gives ``min(median, cap) - g``.
+    """
+    target = min(median, cap)
+    if sigma <= 1e-9 or generated >= cap:
+        return max(target - generated, 1.0)
+    log_den = log_survival(median, sigma, generated)
+    if log_den < _TINY:
+        return 1.0
+    inside = math.exp(_log_upper_mean(median, sigma, generated) - log_den)
+    if math.isfinite(cap):
+        inside -= math.exp(_log_upper_mean(median, sigma, cap) - log_den)
+        inside += cap * math.exp(log_survival(median, sigma, cap) - log_den)
+    rem = inside - generated
+    return rem if math.isfinite(rem) and rem > 1.0 else 1.0
+
+
+@njit(cache=True)
+def conditional_quantile(median: float, sigma: float, cap: float, generated: float,
+                         q: float) -> float:
+    """The ``q``-quantile of ``L - g`` given ``L > g`` (at least 1 token)."""
+    if sigma <= 1e-9:
+        return max(min(median, cap) - generated, 1.0)
+    log_s = log_survival(median, sigma, generated)
+    if log_s < _TINY:
+        return 1.0
+    # P(X > x | X > g) = 1 - q  <=>  Phi((mu - log x) / sigma) = (1 - q) S(g).
+    x = median * math.exp(-sigma * ndtri((1.0 - q) * math.exp(log_s)))
+    return max(min(x, cap) - generated, 1.0)
+
+
+@njit(cache=True)
+def remaining_tokens(median: float, sigma: float, cap: float, generated: float) -> float:
+    """The remaining length the paper's estimate uses, never below 1.
+
+    Before the (capped) median: ``min(median, cap) - g``, the paper's ``max(L_hat - g, 1)``.
+    Past it, the belief's conditional mean (:func:`conditional_mean`), so that an
+    under-predicted request is not taken to be one token from done forever.
+    """
+    rem = min(median, cap) - generated
+    if rem >= 1.0:
+        return rem
+    return conditional_mean(median, sigma, cap, generated)
