@@ -20,14 +20,17 @@ from lapsd import __version__
 from lapsd.errors import LapsdError
 
 
-def _load_predictor(path: Path) -> Any:
-    """``lapsd replay --predictor``: the predictor as a replay prediction source."""
+def _load_predictor(path: Path, repredict_every: int | None) -> tuple[Any, Any]:
+    """``lapsd replay --predictor``: the predictor's prediction source and re-predictions."""
     from lapsd.errors import require_extra
 
     require_extra("predict", "sklearn", "skops")
-    from lapsd.predict.apply import predictor_source
+    from lapsd.predict.apply import predictor_source, update_source
+    from lapsd.predict.persist import load_predictor
 
-    return predictor_source(path)
+    predictor = load_predictor(path)
+    updates = None if repredict_every is None else update_source(predictor, repredict_every)
+    return predictor_source(predictor), updates
 
 
 def build_parser() -> argparse.ArgumentParser:

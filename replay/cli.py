@@ -7,8 +7,6 @@ The commands only parse arguments, call library functions and print; errors are
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +14,7 @@ from rich.table import Table
 
 from lapsd.console import add_json, add_switch_cost, console, emit, out
 from lapsd.errors import LapsdError
-
-
-def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``policy.param=value`` strings into ``{policy: {param: value}}``.
-
-    Values are parsed as JSON where possible, so ``K=6`` is an int and ``unit=rounds`` a string.
-    """
-    params: dict[str, dict[str, Any]] = {}
-    for item in items:
-        target, sep, value = item.partition("=")
-        policy, dot, name = target.rpartition(".")
-        if not sep or not dot or not policy or not name:
-            raise LapsdError(f"--set {item!r}: expected POLICY.PARAM=VALUE, e.g. laps-sd.K=6")
-        try:
-            parsed: Any = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        params.setdefault(policy, {})[name] = parsed
-    return params
+from lapsd.replay.policies.params import parse_assignments
 
 
 # ---------------------------------------------------------------------- inspect
@@ -117,7 +97,7 @@ def metrics_table(metrics: list, title: str) -> Table:
 def cmd_replay(args: argparse.Namespace) -> int:
     """``lapsd replay``."""
     from lapsd.replay.engine import SwitchCost, TraceArrays
-    from lapsd.replay.matrix import build_cases, registry_factories, replay_matrix
+    from lapsd.replay.matrix import Server, build_cases, registry_factories, replay_matrix
     from lapsd.replay.policies import REGISTRY
     from lapsd.replay.trace import read_trace
     from lapsd.replay.workload import ORACLE_WHAT_IF, PredictionSource, parse_workload
@@ -126,27 +106,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
     workloads = [parse_workload(w) for w in args.workload or ["burst:n=30"]]
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     params = parse_assignments(args.set)
-    factories = registry_factories([n for n in names if not (args.config and n == "laps-sd")],
-                                   arrays.scale, params)
+    factories = registry_factories(names, arrays.scale, params)
     if args.config:
-        from lapsd.replay.config import scheduler_factory
+        from lapsd.replay.config import load_config
 
-        factories["laps-sd"] = scheduler_factory(args.config)
+        config = load_config(args.config)
+        factories[config.policy.name] = config.scheduler
+        if config.policy.name not in names:
+            names.append(config.policy.name)
     factories = {n: factories[n] for n in names}
+    from lapsd.replay.batch import BatchCost
+
+    if args.batch_size < 1:
+        raise LapsdError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cost = BatchCost.from_profile(args.cost_table) if args.cost_table else BatchCost()
     predictions: PredictionSource
+    updates = None
+    if args.repredict_every is not None and not args.predictor:
+        raise LapsdError("--repredict-every needs --predictor: re-predictions come from a model "
+                         "that reads the output so far")
     if args.predictor:
-        predictions = args.load_predictor(args.predictor)
-        label = f"predictor {args.predictor}"
+        predictions, updates = args.load_predictor(args.predictor, args.repredict_every)
+        label = f"predictor {args.predictor}" + (
+            f", re-predicted every {args.repredict_every} rounds" if updates else "")
     else:
         predictions = args.predictions or (
             "column" if arrays.predicted is not None else ORACLE_WHAT_IF)
         label = predictions
     needs = any(REGISTRY[n].needs_prediction for n in names if n in REGISTRY) or args.config
-    cases = build_cases([(args.trace.name, arrays)], workloads, predictions if needs else None)
-    rows = [row.metrics for row in replay_matrix(cases, factories,
-                                                  switch=SwitchCost(args.c0, args.c1))]
+    cases = build_cases([(args.trace.name, arrays)], workloads,
+                        predictions if needs else None, updates if needs else None)
+    server = Server(SwitchCost(args.c0, args.c1), args.batch_size, cost, args.kv_tokens)
+    rows = [row.metrics for row in replay_matrix(cases, factories, server=server)]
 
     def show() -> None:
+        if args.batch_size > 1:
+            console.print(f"batch size {args.batch_size}; step-time model: {cost.source}")
         if label.startswith("oracle"):
             console.print(f"[yellow]predictions: {label}, a what-if (true length x noise), "
                           "not a real predictor[/]")
@@ -214,7 +209,18 @@ def register(subparsers: argparse._SubParsersAction, *,
                                          "predictions, else the oracle what-if)")
     p.add_argument("--predictor", type=Path, help="a trained predictor (.skops) for the "
                                                   "length-aware policies")
-    p.add_argument("--config", type=Path, help="lapsd-config.json: laps-sd uses its parameters")
+    p.add_argument("--repredict-every", type=int, metavar="N",
+                   help="with --predictor: re-predict a running request's length every N rounds "
+                        "from its output so far")
+    p.add_argument("--config", type=Path,
+                   help="lapsd-config.json: its policy replaces the registry one of that name")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="requests per step (continuous batching; default 1)")
+    p.add_argument("--cost-table", type=Path,
+                   help="collect-profile cost table: how a batch's step time grows with its size "
+                        "(default: flat, said in the output)")
+    p.add_argument("--kv-tokens", type=int,
+                   help="KV capacity in tokens at batch sizes above one (default: unbounded)")
     add_switch_cost(p)
     add_json(p)
     p.set_defaults(func=cmd_replay, load_predictor=load_predictor)

@@ -6,29 +6,33 @@ model of the file: it validates it, names the first bad field (``policy.paramete
 should be less than or equal to 64 (got 65)``) and generates its JSON Schema
 (``lapsd-config.schema.json`` beside this module; ``python -m lapsd.replay.config`` rewrites it).
 
-Fields of version 1:
+Fields of version 2:
 
 ``version``
-    Format version (1).
+    Format version (2; version 1 files, which could only hold LAPS-SD, still load).
 ``policy``
-    ``name`` (``laps-sd``), ``parameters`` (:class:`~lapsd.replay.policies.laps_sd.LapsSDParams`)
-    and ``units`` (the unit of each parameter: ``sup1`` is in the attained-service unit).
-``acceptance_statistic``
-    What ``gamma`` and ``delta`` apply to: the running acceptance rate.
+    ``name`` (any registered policy), ``parameters`` (every field of its parameters, spelled
+    out, so that a later lapsd's defaults never change what a deployed config means) and
+    ``units`` (the unit of each parameter).
+``prediction``
+    What the scheduler was tuned with and must be given at run time: ``source`` (``predictor``,
+    ``column``, or the noisy-oracle what-if ``oracle:sigma=S``, then ``what_if`` is true),
+    ``predictor`` (path and sha256 of the length predictor, or null) and ``repredict_every``
+    (rounds between re-predictions, or null).
 ``switch_cost``
     The preemption cost model the parameters were tuned under.
-``predictor``, ``predictions``
-    The length predictor (path and sha256) the parameters were tuned with, or ``null`` and the
-    prediction source used instead.
 ``load_bands``
-    ``null``, or parameter sets by the number of requests in the system
+    ``null``, or LAPS-SD parameter sets by the number of requests in the system
     (:class:`~lapsd.replay.policies.banded.BandedLapsSD`).
+``family``
+    The policies the tuner compared, each with its best tuning objective and held-out result:
+    why this one was exported.
 ``pareto_front``
     With a second objective: every Pareto-optimal trial.
 ``provenance``
-    Trace hashes, workloads, study, trial, search space, lapsd version, date.
+    Trace hashes, workloads, studies, search spaces, lapsd version, date.
 ``heldout``
-    Held-out metrics of the exported scheduler beside every baseline.
+    Held-out metrics of the exported scheduler beside every baseline, and the verdict.
 """
 
 from __future__ import annotations
@@ -36,20 +40,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lapsd.errors import LapsdError
 from lapsd.io import atomic_write_text
+from lapsd.replay.policies import REGISTRY, construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand, check_bands
 from lapsd.replay.policies.base import Policy
-from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
-from lapsd.replay.policies.params import describe, file_model
+from lapsd.replay.policies.laps_sd import LapsSDParams
+from lapsd.replay.policies.params import PolicyParams, describe, file_model
 
-VERSION = 1
+VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("lapsd-config.schema.json")
 SCHEMA_ID = "https://github.com/lapsd/lapsd/replay/lapsd-config.schema.json"
 
@@ -62,7 +68,7 @@ ACCEPTANCE_STATISTIC = {
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-#: LAPS-SD's parameters as a config holds them: every field spelled out.
+#: LAPS-SD's parameters as a file holds them: every field spelled out.
 LapsSDFields = file_model(LapsSDParams)
 
 
@@ -74,16 +80,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PolicySection(_Strict):
-    """The exported policy and its parameters."""
+class FileRef(_Strict):
+    """A file and its SHA-256."""
 
-    name: Literal["laps-sd"]
-    parameters: LapsSDFields  # type: ignore[valid-type]
+    path: str
+    sha256: Sha256
+
+
+def params_class(name: str) -> type[PolicyParams] | None:
+    """The parameter dataclass of a registered policy (``None``: it takes none)."""
+    return getattr(REGISTRY[name], "Params", None)
+
+
+class PolicySection(_Strict):
+    """The exported policy and its parameters (checked against the policy's own fields)."""
+
+    name: str
+    parameters: dict[str, Any]
     units: dict[str, str]
 
-    def params(self) -> LapsSDParams:
-        """The parameters as the policy takes them."""
-        return _params(self.parameters)
+    def params(self) -> PolicyParams | None:
+        """The parameters as the policy takes them (``None`` for a policy without any)."""
+        cls = params_class(self.name)
+        return None if cls is None else cls(**self.parameters)
+
+    def build(self) -> Policy[Any]:
+        """A fresh scheduler of this policy."""
+        return construct(self.name, self.params())
+
+
+class PredictionSection(_Strict):
+    """What the scheduler's length-aware decisions were tuned with (and must be given)."""
+
+    source: str
+    what_if: bool
+    predictor: FileRef | None = None
+    repredict_every: Annotated[int, Field(ge=1)] | None = None
 
 
 class AcceptanceStatistic(BaseModel):
@@ -101,13 +133,6 @@ class SwitchCostSection(_Strict):
     c1_s_per_token: NonNegative
 
 
-class FileRef(_Strict):
-    """A file and its SHA-256."""
-
-    path: str
-    sha256: Sha256
-
-
 class Band(_Strict):
     """Parameters used while at most ``max_waiting`` requests are in the system (null: last)."""
 
@@ -116,7 +141,7 @@ class Band(_Strict):
 
 
 class LoadBands(_Strict):
-    """Parameter sets by the number of requests in the system."""
+    """LAPS-SD parameter sets by the number of requests in the system."""
 
     by: Literal["waiting_requests"]
     bands: Annotated[list[Band], Field(min_length=1)]
@@ -128,7 +153,9 @@ class LoadBands(_Strict):
 
     def load_bands(self) -> list[LoadBand]:
         """The bands as :class:`~lapsd.replay.policies.banded.LoadBand` objects."""
-        return [LoadBand(b.max_waiting, _params(b.parameters)) for b in self.bands]
+        return [LoadBand(b.max_waiting,
+                         LapsSDParams(**cast(BaseModel, b.parameters).model_dump()))
+                for b in self.bands]
 
 
 class ParetoPoint(BaseModel):
@@ -136,7 +163,18 @@ class ParetoPoint(BaseModel):
 
     trial: Annotated[int, Field(ge=0)]
     values: list[float]
-    parameters: LapsSDFields  # type: ignore[valid-type]
+    parameters: dict[str, Any]
+
+
+class FamilyMember(BaseModel):
+    """One policy the tuner compared: its best parameters and how it did."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tuning_objective: NonNegative
+    parameters: dict[str, Any]
+    trials: Annotated[int, Field(ge=1)]
+    heldout_norm_mean: NonNegative | None = None
 
 
 class Provenance(BaseModel):
@@ -147,9 +185,9 @@ class Provenance(BaseModel):
     traces: Annotated[list[FileRef], Field(min_length=1)]
     workloads: list[str]
     study: str
-    trial: Annotated[int, Field(ge=0)]
     lapsd_version: str
     created: str
+    trial: Annotated[int, Field(ge=0)] | None = None
     storage: str | None = None
     n_trials: Annotated[int, Field(ge=1)] | None = None
     objective: str | None = None
@@ -168,13 +206,15 @@ class HeldoutMetrics(BaseModel):
 
 
 class Heldout(BaseModel):
-    """The exported scheduler beside every baseline on held-out prompts."""
+    """The exported scheduler beside every baseline on held-out prompts, and the verdict."""
 
     model_config = ConfigDict(extra="allow")
 
     workloads: list[str]
     policies: dict[str, HeldoutMetrics]
     requests: dict[str, int] | None = None
+    exported: str | None = None
+    verdict: str | None = None
 
 
 class LapsdConfig(_Strict):
@@ -183,34 +223,85 @@ class LapsdConfig(_Strict):
     model_config = ConfigDict(extra="forbid", title="lapsd-config.json: a tuned scheduler "
                                                     "for serving")
 
-    version: Literal[1]
+    version: Literal[2]
     policy: PolicySection
-    acceptance_statistic: AcceptanceStatistic
+    prediction: PredictionSection
     switch_cost: SwitchCostSection
-    predictor: FileRef | None
-    predictions: str | None = None
-    load_bands: LoadBands | None
+    load_bands: LoadBands | None = None
+    acceptance_statistic: AcceptanceStatistic | None = None
+    family: dict[str, FamilyMember] | None = None
     pareto_front: list[ParetoPoint] | None = None
     provenance: Provenance
     heldout: Heldout
 
-    def scheduler(self) -> Policy:
-        """A fresh scheduler: :class:`BandedLapsSD` with load bands, else :class:`LapsSD`."""
+    @model_validator(mode="after")
+    def _bands_are_laps_sd(self) -> LapsdConfig:
+        if self.load_bands is not None and self.policy.name != "laps-sd":
+            raise ValueError("load bands hold LAPS-SD parameters: the policy must be laps-sd")
+        return self
+
+    def scheduler(self) -> Policy[Any]:
+        """A fresh scheduler: :class:`BandedLapsSD` with load bands, else the policy."""
         if self.load_bands is not None:
             return BandedLapsSD(self.load_bands.load_bands())
-        return LapsSD(self.policy.params())
+        return self.policy.build()
 
     def to_json(self) -> str:
         """The file's text (fields left unset when read stay unset)."""
         return json.dumps(self.model_dump(mode="json", exclude_unset=True), indent=2) + "\n"
 
 
-def _params(fields: BaseModel) -> LapsSDParams:
-    return LapsSDParams(**fields.model_dump())
+def _check_policy(section: Mapping[str, Any], where: str) -> None:
+    """The policy exists and its parameters are its own, all given and in range."""
+    name = section.get("name")
+    if name not in REGISTRY:
+        raise ConfigError(f"{where}.name: unknown policy {name!r}; this lapsd has "
+                          f"{', '.join(REGISTRY)}")
+    cls = params_class(name)
+    params = section.get("parameters") or {}
+    if cls is None:
+        if params:
+            raise ConfigError(f"{where}.parameters: policy {name!r} takes none, got "
+                              f"{sorted(params)}")
+        return
+    try:
+        file_model(cls).model_validate(params)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(describe(exc, (*where.split("."), "parameters"))) from None
+
+
+def _from_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-1 config (LAPS-SD only, lapsd 0.1) as version 2.
+
+    Its LAPS-SD parameters predate ``length_estimate``, ``quantile`` and ``max_spread``: they
+    get the paper's values, which is what version 1 ran.
+    """
+    out = {k: v for k, v in data.items() if k not in ("predictor", "predictions")}
+    out["version"] = 2
+    paper = {"length_estimate": "paper", "quantile": 0.5, "max_spread": None}
+
+    def upgrade(params: Any) -> Any:
+        return {**paper, **params} if isinstance(params, Mapping) else params
+
+    policy = dict(data.get("policy") or {})
+    if "parameters" in policy:
+        policy["parameters"] = upgrade(policy["parameters"])
+    out["policy"] = policy
+    if data.get("load_bands"):
+        out["load_bands"] = {**data["load_bands"], "bands": [
+            {**b, "parameters": upgrade(b.get("parameters"))}
+            for b in data["load_bands"].get("bands", [])]}
+    if data.get("pareto_front"):
+        out["pareto_front"] = [{**p, "parameters": upgrade(p.get("parameters"))}
+                               for p in data["pareto_front"]]
+    source = data.get("predictions") or "column"
+    out["prediction"] = {"source": source, "what_if": str(source).startswith("oracle"),
+                         "predictor": data.get("predictor")}
+    return out
 
 
 def parse_config(data: Any, where: str = "") -> LapsdConfig:
-    """Validate a parsed config.
+    """Validate a parsed config (version 2, or version 1 upgraded).
 
     Raises
     ------
@@ -223,11 +314,21 @@ def parse_config(data: Any, where: str = "") -> LapsdConfig:
                           f"{type(data).__name__}")
     if "version" not in data:
         raise ConfigError(f"{prefix}version: missing (required)")
-    if data["version"] != VERSION:
+    if data["version"] not in (1, VERSION):
         raise ConfigError(f"{prefix}version: unsupported config version {data['version']!r}; "
-                          f"this lapsd reads version {VERSION}")
+                          f"this lapsd reads versions 1 and {VERSION}")
+    if data["version"] == 1:
+        data = _from_v1(data)
     try:
+        if isinstance(data.get("policy"), Mapping):
+            _check_policy(data["policy"], "policy")
+        for i, point in enumerate(data.get("pareto_front") or []):
+            if isinstance(point, Mapping):
+                _check_policy({"name": data["policy"].get("name"), **point},
+                              f"pareto_front.{i}")
         return LapsdConfig.model_validate(data)
+    except ConfigError as exc:
+        raise ConfigError(prefix + str(exc)) from None
     except pydantic.ValidationError as exc:
         raise ConfigError(prefix + describe(exc)) from None
 
@@ -259,20 +360,48 @@ def write_config(cfg: LapsdConfig | Mapping[str, Any], path: str | Path) -> None
     atomic_write_text(path, load_config(cfg).to_json())
 
 
-def scheduler_from_config(source: str | Path | Mapping[str, Any] | LapsdConfig) -> Policy:
+def scheduler_from_config(source: str | Path | Mapping[str, Any] | LapsdConfig,
+                          ) -> Policy[Any]:
     """A fresh scheduler from a config (see :meth:`LapsdConfig.scheduler`)."""
     return load_config(source).scheduler()
 
 
 def scheduler_factory(source: str | Path | Mapping[str, Any] | LapsdConfig,
-                      ) -> Callable[[], Policy]:
+                      ) -> Callable[[], Policy[Any]]:
     """A zero-argument builder of fresh schedulers from a config (read and checked once)."""
     return load_config(source).scheduler
 
 
+def policy_section(name: str, params: PolicyParams | None) -> dict[str, Any]:
+    """The ``policy`` section of a config for a policy and its parameters."""
+    if params is None:
+        return {"name": name, "parameters": {}, "units": {}}
+    return {"name": name, "parameters": asdict(params),  # type: ignore[call-overload]
+            "units": params.units()}
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of ``lapsd-config.json``, generated from :class:`LapsdConfig`."""
+    """The JSON Schema of ``lapsd-config.json``, generated from :class:`LapsdConfig`.
+
+    ``policy`` is spelled out per registered policy (its name and its parameters, all
+    required), as :func:`parse_config` checks it.
+    """
     schema = LapsdConfig.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    variants = []
+    for name in REGISTRY:
+        cls = params_class(name)
+        if cls is None:
+            params: dict[str, Any] = {"type": "object", "maxProperties": 0}
+        else:
+            sub = file_model(cls).model_json_schema(ref_template="#/$defs/{model}")
+            defs.update(sub.pop("$defs", {}))
+            defs[f"{cls.__name__}"] = sub
+            params = {"$ref": f"#/$defs/{cls.__name__}"}
+        variants.append({"type": "object", "required": ["name", "parameters", "units"],
+                         "properties": {"name": {"const": name}, "parameters": params,
+                                        "units": {"type": "object"}}})
+    defs["PolicySection"] = {"description": PolicySection.__doc__, "oneOf": variants}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
             **schema}
 

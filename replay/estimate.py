@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from lapsd.replay.lognormal import (
     conditional_mean,
     conditional_quantile,
+    gittins_index,
+    gittins_table,
     log_survival,
     remaining_tokens,
 )
@@ -79,3 +81,12 @@ class LengthPrediction:
         if tokens >= self.cap:
             return 0.0
         return math.exp(log_survival(self.median, self.sigma, float(tokens)))
+
+    def gittins_index(self, generated: int) -> float:
+        """The Gittins index after ``generated`` tokens, per token (higher: serve first).
+
+        ``sup_d P(L - g <= d | L > g) / E[min(L - g, d) | L > g]``, see
+        :mod:`lapsd.replay.lognormal`.
+        """
+        return gittins_index(self.median, self.sigma, self.cap, float(generated),
+                             *gittins_table())

@@ -12,16 +12,44 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lapsd.replay.batch import BatchCost, simulate_batched
 from lapsd.replay.engine import SimResult, SwitchCost, TraceArrays, Workload, simulate
 from lapsd.replay.metrics import Metrics, summarize_result
 from lapsd.replay.policies import create
 from lapsd.replay.policies.base import Policy, TraceScale
-from lapsd.replay.workload import PredictionSource, WorkloadSpec, build_workload
+from lapsd.replay.workload import (
+    PredictionSource,
+    UpdateSource,
+    WorkloadSpec,
+    build_workload,
+)
 
 #: The policy every result is normalised by.
 REFERENCE = "srpt-oracle"
 
 PolicyFactory = Callable[[], Policy]
+
+
+@dataclass(frozen=True)
+class Server:
+    """How the replayed server runs: switch cost, batch size, step-time model, KV capacity.
+
+    At batch size one this is the paper's setting (:func:`~lapsd.replay.engine.simulate`);
+    above, continuous batching (:func:`~lapsd.replay.batch.simulate_batched`), where the
+    reference ``srpt-oracle`` ranks by true remaining time but is no longer a proven bound.
+    """
+
+    switch: SwitchCost = field(default_factory=SwitchCost)
+    batch: int = 1
+    cost: BatchCost = field(default_factory=BatchCost)
+    kv_tokens: int | None = None
+
+    def run(self, arrays: TraceArrays, workload: Workload, policy: Policy[Any]) -> SimResult:
+        """Replay ``workload`` through ``policy`` on this server."""
+        if self.batch == 1 and self.kv_tokens is None:
+            return simulate(arrays, workload, policy, switch=self.switch)
+        return simulate_batched(arrays, workload, policy, self.batch, cost=self.cost,
+                                switch=self.switch, kv_tokens=self.kv_tokens)
 
 
 @dataclass
@@ -31,25 +59,27 @@ class Case:
     trace: str
     arrays: TraceArrays
     workload: Workload
-    _references: dict[SwitchCost, tuple[SimResult, Metrics]] = field(
+    _references: dict[Server, tuple[SimResult, Metrics]] = field(
         default_factory=dict, repr=False)
 
-    def reference(self, switch: SwitchCost) -> tuple[SimResult, Metrics]:
-        """The reference policy's replay of this case under ``switch`` (computed once)."""
-        if switch not in self._references:
-            result = simulate(self.arrays, self.workload, create(REFERENCE), switch=switch)
-            self._references[switch] = (result, summarize_result(result, trace=self.trace))
-        return self._references[switch]
+    def reference(self, server: Server) -> tuple[SimResult, Metrics]:
+        """The reference policy's replay of this case on ``server`` (computed once)."""
+        if server not in self._references:
+            result = server.run(self.arrays, self.workload, create(REFERENCE))
+            self._references[server] = (result, summarize_result(result, trace=self.trace))
+        return self._references[server]
 
 
 def build_cases(traces: Sequence[tuple[str, TraceArrays]],
                 workloads: Sequence[WorkloadSpec | str],
-                predictions: PredictionSource | None) -> list[Case]:
+                predictions: PredictionSource | None,
+                updates: UpdateSource | None = None) -> list[Case]:
     """A case per workload and trace, workloads outer (in the order given: cheapest first).
 
-    ``predictions`` is the source length-aware policies are told (``None`` when none needs one).
+    ``predictions`` is the source length-aware policies are told (``None`` when none needs
+    one); ``updates`` their re-predictions while requests run.
     """
-    return [Case(name, arrays, build_workload(wl, arrays, predictions))
+    return [Case(name, arrays, build_workload(wl, arrays, predictions, updates))
             for wl in workloads for name, arrays in traces]
 
 
@@ -64,21 +94,21 @@ class Row:
 
 
 def replay_matrix(cases: Sequence[Case], policies: Mapping[str, PolicyFactory], *,
-                  switch: SwitchCost | None = None,
+                  server: Server | None = None,
                   progress: Callable[[Case, str], None] | None = None) -> Iterator[Row]:
     """Replay each case under each policy (fresh objects), normalised by :data:`REFERENCE`.
 
     Rows come case by case, in the order of ``policies``, so a caller can stop early (the
     tuner's pruner does).
     """
-    switch = switch or SwitchCost()
+    server = server or Server()
     for case in cases:
-        ref_result, ref = case.reference(switch)
+        ref_result, ref = case.reference(server)
         for name, make in policies.items():
             if progress is not None:
                 progress(case, name)
             result = (ref_result if name == REFERENCE
-                      else simulate(case.arrays, case.workload, make(), switch=switch))
+                      else server.run(case.arrays, case.workload, make()))
             metrics = summarize_result(result, policy=name, trace=case.trace, reference=ref)
             yield Row(case, name, result, metrics)
 

@@ -152,6 +152,19 @@ def _arrival_times(spec: WorkloadSpec, mean_service_s: float,
     return np.cumsum(gaps)
 
 
+def draw_arrivals(spec: WorkloadSpec, mean_service_s: float, n_requests: int,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Arrival times (seconds) and which of ``n_requests`` requests arrive, seeded by ``spec``.
+
+    ``load`` is relative to ``mean_service_s``, the mean service time of one request at batch
+    size one; requests are drawn with replacement only when more arrive than there are.
+    """
+    rng = np.random.default_rng(spec.seed)
+    times = _arrival_times(spec, mean_service_s, rng)
+    index = rng.choice(n_requests, size=times.size, replace=times.size > n_requests)
+    return times, index
+
+
 def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
                    predictions: PredictionSource | None = None,
                    updates: UpdateSource | None = None) -> Workload:
@@ -167,11 +180,8 @@ def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
     """
     if isinstance(spec, str):
         spec = parse_workload(spec)
-    rng = np.random.default_rng(spec.seed)
-    mean_service_s = float(arrays.service_ns.mean()) / NS_PER_S
-    times = _arrival_times(spec, mean_service_s, rng)
-    n = times.size
-    index = rng.choice(arrays.n_requests, size=n, replace=n > arrays.n_requests)
+    times, index = draw_arrivals(spec, float(arrays.service_ns.mean()) / NS_PER_S,
+                                 arrays.n_requests)
     arrival_ns = np.rint(times * NS_PER_S).astype(np.int64)
     workload = Workload(spec.text, arrival_ns, index.astype(np.int64))
     if predictions is not None:

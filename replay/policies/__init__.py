@@ -78,15 +78,32 @@ def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy[
     except ParamsError as exc:
         raise ParamsError(f"policy {name!r}: {exc}; its parameters: "
                           f"{', '.join(parameters(name))}") from None
+    return construct(name, params_obj)
+
+
+def construct(name: str, params: Any = None) -> Policy[Any]:
+    """A policy from its registry name and its parameters object (``None``: it takes none)."""
+    cls = _lookup(name)
+    if params is None:
+        return cls()
     # A policy with a Params class takes its parameters as the one constructor argument.
-    return cast(Callable[[Any], Policy[Any]], cls)(params_obj)
+    return cast(Callable[[Any], Policy[Any]], cls)(params)
 
 
 # Importing the modules registers them.
-from lapsd.replay.policies import fcfs, laps_sd, las, lp_sjf, lp_srpt, mlfq, srpt_oracle  # noqa: E402
+from lapsd.replay.policies import (  # noqa: E402
+    fcfs,
+    gittins,
+    laps_sd,
+    las,
+    lp_sjf,
+    lp_srpt,
+    mlfq,
+    srpt_oracle,
+)
 
 __all__ = [
     "REGISTRY", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale", "available",
-    "create", "fcfs", "laps_sd", "las", "lp_sjf", "lp_srpt", "mlfq", "parameters", "register",
-    "srpt_oracle",
+    "construct", "create", "fcfs", "gittins", "laps_sd", "las", "lp_sjf", "lp_srpt", "mlfq",
+    "parameters", "register", "srpt_oracle",
 ]

@@ -96,9 +96,10 @@ class Rounds:
     Times are integer nanoseconds, so sums are exact and independent of how rounds are grouped.
     """
 
-    __slots__ = ("_lists", "arrays", "n", "start")
+    __slots__ = ("_lists", "arrays", "n", "prefix", "start")
 
     def __init__(self, prefix: PrefixSums, start: int, stop: int) -> None:
+        self.prefix = prefix
         #: The prefix-sum arrays (for compiled kernels, with ``start`` and ``n``).
         self.arrays = prefix.arrays
         self._lists = prefix.lists
@@ -163,6 +164,8 @@ class RequestState:
     service_ns: int = 0
     key: tuple = ()
     belief: LengthPrediction | None = None
+    #: Whether it is running: picked (batch size one) or in the current step's batch.
+    running: bool = False
 
     @property
     def prediction(self) -> LengthPrediction:
@@ -224,6 +227,8 @@ class Policy(ABC, Generic[S]):
         self._states: dict[RequestId, S] = {}
         self._heap: list[tuple[tuple, RequestId]] = []
         self._current: S | None = None
+        #: The requests of the current step at batch sizes above one (see :meth:`step`).
+        self._batch: dict[RequestId, S] = {}
         self._seq = 0
         #: The buffer :meth:`observe` reports each round through.
         self._one = Rounds.single(1, 0, 0, 0.0)
@@ -256,11 +261,57 @@ class Policy(ABC, Generic[S]):
             if not heap:
                 return None
             cur = self._current = self._states[heapq.heappop(heap)[1]]
+            cur.running = True
             return cur.info.request_id
         if heap and heap[0][0] < self._running_key(cur):
+            cur.running = False
             entry = heapq.heappushpop(heap, (cur.key, cur.info.request_id))
             cur = self._current = self._states[entry[1]]
+            cur.running = True
         return cur.info.request_id
+
+    def step(self, n: int, fits: Callable[[RequestId], bool] | None = None,
+             ) -> list[RequestId]:
+        """The requests that run the next step at batch size ``n``, best first.
+
+        Every request in the system is ranked as at batch size one: those of the last step by
+        their running key (so a non-preemptive policy keeps them, and LAPS-SD does not let
+        peers displace a new request), the others by their key. The first ``n`` for which
+        ``fits(request_id)`` holds (the engine's memory check, called in rank order) run; each
+        then reports its round with :meth:`observe`. A server at batch size one calls
+        :meth:`pick` instead; the two are not mixed.
+        """
+        ranked = sorted(((self._running_key(st), rid) for rid, st in self._batch.items()),
+                        key=lambda e: e[0])
+        heap = self._heap
+        popped: list[tuple[tuple, RequestId]] = []
+        chosen: list[RequestId] = []
+        i = 0
+        while len(chosen) < n:
+            self._drop_stale()
+            best_waiting = heap[0] if heap else None
+            if i < len(ranked) and (best_waiting is None or ranked[i][0] < best_waiting[0]):
+                entry = ranked[i]
+                i += 1
+            elif best_waiting is not None:
+                entry = heapq.heappop(heap)
+                popped.append(entry)
+            else:
+                break
+            if fits is None or fits(entry[1]):
+                chosen.append(entry[1])
+        for entry in popped:
+            if entry[1] not in chosen:
+                heapq.heappush(heap, entry)
+        batch = {rid: self._states[rid] for rid in chosen}
+        for rid, st in self._batch.items():
+            if rid not in batch:
+                st.running = False
+                heapq.heappush(heap, (st.key, rid))
+        for st in batch.values():
+            st.running = True
+        self._batch = batch
+        return chosen
 
     def observe(self, request_id: RequestId, emitted: int, drafted: int | None, accepted: int,
                 seconds: float) -> None:
@@ -275,7 +326,9 @@ class Policy(ABC, Generic[S]):
         """
         st = self._current
         if st is None or st.info.request_id != request_id:
-            raise ValueError(f"request {request_id!r} is not the one picked to run")
+            st = self._batch.get(request_id)
+            if st is None:
+                raise ValueError(f"request {request_id!r} is not the one picked to run")
         n = self._consume(st, rounds)
         if not 1 <= n <= len(rounds):
             raise RuntimeError(f"policy {self.name!r} took {n} of {len(rounds)} offered rounds; "
@@ -289,6 +342,16 @@ class Policy(ABC, Generic[S]):
         st.key = self._key(st)
         return n
 
+    def horizon(self, request_id: RequestId, rounds: Rounds) -> int:
+        """How many of ``rounds`` a running request could take before a decision could change.
+
+        Takes none of them and changes nothing: the batched simulator's look-ahead.
+        """
+        st = self._current
+        if st is None or st.info.request_id != request_id:
+            st = self._batch[request_id]
+        return self._horizon(st, rounds)
+
     def update_prediction(self, request_id: RequestId, prediction: LengthPrediction) -> None:
         """A new length prediction for an admitted request (re-predicted from its output so far).
 
@@ -299,7 +362,7 @@ class Policy(ABC, Generic[S]):
         st.belief = prediction
         self._repredicted(st)
         st.key = self._key(st)
-        if st is not self._current:
+        if not st.running:
             heapq.heappush(self._heap, (st.key, request_id))
 
     def finish(self, request_id: RequestId) -> None:
@@ -307,13 +370,14 @@ class Policy(ABC, Generic[S]):
         st = self._states.pop(request_id)
         if st is self._current:
             self._current = None
+        self._batch.pop(request_id, None)
 
     def order(self, n: int) -> list[RequestId]:
         """The ``n`` highest-priority requests in the system, best first (batch sizes > 1)."""
         entries = heapq.nsmallest(n, (e for e in self._heap if self._live(e)))
-        if self._current is not None:
-            entries.append((self._running_key(self._current), self._current.info.request_id))
-            entries.sort(key=lambda e: e[0])
+        running = [self._current] if self._current is not None else self._batch.values()
+        entries.extend((self._running_key(st), st.info.request_id) for st in running)
+        entries.sort(key=lambda e: e[0])
         return [rid for _, rid in entries[:n]]
 
     def arrivals_may_preempt(self) -> bool:
@@ -362,6 +426,14 @@ class Policy(ABC, Generic[S]):
         """
         return 1
 
+    def _horizon(self, st: S, rounds: Rounds) -> int:
+        """:meth:`_consume` without its effects on the policy's state.
+
+        The default calls :meth:`_consume`: right for every policy whose ``_consume`` only
+        counts rounds. A policy whose ``_consume`` updates state overrides it.
+        """
+        return self._consume(st, rounds)
+
     def _repredicted(self, st: S) -> None:
         """Refresh what the policy derived from ``st``'s prediction (nothing by default)."""
 
@@ -377,7 +449,7 @@ class Policy(ABC, Generic[S]):
     def _live(self, entry: tuple[tuple, RequestId]) -> bool:
         """Whether a heap entry is a waiting request's current key (else it is stale)."""
         st = self._states.get(entry[1])
-        return st is not None and st.key is entry[0] and st is not self._current
+        return st is not None and st.key is entry[0] and not st.running
 
     def _drop_stale(self) -> None:
         heap = self._heap

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -62,6 +62,19 @@ class LapsSDParams(PolicyParams):
         Attained-service unit: ``seconds`` of server time, ``rounds`` or ``tokens``.
     perceptible_first
         Inside one queue, perceptible requests go ahead of non-perceptible ones.
+    length_estimate
+        The remaining length in the execution-time estimate: ``paper`` (``L_hat - g``, the
+        paper's literal estimate; past ``L_hat``, the belief's conditional mean), ``mean`` (the
+        conditional mean of the calibrated belief from the start) or ``quantile`` (its
+        conditional ``quantile``: above 0.5, a conservative placement).
+    quantile
+        The conditional quantile for ``length_estimate="quantile"``.
+    max_spread
+        ``None`` (the paper): a request is perceptible once its acceptance rate is stable.
+        Otherwise its remaining length's 80% interval must also be narrow: at most
+        ``max_spread`` times its median.
+
+    The defaults are the paper's LAPS-SD.
     """
 
     K: Annotated[int, Field(ge=1, le=64), Tunable("queues", 2, 8)] = 4
@@ -75,6 +88,10 @@ class LapsSDParams(PolicyParams):
                      Tunable("variance of the acceptance rate", 1e-5, 1e-1, log=True)] = 1e-3
     unit: Unit = "seconds"
     perceptible_first: bool = True
+    length_estimate: Literal["paper", "mean", "quantile"] = "paper"
+    quantile: Annotated[float, Field(gt=0, lt=1), Tunable("-", 0.3, 0.9)] = 0.5
+    max_spread: Annotated[float | None, Field(gt=0),
+                          Tunable("ratio (80% interval / median)", 0.5, 20.0, log=True)] = None
 
 
 _NO_RIVAL = (0, 0, 0.0, 0)
@@ -113,6 +130,9 @@ class LapsSD(Policy[_LapsState]):
             [unit_amount(p.sup1 * p.M**j, p.unit) for j in range(p.K - 1)], dtype=np.float64
         )
         self._cls_perceptible, self._cls_new = (0, 1) if p.perceptible_first else (1, 0)
+        self._mode = {"paper": kernels.PAPER, "mean": kernels.MEAN,
+                      "quantile": kernels.QUANTILE}[p.length_estimate]
+        self._max_spread = math.inf if p.max_spread is None else p.max_spread
 
     def set_params(self, params: LapsSDParams) -> None:
         """Switch to ``params`` and re-place every admitted request under them.
@@ -134,7 +154,7 @@ class LapsSD(Policy[_LapsState]):
                 st.queue = int(np.searchsorted(self._bounds, st.attained(params.unit),
                                                side="right"))
             st.key = self._key(st)
-            if st is not self._current:
+            if not st.running:
                 heap.append((st.key, rid))
         heapq.heapify(heap)
         self._heap = heap
@@ -145,7 +165,7 @@ class LapsSD(Policy[_LapsState]):
             pred = st.prediction
             st.queue, st.t_remaining, _, _ = kernels.estimate(
                 self._unit, st.rounds, st.generated, st.service_ns, pred.median, pred.sigma,
-                pred.cap, self._bounds)
+                pred.cap, self._mode, self.params.quantile, self._bounds)
 
     def _new_state(self, info: RequestInfo, seq: int) -> _LapsState:
         return _LapsState(info, seq, self.params.gamma)
@@ -165,17 +185,48 @@ class LapsSD(Policy[_LapsState]):
         # Arrivals join queue 0, non-perceptible, with no service and a later sequence number.
         return (0, self._cls_new, 0, self._seq)
 
+    def _new_run(self, st: _LapsState, rounds: Rounds, history: np.ndarray,
+                 ) -> tuple[int, bool]:
+        """A non-perceptible request's run: until demotion, stability, or the offered end."""
+        p, c, pred = self.params, rounds.arrays, st.prediction
+        bound = int(self._bounds[st.queue]) if st.queue < p.K - 1 else -1
+        n, stable = kernels.new_request_run(
+            c["emitted"], c["drafted"], c["accepted"], c["ns"], rounds.start, rounds.n,
+            self._unit, st.attained(p.unit), bound, st.accepted, st.drafted, st.generated,
+            history, st.rounds, p.gamma, p.delta, pred.median, pred.sigma, pred.cap,
+            self._max_spread)
+        return int(n), bool(stable)
+
+    def _horizon(self, st: _LapsState, rounds: Rounds) -> int:
+        """Rounds until demotion or stability, or while a perceptible key stays ahead."""
+        if not st.perceptible:
+            return self._new_run(st, rounds, st.history.copy())[0]
+        return self._perceptible_run(st, rounds)[0]
+
+    def _perceptible_run(self, st: _LapsState, rounds: Rounds) -> tuple[int, int, float]:
+        """A perceptible request's run while its key beats the best waiting request.
+
+        And any request that may arrive (see arrivals_may_preempt). Returns ``(taken, queue,
+        T_rem)``.
+        """
+        p, c, pred = self.params, rounds.arrays, st.prediction
+        rival = self._rival()
+        floor = self._arrival_floor()
+        if floor is not None and st.key < floor and (rival is None or floor < rival):
+            rival = floor
+        n, queue, t_rem = kernels.perceptible_run(
+            c["emitted"], c["ns"], rounds.start, rounds.n, self._unit, st.rounds, st.generated,
+            st.service_ns, pred.median, pred.sigma, pred.cap, self._mode, p.quantile,
+            self._bounds, self._cls_perceptible, st.seq,
+            rival is not None, *_NO_RIVAL if rival is None else
+            (rival[0], rival[1], float(rival[2]), rival[3]))
+        return int(n), int(queue), float(t_rem)
+
     def _consume(self, st: _LapsState, rounds: Rounds) -> int:
         p = self.params
-        c = rounds.arrays
         pred = st.prediction
         if not st.perceptible:
-            # Non-perceptible: run until demotion, stability, or the end of the offered run.
-            bound = int(self._bounds[st.queue]) if st.queue < p.K - 1 else -1
-            n, stable = kernels.new_request_run(
-                c["emitted"], c["drafted"], c["accepted"], c["ns"], rounds.start, rounds.n,
-                self._unit, st.attained(p.unit), bound, st.accepted, st.drafted, st.history,
-                st.rounds, p.gamma, p.delta)
+            n, stable = self._new_run(st, rounds, st.history)
             emitted, _, _, ns = rounds.totals(n)
             if not stable:
                 st.queue = int(np.searchsorted(self._bounds, st.attained(p.unit)
@@ -184,20 +235,9 @@ class LapsSD(Policy[_LapsState]):
             st.perceptible = True
             st.queue, st.t_remaining, _, total_s = kernels.estimate(
                 self._unit, st.rounds + n, st.generated + emitted, st.service_ns + ns,
-                pred.median, pred.sigma, pred.cap, self._bounds)
+                pred.median, pred.sigma, pred.cap, self._mode, p.quantile, self._bounds)
             if self.on_estimate is not None:
                 self.on_estimate(st.info.request_id, total_s)
             return n
-        # Perceptible: run while its estimated key beats the best waiting request, and any
-        # request that may arrive (see arrivals_may_preempt).
-        rival = self._rival()
-        floor = self._arrival_floor()
-        if floor is not None and st.key < floor and (rival is None or floor < rival):
-            rival = floor
-        n, st.queue, st.t_remaining = kernels.perceptible_run(
-            c["emitted"], c["ns"], rounds.start, rounds.n, self._unit, st.rounds, st.generated,
-            st.service_ns, pred.median, pred.sigma, pred.cap, self._bounds, self._cls_perceptible,
-            st.seq,
-            rival is not None, *_NO_RIVAL if rival is None else
-            (rival[0], rival[1], float(rival[2]), rival[3]))
+        n, st.queue, st.t_remaining = self._perceptible_run(st, rounds)
         return n

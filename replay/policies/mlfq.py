@@ -106,14 +106,19 @@ class MLFQ(Policy[_MLFQState]):
         # Arrivals enter a level >= 0 behind every request already in it.
         return (0, self._entries + 1, self._seq)
 
-    def _consume(self, st: _MLFQState, rounds: Rounds) -> int:
+    def _horizon(self, st: _MLFQState, rounds: Rounds) -> int:
+        """Rounds until the quantum of the request's level is used up (or all of them)."""
         if st.level >= self.params.K - 1:
             return len(rounds)
-        attained = st.attained(self.params.unit)
-        n = rounds.rounds_until(self._field, int(self._bounds[st.level]) - attained)
-        if n > len(rounds):
-            return len(rounds)
-        after = attained + rounds.total(self._field, n)
-        st.level = max(st.level, int(np.searchsorted(self._bounds, after, side="right")))
-        st.entry = self._next_entry()
+        n = rounds.rounds_until(self._field,
+                                int(self._bounds[st.level]) - st.attained(self.params.unit))
+        return min(n, len(rounds))
+
+    def _consume(self, st: _MLFQState, rounds: Rounds) -> int:
+        n = self._horizon(st, rounds)
+        after = st.attained(self.params.unit) + rounds.total(self._field, n)
+        if st.level < self.params.K - 1 and after >= self._bounds[st.level]:
+            # The quantum is used up at round n: to the back of a lower level.
+            st.level = max(st.level, int(np.searchsorted(self._bounds, after, side="right")))
+            st.entry = self._next_entry()
         return n

@@ -15,9 +15,9 @@ Bad values raise :class:`ParamsError`, which names the field.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import pydantic
@@ -148,7 +148,6 @@ def _field_default(cls: type[Any], name: str | None) -> Any:
     return cls.__pydantic_fields__[name].default
 
 
-@cache
 def file_model(cls: type[Any]) -> type[BaseModel]:
     """A pydantic model of ``cls`` with every field required: parameters as a file holds them.
 
@@ -157,12 +156,35 @@ def file_model(cls: type[Any]) -> type[BaseModel]:
     (and so the same JSON Schema constraints); unknown fields are rejected. It reads instances
     of ``cls`` too.
     """
-    fields: dict[str, Any] = {}
-    for name, info in cls.__pydantic_fields__.items():
-        annotation = (Annotated[(info.annotation, *info.metadata)] if info.metadata
-                      else info.annotation)
-        fields[name] = (annotation, ...)
-    model = pydantic.create_model(
-        cls.__name__, __config__=ConfigDict(extra="forbid", from_attributes=True),
-        __doc__=cls.__doc__, **fields)
-    return model
+    if cls not in _FILE_MODELS:
+        fields: dict[str, Any] = {}
+        for name, info in cls.__pydantic_fields__.items():
+            annotation = (Annotated[(info.annotation, *info.metadata)] if info.metadata
+                          else info.annotation)
+            fields[name] = (annotation, ...)
+        _FILE_MODELS[cls] = pydantic.create_model(
+            cls.__name__, __config__=ConfigDict(extra="forbid", from_attributes=True),
+            __doc__=cls.__doc__, **fields)
+    return _FILE_MODELS[cls]
+
+
+_FILE_MODELS: dict[type, type[BaseModel]] = {}
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``policy.param=value`` strings (``--set``) into ``{policy: {param: value}}``.
+
+    Values are parsed as JSON where possible, so ``K=6`` is an int and ``unit=rounds`` a string.
+    """
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        policy, dot, name = target.rpartition(".")
+        if not sep or not dot or not policy or not name:
+            raise ParamsError(f"--set {item!r}: expected POLICY.PARAM=VALUE, e.g. laps-sd.K=6")
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        params.setdefault(policy, {})[name] = parsed
+    return params

@@ -23,6 +23,7 @@ notes or the policy's docstring name, and says so:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,6 +123,26 @@ class SRPTOracle(SpecPolicy):
         return (job.true_service_ns - sum(job.ns), job.seq)
 
 
+class Gittins(SpecPolicy):
+    """Highest Gittins index per unit of the request's own cost per token, preemptive; the
+    running request is displaced only by a rank better than its own by the switch cost."""
+
+    def __init__(self, seconds_per_token: float, prior_tokens: float, c0: float, c1: float,
+                 switch_weight: float) -> None:
+        self.r0 = seconds_per_token * NS
+        self.prior, self.weight = prior_tokens, switch_weight
+        self.c0, self.c1 = c0 * NS, c1 * NS
+
+    def key(self, job: Job, running: bool) -> tuple:
+        generated = sum(job.emitted)
+        weight = generated + self.prior
+        per_token = (sum(job.ns) + self.prior * self.r0) / weight if weight > 0 else self.r0
+        rank = per_token / job.prediction.gittins_index(generated)
+        if running:
+            rank -= self.weight * (self.c0 + self.c1 * (job.prompt_tokens + generated))
+        return (rank, job.seq)
+
+
 class MLFQ(SpecPolicy):
     """K levels with geometric quanta; demoted to the back of the next level when a quantum is
     used up; higher levels preempt; first come first served within a level.
@@ -165,32 +186,50 @@ class LapsSD(SpecPolicy):
     """LAPS-SD, section 4 of the design page (see the module docstring for the open details)."""
 
     def __init__(self, K: int, sup1: float, M: float, gamma: int, delta: float,
-                 unit: str = "seconds", perceptible_first: bool = True) -> None:
+                 unit: str = "seconds", perceptible_first: bool = True,
+                 length_estimate: str = "paper", quantile: float = 0.5,
+                 max_spread: float | None = None) -> None:
         self.unit, self.gamma, self.delta = unit, gamma, delta
+        self.length_estimate, self.quantile, self.max_spread = (length_estimate, quantile,
+                                                                max_spread)
+        #: The round after which each job became perceptible (a decision made at that time).
+        self.perceptible: dict[int, int] = {}
         # Sup_j = Sup_1 * M^(j-1) for j = 1..K-1; queue K is unbounded.
         self.bounds = [bound(sup1 * M**j, unit) for j in range(K - 1)]
         self.perceptible_class, self.new_class = (0, 1) if perceptible_first else (1, 0)
         #: Estimated total service (seconds) of each job when it became perceptible.
         self.estimates: dict[int, float] = {}
 
-    def stable_round(self, job: Job) -> int | None:
-        """The first round after which the job's acceptance rate was stable (1-based), if any.
+    def stable_now(self, job: Job) -> bool:
+        """Whether the job's acceptance rate is stable after its latest round.
 
-        After each round r >= gamma, the running acceptance rates after rounds r-gamma+1..r
-        must have a variance of at most delta.
+        The running acceptance rates after its last ``gamma`` rounds must have a variance of
+        at most ``delta`` (and it must have run ``gamma`` rounds).
         """
+        if len(job.ns) < self.gamma:
+            return False
         rates = []
-        accepted = drafted = 0
-        for a, d in zip(job.accepted, job.drafted, strict=True):
-            accepted += a
-            drafted += d
+        for r in range(len(job.ns) - self.gamma + 1, len(job.ns) + 1):
+            accepted, drafted = sum(job.accepted[:r]), sum(job.drafted[:r])
             rates.append(accepted / drafted if drafted > 0 else 0.0)
-            if len(rates) >= self.gamma:
-                window = rates[-self.gamma:]
-                mean = sum(window) / self.gamma
-                if sum((x - mean) * (x - mean) for x in window) / self.gamma <= self.delta:
-                    return len(rates)
-        return None
+        mean = sum(rates) / self.gamma
+        return sum((x - mean) * (x - mean) for x in rates) / self.gamma <= self.delta
+
+    def narrow_now(self, job: Job) -> bool:
+        """Whether the remaining length's 80% interval is at most ``max_spread`` x its median."""
+        if self.max_spread is None:
+            return True
+        g, pred = sum(job.emitted), job.prediction
+        q10, q50, q90 = (pred.quantile_remaining(g, q) for q in (0.1, 0.5, 0.9))
+        return (q90 - q10) / q50 <= self.max_spread
+
+    def remaining(self, pred: LengthPrediction, generated: int) -> float:
+        """The remaining tokens of the estimate (the paper's, the mean, or a quantile)."""
+        if self.length_estimate == "mean":
+            return pred.mean_remaining(generated)
+        if self.length_estimate == "quantile":
+            return pred.quantile_remaining(generated, self.quantile)
+        return pred.remaining_one(generated)
 
     def estimate(self, job: Job, rounds: int) -> tuple[float, float, float]:
         """``(T_remaining, T_total, T_total in seconds)`` after the first ``rounds`` rounds."""
@@ -199,15 +238,14 @@ class LapsSD(SpecPolicy):
         tokens_per_round = generated / rounds  # k * A_hat + 1
         round_ns = service_ns / rounds  # k * t_draft + t_verify
         cost = {"seconds": round_ns, "rounds": 1.0, "tokens": tokens_per_round}[self.unit]
-        remaining = job.prediction.remaining_one(generated)
+        remaining = self.remaining(job.prediction, generated)
         return (remaining * cost / tokens_per_round,
                 (generated + remaining) * cost / tokens_per_round,
                 (generated + remaining) * (round_ns / 1e9) / tokens_per_round)
 
     def key(self, job: Job, running: bool) -> tuple:
         rounds = len(job.ns)
-        stable = self.stable_round(job)
-        if stable is not None:
+        if job.seq in self.perceptible:
             # Perceptible: placed by its estimated total, ordered by its estimated remaining
             # time, preempting peers.
             t_rem, t_total, _ = self.estimate(job, rounds)
@@ -219,15 +257,75 @@ class LapsSD(SpecPolicy):
                 job.seq)
 
     def after_round(self, job: Job) -> None:
-        stable = self.stable_round(job)
-        if stable == len(job.ns):
-            self.estimates[job.seq] = self.estimate(job, stable)[2]
+        if job.seq not in self.perceptible and self.stable_now(job) and self.narrow_now(job):
+            self.perceptible[job.seq] = len(job.ns)
+            self.estimates[job.seq] = self.estimate(job, len(job.ns))[2]
 
 
 def make(name: str, **params) -> SpecPolicy:
     """The reference of a registered policy, with the same parameters."""
     return {"fcfs": FCFS, "lp-sjf": LPSJF, "las": LAS, "lp-srpt": LPSRPT,
-            "srpt-oracle": SRPTOracle, "mlfq": MLFQ, "laps-sd": LapsSD}[name](**params)
+            "srpt-oracle": SRPTOracle, "mlfq": MLFQ, "laps-sd": LapsSD,
+            "gittins": Gittins}[name](**params)
+
+
+def spec_simulate_batched(arrays: TraceArrays, workload: Workload, policy: SpecPolicy,
+                          batch: int, factor: Callable[[int], float],
+                          switch: SwitchCost | None = None) -> np.ndarray:
+    """Run ``workload`` in steps of up to ``batch`` requests; completion times (ns).
+
+    At each step every arrival up to now is admitted and every request's key recomputed (the
+    last step's requests with their running key); the ``batch`` smallest run one round each
+    (a non-preemptive policy keeps the last step's unfinished requests first). The step takes
+    the mean of their rounds' times times ``factor(size)``; a request of the last step left out
+    unfinished costs ``c0 + c1 * context`` first. Each member's service grows by the step.
+    """
+    switch = switch or SwitchCost()
+    per_round = {k: np.diff(v).tolist() for k, v in arrays.cum.items()}
+    n = len(workload)
+    arrival = workload.arrival_ns.tolist()
+    starts = arrays.offsets[workload.index].tolist()
+    ends = arrays.offsets[workload.index + 1].tolist()
+    jobs: dict[int, Job] = {}
+    done = [-1] * n
+    now, nxt, last, finished = 0, 0, [], 0
+    while finished < n:
+        while nxt < n and arrival[nxt] <= now:
+            idx = int(workload.index[nxt])
+            pred = None if workload.predictions is None else workload.predictions[nxt]
+            jobs[nxt] = Job(nxt, int(arrays.prompt_tokens[idx]), pred,
+                            int(arrays.service_ns[idx]))
+            nxt += 1
+        if not jobs:
+            now = arrival[nxt]
+            continue
+        if policy.preemptive:
+            ranked = sorted(jobs, key=lambda j: policy.key(jobs[j], j in last))
+        else:
+            kept = [j for j in last if j in jobs]
+            ranked = kept + sorted((j for j in jobs if j not in kept),
+                                   key=lambda j: policy.key(jobs[j], False))
+        chosen = ranked[:batch]
+        for j in last:
+            if j in jobs and j not in chosen:
+                context = jobs[j].prompt_tokens + sum(jobs[j].emitted)
+                now += round(switch.c0 * NS) + round(switch.c1 * NS * context)
+        rows = [starts[j] + len(jobs[j].ns) for j in chosen]
+        step = round(sum(per_round["ns"][r] for r in rows) / len(rows) * factor(len(chosen)))
+        now += step
+        for j, r in zip(chosen, rows, strict=True):
+            job = jobs[j]
+            job.emitted.append(per_round["emitted"][r])
+            job.drafted.append(per_round["drafted"][r])
+            job.accepted.append(per_round["accepted"][r])
+            job.ns.append(step)
+            policy.after_round(job)
+            if starts[j] + len(job.ns) == ends[j]:
+                done[j] = now
+                del jobs[j]
+                finished += 1
+        last = [j for j in chosen if j in jobs]
+    return np.array(done, dtype=np.int64)
 
 
 def spec_simulate(arrays: TraceArrays, workload: Workload, policy: SpecPolicy,

@@ -17,13 +17,16 @@ from lapsd.replay.config import (
     ConfigError,
     LapsdConfig,
     load_config,
+    policy_section,
     scheduler_factory,
     scheduler_from_config,
     schema_text,
     write_config,
 )
 from lapsd.replay.engine import TraceArrays, simulate
+from lapsd.replay.policies import construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
+from lapsd.replay.policies.gittins import GittinsParams
 from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
 from lapsd.replay.trace import read_trace
 from lapsd.replay.workload import build_workload
@@ -41,13 +44,14 @@ def bands_section(bands: list[LoadBand]) -> dict[str, Any]:
 def cfg() -> dict[str, Any]:
     """A complete, valid config as a tuning run writes it."""
     return {
-        "version": 1,
+        "version": 2,
         "policy": {"name": "laps-sd", "parameters": asdict(PARAMS), "units": PARAMS.units()},
         "acceptance_statistic": ACCEPTANCE_STATISTIC,
         "switch_cost": {"model": "c0 + c1 * context_tokens", "c0_s": 0.001,
                         "c1_s_per_token": 1e-6},
-        "predictor": None,
-        "predictions": "column",
+        "prediction": {"source": "predictor", "what_if": False,
+                       "predictor": {"path": "predictor.skops", "sha256": "1" * 64},
+                       "repredict_every": None},
         "load_bands": None,
         "provenance": {"traces": [{"path": "t", "sha256": "0" * 64}], "workloads": ["burst:n=3"],
                        "study": "lapsd", "trial": 3, "lapsd_version": "0", "n_trials": 10,
@@ -67,8 +71,44 @@ def test_round_trip(cfg: dict[str, Any], tmp_path: Path) -> None:
     assert PARAMS.units()["sup1"] == "seconds" and PARAMS.units()["K"] == "queues"
 
 
+def test_version_1_files_still_load(cfg: dict[str, Any]) -> None:
+    """lapsd 0.1 wrote LAPS-SD configs without the parameters added since (paper values)."""
+    old = {k: v for k, v in cfg.items() if k != "prediction"}
+    old["version"] = 1
+    old["predictor"] = None
+    old["predictions"] = "oracle:sigma=0.5"
+    old["policy"] = {**cfg["policy"], "parameters": {
+        k: v for k, v in cfg["policy"]["parameters"].items()
+        if k not in ("length_estimate", "quantile", "max_spread")}}
+    loaded = load_config(old)
+    assert loaded.version == 2 and loaded.policy.params() == PARAMS
+    assert loaded.prediction.what_if and loaded.prediction.source == "oracle:sigma=0.5"
+
+
+def test_any_registered_policy(cfg: dict[str, Any], examples_dir: Path) -> None:
+    gittins = GittinsParams(seconds_per_token=0.01, prior_tokens=8.0, c0=0.001)
+    for name, params in (("gittins", gittins), ("lp-srpt", None)):
+        other = {**cfg, "policy": policy_section(name, params), "acceptance_statistic": None}
+        policy = scheduler_from_config(other)
+        assert policy.name == name
+        assert np.array_equal(_schedule(policy, examples_dir),
+                              _schedule(construct(name, params), examples_dir))
+    with pytest.raises(ConfigError, match=r"^policy[.]name: unknown policy 'sjf'"):
+        load_config({**cfg, "policy": {"name": "sjf", "parameters": {}, "units": {}}})
+    with pytest.raises(ConfigError, match=r"^policy[.]parameters: policy 'lp-srpt' takes none"):
+        load_config({**cfg, "policy": {"name": "lp-srpt", "parameters": {"K": 3},
+                                       "units": {}}})
+    bad = policy_section("gittins", gittins)
+    bad["parameters"]["switch_weight"] = -1
+    with pytest.raises(ConfigError, match=r"^policy[.]parameters[.]switch_weight: "):
+        load_config({**cfg, "policy": bad})
+    with pytest.raises(ConfigError, match=r"^\(top level\): load bands hold LAPS-SD"):
+        load_config({**cfg, "policy": policy_section("gittins", gittins),
+                     "load_bands": bands_section([LoadBand(None, PARAMS)])})
+
+
 @pytest.mark.parametrize(("edit", "field"), [
-    (lambda c: c.update(version=2), "version"),
+    (lambda c: c.update(version=3), "version"),
     (lambda c: c.pop("version"), "version"),
     (lambda c: c["policy"]["parameters"].pop("K"), "policy.parameters.K"),
     (lambda c: c.pop("switch_cost"), "switch_cost"),
@@ -78,7 +118,8 @@ def test_round_trip(cfg: dict[str, Any], tmp_path: Path) -> None:
     (lambda c: c["policy"]["parameters"].update(unit="hours"), "policy.parameters.unit"),
     (lambda c: c["policy"]["parameters"].update(color="red"), "policy.parameters.color"),
     (lambda c: c["switch_cost"].update(c0_s=-1), "switch_cost.c0_s"),
-    (lambda c: c["provenance"].pop("trial"), "provenance.trial"),
+    (lambda c: c["provenance"].pop("study"), "provenance.study"),
+    (lambda c: c["prediction"].pop("what_if"), "prediction.what_if"),
     (lambda c: c.update(load_bands={"by": "waiting_requests", "bands": [
         {"max_waiting": None, "parameters": {**c["policy"]["parameters"], "gamma": 1}}]}),
      "load_bands.bands.0.parameters.gamma"),
@@ -112,6 +153,9 @@ def test_committed_schema_is_the_generated_one() -> None:
     schema = json.loads(SCHEMA_PATH.read_text())
     k = schema["$defs"]["LapsSDParams"]["properties"]["K"]
     assert (k["minimum"], k["maximum"]) == (1, 64)
+    names = [v["properties"]["name"]["const"]
+             for v in schema["$defs"]["PolicySection"]["oneOf"]]
+    assert {"laps-sd", "gittins", "lp-srpt"} <= set(names)
 
 
 def _schedule(policy: Any, examples_dir: Path) -> np.ndarray:

@@ -20,6 +20,7 @@ PARAMS = {
                 {"unit": "tokens", "perceptible_first": False, "delta": 0.05}],
     "las": [{}, {"unit": "rounds"}, {"unit": "tokens"}],
     "mlfq": [{}, {"unit": "rounds", "q1": 2, "K": 5}, {"skip_join": True}],
+    "gittins": [{}, {"switch_weight": 0.0}, {"c0": 0.002, "c1": 1e-5, "prior_tokens": 0.5}],
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -21,9 +23,10 @@ def info(rid, median=100.0, sigma=0.0):
 
 def test_registry_has_every_policy():
     assert set(available()) == {"fcfs", "las", "mlfq", "lp-sjf", "lp-srpt", "srpt-oracle",
-                                "laps-sd"}
+                                "laps-sd", "gittins"}
     assert set(parameters("laps-sd")) == {"K", "sup1", "M", "gamma", "delta", "unit",
-                                          "perceptible_first"}
+                                          "perceptible_first", "length_estimate", "quantile",
+                                          "max_spread"}
     with pytest.raises(LapsdError, match="unknown policy 'sjf'"):
         create("sjf")
     with pytest.raises(ParamsError, match="policy 'laps-sd': Q: unknown field; its parameters: K"):
@@ -183,18 +186,20 @@ def test_stability_test_does_not_depend_on_batching(accepted, split, gamma, delt
     c_em = c_ac + np.arange(acc.size + 1)
     c_ns = 30_000_000 * np.arange(acc.size + 1)
     h1 = np.zeros(gamma - 1)
+    belief = (100.0, 0.5, math.inf, math.inf)  # median, sigma, cap, no spread condition
     whole = kernels.new_request_run(c_em, c_dr, c_ac, c_ns, 0, acc.size, kernels.ROUNDS, 0, -1,
-                                    0, 0, h1, 0, gamma, delta)
+                                    0, 0, 0, h1, 0, gamma, delta, *belief)
     h2 = np.zeros(gamma - 1)
     split = min(split, acc.size)
     first = kernels.new_request_run(c_em, c_dr, c_ac, c_ns, 0, split, kernels.ROUNDS, 0, -1, 0,
-                                    0, h2, 0, gamma, delta)
+                                    0, 0, h2, 0, gamma, delta, *belief)
     if first[1] or first[0] == acc.size:
         parts = first
     else:
         n = first[0]
         second = kernels.new_request_run(c_em, c_dr, c_ac, c_ns, n, acc.size - n, kernels.ROUNDS,
-                                         n, -1, int(c_ac[n]), int(c_dr[n]), h2, n, gamma, delta)
+                                         n, -1, int(c_ac[n]), int(c_dr[n]), int(c_em[n]), h2, n,
+                                         gamma, delta, *belief)
         parts = (n + second[0], second[1])
     assert parts == whole
     np.testing.assert_array_equal(h1, h2)

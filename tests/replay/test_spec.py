@@ -34,6 +34,9 @@ def laps_params() -> st.SearchStrategy[dict]:
         "delta": st.sampled_from([0.0, 1e-4, 1e-3, 1e-2, 0.1]),
         "unit": st.sampled_from(["seconds", "rounds", "tokens"]),
         "perceptible_first": st.booleans(),
+        "length_estimate": st.sampled_from(["paper", "mean", "quantile"]),
+        "quantile": st.sampled_from([0.3, 0.5, 0.8]),
+        "max_spread": st.sampled_from([None, 1.0, 3.0]),
     }).map(_scale_sup1)
 
 
@@ -59,6 +62,11 @@ def params_for(policy: str) -> st.SearchStrategy[dict]:
         return laps_params()
     if policy == "mlfq":
         return mlfq_params()
+    if policy == "gittins":
+        return st.fixed_dictionaries({
+            "prior_tokens": st.sampled_from([0.0, 0.5, 16.0, 200.0]),
+            "switch_weight": st.sampled_from([0.0, 1.0, 3.0]),
+            "c0": st.sampled_from([0.0, 0.002]), "c1": st.sampled_from([0.0, 1e-5])})
     if policy == "las":
         return st.fixed_dictionaries({"unit": st.sampled_from(["seconds", "rounds", "tokens"])})
     return st.just({})
@@ -95,15 +103,18 @@ def test_engine_follows_the_specification_on_random_traces(data, seed, policy, w
 
 @pytest.mark.parametrize("trace", ["specbench-vicuna7b-eagle", "smollm2-layers-28",
                                    "specbench-vicuna7b-sps68m"])
-@pytest.mark.parametrize("policy", ["las", "mlfq", "lp-srpt", "srpt-oracle", "laps-sd"])
+@pytest.mark.parametrize("policy", ["las", "mlfq", "lp-srpt", "srpt-oracle", "laps-sd",
+                                    "gittins"])
 def test_engine_follows_the_specification_on_example_traces(examples_dir, trace, policy):
     from lapsd.replay.trace import read_trace
 
     arrays = TraceArrays.from_trace(read_trace(examples_dir / trace))
     variants = {"laps-sd": [{}, {"K": 6, "gamma": 3, "delta": 1e-2, "unit": "tokens",
-                                 "sup1": 40, "perceptible_first": False}],
+                                 "sup1": 40, "perceptible_first": False},
+                            {"length_estimate": "quantile", "quantile": 0.7, "max_spread": 2.0}],
                 "mlfq": [{}, {"skip_join": True, "unit": "rounds", "q1": 4, "K": 5}],
-                "las": [{"unit": "rounds"}]}.get(policy, [{}])
+                "las": [{"unit": "rounds"}],
+                "gittins": [{}, {"c0": 0.001, "c1": 1e-6, "prior_tokens": 2.0}]}.get(policy, [{}])
     for params in variants:
         _check(arrays, "poisson:load=0.9,n=120,seed=5", policy, params,
                SwitchCost(0.001, 1e-6), 0.5)
