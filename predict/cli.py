@@ -1,9 +1,11 @@
-"""``lapsd predict`` subcommands: train, eval, cv, apply.
+"""``lapsd predict`` subcommands: train, eval, cv, calibrate, apply.
 
 The commands only parse arguments and print; the work is done by functions that tests call
 directly (:func:`lapsd.predict.train.train_predictor`,
 :func:`lapsd.predict.evaluate.evaluate_predictor`, :func:`lapsd.predict.evaluate.cross_validate`,
-:func:`lapsd.predict.evaluate.cross_model`, :func:`lapsd.predict.apply.apply_to_trace`).
+:func:`lapsd.predict.evaluate.cross_model`, :func:`lapsd.predict.evaluate.cross_dataset`,
+:func:`lapsd.predict.train.calibrate_predictor`,
+:func:`lapsd.predict.apply.apply_to_trace`).
 """
 
 from __future__ import annotations
@@ -18,17 +20,29 @@ from lapsd.errors import require_extra
 
 _COLUMNS = (("mae_tokens", "MAE tok", "{:.1f}"), ("median_rel_error", "med rel err", "{:.3f}"),
             ("spearman", "Spearman", "{:.3f}"), ("kendall_tau", "Kendall τ", "{:.3f}"),
-            ("bucket_accuracy", "bucket acc", "{:.3f}"), ("p90_coverage", "p90 cover", "{:.3f}"))
+            ("bucket_accuracy", "bucket acc", "{:.3f}"), ("p90_coverage", "p90 cover", "{:.3f}"),
+            ("coverage_80", "80% cover", "{:.3f}"))
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, *, target_help: str) -> None:
     p.add_argument("--data", action="extend", nargs="+", required=True, metavar="PATH",
-                   help="trace folder(s), alpaca_eval JSON file(s)/folder, or Spec-Bench answer "
-                        "*.jsonl files (with --questions)")
-    p.add_argument("--questions", help="Spec-Bench question.jsonl (prompts of answer files)")
+                   help="trace folder(s), alpaca_eval JSON file(s)/folder, or answer *.jsonl "
+                        "files (Spec-Bench, MT-bench, Arena; questions from --questions or "
+                        "found beside them)")
+    p.add_argument("--questions", action="append", metavar="FILE",
+                   help="question.jsonl with the prompts of answer files (repeatable)")
     p.add_argument("--tokenizer", help="Hugging Face tokenizer folder or .gguf file to count "
                                        "response tokens (default: characters / 3.7 estimate)")
-    p.add_argument("--target-model", help="the target model whose lengths to use")
+    p.add_argument("--target-model", help=target_help)
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="static sentence-embedding features (default: on when the 'embed' "
+                        "extra is installed)")
+    p.add_argument("--tfidf", action="store_true",
+                   help="add word TF-IDF features (helps prompts like the training ones only)")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def _needs_extra(command: Any) -> Any:
@@ -42,39 +56,57 @@ def _needs_extra(command: Any) -> Any:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `lapsd` parser."""
     parser = subparsers.add_parser("predict", help="output-length predictor: train, evaluate, "
-                                                   "apply to traces")
+                                                   "calibrate, apply to traces")
     sub = parser.add_subparsers(dest="predict_command", required=True)
 
-    p = sub.add_parser("train", help="train a predictor for one target model")
-    _add_data_args(p)
+    p = sub.add_parser("train", help="train a predictor on every target model's answers",
+                       description="Train one predictor on all the data's target models "
+                                   "(pooled, a verbosity offset per model), calibrated per "
+                                   "model, with a re-predictor when the data keeps the text.")
+    _add_data_args(p, target_help="the model beliefs are calibrated for by default (default: "
+                                  "the only model, or pooled)")
     p.add_argument("--out", required=True, help="predictor file to write (.skops)")
     p.add_argument("--cv-folds", type=int, default=5,
-                   help="prompt-grouped cross-validation folds for the model card (0: skip)")
-    p.add_argument("--embeddings", action="store_true",
-                   help="add sentence-embedding features (needs the 'embed' extra)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="folds of the cross-fitting whose out-of-fold metrics the card records")
+    _add_fit_args(p)
     p.set_defaults(func=_needs_extra(cmd_train))
 
     p = sub.add_parser("eval", help="evaluate a trained predictor against the baselines")
     p.add_argument("--model", required=True, help="predictor file (.skops)")
-    _add_data_args(p)
+    _add_data_args(p, target_help="evaluate this model's answers with its own calibration "
+                                  "(default: the predictor's target model)")
     add_json(p, "the metrics")
     p.set_defaults(func=_needs_extra(cmd_eval))
 
-    p = sub.add_parser("cv", help="cross-validate by prompt and across models (no file saved)")
-    _add_data_args(p)
+    p = sub.add_parser("cv", help="cross-validate by prompt, across models, or across prompt "
+                                  "sets (no file saved)")
+    _add_data_args(p, target_help="the model to cross-validate within --data")
+    p.add_argument("--eval-data", action="extend", nargs="+", metavar="PATH",
+                   help="cross-dataset mode: train on --data, evaluate on these (another prompt "
+                        "set; prompts also in --data are removed from training and counted)")
+    p.add_argument("--eval-questions", action="append", metavar="FILE",
+                   help="question.jsonl of --eval-data answer files (repeatable)")
     p.add_argument("--cross-model", action="append", default=[], metavar="NAME",
                    help="also train on the other models and rank NAME's lengths (repeatable)")
     p.add_argument("--cv-folds", type=int, default=5)
-    p.add_argument("--embeddings", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    _add_fit_args(p)
     add_json(p, "the metrics")
     p.set_defaults(func=_needs_extra(cmd_cv))
+
+    p = sub.add_parser("calibrate", help="calibrate a predictor for a target model from its "
+                                         "own answers (no retraining)")
+    p.add_argument("--model", required=True, help="predictor file (.skops)")
+    _add_data_args(p, target_help="the model to calibrate (default: every model in --data); "
+                                  "it becomes the predictor's default")
+    p.add_argument("--out", required=True, help="calibrated predictor file to write")
+    p.set_defaults(func=_needs_extra(cmd_calibrate))
 
     p = sub.add_parser("apply", help="add predicted_tokens(_p90) columns to a trace")
     p.add_argument("--model", required=True, help="predictor file (.skops)")
     p.add_argument("trace", metavar="TRACE_DIR")
     p.add_argument("--out", help="write the result here instead of in place")
+    p.add_argument("--target-model", help="use this model's calibration (default: each "
+                                          "request's own target model where calibrated)")
     p.set_defaults(func=_needs_extra(cmd_apply))
 
 
@@ -93,10 +125,16 @@ def metrics_table(title: str, result: dict[str, Any]) -> Table:
     return table
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, paths: list[str] | None = None,
+          questions: list[str] | None = None):
     from lapsd.predict.data import load_data
 
-    return load_data(args.data, questions=args.questions, tokenizer=args.tokenizer)
+    return load_data(paths or args.data, questions=questions or args.questions,
+                     tokenizer=args.tokenizer)
+
+
+def _fit(args: argparse.Namespace) -> dict[str, Any]:
+    return {"embeddings": args.embeddings, "tfidf": args.tfidf}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -105,16 +143,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with out.status("training"):
         predictor = train_predictor(_load(args), args.out, target_model=args.target_model,
-                                    cv_folds=args.cv_folds, seed=args.seed,
-                                    embeddings=args.embeddings)
+                                    cv_folds=args.cv_folds, seed=args.seed, **_fit(args))
     card = predictor.card
-    cv = card["metrics"]["cross_validation"]
-    if cv is not None:
-        out.print(metrics_table(f"{card['target_model']}: {args.cv_folds}-fold cross-"
-                                f"validation by prompt (n={card['n_train']})", cv))
-    out.print(f"wrote {args.out} (target model {card['target_model']!r}, "
-                  f"{card['n_train']} examples, tokens: {card['token_count']})")
+    for model, m in card["metrics"]["cross_validation"].items():
+        tau = "–" if m["kendall_tau"] is None else f"{m['kendall_tau']:.3f}"
+        out.print(f"{model}: {card['metrics']['cv_folds']}-fold out-of-fold "
+                  f"({card['metrics']['split']}) Kendall τ {tau}, 80% interval covers "
+                  f"{m['coverage_80']:.1%}, n={m['n']:.0f}")
+    out.print(f"wrote {args.out} ({len(card['models'])} target model(s), default "
+              f"{card['target_model'] or 'pooled'}; {card['n_train']} examples, tokens: "
+              f"{card['token_count']}; re-predictor: "
+              f"{'yes' if predictor.continuation is not None else 'no (no response text)'}; "
+              f"{card['train_seconds']} s)")
     return 0
+
+
+def seen_warning(seen: dict[str, Any]) -> str | None:
+    """The warning for evaluated prompts the predictor was trained on, or ``None``."""
+    if not seen["seen"]:
+        return None
+    return (f"{seen['seen']} of {seen['distinct']} distinct prompts ({seen['share']:.2%}) were "
+            "in the training data; on those the numbers are optimistic")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -124,20 +173,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.model)
     data = _load(args)
-    target = args.target_model or predictor.card.get("target_model")
-    if target in data.models:
+    target = args.target_model or predictor.default_target
+    if args.target_model:
+        predictor.calibration.resolve(args.target_model, strict=True)
+        data = data.for_model(args.target_model)
+    elif target in data.models:
         data = data.for_model(target)
-    elif args.target_model:
-        data = data.for_model(args.target_model)  # raises with the models present
-    result = evaluate_predictor(predictor, data)
+    result = evaluate_predictor(predictor, data, target)
 
     def show() -> None:
         out.print(metrics_table(f"{args.model} on {len(data)} examples "
                                 f"({', '.join(data.models)})", result))
-        overlap = result["train_prompt_overlap"]
-        if overlap:
-            out.print(f"[yellow]warning: {overlap:.0%} of these prompts were in the training "
-                      "data; the numbers are optimistic[/yellow]")
+        warning = seen_warning(result["seen_prompts"])
+        out.print(f"[yellow]warning: {warning}[/yellow]" if warning else
+                  f"none of the {result['seen_prompts']['distinct']} distinct prompts was in "
+                  "the training data")
 
     emit(args.json, {"model": args.model, "card": _card_summary(predictor.card),
                      "result": result}, show)
@@ -150,17 +200,23 @@ def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     """``lapsd predict cv``."""
-    from lapsd.predict.evaluate import cross_model, cross_validate
-    from lapsd.predict.train import select_target
+    from lapsd.predict.evaluate import cross_dataset, cross_model, cross_validate
 
     data = _load(args)
-    fit = {"embeddings": args.embeddings, "random_state": args.seed}
+    fit = {**_fit(args), "by_source": False}
     results: dict[str, Any] = {}
-    if args.target_model or len(data.models) == 1:
-        own, target = select_target(data, args.target_model)
+    if args.eval_data:
+        evaluated = _load(args, args.eval_data, args.eval_questions)
+        if args.target_model:
+            evaluated = evaluated.for_model(args.target_model)
+        with out.status("training on --data, evaluating on --eval-data"):
+            results["cross_dataset"], _ = cross_dataset(data, evaluated, seed=args.seed,
+                                                        **_fit(args))
+    elif args.target_model or len(data.models) == 1:
+        target = args.target_model or data.models[0]
         with out.status(f"cross-validating {target}"):
-            results["within_model"] = {"target_model": target,
-                                       **cross_validate(own, args.cv_folds, args.seed, **fit)}
+            results["within_model"] = {"target_model": target, **cross_validate(
+                data.for_model(target), args.cv_folds, args.seed, **fit)}
     results["cross_model"] = {}
     for name in args.cross_model:
         with out.status(f"cross-model: held out {name}"):
@@ -168,6 +224,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
                                                        **fit)
 
     def show() -> None:
+        if "cross_dataset" in results:
+            res = results["cross_dataset"]
+            out.print(f"trained on {', '.join(res['train_sets'])} ({res['n_train']} examples; "
+                      f"{res['dropped_seen']} removed because their prompt is also evaluated)")
+            for model, r in res["per_model"].items():
+                out.print(metrics_table(f"{model} on {', '.join(res['eval_sets'])} (unseen "
+                                        f"prompts; calibration: {r['calibration']})", r))
         if "within_model" in results:
             out.print(metrics_table(f"{results['within_model']['target_model']}: "
                                     f"{args.cv_folds}-fold CV by prompt",
@@ -180,10 +243,25 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``lapsd predict calibrate``."""
+    from lapsd.predict.persist import load_predictor, save_predictor
+    from lapsd.predict.train import calibrate_predictor
+
+    predictor = calibrate_predictor(load_predictor(args.model), _load(args), args.target_model)
+    save_predictor(predictor, args.out)
+    cal = predictor.calibration
+    for m in sorted(cal.offsets):
+        out.print(f"{m}: offset {cal.offsets[m]:+.3f} (log), sigma {cal.sigmas[m]:.3f}, "
+                  f"from {cal.counts[m]} answers")
+    out.print(f"wrote {args.out} (default target model {predictor.default_target})")
+    return 0
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """``lapsd predict apply``."""
     from lapsd.predict.apply import apply_to_trace
 
-    dest = apply_to_trace(args.model, args.trace, args.out)
+    dest = apply_to_trace(args.model, args.trace, args.out, args.target_model)
     out.print(f"wrote predicted_tokens and predicted_tokens_p90 to {dest}")
     return 0

@@ -1,23 +1,35 @@
 """Training and evaluation data for the length predictor: prompts with their output lengths.
 
-Three inputs, all turned into a :class:`LengthData`:
+Inputs, all turned into a :class:`LengthData`:
 
 * a lapsd trace folder (``requests`` table: ``prompt``, ``output_tokens``, ``target_model``,
-  ``category``): the lengths a user's own server produced, in tokens;
+  ``category``, and ``response`` with per-round ``response_chars`` when the trace kept the
+  text): the lengths a user's own server produced, in tokens;
 * alpaca_eval ``model_outputs.json`` files (a JSON array of ``instruction``, ``output``,
   ``generator``, ``dataset``), or a folder of them: lengths are counted with a tokenizer;
-* Spec-Bench answer files plus the ``question.jsonl`` with the prompts (imported with
-  :func:`lapsd.replay.importers.specbench.import_specbench`; lengths are the recorded
-  ``new_tokens``).
+* answer files in the FastChat layout (``question_id``, ``model_id``, ``choices[0].turns``):
+  Spec-Bench answers (``new_tokens`` and ``accept_lengths`` per turn), MT-bench answers
+  (``new_tokens`` and ``idxs``, no accept lengths) and Arena-style answers (hex-string ids,
+  turns as ``{"content": ..., "token_len": ...}`` objects). The prompts come from the
+  ``question.jsonl`` given with ``--questions`` or, when none is given, found beside the answers
+  (``BENCH/question.jsonl`` above ``BENCH/model_answer/``, or a ``*question*.jsonl`` in the
+  answers' own folder), read with :func:`lapsd.replay.importers.specbench.read_questions`.
+  Lengths are the recorded ``new_tokens`` (or ``token_len``); turns without a count are counted
+  like alpaca_eval outputs.
 
-Without a tokenizer, alpaca_eval lengths are estimated as characters / :data:`CHARS_PER_TOKEN`
+Without a tokenizer, text lengths are estimated as characters / :data:`CHARS_PER_TOKEN`
 (3.7: LLaMA-family tokenizers on English answers, measured on the Spec-Bench answers; Llama-3 is
-nearer 4.4 and Qwen2.5 4.7), and the estimate is announced on stderr and in the model card.
+nearer 4.4 and Qwen2.5 4.7), and the estimate is announced and recorded in the model card.
+
+Every example belongs to a *prompt set* (``prompt_sets``: the alpaca_eval folder, the questions
+file's folder, the trace's folder): cross-dataset evaluation trains on some sets and evaluates on
+another (:func:`lapsd.predict.evaluate.cross_dataset`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +39,14 @@ from typing import Any
 import numpy as np
 
 from lapsd.errors import LapsdError
-from lapsd.io import sha256_file
+from lapsd.io import read_jsonl, sha256_file
+from lapsd.replay.engine import TraceArrays
 from lapsd.replay.trace import MANIFEST_FILE, Trace, TraceError, read_trace, trace_digest
 
 CHARS_PER_TOKEN = 3.7
+
+#: Per-example text offsets: ``(tokens after each round, characters after each round)``.
+Offsets = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -48,6 +64,13 @@ class LengthData:
     token_count
         How output tokens were obtained (``"recorded"``, ``"tokenizer:PATH"`` or
         ``"chars/3.7 estimate"``).
+    responses
+        The generated text of each example, or ``None`` (re-prediction trains on it).
+    offsets
+        Exact text offsets per round (:data:`Offsets`) where a trace recorded them, else
+        ``None``: the text is then cut in proportion to tokens.
+    prompt_sets
+        The prompt set each example comes from (see the module docstring).
     """
 
     prompts: list[str]
@@ -56,6 +79,25 @@ class LengthData:
     target_models: list[str]
     sources: list[dict[str, str]] = field(default_factory=list)
     token_count: str = "recorded"
+    responses: list[str | None] = field(default_factory=list)
+    offsets: list[Offsets | None] = field(default_factory=list)
+    prompt_sets: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Fill the optional per-example columns and check that every column has ``n`` rows."""
+        n = len(self.prompts)
+        self.output_tokens = np.asarray(self.output_tokens, dtype=np.int64)
+        if not self.responses:
+            self.responses = [None] * n
+        if not self.offsets:
+            self.offsets = [None] * n
+        if not self.prompt_sets:
+            self.prompt_sets = ["data"] * n
+        sizes = {len(self.categories), self.output_tokens.size, len(self.target_models),
+                 len(self.responses), len(self.offsets), len(self.prompt_sets)}
+        if sizes != {n}:
+            raise LapsdError(f"LengthData columns have different lengths ({n} prompts, "
+                             f"{sorted(sizes)}): pass one value per example in every column")
 
     def __len__(self) -> int:
         """The number of examples."""
@@ -66,12 +108,24 @@ class LengthData:
         """The distinct target models, sorted."""
         return sorted(set(self.target_models))
 
+    @property
+    def sets(self) -> list[str]:
+        """The distinct prompt sets, in order of appearance."""
+        return list(dict.fromkeys(self.prompt_sets))
+
+    @property
+    def n_with_text(self) -> int:
+        """How many examples carry their response text."""
+        return sum(r is not None for r in self.responses)
+
     def subset(self, index: Sequence[int] | np.ndarray) -> LengthData:
         """The examples at ``index`` (same provenance)."""
         idx = np.asarray(index, dtype=np.int64)
-        return LengthData([self.prompts[i] for i in idx], [self.categories[i] for i in idx],
-                          self.output_tokens[idx], [self.target_models[i] for i in idx],
-                          self.sources, self.token_count)
+        pick = idx.tolist()
+        return LengthData([self.prompts[i] for i in pick], [self.categories[i] for i in pick],
+                          self.output_tokens[idx], [self.target_models[i] for i in pick],
+                          self.sources, self.token_count, [self.responses[i] for i in pick],
+                          [self.offsets[i] for i in pick], [self.prompt_sets[i] for i in pick])
 
     def for_model(self, name: str) -> LengthData:
         """The examples of one target model; a clear error when it is absent."""
@@ -81,19 +135,62 @@ class LengthData:
                              f"{self.models}: pass one of these to --target-model")
         return self.subset(idx)
 
+    def for_sets(self, names: Sequence[str]) -> LengthData:
+        """The examples of the named prompt sets; a clear error for a set that is absent."""
+        missing = sorted(set(names) - set(self.prompt_sets))
+        if missing:
+            raise LapsdError(f"prompt set(s) {missing} are not in the data; it has "
+                             f"{self.sets}")
+        wanted = set(names)
+        return self.subset([i for i, s in enumerate(self.prompt_sets) if s in wanted])
+
+    def with_models(self, names: dict[str, str]) -> LengthData:
+        """A copy with target models renamed (``{old: new}``; others kept)."""
+        out = self.subset(np.arange(len(self)))
+        out.target_models = [names.get(m, m) for m in self.target_models]
+        return out
+
+    def with_set(self, name: str) -> LengthData:
+        """A copy whose examples all belong to the prompt set ``name``."""
+        out = self.subset(np.arange(len(self)))
+        out.prompt_sets = [name] * len(self)
+        return out
+
     @staticmethod
     def concat(parts: Sequence[LengthData]) -> LengthData:
-        """Several data sets as one (their token counting must agree)."""
+        """Several data sets as one (their token counting is recorded side by side)."""
         counts = {p.token_count for p in parts}
         return LengthData(
             [x for p in parts for x in p.prompts], [x for p in parts for x in p.categories],
-            np.concatenate([p.output_tokens for p in parts]),
+            np.concatenate([p.output_tokens for p in parts]) if parts else np.zeros(0),
             [x for p in parts for x in p.target_models],
             [s for p in parts for s in p.sources], " + ".join(sorted(counts)),
+            [x for p in parts for x in p.responses], [x for p in parts for x in p.offsets],
+            [x for p in parts for x in p.prompt_sets],
         )
 
 
 TokenCounter = Callable[[list[str]], np.ndarray]
+
+#: A decoding method or run setting in an answer file's ``model_id``: the name before it is the
+#: target model (``vicuna-7b-v1.3-eagle-float16-temperature-0.0`` -> ``vicuna-7b-v1.3``).
+_RUN_SUFFIX = re.compile(r"-(?:eagle\d?|sps|medusa|hydra|recycling|vanilla|lookahead|pld|"
+                         r"ea-in|base-in|float16|fp16|bf16|float32|temperature|temp)(?:-|$)",
+                         re.IGNORECASE)
+_RUN_PREFIX = re.compile(r"^(?:medusa|eagle\d?|hydra)-", re.IGNORECASE)
+
+
+def canonical_model(model_id: str) -> str:
+    """The target model of a benchmark ``model_id``: run settings and the SD method removed.
+
+    Length depends on the target model, not on the drafter, so Spec-Bench's EAGLE, Medusa and
+    vanilla answers of Vicuna-7B all calibrate ``vicuna-7b-v1.3``. A ``model_id`` that names the
+    wrong model (CALISPEC's Llama-3 answers say ``vicuna-7b-v1.3-eagle2``) needs
+    :meth:`LengthData.with_models`.
+    """
+    name = _RUN_PREFIX.sub("", model_id)
+    match = _RUN_SUFFIX.search(name)
+    return name[: match.start()] if match and match.start() > 0 else name
 
 
 def load_token_counter(path: str | Path | None) -> tuple[TokenCounter, str]:
@@ -103,7 +200,8 @@ def load_token_counter(path: str | Path | None) -> tuple[TokenCounter, str]:
     ----------
     path
         A local Hugging Face tokenizer folder, a ``.gguf`` file (its tokenizer is read with
-        ``transformers``), or ``None`` for the characters-per-token estimate (announced on stderr).
+        ``transformers``), or ``None`` for the characters-per-token estimate (announced with a
+        warning).
 
     Raises
     ------
@@ -146,7 +244,8 @@ def load_token_counter(path: str | Path | None) -> tuple[TokenCounter, str]:
     return count, f"tokenizer:{p}"
 
 
-def _check_prompts(prompts: list[Any], where: Path) -> None:
+def check_prompts(prompts: Sequence[Any], where: Path | str) -> None:
+    """Refuse empty or missing prompts, naming the first one."""
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p.strip():
             raise LapsdError(f"{where}: example {i} has an empty or missing prompt "
@@ -159,6 +258,7 @@ def load_alpaca_eval(path: str | Path, counter: TokenCounter, token_count: str) 
     files = sorted(base.glob("*.json")) if base.is_dir() else [base]
     if not files:
         raise LapsdError(f"{base}: no *.json files (expected alpaca_eval model_outputs files)")
+    name = base.name if base.is_dir() else base.parent.name
     parts = []
     for f in files:
         try:
@@ -175,20 +275,61 @@ def load_alpaca_eval(path: str | Path, counter: TokenCounter, token_count: str) 
                 raise LapsdError(f"{f}: record {i} lacks the text field(s) {missing} of the "
                                  "alpaca_eval format (instruction, output, generator)")
         prompts = [r["instruction"] for r in rows]
-        _check_prompts(prompts, f)
+        check_prompts(prompts, f)
+        outputs = [r["output"] for r in rows]
         parts.append(LengthData(
-            prompts, [r.get("dataset") for r in rows],
-            counter([r["output"] for r in rows]),
+            prompts, [r.get("dataset") for r in rows], counter(outputs),
             [str(r.get("generator") or f.stem) for r in rows],
-            [{"path": str(f), "sha256": sha256_file(f)}], token_count,
+            [{"path": str(f), "sha256": sha256_file(f)}], token_count, list(outputs),
+            prompt_sets=[name] * len(rows),
         ))
     return LengthData.concat(parts)
 
 
+def _round_offsets(arrays: TraceArrays, i: int) -> Offsets | None:
+    """Request ``i``'s (tokens, characters) after each round, when the trace recorded them."""
+    if arrays.response_chars is None or not arrays.responses or arrays.responses[i] is None:
+        return None
+    lo, hi = int(arrays.offsets[i]), int(arrays.offsets[i + 1])
+    chars = arrays.response_chars[lo:hi]
+    if chars.size == 0 or np.any(chars < 0):
+        return None
+    return arrays.cum["emitted"][lo + 1:hi + 1] - arrays.cum["emitted"][lo], chars
+
+
+def from_arrays(arrays: TraceArrays, name: str = "trace",
+                index: Sequence[int] | np.ndarray | None = None) -> LengthData:
+    """Requests of a compiled trace (all, or those at ``index``) as training data.
+
+    Keeps each request's response text and its exact per-round offsets when the trace has them.
+
+    Raises
+    ------
+    LapsdError
+        When a request has no prompt text.
+    """
+    idx = (np.arange(arrays.n_requests) if index is None
+           else np.asarray(index, dtype=np.int64)).tolist()
+    prompts = [arrays.prompts[i] for i in idx]
+    missing = [j for j, p in enumerate(prompts) if p is None]
+    if missing:
+        raise LapsdError(f"{name}: {len(missing)} of {len(prompts)} requests have no prompt "
+                         f"text (first: {arrays.request_ids[idx[missing[0]]]!r}); the "
+                         "predictor needs prompts: re-import with the questions file "
+                         "(Spec-Bench: --questions question.jsonl) or collect with prompts")
+    check_prompts(prompts, name)
+    responses = [arrays.responses[i] if arrays.responses else None for i in idx]
+    models = [(arrays.target_models[i] if arrays.target_models else None) or "unknown"
+              for i in idx]
+    return LengthData([str(p) for p in prompts], [arrays.categories[i] for i in idx],
+                      arrays.output_tokens[idx], models, responses=responses,
+                      offsets=[_round_offsets(arrays, i) for i in idx],
+                      prompt_sets=[name] * len(idx))
+
+
 def from_trace(trace: Trace, where: Path | str) -> LengthData:
     """The requests of a trace as training data; every request needs its prompt text."""
-    req = trace.requests
-    prompts = req["prompt"].to_list()
+    prompts = trace.requests["prompt"].to_list()
     missing = [i for i, p in enumerate(prompts) if p is None]
     if missing:
         raise TraceError(
@@ -196,10 +337,7 @@ def from_trace(trace: Trace, where: Path | str) -> LengthData:
             f"{missing[0]}); the predictor needs prompts: re-import with the questions file "
             "(Spec-Bench: --questions question.jsonl) or collect with prompt logging on",
             path=Path(where), column="prompt", row=missing[0])
-    _check_prompts(prompts, Path(where))
-    models = [m or "unknown" for m in req["target_model"].to_list()]
-    return LengthData(prompts, req["category"].to_list(),
-                      req["output_tokens"].to_numpy().astype(np.int64), models)
+    return from_arrays(TraceArrays.from_trace(trace), Path(where).name)
 
 
 def load_trace_data(path: str | Path) -> LengthData:
@@ -209,29 +347,147 @@ def load_trace_data(path: str | Path) -> LengthData:
     return data
 
 
-def load_specbench(files: Sequence[str | Path], questions: str | Path) -> LengthData:
-    """Spec-Bench answer files joined to their questions (one example per turn)."""
-    from lapsd.replay.importers.specbench import import_specbench
+def find_questions(answers: Path) -> Path | None:
+    """The questions file of an answer file laid out as benchmarks ship them, or ``None``.
 
-    trace, report = import_specbench(list(files), questions, max_token_mismatch=2)
-    if report.skipped:
-        warnings.warn(f"skipped {len(report.skipped)} Spec-Bench records (first: "
-                      f"{report.skipped[0]['reason']})", stacklevel=2)
-    data = from_trace(trace, Path(files[0]))
-    data.sources = [{"path": str(f), "sha256": sha256_file(f)} for f in [*files, questions]]
-    return data
+    ``BENCH/question.jsonl`` for ``BENCH/model_answer/FILE.jsonl`` (FastChat, Spec-Bench,
+    Arena-Hard), else the only ``*question*.jsonl`` in the answer file's own folder.
+    """
+    folder = answers.resolve().parent
+    candidates = [folder.parent / "question.jsonl"] if folder.name == "model_answer" else []
+    candidates += sorted(p for p in folder.glob("*question*.jsonl") if p != answers.resolve())
+    found = [p for p in candidates if p.is_file()]
+    return found[0] if found else None
 
 
-def load_data(paths: Sequence[str | Path], *, questions: str | Path | None = None,
+def _merge_questions(files: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    from lapsd.replay.importers.specbench import read_questions
+
+    merged: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for qid, q in read_questions(f).items():
+            if qid in merged and merged[qid]["turns"] != q["turns"]:
+                raise LapsdError(f"{f}: question_id {qid} also appears, with other text, in "
+                                 "another questions file; pass the answer files of each "
+                                 "benchmark in a separate --data run or with its own folder "
+                                 "layout")
+            merged[qid] = q
+    return merged
+
+
+def _turn_text(turn: Any) -> str | None:
+    if isinstance(turn, dict):
+        turn = turn.get("content")
+    return turn if isinstance(turn, str) else None
+
+
+def _turn_tokens(choice: dict[str, Any], turn: Any, t: int) -> int | None:
+    """Recorded tokens of turn ``t``: ``new_tokens[t]`` or the turn's ``token_len``."""
+    counts = choice.get("new_tokens")
+    if isinstance(counts, list) and t < len(counts):
+        return int(counts[t])
+    if isinstance(turn, dict) and turn.get("token_len") is not None:
+        return int(turn["token_len"])
+    return None
+
+
+def load_answers(files: Sequence[str | Path], questions: Sequence[str | Path] = (),
+                 tokenizer: str | Path | None = None) -> LengthData:
+    """Answer files (Spec-Bench, MT-bench, Arena-style) joined to their prompts, one per turn.
+
+    Turns with no recorded length are counted with ``tokenizer`` (or the characters estimate);
+    turns whose recorded length is 0 (an error or a logging quirk) or whose question is unknown
+    are skipped and reported in a warning.
+
+    Raises
+    ------
+    LapsdError
+        When no questions file is given or found, a file is unreadable, or no turn is usable.
+    """
+    paths = [Path(f) for f in files]
+    parts = []
+    counter: tuple[TokenCounter, str] | None = None
+    for path in paths:
+        q_files = [Path(q) for q in questions] or [q for q in [find_questions(path)] if q]
+        if not q_files:
+            raise LapsdError(f"{path}: answer files need their prompts: pass --questions "
+                             "question.jsonl (Spec-Bench/MT-bench/Arena), or keep the answers "
+                             "in BENCH/model_answer/ beside BENCH/question.jsonl")
+        qs = _merge_questions(q_files)
+        prompts: list[str] = []
+        categories: list[str | None] = []
+        tokens: list[int | None] = []
+        texts: list[str | None] = []
+        models: list[str] = []
+        skipped: dict[str, int] = {}
+
+        def skip(reason: str, skipped: dict[str, int] = skipped) -> None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+
+        for _, rec in read_jsonl(path, what="answer record",
+                                 on_error=lambda _n, _m: skip("not JSON")):
+            try:
+                choice = rec["choices"][0]
+                turns = choice["turns"]
+                if not isinstance(turns, list):
+                    raise TypeError("turns is not a list")
+            except (KeyError, IndexError, TypeError):
+                skip("no choices[0].turns")
+                continue
+            question = qs.get(str(rec.get("question_id")))
+            if question is None:
+                skip("question_id not in the questions file")
+                continue
+            for t, turn in enumerate(turns):
+                if t >= len(question["turns"]):
+                    skip("more answer turns than question turns")
+                    continue
+                n = _turn_tokens(choice, turn, t)
+                text = _turn_text(turn)
+                if (n is not None and n < 1) or (n is None and not text):
+                    skip("no tokens (an error turn, or new_tokens logged as 0)")
+                    continue
+                prompts.append(question["turns"][t])
+                categories.append(question.get("category"))
+                tokens.append(n)
+                texts.append(text)
+                models.append(canonical_model(str(rec.get("model_id") or path.stem)))
+        if skipped:
+            warnings.warn(f"{path.name}: skipped " + ", ".join(
+                f"{v} turn(s): {k}" for k, v in skipped.items()), stacklevel=2)
+        if not prompts:
+            raise LapsdError(f"{path}: no usable answer turns (expected records with "
+                             "question_id and choices[0].turns matching the questions file)")
+        check_prompts(prompts, path)
+        how = "recorded"
+        unknown = [i for i, n in enumerate(tokens) if n is None]
+        if unknown:
+            counter = counter or load_token_counter(tokenizer)
+            counted = counter[0]([texts[i] or "" for i in unknown])
+            for i, n in zip(unknown, counted, strict=True):
+                tokens[i] = int(n)
+            how = counter[1] if len(unknown) == len(tokens) else f"recorded + {counter[1]}"
+        parts.append(LengthData(
+            prompts, categories, np.array(tokens, dtype=np.int64), models,
+            [{"path": str(f), "sha256": sha256_file(f)} for f in [path, *q_files]], how,
+            texts, prompt_sets=[q_files[0].resolve().parent.name] * len(prompts)))
+    return LengthData.concat(parts)
+
+
+def load_data(paths: Sequence[str | Path], *,
+              questions: str | Path | Sequence[str | Path] | None = None,
               tokenizer: str | Path | None = None) -> LengthData:
     """Load ``--data`` inputs of any supported kind and put them together.
 
-    A folder with a ``manifest.json`` is a trace; ``*.jsonl`` files are Spec-Bench answers (and
-    need ``questions``); ``*.json`` files and other folders are alpaca_eval outputs.
+    A folder with a ``manifest.json`` is a trace; ``*.jsonl`` files are answer files (their
+    questions from ``questions`` or found beside them); ``*.json`` files and other folders are
+    alpaca_eval outputs.
     """
     if not paths:
         raise LapsdError("no --data given: pass a trace folder, alpaca_eval JSON file(s) or "
-                         "Spec-Bench answer files with --questions")
+                         "answer files (Spec-Bench, MT-bench, Arena) with --questions")
+    q_list = ([] if questions is None else [questions] if isinstance(questions, str | Path)
+              else list(questions))
     traces, alpaca, answers = [], [], []
     for raw in paths:
         p = Path(raw)
@@ -245,10 +501,7 @@ def load_data(paths: Sequence[str | Path], *, questions: str | Path | None = Non
             alpaca.append(p)
     parts = [load_trace_data(p) for p in traces]
     if answers:
-        if questions is None:
-            raise LapsdError(f"{answers[0]}: Spec-Bench answers need the prompts: pass "
-                             "--questions .../specbench_questions/question.jsonl")
-        parts.append(load_specbench(answers, questions))
+        parts.append(load_answers(answers, q_list, tokenizer))
     if alpaca:
         counter, how = load_token_counter(tokenizer)
         parts.extend(load_alpaca_eval(p, counter, how) for p in alpaca)

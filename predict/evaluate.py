@@ -1,16 +1,20 @@
-"""Honest evaluation: splits by prompt text, ranking and error metrics, two baselines.
+"""Honest evaluation: splits by prompt text, unseen prompt sets, ranking, error and coverage.
 
 Every split groups examples by their prompt text, so the same prompt is never on both sides, also
-when several target models answered it. Each result is reported next to two baselines computed in
-the same run on the same split: ``mean`` (the training mean for every request) and ``length``
-(log output length linear in log prompt characters). Ranking metrics of the constant ``mean``
-baseline are undefined and reported as ``None``.
+when several target models answered it. :func:`cross_dataset` goes further: it trains on whole
+prompt sets and evaluates on another set, after removing from training every prompt that also
+appears in the evaluated set (MT-bench's 80 questions are inside Spec-Bench's 480): the number
+removed is reported. Each result is reported next to two baselines fitted in the same run on the
+same training data: ``mean`` (the training mean for every request) and ``length`` (log output
+length linear in log prompt characters). Ranking metrics of the constant ``mean`` baseline are
+undefined and reported as ``None``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
@@ -18,17 +22,26 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lapsd.errors import LapsdError
 from lapsd.predict.data import LengthData
-from lapsd.predict.model import LengthPredictor, fit_predictor
+
+if TYPE_CHECKING:
+    from lapsd.predict.model import LengthPredictor
 
 #: Upper edges (tokens) of the length buckets for bucket accuracy: <=64, <=128, ..., >1024.
 BUCKET_EDGES = (64, 128, 256, 512, 1024)
 SYSTEMS = ("model", "mean", "length")
+_Z90 = 1.2815515655446004
+
+
+def normalize_prompt(prompt: str) -> str:
+    """The form prompts are compared in: stripped, whitespace runs as one space."""
+    return " ".join(prompt.split())
 
 
 def prompt_groups(prompts: Sequence[str]) -> np.ndarray:
-    """Group ids by prompt text (whitespace-stripped), so equal prompts share a group."""
+    """Group ids by prompt text (:func:`normalize_prompt`), so equal prompts share a group."""
     ids: dict[str, int] = {}
-    return np.array([ids.setdefault(p.strip(), len(ids)) for p in prompts], dtype=np.int64)
+    return np.array([ids.setdefault(normalize_prompt(p), len(ids)) for p in prompts],
+                    dtype=np.int64)
 
 
 def prompt_split(prompts: Sequence[str], test_size: float = 0.2, seed: int = 0,
@@ -39,14 +52,33 @@ def prompt_split(prompts: Sequence[str], test_size: float = 0.2, seed: int = 0,
     return train, test
 
 
+def source_groups(prompts: Sequence[str], categories: Sequence[str | None],
+                  n_splits: int) -> np.ndarray:
+    """Group ids by prompt source (category) where that makes ``n_splits`` folds, else by prompt.
+
+    Folds that hold out whole sources (alpaca_eval's five prompt collections, Spec-Bench's
+    categories) measure errors on prompts unlike the training ones, which is what a predictor
+    meets on another prompt set; equal prompts always share a source's group.
+    """
+    known = [c for c in categories if c]
+    if len(known) < len(categories) or len(set(known)) < n_splits:
+        return prompt_groups(prompts)
+    by_prompt: dict[str, str] = {}
+    for p, c in zip(prompts, categories, strict=True):
+        by_prompt.setdefault(normalize_prompt(p), str(c))
+    names = [by_prompt[normalize_prompt(p)] for p in prompts]
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(n, len(ids)) for n in names], dtype=np.int64)
+
+
 def prompt_folds(prompts: Sequence[str], n_splits: int = 5, seed: int = 0,
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K folds by prompt text (shuffled groups)."""
-    groups = prompt_groups(prompts)
+                 groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K folds by prompt text (shuffled groups), or by the given ``groups``."""
+    groups = prompt_groups(prompts) if groups is None else groups
     n_groups = int(groups.max()) + 1 if groups.size else 0
     if n_groups < n_splits:
-        raise LapsdError(f"{n_groups} distinct prompts cannot make {n_splits} folds: use fewer "
-                         "folds (--cv-folds) or more data")
+        raise LapsdError(f"{n_groups} distinct prompts or sources cannot make {n_splits} folds: "
+                         "use fewer folds (--cv-folds) or more data")
     kfold = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return list(kfold.split(prompts, groups=groups))
 
@@ -56,16 +88,17 @@ def _rank_stat(value: float) -> float | None:
 
 
 def metrics(true_tokens: np.ndarray, p50: np.ndarray, p90: np.ndarray | None = None,
-            ) -> dict[str, float | None]:
-    """Error and ranking metrics of predictions against true output lengths.
+            p10: np.ndarray | None = None) -> dict[str, float | None]:
+    """Error, ranking and coverage metrics of predictions against true output lengths.
 
-    Returns ``mae_tokens``, ``median_rel_error`` (median of ``|pred - true| / true``),
+    Returns ``n``, ``mae_tokens``, ``median_rel_error`` (median of ``|pred - true| / true``),
     ``spearman``, ``kendall_tau`` (tau-b), ``bucket_accuracy`` (same bucket of
-    :data:`BUCKET_EDGES`) and, given ``p90``, ``p90_coverage`` (share of true lengths <= p90).
+    :data:`BUCKET_EDGES`), given ``p90`` the ``p90_coverage`` (share of true lengths <= p90)
+    and given ``p10`` too the ``coverage_80`` (share within ``[p10, p90]``).
     """
     true = np.asarray(true_tokens, dtype=np.float64)
     pred = np.asarray(p50, dtype=np.float64)
-    constant = np.ptp(pred) == 0.0
+    constant = true.size < 2 or np.ptp(pred) == 0.0
     out: dict[str, float | None] = {
         "n": float(true.size),
         "mae_tokens": float(np.mean(np.abs(pred - true))),
@@ -77,48 +110,66 @@ def metrics(true_tokens: np.ndarray, p50: np.ndarray, p90: np.ndarray | None = N
     }
     if p90 is not None:
         out["p90_coverage"] = float(np.mean(true <= np.asarray(p90)))
+        if p10 is not None:
+            out["coverage_80"] = float(np.mean((true >= np.asarray(p10))
+                                               & (true <= np.asarray(p90))))
     return out
 
 
-def evaluate_predictor(predictor: LengthPredictor, data: LengthData) -> dict[str, Any]:
-    """Metrics of a trained predictor and its stored baselines on ``data``.
+def _quantiles(predictor: LengthPredictor, prompts: Sequence[str], target: str | None,
+               cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median, 0.1 and 0.9 quantiles of the capped beliefs."""
+    mu, sigma = predictor.log_beliefs(prompts, target)
+    return (np.minimum(np.exp(mu), cap), np.minimum(np.exp(mu - _Z90 * sigma), cap),
+            np.minimum(np.exp(mu + _Z90 * sigma), cap))
 
-    Also reports ``train_prompt_overlap``: the share of ``data``'s prompts the predictor was
-    trained on (from the model card's prompt hashes), which should be 0 for an honest number.
+
+def score_predictor(predictor: LengthPredictor, data: LengthData,
+                    target_model: str | None = None, cap: float = math.inf,
+                    ) -> dict[str, dict[str, float | None]]:
+    """Metrics of the predictor's beliefs and of its two baselines on ``data``.
+
+    ``target_model`` selects the calibration (``None``: the card's target model).
     """
+    p50, p10, p90 = _quantiles(predictor, data.prompts, target_model, cap)
+    base = predictor.baseline_lengths(data.prompts)
+    return {"model": metrics(data.output_tokens, p50, p90, p10),
+            "mean": metrics(data.output_tokens, base["mean"]),
+            "length": metrics(data.output_tokens, base["length"])}
+
+
+def seen_prompts(predictor: LengthPredictor, prompts: Sequence[str]) -> dict[str, Any]:
+    """How many of ``prompts`` (distinct texts) the predictor was trained on (model card)."""
     from lapsd.predict.persist import prompt_hashes
 
-    p50, p90 = predictor.predict_lengths(data.prompts, data.categories)
-    base = predictor.baseline_lengths(data.prompts)
     trained = set(predictor.card.get("train_prompt_hashes", []))
-    hashes = prompt_hashes(data.prompts)
-    return {
-        "model": metrics(data.output_tokens, p50, p90),
-        "mean": metrics(data.output_tokens, base["mean"]),
-        "length": metrics(data.output_tokens, base["length"]),
-        "train_prompt_overlap": float(np.mean([h in trained for h in hashes])) if trained
-        else None,
-    }
+    distinct = sorted({p.strip() for p in prompts})
+    seen = sum(h in trained for h in prompt_hashes(distinct))
+    return {"seen": seen, "distinct": len(distinct),
+            "share": seen / len(distinct) if distinct else 0.0, "known": bool(trained)}
 
 
-def _out_of_fold(train: LengthData, test: LengthData, **fit: Any,
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    predictor = fit_predictor(train.prompts, train.categories, train.output_tokens, **fit)
-    p50, p90 = predictor.predict_lengths(test.prompts, test.categories)
-    return p50, p90, predictor.baseline_lengths(test.prompts)
+def evaluate_predictor(predictor: LengthPredictor, data: LengthData,
+                       target_model: str | None = None) -> dict[str, Any]:
+    """Metrics of a trained predictor and its stored baselines on ``data``.
+
+    Also reports ``seen_prompts`` (:func:`seen_prompts`): how many of ``data``'s distinct
+    prompts the predictor was trained on, which should be 0 for an honest number, and
+    ``train_prompt_overlap``, the same as a share (``None`` when the card has no hashes).
+    """
+    seen = seen_prompts(predictor, data.prompts)
+    return {**score_predictor(predictor, data, target_model), "seen_prompts": seen,
+            "train_prompt_overlap": seen["share"] if seen["known"] else None}
 
 
-def _fold_average(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray,
-                                     dict[str, np.ndarray]]],
+def _fold_average(per_fold: list[dict[str, dict[str, float | None]]],
                   ) -> dict[str, dict[str, float | None]]:
     """Metrics per fold, averaged with fold sizes as weights (``n`` is the total).
 
     Per fold rather than pooled: pooling would rank the mean baseline's per-fold constants
     against each other and give it a spurious, non-zero Kendall tau.
     """
-    per_fold = [{"model": metrics(true, p50, p90), "mean": metrics(true, base["mean"]),
-                 "length": metrics(true, base["length"])} for true, p50, p90, base in parts]
-    weights = np.array([p[0].size for p in parts], dtype=np.float64)
+    weights = np.array([fold["model"]["n"] or 0.0 for fold in per_fold], dtype=np.float64)
     out: dict[str, dict[str, float | None]] = {}
     for system in SYSTEMS:
         out[system] = {}
@@ -133,15 +184,18 @@ def _fold_average(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray,
 
 def cross_validate(data: LengthData, n_splits: int = 5, seed: int = 0, **fit: Any,
                    ) -> dict[str, dict[str, float | None]]:
-    """K-fold evaluation by prompt; metrics per fold, averaged (see :func:`_fold_average`).
+    """K-fold evaluation by prompt of one target model's data; metrics per fold, averaged.
 
-    ``fit`` is passed to :func:`lapsd.predict.model.fit_predictor` (``embeddings=``, regressor
-    settings).
+    ``fit`` is passed to :func:`lapsd.predict.train.fit_predictor` (``embeddings=``,
+    ``folds=`` of its own cross-fitting, model settings).
     """
+    from lapsd.predict.train import fit_predictor
+
+    fit.setdefault("folds", 3)
     parts = []
     for train, test in prompt_folds(data.prompts, n_splits, seed):
         tr, te = data.subset(train), data.subset(test)
-        parts.append((te.output_tokens, *_out_of_fold(tr, te, **fit)))
+        parts.append(score_predictor(fit_predictor(tr, seed=seed, **fit), te))
     return _fold_average(parts)
 
 
@@ -151,18 +205,111 @@ def cross_model(data: LengthData, held_out: str, n_splits: int = 5, seed: int = 
 
     For each fold, the training rows are the other models' answers to the training prompts and
     the test rows are ``held_out``'s answers to the test prompts, so neither the model nor the
-    prompt was seen in training.
+    prompt was seen in training (the pooled calibration is used).
     """
+    from lapsd.predict.train import fit_predictor
+
     if held_out not in data.models:
         raise LapsdError(f"held-out model {held_out!r} is not in the data ({data.models})")
     others = [i for i, m in enumerate(data.target_models) if m != held_out]
     if not others:
         raise LapsdError("cross-model evaluation needs at least one other model in the data")
+    fit.setdefault("folds", 3)
     target = data.for_model(held_out)
     parts = []
     for _, test in prompt_folds(target.prompts, n_splits, seed):
-        test_prompts = {target.prompts[i].strip() for i in test}
-        train_idx = [i for i in others if data.prompts[i].strip() not in test_prompts]
-        tr, te = data.subset(train_idx), target.subset(test)
-        parts.append((te.output_tokens, *_out_of_fold(tr, te, **fit)))
+        test_prompts = {normalize_prompt(target.prompts[i]) for i in test}
+        train_idx = [i for i in others if normalize_prompt(data.prompts[i]) not in test_prompts]
+        predictor = fit_predictor(data.subset(train_idx), seed=seed, **fit)
+        parts.append(score_predictor(predictor, target.subset(test), held_out))
     return _fold_average(parts)
+
+
+def unseen_training(train: LengthData, evaluated: Sequence[str]) -> tuple[LengthData, int]:
+    """``train`` without the examples whose prompt is among ``evaluated``; and how many went."""
+    held = {normalize_prompt(p) for p in evaluated}
+    keep = [i for i, p in enumerate(train.prompts) if normalize_prompt(p) not in held]
+    return train.subset(keep), len(train) - len(keep)
+
+
+def cross_dataset(train: LengthData, evaluated: LengthData, *, seed: int = 0,
+                  cap: float = math.inf, **fit: Any) -> tuple[dict[str, Any], LengthPredictor]:
+    """Train on one prompt set (or several), evaluate per target model on another.
+
+    Returns the JSON-able result and the predictor trained.
+
+    Training examples whose prompt also appears in ``evaluated`` are removed first (counted in
+    ``dropped_seen``), so every evaluated prompt is unseen. Each evaluated model is scored with
+    its own calibration when training had that model, else with the pooled one
+    (``calibration`` says which).
+
+    Raises
+    ------
+    LapsdError
+        When nothing is left to train on.
+    """
+    from lapsd.predict.train import fit_predictor
+
+    kept, dropped = unseen_training(train, evaluated.prompts)
+    if len(kept) == 0:
+        raise LapsdError("every training prompt is also in the evaluated set: nothing unseen "
+                         "to evaluate; pass another prompt set to --eval-data")
+    predictor = fit_predictor(kept, seed=seed, **fit)
+    per_model = {}
+    for m in evaluated.models:
+        part = evaluated.for_model(m)
+        own = m in predictor.calibration.offsets
+        per_model[m] = {**score_predictor(predictor, part, m if own else None, cap),
+                        "calibration": m if own else "pooled"}
+    return {"train_sets": train.sets, "eval_sets": evaluated.sets, "n_train": len(kept),
+            "dropped_seen": dropped, "seen_prompts": seen_prompts(predictor, evaluated.prompts),
+            "per_model": per_model}, predictor
+
+
+def remaining_metrics(predictor: LengthPredictor, data: LengthData,
+                      generated: Sequence[int] = (0, 64, 128, 256),
+                      target_model: str | None = None, cap: float = math.inf,
+                      ) -> dict[int, dict[str, dict[str, float | None]]]:
+    """Remaining-length metrics after ``g`` tokens, prompt-only against re-predicted.
+
+    For each ``g``, the examples longer than ``g`` are scored on their remaining length
+    ``L - g``: the prompt-only belief's conditional mean given ``L > g``
+    (:meth:`~lapsd.replay.estimate.LengthPrediction.mean_remaining`) against the re-predictor's
+    belief from the text cut at ``g`` tokens (exact offsets where the data has them, else in
+    proportion to tokens); at ``g = 0`` both are the prompt-only belief. Examples without text
+    are re-predicted from the prompt and ``g`` alone.
+
+    Raises
+    ------
+    LapsdError
+        When the predictor has no re-predictor.
+    """
+    from lapsd.predict.continuation import continuation_beliefs, cut_text
+    from lapsd.predict.cues import CUE_NAMES, cue_features
+    from lapsd.replay.estimate import LengthPrediction
+
+    if predictor.continuation is None:
+        raise LapsdError("this predictor has no re-predictor (its training data had no text)")
+    mu, sigma = predictor.log_beliefs(data.prompts, target_model)
+    asked = np.expm1(cue_features(data.prompts)[:, CUE_NAMES.index("asked_items")])
+    out: dict[int, dict[str, dict[str, float | None]]] = {}
+    for g in generated:
+        idx = np.flatnonzero(data.output_tokens > g)
+        if idx.size < 2:
+            continue
+        true = data.output_tokens[idx] - g
+        prior = np.array([LengthPrediction(math.exp(mu[i]), sigma[i], cap).mean_remaining(g)
+                          for i in idx])
+        if g == 0:
+            post = prior
+        else:
+            texts = [None if data.responses[i] is None else
+                     cut_text(str(data.responses[i]), int(data.output_tokens[i]),
+                              data.offsets[i], g) for i in idx]
+            new_mu, new_sigma = continuation_beliefs(predictor.continuation, mu[idx],
+                                                     sigma[idx], np.full(idx.size, g), texts,
+                                                     asked[idx])
+            post = np.array([LengthPrediction(math.exp(m), s, cap).mean_remaining(g)
+                             for m, s in zip(new_mu, new_sigma, strict=True)])
+        out[int(g)] = {"prompt_only": metrics(true, prior), "repredicted": metrics(true, post)}
+    return out

@@ -1,21 +1,30 @@
-"""The length model: a scikit-learn pipeline from prompt to log output-length quantiles.
+"""The length model: prompt -> log output length, pooled over target models.
 
-``Pipeline([features, LengthRegressor])`` where :class:`LengthRegressor` is a small stack:
+:class:`LengthModel` learns one prompt score ``f(prompt)`` from every target model's answers
+at once: each model ``m`` has an offset ``b_m`` (its verbosity), fitted by alternating
+between the booster on ``log L - b_m`` and the offsets as mean residuals. A user with few
+answers of their own model so still gets the ranking learnt from all models; the per-target
+calibration (:mod:`lapsd.predict.calibrate`) then adapts offset and spread to their model.
 
-1. a ridge regression on the full sparse TF-IDF features, whose out-of-fold predictions become one
-   input of the booster (linear models use rare n-grams well, boosted trees do not);
-2. a truncated SVD of the same features (the reduced TF-IDF; columns seen in at least two
-   training prompts);
-3. one ``HistGradientBoostingRegressor`` with quantile loss per quantile (0.5 and 0.9 by default)
-   on ``[prompt statistics, SVD components, ridge prediction]``.
+The score is a stack:
 
-The target is ``log(output tokens)``; a predictor returns token counts. The p50/p90 pair feeds
-:meth:`lapsd.replay.estimate.LengthPrediction.from_quantiles`, so schedulers get a log-normal belief
-and a conditional remaining length once a request outlives its median.
+1. each high-dimensional text representation (the static embedding and, when on, hashed
+   TF-IDF; :mod:`lapsd.predict.features`) is reduced to one ridge-regression score, whose
+   out-of-fold values (folds grouped by prompt text, so a prompt answered by several models
+   never informs its own score) become a booster input;
+2. ``HistGradientBoostingRegressor`` (squared loss on log length) on the instruction cues
+   (:mod:`lapsd.predict.cues`) and those scores.
+
+A regression objective ranked unseen prompt sets better than LightGBM's LambdaRank on the
+same inputs (``bench/results/predict_*.txt``), so the booster regresses.
+
+:class:`LengthPredictor` bundles the model, the calibration, the re-predictor
+(:mod:`lapsd.predict.continuation`), the two baselines and the model card.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,67 +32,64 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
-from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from threadpoolctl import threadpool_limits
 
-from lapsd.predict.features import N_STATS, build_features, log_chars, to_frame
+from lapsd.predict.calibrate import Calibration
+from lapsd.predict.cues import cue_features
+from lapsd.predict.features import build_tfidf, log_chars, static_embeddings
 from lapsd.replay.estimate import LengthPrediction
 
-QUANTILES = (0.5, 0.9)
+_Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 
 
-def _row_groups(X: sp.csr_matrix) -> np.ndarray:
-    """Group ids of a CSR matrix's rows: equal rows (the same prompt) share an id."""
-    ids: dict[bytes, int] = {}
-    out = np.empty(X.shape[0], dtype=np.int64)
-    for i in range(X.shape[0]):
-        lo, hi = X.indptr[i], X.indptr[i + 1]
-        key = X.indices[lo:hi].tobytes() + X.data[lo:hi].tobytes()
-        out[i] = ids.setdefault(key, len(ids))
-    return out
+def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct prompts and, per input, the index of its distinct prompt."""
+    ids: dict[str, int] = {}
+    inverse = np.fromiter((ids.setdefault(p, len(ids)) for p in prompts), np.int64,
+                          len(prompts))
+    return list(ids), inverse
 
 
-class LengthRegressor(RegressorMixin, BaseEstimator):
-    """Stacked ridge + SVD + quantile gradient boosting on log length (module docstring).
+class LengthModel(RegressorMixin, BaseEstimator):
+    """Pooled prompt -> log-length model with per-target-model offsets (module docstring).
 
     Parameters
     ----------
-    quantiles
-        Quantiles to model, increasing; predictions are made monotone across them.
-    n_components
-        SVD components of the sparse features (capped by the data size).
-    n_dense
-        Leading feature columns passed to the booster unreduced (the prompt statistics).
+    embeddings
+        Use the static sentence embedding (needs the ``embed`` extra).
+    tfidf
+        Use hashed word TF-IDF.
     ridge_alpha
-        Ridge regularisation.
+        Ridge regularisation of the text scores.
     inner_folds
-        Folds for the ridge's out-of-fold predictions, grouped by identical feature rows so that
-        a prompt answered by several models never informs its own out-of-fold prediction.
+        Folds of the text scores' out-of-fold values (grouped by prompt).
+    offset_rounds
+        Alternations between booster and per-model offsets.
     max_iter, learning_rate, max_leaf_nodes, min_samples_leaf
         Booster settings.
     random_state
-        Seed of the SVD, the folds and the booster.
+        Seed of the folds and the booster.
     omp_threads
-        OpenMP threads for the booster (``None``: the library default). One by default: on a few
-        thousand rows, thread start-up and contention cost more than they gain (measured 0.4 s
-        single-threaded against 8.7 s with the default on a 2-core machine for 300 rows).
+        Threads of the booster and of BLAS (one by default: on a few thousand rows, thread
+        start-up and contention cost more than they gain; a 1,000 x 384 ridge took 0.52 s with
+        OpenBLAS's 2 threads and 0.07 s with one on the 2-core development machine).
     """
 
-    def __init__(self, quantiles: Sequence[float] = QUANTILES, n_components: int = 128,
-                 n_dense: int = N_STATS, ridge_alpha: float = 1.0, inner_folds: int = 5,
+    def __init__(self, embeddings: bool = False, tfidf: bool = False,
+                 ridge_alpha: float = 3.0, inner_folds: int = 5, offset_rounds: int = 2,
                  max_iter: int = 200, learning_rate: float = 0.05, max_leaf_nodes: int = 15,
                  min_samples_leaf: int = 20, random_state: int = 0,
                  omp_threads: int | None = 1) -> None:
-        self.quantiles = quantiles
-        self.n_components = n_components
-        self.n_dense = n_dense
+        self.embeddings = embeddings
+        self.tfidf = tfidf
         self.ridge_alpha = ridge_alpha
         self.inner_folds = inner_folds
+        self.offset_rounds = offset_rounds
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_leaf_nodes = max_leaf_nodes
@@ -91,63 +97,72 @@ class LengthRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.omp_threads = omp_threads
 
-    def _design(self, X: sp.csr_matrix, ridge_pred: np.ndarray) -> np.ndarray:
-        dense = X[:, : self.n_dense].toarray()
-        reduced = self.svd_.transform(X[:, self.svd_columns_])
-        return np.hstack([dense, reduced, ridge_pred[:, None]])
+    def _text_blocks(self, prompts: list[str], *, fit: bool) -> list[Any]:
+        """The text representations of distinct prompts (embedding, TF-IDF), as enabled."""
+        blocks: list[Any] = []
+        if self.embeddings:
+            blocks.append(static_embeddings(prompts))
+        if self.tfidf:
+            if fit:
+                self.tfidf_ = build_tfidf().fit(prompts)
+            blocks.append(sp.csr_matrix(self.tfidf_.transform(prompts)))
+        return blocks
 
-    def fit(self, X: Any, y: np.ndarray) -> LengthRegressor:
-        """Fit the stack on features ``X`` and log lengths ``y``."""
-        with threadpool_limits(self.omp_threads, user_api="openmp"):
-            return self._fit(X, y)
+    def _ridge(self, X: Any, y: np.ndarray, weight: np.ndarray) -> Ridge:
+        return Ridge(alpha=self.ridge_alpha).fit(X, y, sample_weight=weight)
 
-    def _fit(self, X: Any, y: np.ndarray) -> LengthRegressor:
-        X = sp.csr_matrix(X)
+    def fit(self, prompts: Sequence[str], y: np.ndarray,
+            models: Sequence[str] | None = None) -> LengthModel:
+        """Fit on prompts, log lengths ``y`` and the target model of each example."""
         y = np.asarray(y, dtype=np.float64)
-        groups = _row_groups(X)
-        folds = GroupKFold(min(self.inner_folds, int(groups.max()) + 1), shuffle=True,
-                           random_state=self.random_state)
-        oof = np.empty_like(y)
-        for tr, te in folds.split(X, groups=groups):
-            oof[te] = Ridge(alpha=self.ridge_alpha).fit(X[tr], y[tr]).predict(X[te])
-        self.ridge_ = Ridge(alpha=self.ridge_alpha).fit(X, y)
-        # The SVD sees only columns present in at least two rows: singletons carry no shared
-        # structure, and the dense work of randomized SVD grows with the number of columns.
-        self.svd_columns_ = np.flatnonzero(np.diff(X.tocsc().indptr) >= 2)
-        if self.svd_columns_.size < 2:
-            self.svd_columns_ = np.arange(X.shape[1])
-        Xs = X[:, self.svd_columns_]
-        k = max(1, min(self.n_components, Xs.shape[1] - 1, Xs.shape[0] - 1))
-        self.svd_ = TruncatedSVD(k, random_state=self.random_state).fit(Xs)
-        design = self._design(X, oof)
-        self.boosters_ = [
-            HistGradientBoostingRegressor(
-                loss="quantile", quantile=q, max_iter=self.max_iter,
-                learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
-                min_samples_leaf=self.min_samples_leaf, early_stopping=False,
-                random_state=self.random_state,
-            ).fit(design, y)
-            for q in self.quantiles
-        ]
+        names = np.asarray(models if models is not None else ["model"] * len(y), dtype=object)
+        uniq, inv = unique_prompts(prompts)
+        cues = cue_features(uniq)[inv]
+        blocks = self._text_blocks(uniq, fit=True)
+        # The ridges fit distinct prompts (mean target, weighted by count): the same solution
+        # as on every row, on 805 rows instead of 8,050 for alpaca_eval's ten models.
+        counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+        folds = (list(KFold(min(self.inner_folds, len(uniq)), shuffle=True,
+                            random_state=self.random_state).split(uniq))
+                 if blocks and len(uniq) >= 2 else [])
+        self.offsets_ = {str(m): 0.0 for m in sorted(set(names))}
+        with threadpool_limits(self.omp_threads):
+            for _ in range(max(1, self.offset_rounds)):
+                target = y - np.array([self.offsets_[m] for m in names])
+                mean_target = np.bincount(inv, weights=target, minlength=len(uniq)) / counts
+                scores = []
+                for block in blocks:
+                    oof = np.zeros(len(uniq))
+                    for tr, te in folds:
+                        oof[te] = self._ridge(block[tr], mean_target[tr], counts[tr]).predict(
+                            block[te])
+                    scores.append(oof[inv])
+                design = np.column_stack([cues, *scores])
+                self.booster_ = HistGradientBoostingRegressor(
+                    max_iter=self.max_iter, learning_rate=self.learning_rate,
+                    max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=self.min_samples_leaf,
+                    early_stopping=False, random_state=self.random_state,
+                ).fit(design, target)
+                resid = y - self.booster_.predict(design)
+                self.offsets_ = {m: float(resid[names == m].mean()) for m in self.offsets_}
+            self.ridges_ = [self._ridge(block, mean_target, counts) for block in blocks]
         return self
 
-    def predict_quantiles(self, X: Any) -> np.ndarray:
-        """Log-length quantiles, shape ``(n, len(quantiles))``, non-decreasing along a row."""
-        X = sp.csr_matrix(X)
-        design = self._design(X, self.ridge_.predict(X))
-        with threadpool_limits(self.omp_threads, user_api="openmp"):
-            out = np.column_stack([b.predict(design) for b in self.boosters_])
-        return np.maximum.accumulate(out, axis=1)
+    def score(self, prompts: Sequence[str]) -> np.ndarray:
+        """``f(prompt)``: log length before any target model's offset, shape ``(n,)``."""
+        if len(prompts) == 0:
+            return np.zeros(0)
+        uniq, inv = unique_prompts(prompts)
+        blocks = self._text_blocks(uniq, fit=False)
+        with threadpool_limits(self.omp_threads):
+            design = np.column_stack([cue_features(uniq),
+                                      *(r.predict(b) for r, b in zip(self.ridges_, blocks,
+                                                                     strict=True))])
+            return self.booster_.predict(design)[inv]
 
-    def predict(self, X: Any) -> np.ndarray:
-        """The first quantile (the median by default) of log length."""
-        return self.predict_quantiles(X)[:, 0]
-
-
-def build_pipeline(*, embeddings: bool = False, **regressor: Any) -> Pipeline:
-    """The untrained length pipeline; ``regressor`` overrides :class:`LengthRegressor` settings."""
-    return Pipeline([("features", build_features(embeddings=embeddings)),
-                     ("regressor", LengthRegressor(**regressor))])
+    def predict(self, prompts: Sequence[str]) -> np.ndarray:
+        """Log length with the mean offset of the training models (sklearn's interface)."""
+        return self.score(prompts) + float(np.mean(list(self.offsets_.values())))
 
 
 def build_length_baseline() -> Pipeline:
@@ -162,58 +177,68 @@ def log_target(output_tokens: np.ndarray) -> np.ndarray:
 
 @dataclass
 class LengthPredictor:
-    """A trained predictor: the pipeline, its baselines and its model card.
+    """A trained predictor: model, calibration, re-predictor, baselines and model card.
 
     Attributes
     ----------
-    pipeline
-        Trained :func:`build_pipeline` (input :func:`lapsd.predict.features.to_frame`).
+    model
+        The trained :class:`LengthModel`.
+    calibration
+        Offsets and spreads per target model (:class:`~lapsd.predict.calibrate.Calibration`).
+    continuation
+        The re-predictor (:class:`lapsd.predict.continuation.ContinuationModel`), or ``None``
+        when the training data had no response text.
     length_baseline
-        Trained :func:`build_length_baseline` (input: the prompt column), kept so that
+        Trained :func:`build_length_baseline` (input: prompts), kept so that
         ``lapsd predict eval`` compares against the baselines on any data.
     train_mean_tokens
         Mean output tokens of the training data (the mean baseline).
     card
-        The model card (see :mod:`lapsd.predict.persist`).
+        The model card (see :mod:`lapsd.predict.persist`); ``card["target_model"]`` is the
+        model beliefs are calibrated for when a caller names none.
     """
 
-    pipeline: Pipeline
+    model: LengthModel
+    calibration: Calibration
+    continuation: Any
     length_baseline: Pipeline
     train_mean_tokens: float
     card: dict[str, Any] = field(default_factory=dict)
 
-    def predict_lengths(self, prompts: Sequence[str],
-                        categories: Sequence[str | None] | None = None,
+    @property
+    def default_target(self) -> str | None:
+        """The target model of the card (``None``: pooled over the training models)."""
+        return self.card.get("target_model")
+
+    def log_beliefs(self, prompts: Sequence[str], target_model: str | None = None, *,
+                    strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Log median and sigma of each prompt's length for ``target_model``.
+
+        ``None`` means the card's target model. A model without a calibration of its own gets
+        the pooled one, or an error with ``strict``.
+        """
+        offset, sigma = self.calibration.resolve(target_model or self.default_target,
+                                                 strict=strict)
+        mu = self.model.score(prompts) + offset
+        return mu, np.full(mu.size, sigma)
+
+    def predict_lengths(self, prompts: Sequence[str], target_model: str | None = None,
                         ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted median and 0.9 quantile of output tokens, each of shape ``(n,)``."""
-        if len(prompts) == 0:
-            return np.empty(0), np.empty(0)
-        q = np.exp(self.pipeline[-1].predict_quantiles(
-            self.pipeline[:-1].transform(to_frame(prompts, categories))))
-        return np.maximum(q[:, 0], 1.0), np.maximum(q[:, -1], 1.0)
+        mu, sigma = self.log_beliefs(prompts, target_model)
+        return np.maximum(np.exp(mu), 1.0), np.maximum(np.exp(mu + _Z90 * sigma), 1.0)
 
     def baseline_lengths(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         """Predictions of the two baselines (``mean`` and ``length``) for ``prompts``."""
-        frame = to_frame(prompts)
         return {"mean": np.full(len(prompts), self.train_mean_tokens),
-                "length": np.exp(self.length_baseline.predict(frame[:, 0]))}
+                "length": np.exp(self.length_baseline.predict(list(prompts)))}
 
-    def predictions(self, prompts: Sequence[str],
-                    categories: Sequence[str | None] | None = None) -> list[LengthPrediction]:
-        """Log-normal beliefs for the schedulers (:class:`~lapsd.replay.estimate.LengthPrediction`).
+    def predictions(self, prompts: Sequence[str], target_model: str | None = None, *,
+                    cap: float = math.inf, strict: bool = False) -> list[LengthPrediction]:
+        """Capped log-normal beliefs for the schedulers, one per prompt.
 
-        One per prompt.
+        ``cap`` is the server's ``max_new_tokens`` (``inf`` when unknown).
         """
-        p50, p90 = self.predict_lengths(prompts, categories)
-        return [LengthPrediction.from_quantiles(a, b) for a, b in zip(p50, p90, strict=True)]
-
-
-def fit_predictor(prompts: Sequence[str], categories: Sequence[str | None] | None,
-                  output_tokens: np.ndarray, *, embeddings: bool = False,
-                  card: dict[str, Any] | None = None, **regressor: Any) -> LengthPredictor:
-    """Fit the pipeline and both baselines on one training set."""
-    y = log_target(output_tokens)
-    frame = to_frame(prompts, categories)
-    pipeline = build_pipeline(embeddings=embeddings, **regressor).fit(frame, y)
-    baseline = build_length_baseline().fit(frame[:, 0], y)
-    return LengthPredictor(pipeline, baseline, float(np.mean(output_tokens)), dict(card or {}))
+        mu, sigma = self.log_beliefs(prompts, target_model, strict=strict)
+        return [LengthPrediction(max(math.exp(m), 1.0), float(s), cap)
+                for m, s in zip(mu.tolist(), sigma.tolist(), strict=True)]

@@ -1,10 +1,11 @@
 """Saving and loading predictors: skops files with an explicit trusted-type list and a model card.
 
 A predictor file is a skops archive (never pickle) holding a dict with ``format``
-(:data:`FORMAT`), ``format_version`` (:data:`FORMAT_VERSION`), the model card as JSON, the trained
-pipeline and baseline, and the training mean. Loading first lists the file's types without
-building any object; a file with types outside :data:`TRUSTED_TYPES`, a skops file that is not a
-lapsd predictor, or another format version is refused with a clear message.
+(:data:`FORMAT`), ``format_version`` (:data:`FORMAT_VERSION`), the model card and the
+calibration as JSON, the trained length model, re-predictor and baseline, and the training
+mean. Loading first lists the file's types without building any object; a file with types
+outside :data:`TRUSTED_TYPES`, a skops file that is not a lapsd predictor, or another format
+version (an older lapsd's file included) is refused with a message saying how to retrain.
 """
 
 from __future__ import annotations
@@ -23,20 +24,27 @@ from skops import io as sio
 
 from lapsd.errors import LapsdError
 from lapsd.io import atomic_path
+from lapsd.predict.calibrate import Calibration
 from lapsd.predict.model import LengthPredictor
 
 FORMAT = "lapsd-predictor"
-FORMAT_VERSION = 2
+#: 3: pooled length model with calibration and re-predictor (2: TF-IDF quantile stack).
+FORMAT_VERSION = 3
 #: Module prefixes of lapsd 0.1's predictor types (before the ``lapsd.`` namespace).
 _OLD_MODULES = ("predict.",)
+#: Types only older predictor formats hold, with their format version.
+_OLD_TYPES = {"lapsd.predict.model.LengthRegressor": 2,
+              "lapsd.predict.features.prompt_stats": 2,
+              "lapsd.predict.features.SentenceEmbedder": 2}
+_RETRAIN = ("retrain it with `lapsd predict train --data ... --out FILE` (the training data "
+            "of the old file is listed in its model card)")
 
 #: The types of a lapsd predictor that skops does not trust by default (its own defaults cover
 #: the standard scikit-learn and numpy types); a file with any other type is refused.
 TRUSTED_TYPES = [
-    "lapsd.predict.features.SentenceEmbedder",
+    "lapsd.predict.continuation.ContinuationModel",
     "lapsd.predict.features.log_chars",
-    "lapsd.predict.features.prompt_stats",
-    "lapsd.predict.model.LengthRegressor",
+    "lapsd.predict.model.LengthModel",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 ]
 
@@ -72,7 +80,9 @@ def save_predictor(predictor: LengthPredictor, path: str | Path) -> Path:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "card": json.dumps(predictor.card, sort_keys=True),
-        "pipeline": predictor.pipeline,
+        "calibration": json.dumps(predictor.calibration.to_dict(), sort_keys=True),
+        "model": predictor.model,
+        "continuation": predictor.continuation,
         "length_baseline": predictor.length_baseline,
         "train_mean_tokens": float(predictor.train_mean_tokens),
     }
@@ -102,7 +112,11 @@ def load_predictor(path: str | Path) -> LengthPredictor:
     unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if unexpected and all(name.startswith(_OLD_MODULES) for name in unexpected):
         raise LapsdError(f"{p} was written by lapsd 0.1 (predictor format 1), which this lapsd "
-                         f"no longer reads: retrain it with `lapsd predict train`")
+                         f"no longer reads: {_RETRAIN}")
+    old = sorted({_OLD_TYPES[name] for name in unexpected if name in _OLD_TYPES})
+    if old:
+        raise LapsdError(f"{p} is a predictor of an older lapsd (format {old[0]}); this lapsd "
+                         f"reads format {FORMAT_VERSION}: {_RETRAIN}")
     if unexpected:
         raise LapsdError(f"{p} holds types a lapsd predictor never contains ({unexpected[:5]}"
                          f"{' ...' if len(unexpected) > 5 else ''}); refusing to load it. Retrain "
@@ -114,6 +128,8 @@ def load_predictor(path: str | Path) -> LengthPredictor:
     got = payload.get("format_version")
     if got != FORMAT_VERSION:
         raise LapsdError(f"{p} is a lapsd predictor of format version {got}, but this lapsd "
-                         f"reads version {FORMAT_VERSION}: retrain it with `lapsd predict train`")
-    return LengthPredictor(payload["pipeline"], payload["length_baseline"],
+                         f"reads version {FORMAT_VERSION}: {_RETRAIN}")
+    return LengthPredictor(payload["model"],
+                           Calibration.from_dict(json.loads(payload["calibration"])),
+                           payload["continuation"], payload["length_baseline"],
                            float(payload["train_mean_tokens"]), json.loads(payload["card"]))
