@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from lapsd.console import add_json, add_switch_cost, console, emit, out
-from lapsd.errors import require_extra
+from lapsd.errors import LapsdError, require_extra
 from lapsd.tune.defaults import (
     DEFAULT_BAND_LIMITS,
     DEFAULT_BAND_TRIALS,
+    DEFAULT_FAMILY,
     DEFAULT_GRACE,
     DEFAULT_HEARTBEAT,
     DEFAULT_TRIALS,
@@ -69,24 +70,25 @@ class _Bar:
 def cmd_tune(args: argparse.Namespace) -> int:
     """``lapsd tune``."""
     require_extra("tune", "optuna", "plotly", "sklearn")
-    from lapsd.replay.trace import read_trace
-    from lapsd.replay.workload import ORACLE_WHAT_IF
-    from lapsd.tune.context import TuneSpec
+    from lapsd.tune.context import TRAINED, TuneSpec
     from lapsd.tune.run import RunOptions, run_tune
 
-    predictions = args.predictions
-    if predictions is None:
-        has_column = all("predicted_tokens" in read_trace(t).requests.columns
-                         for t in args.traces)
-        predictions = "column" if has_column else ORACLE_WHAT_IF
+    if args.predictor is not None and args.predictions is not None:
+        raise LapsdError("give --predictor (a trained predictor file) or --predictions, "
+                         "not both")
+    predictions = "predictor" if args.predictor is not None else args.predictions or TRAINED
     suite = Suite(bursts=args.bursts, loads=args.loads, poisson_n=args.poisson_n,
                   seeds=args.seeds)
     spec = TuneSpec(
         traces=tuple(str(Path(t)) for t in args.traces), suite=suite, holdout=args.holdout,
         seed=args.seed, second_objective=args.second_objective, predictions=predictions,
         predictor=None if args.predictor is None else str(args.predictor),
-        c0=args.c0, c1=args.c1,
+        repredict_every=args.repredict_every, c0=args.c0, c1=args.c1,
+        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
     )
+    if spec.what_if:
+        console.print(f"[yellow]predictions {spec.predictions}: a what-if (true length x "
+                      "noise), not a predictor a server has; every table says so[/]")
     opts = RunOptions(
         out=args.out, n_trials=args.trials, workers=args.workers, storage_url=args.storage,
         study=args.study, band_limits=args.bands, band_trials=args.band_trials,
@@ -112,19 +114,27 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def _print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"held-out ({len(summary['heldout_workloads'])} workloads per trace)")
-    for col in ("policy", "mean s", "p99 s", "mean/srpt"):
+    source = summary["predictions"]
+    label = ("predictor trained on the tuning split" if source == "trained"
+             else f"predictor {summary['predictor']}" if source == "predictor"
+             else f"{source}{' (a what-if, not a real predictor)' if 'oracle' in source else ''}")
+    table = Table(title=f"held-out prompts ({len(summary['heldout_workloads'])} workloads per "
+                        f"trace; predictions: {label})")
+    for col in ("policy", "tuning obj", "mean s", "p99 s", "mean/srpt"):
         table.add_column(col, justify="left" if col == "policy" else "right")
+    tuning = summary["tuning_objective"]
     for name, m in summary["heldout"].items():
-        table.add_row(name, f"{m['mean_s']:.3f}", f"{m['p99_s']:.3f}", f"{m['norm_mean']:.3f}")
+        mark = " <- exported" if name == summary["exported"] else ""
+        table.add_row(name + mark, "-" if name not in tuning else f"{tuning[name]:.4f}",
+                      f"{m['mean_s']:.3f}", f"{m['p99_s']:.3f}", f"{m['norm_mean']:.3f}")
     out.print(table)
     banded = summary["banded_objective"]
-    out.print(f"best trial {summary['best_trial']}: tuning objective "
-              f"{summary['tuning_objective']:.4f}"
-              + ("" if banded is None else
-                 f"; load bands {banded:.4f} ("
-                 f"{'exported' if summary['bands_exported'] else 'not exported: no gain'})"))
-    out.print(f"parameters: {summary['parameters']}")
+    if banded is not None:
+        out.print(f"load bands: tuning objective {banded:.4f} "
+                  f"({'exported' if summary['bands_exported'] else 'not exported: no gain'})")
+    out.print(f"exported {summary['policy']}: {summary['parameters']}")
+    out.print(summary["verdict"],
+              style="bold yellow" if summary["verdict"].startswith("WARNING") else "bold green")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -141,17 +151,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `lapsd` parser."""
     d = Suite()
     p = subparsers.add_parser(
-        "tune", help="tune LAPS-SD on traces and export lapsd-config.json",
-        description="Search LAPS-SD's parameters with Optuna (seeded TPE) on trace replays, "
-                    "compare the result with every baseline on held-out prompts, and export "
-                    "lapsd-config.json and report.html. Re-running the same command continues "
-                    "an interrupted run.",
+        "tune", help="tune a scheduler on traces and export lapsd-config.json",
+        description="Train a length predictor on the tuning split, search a family of "
+                    "policies (LAPS-SD, Gittins, lp-srpt, lp-sjf) with Optuna (seeded TPE) on "
+                    "trace replays, export the best, and compare it with every baseline on "
+                    "held-out prompts: lapsd-config.json, heldout.json, report.html. Re-running "
+                    "the same command continues an interrupted run.",
     )
     p.add_argument("traces", nargs="+", type=Path, metavar="TRACE_DIR", help="trace folders")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--trials", type=_positive, default=DEFAULT_TRIALS,
-                   help=f"target number of trials of the single-set study "
+                   help=f"trials of each searched policy that has parameters "
                         f"(default {DEFAULT_TRIALS})")
+    p.add_argument("--policies", default=",".join(DEFAULT_FAMILY),
+                   help="the policy family searched; the best on the tuning suite is exported "
+                        "(default %(default)s)")
     p.add_argument("--workers", type=_positive, default=1,
                    help="worker processes (default 1: reproducible; more: faster)")
     p.add_argument("--storage", help="RDB URL shared by workers on several machines, e.g. "
@@ -161,10 +175,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler and split seed (default 0)")
     p.add_argument("--second-objective", choices=["p99"],
                    help="also minimise p99 latency; exports the Pareto front")
-    p.add_argument("--predictor", type=Path, help="trained length predictor (.skops)")
-    p.add_argument("--predictions", help="prediction source without --predictor: column or "
-                                         "oracle:sigma=S (default: column if every trace has "
-                                         "one, else oracle:sigma=0.5)")
+    p.add_argument("--predictor", type=Path,
+                   help="use this trained length predictor (.skops) instead of training one")
+    p.add_argument("--predictions",
+                   help="trained (default: a predictor trained on the tuning split's prompts, "
+                        "applied to all; real predictions), column (the traces' own "
+                        "predicted_tokens) or oracle:sigma=S (a what-if: true length x noise)")
+    p.add_argument("--repredict-every", type=_positive, metavar="N",
+                   help="re-predict a running request's length every N rounds from its output "
+                        "so far (needs a predictor)")
     add_switch_cost(p)
     p.add_argument("--holdout", type=float, default=0.3,
                    help="fraction of prompts held out (default 0.3)")

@@ -7,15 +7,22 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from lapsd.errors import LapsdError
+from lapsd.io import sha256_file
 from lapsd.replay.engine import SwitchCost, TraceArrays
 from lapsd.replay.matrix import build_cases
-from lapsd.replay.policies.laps_sd import LapsSDParams
+from lapsd.replay.policies import REGISTRY
+from lapsd.replay.policies.base import TraceScale
 from lapsd.replay.trace import read_trace, trace_digest
-from lapsd.replay.workload import ORACLE_WHAT_IF, PredictionSource
+from lapsd.replay.workload import PredictionSource, UpdateSource
+from lapsd.tune.defaults import DEFAULT_FAMILY
 from lapsd.tune.objective import Evaluator
 from lapsd.tune.space import SearchSpace, combined_scale
 from lapsd.tune.split import split_by_prompt
 from lapsd.tune.suite import Suite
+
+#: ``predictions`` of a spec whose predictor is trained on the tuning split (the default).
+TRAINED = "trained"
 
 
 @dataclass(frozen=True)
@@ -31,16 +38,23 @@ class TuneSpec:
     holdout
         Fraction of prompts held out.
     seed
-        Seed of the sampler and of the split.
+        Seed of the sampler, of the split and of the trained predictor.
     second_objective
         ``"p99"`` to also minimise normalised p99 latency (a Pareto front), or ``None``.
     predictions
-        Prediction source string for the replays (``column`` or ``oracle:sigma=...``); ignored
-        when ``predictor`` is given.
+        Where length predictions come from: ``trained`` (a predictor trained on the tuning
+        split's prompts, then applied to every request: real predictions), ``predictor``
+        (the file ``predictor``), ``column`` (the traces' own prediction columns) or the
+        noisy-oracle what-if ``oracle:sigma=S``.
     predictor
-        Path of a trained length predictor (``.skops``), or ``None``.
+        The predictor file (with ``predictions="predictor"``; for ``trained``, where the
+        trained one is saved).
+    repredict_every
+        Rounds between re-predictions of a running request (``None``: none).
     c0, c1
         Switch-cost model (seconds per preemption, per context token).
+    policies
+        The policy family searched; the best on the tuning suite is exported.
     """
 
     traces: tuple[str, ...]
@@ -48,10 +62,44 @@ class TuneSpec:
     holdout: float = 0.3
     seed: int = 0
     second_objective: str | None = None
-    predictions: str = ORACLE_WHAT_IF
+    predictions: str = TRAINED
     predictor: str | None = None
+    repredict_every: int | None = None
     c0: float = 0.0
     c1: float = 0.0
+    policies: tuple[str, ...] = DEFAULT_FAMILY
+
+    def __post_init__(self) -> None:
+        """Reject what cannot run before anything is written."""
+        unknown = [p for p in self.policies if p not in REGISTRY]
+        if unknown:
+            raise LapsdError(f"--policies: unknown policy {unknown[0]!r}; available: "
+                             f"{', '.join(REGISTRY)}")
+        if not self.policies:
+            raise LapsdError("--policies: name at least one policy")
+        oracle = [p for p in self.policies if REGISTRY[p].needs_oracle]
+        if oracle:
+            raise LapsdError(f"--policies: {oracle[0]} sees true lengths and cannot be "
+                             "exported; it is always in the held-out table as the lower bound")
+        if not (self.predictions in (TRAINED, "predictor", "column")
+                or self.predictions.startswith("oracle:")):
+            raise LapsdError(f"predictions {self.predictions!r}: expected trained, predictor, "
+                             "column or oracle:sigma=S")
+        if self.predictions == "predictor" and not self.predictor:
+            raise LapsdError("predictions 'predictor' need a predictor file (--predictor)")
+        if self.repredict_every is not None and not self.uses_predictor:
+            raise LapsdError("--repredict-every needs a predictor (trained or --predictor): "
+                             "re-predictions come from a model reading the output so far")
+
+    @property
+    def uses_predictor(self) -> bool:
+        """Whether predictions come from a predictor model (trained here or given)."""
+        return self.predictions in (TRAINED, "predictor")
+
+    @property
+    def what_if(self) -> bool:
+        """Whether the predictions are the noisy-oracle what-if (true length x noise)."""
+        return self.predictions.startswith("oracle")
 
     @property
     def switch(self) -> SwitchCost:
@@ -68,46 +116,70 @@ class TuneSpec:
         out = asdict(self)
         out["traces"] = [trace_digest(t) for t in self.traces]
         out["suite"] = asdict(self.suite)
-        if self.predictor:
-            from lapsd.io import sha256_file
-
-            out["predictor"] = sha256_file(self.predictor)
+        # A trained predictor is determined by the traces, split and seed above; a given one
+        # by its content.
+        out["predictor"] = (sha256_file(self.predictor)
+                            if self.predictions == "predictor" and self.predictor else None)
         return out
 
 
 @dataclass
 class TuneContext:
-    """Compiled traces, the split, the search space and the tuning evaluator of a spec."""
+    """Compiled traces, the split, predictions, search spaces and the tuning evaluator."""
 
     spec: TuneSpec
     arrays: list[tuple[str, TraceArrays]]
     tune_sets: list[tuple[str, TraceArrays]]
     heldout_sets: list[tuple[str, TraceArrays]]
-    space: SearchSpace[LapsSDParams]
+    scale: TraceScale
     predictions: PredictionSource
+    updates: UpdateSource | None
     evaluator: Evaluator
 
-
-def prediction_source(spec: TuneSpec) -> PredictionSource:
-    """What the length-aware policies are told: the predictor, or the spec's source."""
-    if spec.predictor:
-        from lapsd.predict.apply import predictor_source
-
-        return predictor_source(Path(spec.predictor))
-    return spec.predictions
+    def space(self, policy: str) -> SearchSpace[Any] | None:
+        """The search space of a family member (``None``: it has no parameters)."""
+        params_cls = getattr(REGISTRY[policy], "Params", None)
+        if params_cls is None:
+            return None
+        given = {"c0": self.spec.c0, "c1": self.spec.c1} if policy == "gittins" else {}
+        return SearchSpace(params_cls, self.scale, given=given)
 
 
 @cache
-def load_context(spec: TuneSpec) -> TuneContext:
-    """Build (once per process) everything the objective needs from ``spec``."""
+def split(spec: TuneSpec) -> tuple[list[tuple[str, TraceArrays]], list[tuple[str, TraceArrays]],
+                                   list[tuple[str, TraceArrays]]]:
+    """The traces, and their tuning and held-out requests (split by prompt)."""
     arrays = [(Path(t).name, TraceArrays.from_trace(read_trace(t))) for t in spec.traces]
     tune_sets, heldout_sets = [], []
     for name, a in arrays:
         tune_idx, held_idx = split_by_prompt(a, spec.holdout, spec.seed)
         tune_sets.append((name, a.subset(tune_idx)))
         heldout_sets.append((name, a.subset(held_idx)))
-    space = SearchSpace(LapsSDParams, combined_scale([a.scale for _, a in arrays]))
-    predictions = prediction_source(spec)
-    evaluator = Evaluator(build_cases(tune_sets, spec.suite.workloads(), predictions),
-                          spec.switch)
-    return TuneContext(spec, arrays, tune_sets, heldout_sets, space, predictions, evaluator)
+    return arrays, tune_sets, heldout_sets
+
+
+def prediction_sources(spec: TuneSpec) -> tuple[PredictionSource, UpdateSource | None]:
+    """What the length-aware policies are told, and their re-predictions."""
+    if not spec.uses_predictor:
+        return spec.predictions, None
+    if spec.predictor is None or not Path(spec.predictor).is_file():
+        raise LapsdError(f"predictor {spec.predictor} not found: with predictions "
+                         f"{spec.predictions!r} it must be there before tuning")
+    from lapsd.predict.apply import predictor_source, update_source
+    from lapsd.predict.persist import load_predictor
+
+    predictor = load_predictor(spec.predictor)
+    updates = (None if spec.repredict_every is None
+               else update_source(predictor, spec.repredict_every))
+    return predictor_source(predictor), updates
+
+
+@cache
+def load_context(spec: TuneSpec) -> TuneContext:
+    """Build (once per process) everything the objective needs from ``spec``."""
+    arrays, tune_sets, heldout_sets = split(spec)
+    predictions, updates = prediction_sources(spec)
+    cases = build_cases(tune_sets, spec.suite.workloads(), predictions, updates)
+    return TuneContext(spec, arrays, tune_sets, heldout_sets,
+                       combined_scale([a.scale for _, a in arrays]), predictions, updates,
+                       Evaluator(cases, spec.switch))

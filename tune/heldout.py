@@ -1,4 +1,4 @@
-"""Held-out comparison: tuned LAPS-SD beside untuned LAPS-SD and every baseline.
+"""Held-out comparison: the tuned family beside every other baseline and paper LAPS-SD.
 
 Every policy replays the same held-out workloads (requests whose prompts the tuner never saw,
 with seeds the tuner never used); each row is normalised by ``srpt-oracle`` on the same workload.
@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from lapsd.replay.matrix import PolicyFactory, build_cases, registry_factories, replay_matrix
+from lapsd.replay.matrix import (
+    PolicyFactory,
+    Server,
+    build_cases,
+    registry_factories,
+    replay_matrix,
+)
 from lapsd.replay.policies import REGISTRY
 from lapsd.tune.context import TuneContext
 
@@ -19,14 +25,14 @@ from lapsd.tune.context import TuneContext
 HELDOUT_SEEDS = (101, 102)
 
 
-def baseline_factories(ctx: TuneContext) -> dict[str, PolicyFactory]:
-    """Every registered policy except LAPS-SD, plus LAPS-SD with its untuned defaults.
+def baseline_factories(ctx: TuneContext, exclude: set[str]) -> dict[str, PolicyFactory]:
+    """Every registered policy not in ``exclude`` (the tuned family), with its defaults.
 
-    Scale-dependent defaults (queue bounds, quanta) use the tuned traces' typical round.
+    And LAPS-SD with the paper's defaults. Scale-dependent defaults (queue bounds, quanta)
+    use the tuned traces' typical round.
     """
-    scale = ctx.space.scale
-    out = registry_factories([n for n in REGISTRY if n != "laps-sd"], scale)
-    out["laps-sd (default)"] = registry_factories(["laps-sd"], scale)["laps-sd"]
+    out = registry_factories([n for n in REGISTRY if n not in exclude], ctx.scale)
+    out["laps-sd (paper defaults)"] = registry_factories(["laps-sd"], ctx.scale)["laps-sd"]
     return out
 
 
@@ -44,11 +50,11 @@ def compare(ctx: TuneContext, policies: Mapping[str, PolicyFactory]) -> dict[str
     workloads = ctx.spec.suite.with_seeds(HELDOUT_SEEDS).workloads()
     # Traces outer, as the table reads: the case order only changes the row order.
     cases = [c for t in ctx.heldout_sets
-             for c in build_cases([t], workloads, ctx.predictions)]
+             for c in build_cases([t], workloads, ctx.predictions, ctx.updates)]
     rows: list[dict[str, Any]] = []
     latencies: dict[str, list[float]] = {name: [] for name in policies}
     specs = {w.text: w for w in workloads}
-    for row in replay_matrix(cases, policies, switch=ctx.spec.switch):
+    for row in replay_matrix(cases, policies, server=Server(ctx.spec.switch)):
         spec = specs[row.case.workload.name]
         rows.append({**row.metrics.to_dict(), "kind": spec.kind, "load": spec.load,
                      "burst": spec.n if spec.kind == "burst" else None})

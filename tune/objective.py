@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 
 from lapsd.replay.engine import SwitchCost
-from lapsd.replay.matrix import Case, PolicyFactory, replay_matrix
+from lapsd.replay.matrix import Case, PolicyFactory, Server, replay_matrix
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Evaluator:
         :class:`optuna.TrialPruned` is raised when the pruner says so.
         """
         means, p99s = [], []
-        rows = replay_matrix(self.cases, {"trial": make_policy}, switch=self.switch)
+        rows = replay_matrix(self.cases, {"trial": make_policy}, server=Server(self.switch))
         for step, row in enumerate(rows):
             assert row.metrics.norm_mean is not None and row.metrics.norm_p99 is not None
             means.append(row.metrics.norm_mean)

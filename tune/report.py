@@ -87,10 +87,15 @@ def _bars(summary: dict[str, dict[str, float]]) -> go.Figure:
     return fig
 
 
-def _table(summary: dict[str, dict[str, float]]) -> str:
-    head = "<tr><th>policy</th><th>mean s</th><th>p99 s</th><th>mean / srpt-oracle</th></tr>"
+def _table(summary: dict[str, dict[str, float]], tuning: dict[str, float],
+           exported: str) -> str:
+    head = ("<tr><th>policy</th><th>tuning objective</th><th>mean s</th><th>p99 s</th>"
+            "<th>mean / srpt-oracle</th></tr>")
     body = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{m['mean_s']:.3f}</td><td>{m['p99_s']:.3f}</td>"
+        f"<tr><td>{'<b>' if n == exported else ''}{html.escape(n)}"
+        f"{' (exported)</b>' if n == exported else ''}</td>"
+        f"<td>{'-' if n not in tuning else format(tuning[n], '.4f')}</td>"
+        f"<td>{m['mean_s']:.3f}</td><td>{m['p99_s']:.3f}</td>"
         f"<td>{m['norm_mean']:.3f}</td></tr>" for n, m in summary.items())
     return f"<table>{head}{body}</table>"
 
@@ -119,26 +124,39 @@ def render(out: Path, storage_url: str | None = None) -> str:
                                  config={"displaylogo": False}))
         plotlyjs = False
     prov = cfg.provenance
-    params = json.dumps(cfg.model_dump(mode="json")["policy"]["parameters"])
+    params = json.dumps(cfg.policy.parameters)
     bands = cfg.load_bands
     band_note = ("one parameter set for all loads" if bands is None else
                  f"{len(bands.bands)} load bands by waiting requests")
+    pred = cfg.prediction
+    source = (f"a length predictor ({html.escape(pred.predictor.path)})" if pred.predictor
+              else html.escape(pred.source))
+    if pred.what_if:
+        source += " <b>(a what-if: true length x noise, not a predictor a server has)</b>"
     notes = [
         f"traces: {', '.join(html.escape(t.path) for t in prov.traces)}",
+        f"predictions: {source}"
+        + (f"; re-predicted every {pred.repredict_every} rounds" if pred.repredict_every
+           else ""),
+        f"exported <b>{html.escape(cfg.policy.name)}</b>: <code>{html.escape(params)}</code>; "
+        f"{band_note}",
         f"study {html.escape(prov.study)} ({html.escape(prov.storage or '')}), best "
         f"trial {prov.trial} of {prov.n_trials or '?'}",
-        f"exported parameters: <code>{html.escape(params)}</code>; {band_note}",
         f"held-out workloads: {html.escape(', '.join(heldout['workloads']))}",
         f"created {html.escape(prov.created)} by lapsd {html.escape(prov.lapsd_version)}",
     ]
+    verdict = cfg.heldout.verdict or ""
+    colour = "#a60" if verdict.startswith("WARNING") else "#070"
     items = "".join(f"<li>{n}</li>" for n in notes)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<title>lapsd tuning report</title><style>body{font-family:sans-serif;margin:2em;"
         "max-width:1100px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
         "padding:3px 8px;text-align:right}td:first-child{text-align:left}</style></head><body>"
-        f"<h1>lapsd tuning report</h1><ul>{items}</ul>"
-        f"<h2>Held-out metrics</h2>{_table(heldout['summary'])}"
+        f"<h1>lapsd tuning report</h1><p style=\"color:{colour};font-weight:bold\">"
+        f"{html.escape(verdict)}</p><ul>{items}</ul>"
+        f"<h2>Held-out metrics</h2>"
+        f"{_table(heldout['summary'], heldout.get('tuning_objective', {}), heldout['exported'])}"
         f"{''.join(parts)}</body></html>\n"
     )
 

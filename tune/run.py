@@ -1,17 +1,23 @@
-"""A whole tuning run: study, load bands, held-out comparison, config and report.
+"""A whole tuning run: predictor, a study per policy, load bands, held-out comparison, export.
 
 Everything lands in the output folder::
 
+    predictor.skops      the length predictor trained on the tuning split (default)
     study.journal        the Optuna studies (unless --storage names a database)
-    lapsd-config.json    the exported scheduler (validated against the schema)
+    lapsd-config.json    the exported scheduler (validated; format version 2)
     heldout.json         held-out metrics of every policy, per workload, and latencies
     report.html          the report (``lapsd report``)
 
-Load bands (design page, section 8) are tuned after the single parameter set, one band at a
+The tuner searches a *family* of policies (LAPS-SD, Gittins, lp-srpt, lp-sjf by default): one
+study per member with parameters, one trial for a member without. The member best on the
+tuning suite is exported. Every member (tuned), the other baselines and ``srpt-oracle`` are
+then replayed on held-out prompts with the same predictions; if something beats the exported
+policy there, the config, the report and the command say so.
+
+Load bands (design page, section 8) are tuned for LAPS-SD when it is exported, one band at a
 time: band ``b``'s study searches its parameters with the other bands fixed at their current
-best, starting from the single set. The bands are exported when they improve the tuning
-objective by more than :data:`BAND_MIN_GAIN`; the held-out table shows whether that gain
-survives on unseen prompts either way.
+best, starting from the single set. The bands are kept when they improve the tuning objective
+by more than :data:`BAND_MIN_GAIN`.
 """
 
 from __future__ import annotations
@@ -22,18 +28,24 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lapsd import __version__
 from lapsd.errors import LapsdError
 from lapsd.io import atomic_write_text, sha256_file
-from lapsd.replay.config import ACCEPTANCE_STATISTIC, VERSION, LapsdConfig, write_config
-from lapsd.replay.policies.banded import LoadBand
-from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
+from lapsd.replay.config import (
+    ACCEPTANCE_STATISTIC,
+    VERSION,
+    LapsdConfig,
+    policy_section,
+    write_config,
+)
+from lapsd.replay.matrix import PolicyFactory
+from lapsd.replay.policies.params import PolicyParams
 from lapsd.replay.trace import trace_digest
-from lapsd.tune.context import TuneSpec, load_context
+from lapsd.tune.context import TRAINED, TuneContext, TuneSpec, load_context, split
 from lapsd.tune.defaults import (
     CONFIG_FILE,
     DEFAULT_BAND_LIMITS,
@@ -43,14 +55,21 @@ from lapsd.tune.defaults import (
     DEFAULT_TRIALS,
     HELDOUT_FILE,
     JOURNAL_FILE,
+    PREDICTOR_FILE,
 )
 from lapsd.tune.heldout import baseline_factories, compare
 from lapsd.tune.report import write_report
-from lapsd.tune.study import StorageSpec, StudyJob, banded_policy, best_trial, run_job
+from lapsd.tune.study import (
+    StorageSpec,
+    StudyJob,
+    banded_policy,
+    best_trial,
+    run_job,
+    trial_policy,
+)
 
 #: Relative gain on the tuning objective that load bands need to be exported.
 BAND_MIN_GAIN = 0.005
-
 
 Progress = Callable[[str, int, int, float | None], None]
 
@@ -64,13 +83,14 @@ class RunOptions:
     out
         Output folder.
     n_trials
-        Target number of finished trials of the single-set study.
+        Target number of finished trials of each family member with parameters.
     workers
         Worker processes.
     storage_url
         RDB URL, or ``None`` for the journal in ``out``.
     study
-        Study name (band studies append ``-band<i>``).
+        Study name prefix (a member's study is ``<study>-<policy>``; band studies append
+        ``-band<i>``).
     band_limits
         Largest number of waiting requests of each band but the last; empty: no bands.
     band_trials
@@ -96,6 +116,18 @@ class RunOptions:
                            self.grace)
 
 
+@dataclass
+class Member:
+    """One family member's outcome on the tuning suite."""
+
+    policy: str
+    study: str
+    trial: int
+    trials: int
+    objective: float
+    params: dict[str, Any]
+
+
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Hold ``out/.lapsd-tune.lock`` so that one run at a time uses the folder's journal."""
@@ -109,105 +141,195 @@ def _locked(out: Path) -> Iterator[None]:
         yield
 
 
+def train_predictor(spec: TuneSpec, out: Path) -> TuneSpec:
+    """Train the predictor on the tuning split's prompts (all traces), saved in ``out``.
+
+    A predictor already there from an earlier run of the same spec is kept, so that a resumed
+    run tunes with the very predictor it started with. Returns the spec that uses it.
+    """
+    from lapsd.predict.persist import load_predictor, save_predictor
+    from lapsd.predict.train import fit_on_arrays
+
+    path = out / PREDICTOR_FILE
+    stamp = json.loads(json.dumps(replace(spec, predictor=None).fingerprint()))
+    if path.is_file() and load_predictor(path).card.get("lapsd_tune") == stamp:
+        return replace(spec, predictor=str(path))
+    _, tune_sets, _ = split(spec)
+    predictor = fit_on_arrays([a for _, a in tune_sets], seed=spec.seed)
+    predictor.card["lapsd_tune"] = stamp
+    predictor.card["trained_on"] = ("the tuning split of " + ", ".join(spec.traces)
+                                    + f" (holdout {spec.holdout}, seed {spec.seed})")
+    save_predictor(predictor, path)
+    return replace(spec, predictor=str(path))
+
+
 def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
              ) -> dict[str, Any]:
-    """Tune, compare on held-out data, export; return a summary (also written as files)."""
+    """Tune the family, compare on held-out data, export; return a summary (also as files)."""
     start = time.perf_counter()
-    ctx = load_context(spec)  # checks the traces and the split before anything is written
+    split(spec)  # the traces read and split: checked before anything is written
     with _locked(opts.out):
-        label = f"{opts.study}"
-        job = StudyJob(spec, opts.storage, opts.study, opts.n_trials)
-        study = run_job(job, opts.workers, _bind(progress, label, opts.n_trials))
-        best = best_trial(study)
-        tuned = ctx.space.to_params(best.params)
-        assert isinstance(tuned, LapsSDParams)
-        tuned_value = best.values[0]
+        if spec.predictions == TRAINED:
+            if progress is not None:
+                progress("training the length predictor", 0, 1, None)
+            spec = train_predictor(spec, opts.out)
+            if progress is not None:
+                progress("training the length predictor", 1, 1, None)
+        ctx = load_context(spec)  # checks the traces and the split before any study
+        members = [_tune_member(spec, opts, ctx, name, progress) for name in spec.policies]
+        winner = min(members, key=lambda m: m.objective)
+        bands, band_value = _tune_bands(spec, opts, ctx, winner, progress)
+        bands_kept = band_value is not None and band_value < winner.objective * (
+            1 - BAND_MIN_GAIN)
 
-        sets: list[dict[str, Any]] = []
-        band_values: list[float] = []
-        if opts.band_limits:
-            sets = [dict(best.params) for _ in range(len(opts.band_limits) + 1)]
-            for b in range(len(sets)):
-                name = f"{opts.study}-band{b}"
-                band_job = StudyJob(spec, opts.storage, name, opts.band_trials, band=b,
-                                    band_limits=opts.band_limits, fixed=tuple(sets))
-                band_study = run_job(band_job, opts.workers,
-                                     _bind(progress, name, opts.band_trials))
-                band_best = best_trial(band_study)
-                sets[b] = dict(band_best.params)
-                band_values.append(band_best.values[0])
-        banded_value = band_values[-1] if band_values else None
-        bands_kept = (banded_value is not None
-                      and banded_value < tuned_value * (1 - BAND_MIN_GAIN))
-
-        policies = baseline_factories(ctx)
-        policies["laps-sd (tuned)"] = lambda: LapsSD(tuned)
-        bands: list[LoadBand] | None = None
-        if sets:
-            bands = list(banded_policy(ctx, opts.band_limits, sets).bands)
-            limits = opts.band_limits
-            policies["laps-sd (banded)"] = lambda: banded_policy(ctx, limits, sets)
+        policies = baseline_factories(ctx, exclude=set(spec.policies))
+        for m in members:
+            policies[_label(m)] = trial_policy(ctx, m.policy, m.params)
+        if bands is not None:
+            policies[f"{winner.policy} (banded)"] = bands
         if progress is not None:
             progress("held-out comparison", 0, 1, None)
         heldout = compare(ctx, policies)
         if progress is not None:
             progress("held-out comparison", 1, 1, None)
-        heldout["tuning_objective"] = {"laps-sd (tuned)": tuned_value,
-                                       "laps-sd (banded)": banded_value}
+        exported = f"{winner.policy} (banded)" if bands_kept else _label(winner)
+        verdict = _verdict(heldout["summary"], exported)
+        heldout["exported"], heldout["verdict"] = exported, verdict
+        heldout["tuning_objective"] = {_label(m): m.objective for m in members}
+        if band_value is not None:
+            heldout["tuning_objective"][f"{winner.policy} (banded)"] = band_value
         atomic_write_text(opts.out / HELDOUT_FILE, json.dumps(heldout) + "\n")
 
-        cfg: dict[str, Any] = {
-            "version": VERSION,
-            "policy": _policy_section(tuned),
-            "acceptance_statistic": ACCEPTANCE_STATISTIC,
-            "switch_cost": {"model": "c0 + c1 * context_tokens", "c0_s": spec.c0,
-                            "c1_s_per_token": spec.c1},
-            "predictor": (None if spec.predictor is None else
-                          {"path": str(spec.predictor), "sha256": sha256_file(spec.predictor)}),
-            "predictions": "predictor" if spec.predictor else spec.predictions,
-            "load_bands": (None if not bands_kept or bands is None else
-                           {"by": "waiting_requests",
-                            "bands": [{"max_waiting": b.max_waiting, "parameters": b.params}
-                                      for b in bands]}),
-            "provenance": {
-                "traces": [{"path": str(t), "sha256": trace_digest(t)} for t in spec.traces],
-                "workloads": [w.text for w in spec.suite.workloads()],
-                "holdout_fraction": spec.holdout,
-                "study": opts.study,
-                "storage": opts.storage.describe(),
-                "trial": best.number,
-                "n_trials": opts.n_trials,
-                "objective": "mean over workloads and traces of mean latency / srpt-oracle's"
-                             + (" ; second: p99 latency / srpt-oracle's"
-                                if spec.second_objective else ""),
-                "search_space": ctx.space.describe(),
-                "seed": spec.seed,
-                "lapsd_version": __version__,
-                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            },
-            "heldout": {"workloads": heldout["workloads"], "requests": heldout["requests"],
-                        "policies": heldout["summary"]},
-        }
-        if spec.second_objective:
-            cfg["pareto_front"] = [
-                {"trial": t.number, "values": list(t.values),
-                 "parameters": ctx.space.to_params(t.params)}
-                for t in sorted(study.best_trials, key=lambda t: t.values[0])]
-        config = LapsdConfig.model_validate(cfg)
+        config = _config(spec, opts, ctx, members, winner, bands if bands_kept else None,
+                         heldout)
         write_config(config, opts.out / CONFIG_FILE)
-
         report = write_report(opts.out, opts.storage_url)
     return {
         "out": str(opts.out), "config": str(opts.out / CONFIG_FILE), "report": str(report),
-        "elapsed_s": time.perf_counter() - start, "best_trial": best.number,
-        "tuning_objective": tuned_value, "banded_objective": banded_value,
-        "bands_exported": bands_kept, "parameters": asdict(tuned),
+        "predictor": spec.predictor, "predictions": spec.predictions,
+        "elapsed_s": time.perf_counter() - start, "exported": exported, "verdict": verdict,
+        "policy": winner.policy, "parameters": config.policy.parameters,
+        "tuning_objective": {_label(m): m.objective for m in members},
+        "banded_objective": band_value, "bands_exported": bands_kept,
         "heldout": heldout["summary"], "heldout_workloads": heldout["workloads"],
     }
 
 
-def _policy_section(params: LapsSDParams) -> dict[str, Any]:
-    return {"name": "laps-sd", "parameters": params, "units": params.units()}
+def _label(m: Member) -> str:
+    return f"{m.policy} (tuned)" if m.params else m.policy
+
+
+def _tune_member(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, policy: str,
+                 progress: Progress | None) -> Member:
+    """Run the study of one family member (one trial when it has no parameters)."""
+    space = ctx.space(policy)
+    n = opts.n_trials if space is not None and space.dims else 1
+    name = f"{opts.study}-{policy}"
+    job = StudyJob(spec, opts.storage, name, n, policy=policy)
+    study = run_job(job, opts.workers, _bind(progress, name, n))
+    best = best_trial(study)
+    return Member(policy, name, best.number, n, best.values[0], dict(best.params))
+
+
+def _tune_bands(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, winner: Member,
+                progress: Progress | None) -> tuple[PolicyFactory | None, float | None]:
+    """Load bands of an exported LAPS-SD: their scheduler factory and tuning objective."""
+    if winner.policy != "laps-sd" or not opts.band_limits:
+        return None, None
+    sets = [dict(winner.params) for _ in range(len(opts.band_limits) + 1)]
+    value = None
+    for b in range(len(sets)):
+        name = f"{winner.study}-band{b}"
+        job = StudyJob(spec, opts.storage, name, opts.band_trials, policy="laps-sd", band=b,
+                       band_limits=opts.band_limits, fixed=tuple(sets))
+        best = best_trial(run_job(job, opts.workers, _bind(progress, name, opts.band_trials)))
+        sets[b] = dict(best.params)
+        value = best.values[0]
+    limits = opts.band_limits
+    return (lambda: banded_policy(ctx, limits, sets)), value
+
+
+def _verdict(summary: dict[str, dict[str, float]], exported: str) -> str:
+    """One line: whether the exported policy is the best on held-out data, and by how much."""
+    mine = summary[exported]["norm_mean"]
+    rivals = {n: m["norm_mean"] for n, m in summary.items()
+              if n != exported and n != "srpt-oracle"}
+    best_name = min(rivals, key=rivals.__getitem__)
+    ratio = mine / rivals[best_name]
+    if ratio <= 1.0:
+        return (f"{exported} is the best on held-out prompts: {mine:.3f} x srpt-oracle, "
+                f"{(1 - ratio) * 100:.1f}% below the next best ({best_name}, "
+                f"{rivals[best_name]:.3f})")
+    return (f"WARNING: on held-out prompts {best_name} ({rivals[best_name]:.3f} x srpt-oracle) "
+            f"beats the exported {exported} ({mine:.3f}) by {(ratio - 1) * 100:.1f}%; "
+            f"{exported} was best on the tuning suite")
+
+
+def _params(ctx: TuneContext, policy: str, trial_params: dict[str, Any],
+            ) -> PolicyParams | None:
+    space = ctx.space(policy)
+    return None if space is None else space.to_params(trial_params)
+
+
+def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Member],
+            winner: Member, bands: PolicyFactory | None, heldout: dict[str, Any],
+            ) -> LapsdConfig:
+    space = ctx.space(winner.policy)
+    study_summary = heldout["summary"]
+    cfg: dict[str, Any] = {
+        "version": VERSION,
+        "policy": policy_section(winner.policy, _params(ctx, winner.policy, winner.params)),
+        "prediction": {
+            "source": "predictor" if spec.uses_predictor else spec.predictions,
+            "what_if": spec.what_if,
+            "predictor": (None if not spec.uses_predictor or spec.predictor is None else
+                          {"path": str(spec.predictor), "sha256": sha256_file(spec.predictor)}),
+            "repredict_every": spec.repredict_every,
+        },
+        "switch_cost": {"model": "c0 + c1 * context_tokens", "c0_s": spec.c0,
+                        "c1_s_per_token": spec.c1},
+        "family": {m.policy: {
+            "tuning_objective": m.objective, "trials": m.trials,
+            "parameters": policy_section(m.policy, _params(ctx, m.policy, m.params))["parameters"],
+            "heldout_norm_mean": study_summary[_label(m)]["norm_mean"]} for m in members},
+        "provenance": {
+            "traces": [{"path": str(t), "sha256": trace_digest(t)} for t in spec.traces],
+            "workloads": [w.text for w in spec.suite.workloads()],
+            "holdout_fraction": spec.holdout,
+            "study": winner.study,
+            "storage": opts.storage.describe(),
+            "trial": winner.trial,
+            "n_trials": winner.trials,
+            "objective": "mean over workloads and traces of mean latency / srpt-oracle's"
+                         + (" ; second: p99 latency / srpt-oracle's"
+                            if spec.second_objective else ""),
+            "search_space": None if space is None else space.describe(),
+            "seed": spec.seed,
+            "lapsd_version": __version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+        "heldout": {"workloads": heldout["workloads"], "requests": heldout["requests"],
+                    "policies": study_summary, "exported": heldout["exported"],
+                    "verdict": heldout["verdict"]},
+    }
+    if winner.policy == "laps-sd":
+        cfg["acceptance_statistic"] = ACCEPTANCE_STATISTIC
+    if bands is not None:
+        banded = bands()
+        cfg["load_bands"] = {"by": "waiting_requests",
+                             "bands": [{"max_waiting": b.max_waiting,
+                                        "parameters": policy_section("laps-sd",
+                                                                     b.params)["parameters"]}
+                                       for b in banded.bands]}  # type: ignore[attr-defined]
+    if spec.second_objective and space is not None:
+        import optuna
+
+        study = optuna.load_study(study_name=winner.study, storage=opts.storage.open())
+        cfg["pareto_front"] = [
+            {"trial": t.number, "values": list(t.values),
+             "parameters": policy_section(winner.policy, space.to_params(t.params))["parameters"]}
+            for t in sorted(study.best_trials, key=lambda t: t.values[0])]
+    return LapsdConfig.model_validate(cfg)
 
 
 def _bind(progress: Progress | None, label: str, total: int,
@@ -215,3 +337,4 @@ def _bind(progress: Progress | None, label: str, total: int,
     if progress is None:
         return None
     return lambda done, best: progress(label, done, total, best)
+

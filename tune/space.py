@@ -6,6 +6,9 @@ has a categorical type (``bool``, ``Literal``) is searched, in field order; no b
 here. For LAPS-SD that is ``K`` 2..8, ``sup1`` 1..256 typical rounds (log), ``M`` 1.5..8 (log),
 ``gamma`` 2..20, ``delta`` 1e-5..1e-1 (log), the unit and ``perceptible_first``.
 
+An optional field (``float | None``, e.g. LAPS-SD's ``max_spread``) is searched as a switch
+``<name>_on`` and, when on, its range.
+
 A field measured in typical rounds (``Tunable(rounds=True)``, LAPS-SD's ``sup1``) is searched as
 ``<name>_rounds``, a number of typical rounds, and turned into the unit's amount with
 :meth:`TraceScale.per_round`: 16 rounds is 16 x the median round time in seconds, 16 rounds, or
@@ -18,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast, get_args
 
 import optuna
 
 from lapsd.replay.policies.base import TraceScale
-from lapsd.replay.policies.params import PolicyParams, build, choices, tunables
+from lapsd.replay.policies.params import PolicyParams, choices, tunables
 
 P = TypeVar("P", bound=PolicyParams)
 
@@ -58,11 +61,14 @@ class SearchSpace(Generic[P]):
     fixed
         Fields held at one value (the load bands share one ``gamma``); they stay in the trial
         parameters, as a range of one value.
+    given
+        Values of fields that are not searched (Gittins' assumed switch cost).
     """
 
     params_cls: type[P]
     scale: TraceScale
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    given: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def dims(self) -> list[Dim]:
@@ -73,6 +79,7 @@ class SearchSpace(Generic[P]):
             if not t.search:
                 continue
             options = choices(self.params_cls, name)
+            optional = type(None) in get_args(fields[name].annotation)
             kind = ("categorical" if options is not None
                     else "int" if fields[name].annotation is int else "float")
             if name in self.fixed:
@@ -81,6 +88,8 @@ class SearchSpace(Generic[P]):
             elif options is not None:
                 out.append(Dim(name, name, kind, choices=options))
             elif t.low is not None and t.high is not None:
+                if optional:
+                    out.append(Dim(name, f"{name}_on", "categorical", choices=(False, True)))
                 out.append(Dim(name, f"{name}_rounds" if t.rounds else name, kind, t.low,
                                t.high, t.log, t.rounds))
         return out
@@ -89,6 +98,8 @@ class SearchSpace(Generic[P]):
         """Sample one parameter set."""
         values: dict[str, Any] = {}
         for d in self.dims:
+            if values.get(f"{d.field}_on") is False:
+                continue  # an optional field switched off
             if d.kind == "categorical":
                 values[d.trial_name] = trial.suggest_categorical(d.trial_name, list(d.choices))
             elif d.kind == "int":
@@ -104,7 +115,11 @@ class SearchSpace(Generic[P]):
         values: dict[str, Any] = {}
         rounds: dict[str, float] = {}
         for d in self.dims:
-            if d.trial_name in trial_params:
+            if trial_params.get(f"{d.field}_on") is False:
+                values[d.field] = None
+            elif d.trial_name == f"{d.field}_on":
+                continue
+            elif d.trial_name in trial_params:
                 if d.rounds:
                     rounds[d.field] = float(trial_params[d.trial_name])
                 else:
@@ -112,7 +127,8 @@ class SearchSpace(Generic[P]):
         unit = values.get(self.params_cls.unit_field or "", "seconds")
         for name, n in rounds.items():
             values[name] = n * self.scale.per_round(unit)
-        return build(self.params_cls, values)
+        # Defaults that depend on the trace (a typical round) come from the tuned traces.
+        return cast(P, self.params_cls.with_defaults(self.scale, **self.given, **values))
 
     def default_trial_params(self) -> dict[str, Any]:
         """The trial values of the policy's defaults (enqueued as the first trial)."""
@@ -133,7 +149,12 @@ def default_trial_params(params_cls: type[PolicyParams]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for d in SearchSpace(params_cls, TraceScale()).dims:
         t = tunables(params_cls)[d.field]
-        out[d.trial_name] = float(t.default_rounds or 0) if d.rounds else defaults[d.field]
+        if d.trial_name == f"{d.field}_on":
+            out[d.trial_name] = defaults[d.field] is not None
+        elif d.rounds:
+            out[d.trial_name] = float(t.default_rounds or 0)
+        elif defaults[d.field] is not None:
+            out[d.trial_name] = defaults[d.field]
     return out
 
 

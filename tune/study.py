@@ -53,9 +53,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from lapsd.errors import LapsdError
+from lapsd.replay.policies import REGISTRY, construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.base import Policy
-from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
 from lapsd.tune.context import TuneContext, TuneSpec, load_context
 from lapsd.tune.defaults import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 
@@ -115,59 +115,73 @@ class StorageSpec:
 
 @dataclass(frozen=True)
 class StudyJob:
-    """One study to run to ``n_trials`` finished trials.
+    """One study of one family member, to run to ``n_trials`` finished trials.
 
-    ``band`` is ``None`` for the single parameter set; otherwise the study tunes that band of a
-    :class:`BandedLapsSD` whose other bands use ``fixed`` (trial parameters per band) and whose
-    limits are ``band_limits``.
+    ``band`` is ``None`` for a single parameter set of ``policy``; otherwise the study tunes
+    that band of a :class:`BandedLapsSD` (``policy`` is ``laps-sd``) whose other bands use
+    ``fixed`` (trial parameters per band) and whose limits are ``band_limits``. A policy
+    without parameters has one trial: itself.
     """
 
     spec: TuneSpec
     storage: StorageSpec
     study: str
     n_trials: int
+    policy: str = "laps-sd"
     band: int | None = None
     band_limits: tuple[int, ...] = ()
     fixed: tuple[Mapping[str, Any], ...] = ()
 
     def first_params(self) -> dict[str, Any]:
-        """Enqueued as trial 0: the design defaults, or the band's current parameters."""
+        """Enqueued as trial 0: the policy's defaults, or the band's current parameters."""
         from lapsd.tune.space import default_trial_params
 
-        if self.band is None:
-            return default_trial_params(LapsSDParams)
-        return dict(self.fixed[self.band])
+        if self.band is not None:
+            return dict(self.fixed[self.band])
+        params_cls = getattr(REGISTRY[self.policy], "Params", None)
+        return {} if params_cls is None else default_trial_params(params_cls)
 
 
 def banded_policy(ctx: TuneContext, limits: tuple[int, ...],
                   trial_params: Sequence[Mapping[str, Any]]) -> BandedLapsSD:
     """A :class:`BandedLapsSD` from per-band trial parameters."""
+    space = ctx.space("laps-sd")
+    assert space is not None
     maxes: list[int | None] = [*limits, None]
-    return BandedLapsSD([LoadBand(m, ctx.space.to_params(p))
+    return BandedLapsSD([LoadBand(m, space.to_params(p))
                          for m, p in zip(maxes, trial_params, strict=True)])
+
+
+def trial_policy(ctx: TuneContext, policy: str, trial_params: Mapping[str, Any],
+                 ) -> Callable[[], Policy[Any]]:
+    """Fresh schedulers of ``policy`` with a trial's parameters."""
+    space = ctx.space(policy)
+    params = None if space is None else space.to_params(trial_params)
+    return lambda: construct(policy, params)
 
 
 def _objective(job: StudyJob, ctx: TuneContext) -> Callable[[optuna.Trial], Any]:
     single = job.spec.second_objective is None
-    space = ctx.space
+    space = ctx.space(job.policy)
     if job.band is not None:
         # Bands share the stability window (lapsd.replay.policies.banded): gamma stays the
         # single set's.
-        gamma = int(job.fixed[job.band]["gamma"])
-        space = replace(space, fixed={"gamma": gamma})
+        assert space is not None
+        space = replace(space, fixed={"gamma": int(job.fixed[job.band]["gamma"])})
 
     def objective(trial: optuna.Trial) -> Any:
         live = job_trials(trial.study, LIVE)
         if sum(t.number <= trial.number for t in live) > job.n_trials:
             trial.set_user_attr("lapsd", SURPLUS)
             raise SurplusTrial(f"trial {trial.number} is beyond the target of {job.n_trials}")
-        params = space.suggest(trial)
-        trial.set_user_attr("sup1", params.sup1)
         make: Callable[[], Policy[Any]]
         if job.band is None:
-            def make() -> Policy[Any]:
-                return LapsSD(params)
+            if space is not None:
+                space.suggest(trial)
+            make = trial_policy(ctx, job.policy, trial.params)
         else:
+            assert space is not None
+            space.suggest(trial)
             sets = [dict(p) for p in job.fixed]
             sets[job.band] = dict(trial.params)
 
@@ -210,8 +224,13 @@ def load_job_study(job: StudyJob, worker: int = 0,
     return study
 
 
-def work(job: StudyJob, worker: int = 0, poll_s: float = 0.2) -> None:
-    """Run trials of ``job`` until the study has its target count (one worker process)."""
+def work(job: StudyJob, worker: int = 0, poll_s: float = 0.2,
+         on_trial: Callable[[], None] | None = None) -> None:
+    """Run trials of ``job`` until the study has its target count (one worker).
+
+    Returns early, with the running trial failed (the next run retries it), on Ctrl-C.
+    ``on_trial`` is called after each trial.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and stale-trial retries are marked experimental; they are what we rely on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -219,13 +238,13 @@ def work(job: StudyJob, worker: int = 0, poll_s: float = 0.2) -> None:
     study = load_job_study(job, worker)
     objective = _objective(job, ctx)
     try:
-        _loop(job, study, objective, poll_s)
+        _loop(job, study, objective, poll_s, on_trial)
     except KeyboardInterrupt:
         return  # optuna has failed the running trial; the next run retries it
 
 
 def _loop(job: StudyJob, study: optuna.Study, objective: Callable[[optuna.Trial], Any],
-          poll_s: float) -> None:
+          poll_s: float, on_trial: Callable[[], None] | None) -> None:
     while True:
         trials = job_trials(study, LIVE)
         if sum(t.state in FINISHED for t in trials) >= job.n_trials:
@@ -238,6 +257,8 @@ def _loop(job: StudyJob, study: optuna.Study, objective: Callable[[optuna.Trial]
             time.sleep(poll_s)
             continue
         study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
+        if on_trial is not None:
+            on_trial()
 
 
 def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
@@ -258,7 +279,8 @@ def prepare_study(job: StudyJob) -> optuna.Study:
                                 directions=job.spec.directions, load_if_exists=True,
                                 sampler=_sampler(job, 0), pruner=_pruner(job))
     # Through JSON, as the storage keeps it (tuples become lists).
-    fingerprint = json.loads(json.dumps({**job.spec.fingerprint(), "band": job.band,
+    fingerprint = json.loads(json.dumps({**job.spec.fingerprint(), "policy": job.policy,
+                                         "band": job.band,
                                          "band_limits": list(job.band_limits)}))
     old = study.user_attrs.get("lapsd_settings")
     if old is None:
@@ -291,6 +313,14 @@ def run_job(job: StudyJob, workers: int = 1,
     ``on_progress(finished, best)`` is called from this process while workers run.
     """
     study = prepare_study(job)
+    if workers == 1:
+        # In this process: no start-up of a worker, and the context is built once per run.
+        work(job, 0, on_trial=None if on_progress is None
+             else lambda: on_progress(*progress_of(study)))
+        finished, best = progress_of(study)
+        if finished < job.n_trials:
+            raise KeyboardInterrupt  # work() returns early only when interrupted
+        return study
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=work, args=(job, w), daemon=True) for w in range(workers)]
     for p in procs:

@@ -22,16 +22,30 @@ TINY_SUITE = Suite(bursts=(10,), loads=(0.7,), poisson_n=60, seeds=(1,))
 TINY_ARGS = ["--bursts", "10", "--loads", "0.7", "--poisson-n", "60", "--seeds", "1"]
 
 
+#: The noisy-oracle what-if: these tests check the tuner's mechanics, not the predictor.
+WHAT_IF = "oracle:sigma=0.5"
+
+
 @pytest.fixture(scope="session")
 def tiny_spec() -> TuneSpec:
-    return TuneSpec(traces=(str(TRACE),), suite=TINY_SUITE)
+    return TuneSpec(traces=(str(TRACE),), suite=TINY_SUITE, predictions=WHAT_IF,
+                    policies=("laps-sd", "gittins", "lp-srpt"))
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_spec: TuneSpec) -> dict[str, Any]:
-    """A finished run with load bands: 5 trials, then 2 per band."""
+    """A finished run of three policies: 5 trials each (one for lp-srpt)."""
     out = tmp_path_factory.mktemp("tiny-run")
     return run_tune(tiny_spec, RunOptions(out=out, n_trials=5, band_limits=(4,), band_trials=2))
+
+
+@pytest.fixture(scope="session")
+def banded_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A finished LAPS-SD-only run with load bands: 5 trials, then 2 per band."""
+    out = tmp_path_factory.mktemp("banded-run")
+    spec = TuneSpec(traces=(str(TRACE),), suite=TINY_SUITE, predictions=WHAT_IF,
+                    policies=("laps-sd",))
+    return run_tune(spec, RunOptions(out=out, n_trials=5, band_limits=(4,), band_trials=2))
 
 
 def check_accounted(study: optuna.Study, target: int) -> None:

@@ -1,7 +1,9 @@
-"""What `lapsd tune` exports: a valid config whose scheduler replays the tuned schedule."""
+"""What `lapsd tune` exports: the family's best, a valid config whose scheduler replays the
+tuned schedule, the comparison on held-out prompts, and the verdict."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,26 +11,60 @@ import numpy as np
 
 from lapsd.replay.config import load_config, scheduler_from_config
 from lapsd.replay.engine import TraceArrays, simulate
-from lapsd.replay.policies.laps_sd import LapsSD, LapsSDParams
+from lapsd.replay.policies import construct
+from lapsd.replay.policies.banded import BandedLapsSD
 from lapsd.replay.trace import read_trace
 from lapsd.replay.workload import build_workload
 
-from .conftest import TRACE
+from .conftest import TRACE, WHAT_IF
 
 
 def _schedule(policy: Any) -> np.ndarray:
     arrays = TraceArrays.from_trace(read_trace(TRACE))
-    workload = build_workload("poisson:load=0.9,n=200,seed=3", arrays, "oracle:sigma=0.5")
+    workload = build_workload("poisson:load=0.9,n=200,seed=3", arrays, WHAT_IF)
     return simulate(arrays, workload, policy).completion_ns
 
 
-def test_exported_config_runs_the_tuned_schedule(tiny_run: dict[str, Any]) -> None:
+def test_the_best_member_on_the_tuning_suite_is_exported(tiny_run: dict[str, Any]) -> None:
     cfg = load_config(tiny_run["config"])
-    assert cfg.provenance.traces[0].sha256
-    assert "laps-sd (tuned)" in cfg.heldout.policies
-    assert "srpt-oracle" in cfg.heldout.policies
-    tuned = LapsSDParams(**tiny_run["parameters"])
-    assert cfg.policy.params() == tuned
-    single = cfg.model_copy(update={"load_bands": None})
-    assert np.array_equal(_schedule(scheduler_from_config(single)), _schedule(LapsSD(tuned)))
-    assert Path(tiny_run["report"]).is_file()
+    assert cfg.version == 2
+    family = cfg.family
+    assert family is not None and set(family) == {"laps-sd", "gittins", "lp-srpt"}
+    best = min(family, key=lambda name: family[name].tuning_objective)
+    assert cfg.policy.name == best == tiny_run["policy"]
+    assert family["lp-srpt"].trials == 1 and family["laps-sd"].trials == 5
+    # The exported parameters replay the exported schedule.
+    expected = _schedule(construct(cfg.policy.name, cfg.policy.params()))
+    assert np.array_equal(_schedule(scheduler_from_config(cfg)), expected)
+    # The what-if is labelled as such.
+    assert cfg.prediction.what_if and cfg.prediction.source == WHAT_IF
+    assert cfg.prediction.predictor is None
+
+
+def test_heldout_compares_every_member_and_baseline(tiny_run: dict[str, Any]) -> None:
+    cfg = load_config(tiny_run["config"])
+    names = set(cfg.heldout.policies)
+    assert {"laps-sd (tuned)", "gittins (tuned)", "lp-srpt", "srpt-oracle", "fcfs", "las",
+            "mlfq", "lp-sjf", "laps-sd (paper defaults)"} <= names
+    assert cfg.heldout.exported in names
+    verdict = cfg.heldout.verdict
+    assert verdict is not None and verdict == tiny_run["verdict"]
+    summary = cfg.heldout.policies
+    mine = summary[cfg.heldout.exported].norm_mean
+    others = [m.norm_mean for n, m in summary.items()
+              if n not in (cfg.heldout.exported, "srpt-oracle")]
+    # The verdict says the truth about the held-out comparison.
+    assert verdict.startswith("WARNING") == (mine > min(others))
+    heldout = json.loads((Path(tiny_run["out"]) / "heldout.json").read_text())
+    assert heldout["verdict"] == verdict
+
+
+def test_bands_are_tuned_for_laps_sd(banded_run: dict[str, Any]) -> None:
+    cfg = load_config(banded_run["config"])
+    assert cfg.policy.name == "laps-sd" and cfg.acceptance_statistic is not None
+    assert banded_run["banded_objective"] is not None
+    assert "laps-sd (banded)" in cfg.heldout.policies
+    if banded_run["bands_exported"]:
+        assert isinstance(scheduler_from_config(cfg), BandedLapsSD)
+    else:
+        assert cfg.load_bands is None

@@ -15,7 +15,7 @@ from lapsd.tune.context import TuneSpec
 from lapsd.tune.study import FINISHED, StorageSpec, StudyJob, prepare_study, work
 from lapsd.tune.suite import Suite
 
-from .conftest import TRACE, check_accounted
+from .conftest import TRACE, WHAT_IF, check_accounted
 
 URL = os.environ.get("LAPSD_TEST_POSTGRES_URL")
 TARGET = 12
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(
 def test_workers_complete_study_despite_killed_worker() -> None:
     assert URL is not None
     spec = TuneSpec(traces=(str(TRACE),),
-                    suite=Suite(bursts=(10, 30), loads=(0.7,), poisson_n=80, seeds=(1,)))
+                    suite=Suite(bursts=(10, 30), loads=(0.7,), poisson_n=80, seeds=(1,)),
+                    predictions=WHAT_IF, policies=("laps-sd",))
     storage = StorageSpec(journal="unused", url=URL, heartbeat=1, grace=3)
     job = StudyJob(spec, storage, f"lapsd-test-{uuid.uuid4().hex[:10]}", TARGET)
     study = prepare_study(job)

@@ -15,7 +15,7 @@ import pytest
 from lapsd.tune.defaults import JOURNAL_FILE
 from lapsd.tune.study import FINISHED, StorageSpec
 
-from .conftest import TINY_ARGS, TRACE, check_accounted
+from .conftest import TINY_ARGS, TRACE, WHAT_IF, check_accounted
 
 TARGET = 8
 HELD = 3
@@ -50,12 +50,13 @@ Evaluator.score = score
 
 def _command(out: Path) -> list[str]:
     return [sys.executable, "-m", "lapsd", "tune", str(TRACE), "--out", str(out),
-            "--trials", str(TARGET), "--bands", "none", *TINY_ARGS]
+            "--trials", str(TARGET), "--bands", "none", "--policies", "laps-sd",
+            "--predictions", WHAT_IF, *TINY_ARGS]
 
 
 def _study(out: Path) -> optuna.Study:
     storage = StorageSpec(str(out / JOURNAL_FILE)).open()
-    return optuna.load_study(study_name="lapsd", storage=storage)
+    return optuna.load_study(study_name="lapsd-laps-sd", storage=storage)
 
 
 def _finished(out: Path) -> int:
