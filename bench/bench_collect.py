@@ -7,6 +7,12 @@ lapsd outputs equal plain greedy ``generate``'s output token for token, and says
 ran (``static`` = :mod:`lapsd.collect.static`'s static cache and CUDA graphs, else the
 DynamicCache loop).
 
+On the static path it also prints the collector's mean round time (rounds that drafted ``k``
+tokens) beside bare replays of the same steps on the same device: the captured draft and
+verification graphs (plain steps on a CPU) run back to back with nothing else, timed with the
+engine's clock. The difference is the engine's own per-round overhead (host work, the copy in
+and out, bookkeeping).
+
 Usage::
 
     python bench/bench_collect.py --target M.gguf --prompts q.jsonl --drafts layers:16,ngram:4 \
@@ -16,15 +22,42 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from lapsd.collect.engine import Clock, SpeculativeEngine, timing_clock
+
 
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def bare_steps(eng: SpeculativeEngine, k: int, repeats: int = 50) -> tuple[float, float]:
+    """Median seconds of the runner's draft(k) and verify(k) steps alone: ``(draft, verify)``.
+
+    Replayed at the position the last round left in the runner's input (no request owns the
+    working cache after ``generate``, so the writes are harmless).
+    """
+    runner = eng.runner
+    assert runner is not None
+    clock: Clock = timing_clock(runner.device)
+    drafts: list[float] = []
+    verifies: list[float] = []
+    for _ in range(repeats + 3):
+        m0 = clock.mark()
+        if runner.split:
+            runner.draft(k)
+        m1 = clock.mark()
+        runner.verify(k)
+        m2 = clock.mark()
+        clock.sync()
+        drafts.append(clock.seconds(m0, m1) or 0.0)
+        verifies.append(clock.seconds(m1, m2) or 0.0)
+    return statistics.median(drafts[3:]), statistics.median(verifies[3:])
 
 
 def main() -> None:
@@ -99,6 +132,7 @@ def main() -> None:
             t_rec = t_off = 0.0
             n_rec = n_off = 0
             same = acc = drafted = rounds = 0
+            full: list[tuple[float, float, float]] = []  # (round, draft, verify) of d = k rounds
             for i, ids in enumerate(prompts):
                 for record in ((True, False) if i % 2 == 0 else (False, True)):
                     _sync()
@@ -112,6 +146,9 @@ def main() -> None:
                         acc += sum(r.accepted for r in g.rounds)
                         drafted += sum(r.drafted for r in g.rounds)
                         rounds += len(g.rounds)
+                        full += [(r.round_s, r.draft_s or 0.0, r.verify_s or 0.0)
+                                 for r in g.rounds
+                                 if r.drafted == args.k and r.round_s is not None]
                     else:
                         t_off, n_off = t_off + dt, n_off + len(g.tokens)
             hf_rate, rec_rate, off_rate = n_hf / t_hf, n_rec / t_rec, n_off / t_off
@@ -124,6 +161,17 @@ def main() -> None:
             print(f"ratio lapsd(rec)/hf-assisted {rec_rate / hf_rate:.2f}x; lapsd(rec)/hf-greedy "
                   f"{rec_rate / base:.2f}x; recording overhead "
                   f"{100 * (t_rec / n_rec) / (t_off / n_off) - 100:+.2f}% time per token")
+            if eng.runner is None or not full:
+                print("engine overhead per round: n/a (DynamicCache path, or no round drafted k)")
+                continue
+            r_s, d_s, v_s = (statistics.fmean(x) for x in zip(*full, strict=True))
+            bd, bv = bare_steps(eng, args.k)
+            kind = "graphs" if eng.runner.graphed else "steps"
+            print(f"collector round (d={args.k}, {len(full)} rounds) {1e3 * r_s:.3f} ms (draft "
+                  f"{1e3 * d_s:.3f}, verify {1e3 * v_s:.3f}); bare {kind}: draft "
+                  f"{1e3 * bd:.3f} ms, verify {1e3 * bv:.3f} ms; engine "
+                  f"overhead per round {1e3 * (r_s - bd - bv):.3f} ms "
+                  f"({100 * (r_s - bd - bv) / r_s:.1f}% of the round)")
 
 
 if __name__ == "__main__":

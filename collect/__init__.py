@@ -1,1 +1,1 @@
-"""GPU trace collection: real speculative decoding with draft/target pairs."""
+"""The GPU box's side: real speculative decoding (traces, profiles) and the live server."""

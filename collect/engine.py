@@ -16,17 +16,31 @@ Sampling (``temperature > 0``) uses speculative rejection sampling (Leviathan et
 et al. 2023): draft token ``x`` is kept with probability ``min(1, p(x) / q(x))``; the first
 rejected position is resampled from ``max(0, p - q)`` normalised; after ``k`` acceptances a bonus
 token is drawn from ``p``. Prompt-lookup drafts have a one-hot ``q``.
+
+A request in progress is a :class:`Session`: prefilled once, then run one round per
+:meth:`Session.step`, so a server can interleave requests round by round (``lapsd live``);
+:meth:`SpeculativeEngine.generate` (the collector) is one session stepped to its end. Each session
+keeps its own KV cache while others run, and can move it to host memory and back
+(:meth:`Session.offload`, :meth:`Session.activate`):
+
+* DynamicCache path: every session has its own caches (target, and draft model if any);
+  switching between resident sessions is a pointer change, offloading moves their tensors.
+* Static path: the captured steps read one working cache (:class:`~lapsd.collect.static.
+  StaticRunner`); the session that runs is copied into it, and the one it replaces is first
+  copied out into a device tensor of its own (*parked*), or straight to host memory when
+  offloaded.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lapsd.collect.models import DraftSpec, cache_arg
 from lapsd.collect.static import StaticRunner, supports
@@ -121,6 +135,15 @@ class RoundRecord:
     verify_s: float | None = None
     round_s: float | None = None
 
+    def resolve(self, clock: Clock) -> None:
+        """Turn the marks into times (after ``clock.sync()``); a second call does nothing."""
+        a, b, c, e = self.marks
+        if a is None:
+            return
+        self.draft_s, self.verify_s, self.round_s = (clock.seconds(a, b), clock.seconds(b, c),
+                                                     clock.seconds(a, e))
+        self.marks = (None, None, None, None)
+
 
 @dataclass
 class Generation:
@@ -146,8 +169,23 @@ def crop_cache(cache: Any, length: int) -> None:
         cache.crop(-remove)
 
 
+def cache_layers(cache: Any) -> list[Any]:
+    """The initialised layers of a DynamicCache (each has ``keys`` and ``values`` tensors)."""
+    return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
+
+
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` in host memory, pinned when ``t`` is on a GPU (the copy is async there)."""
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
 class ModelDrafter:
-    """A draft model with its own KV cache, kept in step with the committed sequence."""
+    """A draft model with its own KV cache, kept in step with the committed sequence.
+
+    One per session: the model is shared, the cache is the request's.
+    """
 
     def __init__(self, model: Any) -> None:
         self.model: Any = model
@@ -188,7 +226,11 @@ class ModelDrafter:
 
     def commit(self, n_old: int, accepted: int, k: int) -> None:
         """Drop cache entries past the draft tokens that the target kept."""
-        self.cached = min(self.cached, n_old + min(accepted, k - 1))
+        self.rollback(n_old + min(accepted, k - 1))
+
+    def rollback(self, length: int) -> None:
+        """Keep at most the first ``length`` cached positions."""
+        self.cached = min(self.cached, length)
         crop_cache(self.cache, self.cached)
 
 
@@ -217,10 +259,13 @@ class NgramDrafter:
     def commit(self, n_old: int, accepted: int, k: int) -> None:
         """Stateless: nothing to crop."""
 
+    def rollback(self, length: int) -> None:
+        """Stateless: nothing to crop."""
+
 
 # -------------------------------------------------------------------------------------- engine
 class SpeculativeEngine:
-    """Runs requests one at a time with a target and a draft (model, ``layers:N`` or ``ngram:N``).
+    """Runs requests with a target and a draft (model, ``layers:N`` or ``ngram:N``).
 
     Parameters
     ----------
@@ -245,8 +290,8 @@ class SpeculativeEngine:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.target = target
-        self.drafter: ModelDrafter | NgramDrafter = (
-            ModelDrafter(draft) if draft is not None else NgramDrafter(ngram))
+        self.draft: Any = draft
+        self.ngram = NgramDrafter(ngram) if draft is None else None
         self.k = k
         self.eos_ids = set(eos_ids or ())
         self.temperature = temperature
@@ -256,114 +301,44 @@ class SpeculativeEngine:
                                       and (draft is None or split > 0)) else None
         self.runner: StaticRunner | None = None
 
-    @torch.inference_mode()
+    def start(self, prompt: list[int], max_new_tokens: int, *, record: bool = True,
+              seed: int = 0) -> Session:
+        """A new session for one request (the model runs when it is prefilled or stepped).
+
+        ``record``: time its rounds; ``seed``: its sampling seed (``temperature > 0``).
+        """
+        if not prompt:
+            raise ValueError("empty prompt")
+        runner = self._static_runner()
+        if runner is not None:
+            return StaticSession(self, runner, prompt, max_new_tokens, record)
+        return DynamicSession(self, prompt, max_new_tokens, record, seed)
+
+    def reserve(self, positions: int) -> int | None:
+        """Size the static path's working cache for ``positions``; returns its capacity.
+
+        The steps are captured for that size now, not while requests wait. ``None`` on the
+        DynamicCache path, whose caches grow as they go.
+        """
+        runner = self._static_runner()
+        if runner is None:
+            return None
+        runner.ensure(positions)
+        return runner.capacity
+
+    def _static_runner(self) -> StaticRunner | None:
+        if self.static_split is not None and self.runner is None:
+            self.runner = StaticRunner(self.target, self.static_split, self.k)
+        return self.runner
+
     def generate(self, prompt: list[int], max_new_tokens: int, *, record: bool = True,
                  seed: int = 0) -> Generation:
         """Run one request to EOS or ``max_new_tokens``; time its rounds when ``record``."""
-        from transformers import DynamicCache
-
-        if not prompt:
-            raise ValueError("empty prompt")
-        if self.static_split is not None:
-            return self._generate_static(prompt, max_new_tokens, record)
-        clock = make_clock(self.device, record)
-        gen = None
-        if self.temperature > 0:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(seed)
-        t_start = time.perf_counter()
-        n = len(prompt)
-        seq = torch.zeros((1, n + max_new_tokens + self.k + 1), dtype=torch.long,
-                          device=self.device)
-        seq[0, :n] = torch.tensor(prompt, dtype=torch.long)
-        tokens = list(prompt)
-        p0 = clock.mark()
-        cache = DynamicCache(config=self.target.config)
-        if n > 1:
-            self.target(input_ids=seq[:, : n - 1], **cache_arg(self.target, cache),
-                        use_cache=True,
-                        logits_to_keep=1)
-        self.drafter.reset(seq, n)
-        p1 = clock.mark()
-
-        def step(n: int, d: int) -> tuple[int, int, list[int], Any, Any]:
-            drafts, q = self._draft(seq, tokens, n, d, gen)
-            d = int(drafts.numel())
-            m1 = clock.mark()
-            logits = self.target(input_ids=seq[:, n - 1:n + d], **cache_arg(self.target, cache),
-                                 use_cache=True).logits[0]
-            m2 = clock.mark()
-            accepted, proposed = self._accept(logits, drafts, q, gen)
-            return d, accepted, proposed, m1, m2
-
-        def commit(n: int, new: list[int], accepted: int, d: int) -> None:
-            seq[0, n:n + len(new)] = torch.tensor(new, dtype=torch.long)
-            crop_cache(cache, n + len(new) - 1)
-            self.drafter.commit(n, accepted, max(d, 1))
-
-        rounds, finish = self._rounds(clock, tokens, max_new_tokens, step, commit)
-        return _finish(clock, t_start, prompt, tokens, finish, (p0, p1), rounds)
-
-    def _generate_static(self, prompt: list[int], max_new_tokens: int,
-                         record: bool) -> Generation:
-        """:meth:`generate` on :class:`StaticRunner`: greedy, same rounds and records."""
-        if self.runner is None:
-            self.runner = StaticRunner(self.target, self.static_split or 0, self.k)
-        runner = self.runner
-        ngram = self.drafter if isinstance(self.drafter, NgramDrafter) else None
-        clock = make_clock(self.device, record)
-        t_start = time.perf_counter()
-        n = len(prompt)
-        tokens = list(prompt)
-        runner.ensure(n + max_new_tokens + self.k)
-        p0 = clock.mark()
-        runner.prefill(prompt[:-1])
-        p1 = clock.mark()
-        def step(n: int, d: int) -> tuple[int, int, list[int], Any, Any]:
-            found = ngram.lookup(tokens, d) if ngram is not None and d else []
-            runner.start_round(n - 1, tokens[-1], found)
-            if ngram is not None:
-                d = len(found)
-            elif d:
-                runner.draft(d)
-            m1 = clock.mark()
-            runner.verify(d)
-            m2 = clock.mark()
-            drafts, best = runner.result(d)
-            return (d, *greedy_accept(drafts, best), m1, m2)
-
-        rounds, finish = self._rounds(clock, tokens, max_new_tokens, step)
-        return _finish(clock, t_start, prompt, tokens, finish, (p0, p1), rounds)
-
-    def _rounds(self, clock: Clock, tokens: list[int], max_new_tokens: int,
-                step: Callable[[int, int], tuple[int, int, list[int], Any, Any]],
-                commit: Callable[[int, list[int], int, int], None] | None = None,
-                ) -> tuple[list[RoundRecord], str]:
-        """The round loop both paths share: bookkeeping, clipping and records.
-
-        ``step(n, k)`` drafts up to ``k`` tokens after ``tokens[:n]`` and verifies them,
-        returning ``(drafted, accepted, proposed tokens, draft-end mark, verify-end mark)``;
-        ``commit(n, new, accepted, drafted)`` updates the path's caches with the kept tokens.
-        ``tokens`` (prompt first) is extended in place.
-        """
-        rounds: list[RoundRecord] = []
-        n = len(tokens)
-        produced, finish = 0, "length"
-        while produced < max_new_tokens:
-            remaining = max_new_tokens - produced
-            m0 = clock.mark()
-            d, accepted, proposed, m1, m2 = step(n, min(self.k, remaining - 1))
-            new, finish = self._clip(proposed, remaining)
-            tokens.extend(new)
-            if commit is not None:
-                commit(n, new, accepted, d)
-            m3 = clock.mark()
-            rounds.append(RoundRecord(d, accepted, len(new), n, (m0, m1, m2, m3)))
-            n += len(new)
-            produced += len(new)
-            if finish == "stop":
-                break
-        return rounds, finish
+        session = self.start(prompt, max_new_tokens, record=record, seed=seed)
+        session.prefill()
+        while not session.done:
+            session.step()
+        return session.result()
 
     def _clip(self, new: list[int], remaining: int) -> tuple[list[int], str]:
         """Cut a round's tokens at the budget and after the first EOS: ``(tokens, finish)``."""
@@ -372,20 +347,6 @@ class SpeculativeEngine:
             if tok in self.eos_ids:
                 return new[:i + 1], "stop"
         return new, "length"
-
-    def _draft(self, seq: torch.Tensor, tokens: list[int], n: int, k: int,
-               gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if k <= 0:
-            return seq.new_empty(0), None
-        if isinstance(self.drafter, NgramDrafter):
-            found = self.drafter.lookup(tokens, k)
-            drafts = torch.tensor(found, dtype=torch.long, device=self.device)
-            if found:
-                seq[0, n:n + len(found)] = drafts
-            return drafts, None
-        drafts, q = self.drafter.propose(seq, n, k, self.temperature, gen)
-        seq[0, n:n + k] = drafts
-        return drafts, q
 
     def _accept(self, logits: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor | None,
                 gen: torch.Generator | None) -> tuple[int, list[int]]:
@@ -420,6 +381,355 @@ class SpeculativeEngine:
         return a, [*drafts[:a].tolist(), extra]
 
 
+# ------------------------------------------------------------------------------------ sessions
+#: What a path's one round gives: drafted, accepted, tokens to append, draft-end and verify-end
+#: marks.
+StepResult = tuple[int, int, list[int], Any, Any]
+
+
+class Session(ABC):
+    """One request in progress: prefilled once, then run one round per :meth:`step`.
+
+    Token bookkeeping as in the module docstring: ``tokens`` holds the prompt and what was
+    produced; the cache holds all but the last (pending) token once the session is prefilled.
+
+    Where its cache is: nowhere before :meth:`prefill` and after the last round; else on the
+    device (``resident_tokens > 0``) or, after :meth:`offload`, in host memory until
+    :meth:`activate` brings it back. :meth:`step` activates the session itself; a server calls
+    :meth:`activate` first to time the switch apart from the round.
+    """
+
+    def __init__(self, engine: SpeculativeEngine, prompt: list[int], max_new_tokens: int,
+                 record: bool) -> None:
+        self.engine = engine
+        self.prompt = list(prompt)
+        self.tokens = list(prompt)
+        self.max_new_tokens = max_new_tokens
+        self.clock = make_clock(engine.device, record)
+        self.rounds: list[RoundRecord] = []
+        self.finish_reason: str | None = None if max_new_tokens > 0 else "length"
+        self.prefilled = False
+        self.offloaded = False
+        self._prefill_marks: tuple[Any, Any] = (None, None)
+        self._t_start = time.perf_counter()
+
+    # ----------------------------------------------------------------------------- state
+    @property
+    def done(self) -> bool:
+        """Whether the request has finished (EOS or the token budget)."""
+        return self.finish_reason is not None
+
+    @property
+    def produced(self) -> int:
+        """Tokens produced so far."""
+        return len(self.tokens) - len(self.prompt)
+
+    @property
+    def cached(self) -> int:
+        """Positions in the session's KV cache (wherever it is)."""
+        return len(self.tokens) - 1 if self.prefilled and not self.done else 0
+
+    @property
+    def resident_tokens(self) -> int:
+        """Positions of this session's KV cache held in device memory."""
+        return 0 if self.offloaded else self.cached
+
+    @property
+    def prefill_s(self) -> float | None:
+        """Seconds of the prefill (after the clock's sync; ``None`` unrecorded or not yet)."""
+        if not self.prefilled:
+            return None
+        return self.clock.seconds(*self._prefill_marks)
+
+    # --------------------------------------------------------------------------- running
+    @torch.inference_mode()
+    def prefill(self) -> None:
+        """Fill the cache with the prompt (once; :meth:`step` does it when needed)."""
+        if self.prefilled:
+            return
+        self.activate()
+        p0 = self.clock.mark()
+        self._prefill()
+        self._prefill_marks = (p0, self.clock.mark())
+        self.prefilled = True
+
+    @torch.inference_mode()
+    def step(self) -> RoundRecord:
+        """Run exactly one round and return its record (times resolve after the clock syncs).
+
+        The cache is freed when the request finishes.
+        """
+        if self.done:
+            raise RuntimeError("the request has finished")
+        self.prefill()
+        self.activate()
+        clock, engine = self.clock, self.engine
+        remaining = self.max_new_tokens - self.produced
+        n = len(self.tokens)
+        m0 = clock.mark()
+        d, accepted, proposed, m1, m2 = self._step(n, min(engine.k, remaining - 1))
+        new, finish = engine._clip(proposed, remaining)  # noqa: SLF001 (the engine's helper)
+        self.tokens.extend(new)
+        self._commit(n, new, accepted, d)
+        m3 = clock.mark()
+        record = RoundRecord(d, accepted, len(new), n, (m0, m1, m2, m3))
+        self.rounds.append(record)
+        if finish == "stop" or self.produced >= self.max_new_tokens:
+            self.finish_reason = finish
+            self._release()
+        return record
+
+    @torch.inference_mode()
+    def probe(self, d: int) -> RoundRecord:
+        """Time one round with exactly ``d`` drafts at the current context, then undo it.
+
+        For profiling: nothing is appended (``emitted`` is 0) and the cache is as before.
+        """
+        self.prefill()
+        self.activate()
+        n = len(self.tokens)
+        m0 = self.clock.mark()
+        d, accepted, _, m1, m2 = self._step(n, d, exact=True)
+        self._undo(n)
+        return RoundRecord(d, accepted, 0, n, (m0, m1, m2, self.clock.mark()))
+
+    def result(self) -> Generation:
+        """Wait for the device, resolve the round times and build the :class:`Generation`."""
+        self.clock.sync()
+        total_s = time.perf_counter() - self._t_start
+        for r in self.rounds:
+            r.resolve(self.clock)
+        return Generation(len(self.prompt), self.tokens[len(self.prompt):],
+                          self.finish_reason or "length", self.prefill_s, total_s, self.rounds)
+
+    # ------------------------------------------------------------------------- residency
+    @torch.inference_mode()
+    def activate(self) -> bool:
+        """Make this session's cache the one the next round uses; ``True`` if it came from host.
+
+        Copies are queued on the device's stream; sync the clock to time them.
+        """
+        swapped = self._activate()
+        self.offloaded = False
+        return swapped
+
+    @torch.inference_mode()
+    def offload(self) -> int:
+        """Move the cache to host memory (pinned on a GPU); the bytes moved (0: nothing to do)."""
+        if self.offloaded or self.cached == 0:
+            return 0
+        moved = self._offload()
+        self.offloaded = True
+        return moved
+
+    # ------------------------------------------------------------------------ for paths
+    @abstractmethod
+    def _prefill(self) -> None:
+        """Fill the cache with ``prompt[:-1]``."""
+
+    @abstractmethod
+    def _step(self, n: int, d: int, exact: bool = False) -> StepResult:
+        """Draft up to ``d`` tokens after ``tokens[:n]`` and verify them.
+
+        ``exact``: draft exactly ``d`` (prompt lookup pads its drafts with the context's tail).
+        """
+
+    @abstractmethod
+    def _commit(self, n: int, new: list[int], accepted: int, drafted: int) -> None:
+        """Update the caches with the kept tokens."""
+
+    @abstractmethod
+    def _undo(self, n: int) -> None:
+        """Forget a :meth:`probe` round at context ``n``."""
+
+    @abstractmethod
+    def _activate(self) -> bool:
+        """See :meth:`activate`."""
+
+    @abstractmethod
+    def _offload(self) -> int:
+        """See :meth:`offload`."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Free the cache (the request has finished)."""
+
+
+class DynamicSession(Session):
+    """The DynamicCache loop: any target, draft model or prompt lookup, greedy or sampled."""
+
+    def __init__(self, engine: SpeculativeEngine, prompt: list[int], max_new_tokens: int,
+                 record: bool, seed: int) -> None:
+        super().__init__(engine, prompt, max_new_tokens, record)
+        self.gen: torch.Generator | None = None
+        if engine.temperature > 0:
+            self.gen = torch.Generator(device=engine.device)
+            self.gen.manual_seed(seed)
+        n = len(prompt)
+        self.seq = torch.zeros((1, n + max_new_tokens + engine.k + 1), dtype=torch.long,
+                               device=engine.device)
+        self.seq[0, :n] = torch.tensor(prompt, dtype=torch.long)
+        self.drafter: ModelDrafter | NgramDrafter = (
+            ModelDrafter(engine.draft) if engine.ngram is None else engine.ngram)
+        self.cache: Any = None
+
+    def _prefill(self) -> None:
+        from transformers import DynamicCache
+
+        target, n = self.engine.target, len(self.prompt)
+        self.cache = DynamicCache(config=target.config)
+        if n > 1:
+            target(input_ids=self.seq[:, : n - 1], **cache_arg(target, self.cache),
+                   use_cache=True, logits_to_keep=1)
+        self.drafter.reset(self.seq, n)
+
+    def _step(self, n: int, d: int, exact: bool = False) -> StepResult:
+        engine = self.engine
+        drafts, q = self._draft(n, d, exact)
+        d = int(drafts.numel())
+        m1 = self.clock.mark()
+        logits = engine.target(input_ids=self.seq[:, n - 1:n + d],
+                               **cache_arg(engine.target, self.cache), use_cache=True).logits[0]
+        m2 = self.clock.mark()
+        accepted, proposed = engine._accept(logits, drafts, q, self.gen)  # noqa: SLF001
+        return d, accepted, proposed, m1, m2
+
+    def _draft(self, n: int, k: int, exact: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        seq = self.seq
+        if k <= 0:
+            return seq.new_empty(0), None
+        if isinstance(self.drafter, NgramDrafter):
+            found = _lookup(self.drafter, self.tokens, n, k, exact)
+            drafts = torch.tensor(found, dtype=torch.long, device=seq.device)
+            if found:
+                seq[0, n:n + len(found)] = drafts
+            return drafts, None
+        drafts, q = self.drafter.propose(seq, n, k, self.engine.temperature, self.gen)
+        seq[0, n:n + k] = drafts
+        return drafts, q
+
+    def _commit(self, n: int, new: list[int], accepted: int, drafted: int) -> None:
+        self.seq[0, n:n + len(new)] = torch.tensor(new, dtype=torch.long)
+        crop_cache(self.cache, n + len(new) - 1)
+        self.drafter.commit(n, accepted, max(drafted, 1))
+
+    def _undo(self, n: int) -> None:
+        crop_cache(self.cache, n - 1)
+        self.drafter.rollback(n - 1)
+
+    def _layers(self) -> list[Any]:
+        caches = [self.cache]
+        if isinstance(self.drafter, ModelDrafter):
+            caches.append(self.drafter.cache)
+        return [layer for c in caches for layer in cache_layers(c)]
+
+    def _activate(self) -> bool:
+        if not self.offloaded:
+            return False
+        device = self.engine.device
+        for layer in self._layers():
+            layer.keys = layer.keys.to(device, non_blocking=True)
+            layer.values = layer.values.to(device, non_blocking=True)
+        return True
+
+    def _offload(self) -> int:
+        moved = 0
+        for layer in self._layers():
+            layer.keys, layer.values = to_host(layer.keys), to_host(layer.values)
+            moved += 2 * layer.keys.numel() * layer.keys.element_size()
+        return moved
+
+    def _release(self) -> None:
+        self.cache = None
+        if isinstance(self.drafter, ModelDrafter):
+            self.drafter.cache = None
+
+
+def _lookup(ngram: NgramDrafter, tokens: list[int], n: int, k: int, exact: bool) -> list[int]:
+    """Prompt-lookup drafts; ``exact``: padded to ``k`` with the context's tail (profiling)."""
+    found = ngram.lookup(tokens, k)
+    return [*found, *tokens[n - k:n]][:k] if exact else found
+
+
+class StaticSession(Session):
+    """The static-cache path (greedy, Llama target, ``layers:N`` or prompt lookup)."""
+
+    def __init__(self, engine: SpeculativeEngine, runner: StaticRunner, prompt: list[int],
+                 max_new_tokens: int, record: bool) -> None:
+        super().__init__(engine, prompt, max_new_tokens, record)
+        self.runner = runner
+        #: The cache while not in the working cache: parked on the device, or in host memory.
+        self.store: torch.Tensor | None = None
+
+    def _prefill(self) -> None:
+        self.runner.prefill(self.prompt[:-1])
+
+    def _step(self, n: int, d: int, exact: bool = False) -> StepResult:
+        runner, ngram, tokens = self.runner, self.engine.ngram, self.tokens
+        found: list[int] = []
+        if ngram is not None and d:
+            found = _lookup(ngram, tokens, n, d, exact)
+        runner.start_round(n - 1, tokens[-1], found)
+        if ngram is not None:
+            d = len(found)
+        elif d:
+            runner.draft(d)
+        m1 = self.clock.mark()
+        runner.verify(d)
+        m2 = self.clock.mark()
+        drafts, best = runner.result(d)
+        return (d, *greedy_accept(drafts, best), m1, m2)
+
+    @override
+    def _commit(self, n: int, new: list[int], accepted: int, drafted: int) -> None:
+        # No cropping: positions past the kept tokens are masked until they are overwritten.
+        pass
+
+    @override
+    def _undo(self, n: int) -> None:
+        # A probe round wrote only the pending token (as the next round will) and masked ones.
+        pass
+
+    def _activate(self) -> bool:
+        runner = self.runner
+        runner.ensure(len(self.prompt) + self.max_new_tokens + self.engine.k)
+        if runner.owner is self:
+            return False
+        if isinstance(runner.owner, StaticSession):
+            runner.owner.park()
+        runner.owner = self
+        if self.store is not None:
+            runner.load(self.store)
+            self.store = None
+        return self.offloaded
+
+    def park(self) -> None:
+        """Copy the cache out of the working cache into a device tensor of its own."""
+        runner = self.runner
+        self.store = torch.empty(runner.cache_shape(self.cached), dtype=runner.dtype,
+                                 device=runner.device)
+        runner.save(self.store)
+        runner.owner = None
+
+    def _offload(self) -> int:
+        runner = self.runner
+        if runner.owner is self:
+            host = torch.empty(runner.cache_shape(self.cached), dtype=runner.dtype,
+                               pin_memory=runner.device.type == "cuda")
+            runner.save(host)
+            runner.owner = None
+        else:
+            assert self.store is not None  # prefilled, unfinished, not owner: parked
+            host = to_host(self.store)
+        self.store = host
+        return host.numel() * host.element_size()
+
+    def _release(self) -> None:
+        if self.runner.owner is self:
+            self.runner.owner = None
+        self.store = None
+
+
 def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, list[int]]:
     """Greedy verification: the drafts that match the target's choices, then its next token.
 
@@ -430,20 +740,6 @@ def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, list[int]]:
     while a < len(drafts) and drafts[a] == best[a]:
         a += 1
     return a, [*drafts[:a], best[a]]
-
-
-def _finish(clock: Clock, t_start: float, prompt: list[int], tokens: list[int], finish: str,
-            prefill: tuple[Any, Any], rounds: list[RoundRecord]) -> Generation:
-    """Wait for the device, turn the marks into times and build the :class:`Generation`."""
-    clock.sync()
-    total_s = time.perf_counter() - t_start
-    for r in rounds:
-        a, b, c, e = r.marks
-        r.draft_s, r.verify_s, r.round_s = (clock.seconds(a, b), clock.seconds(b, c),
-                                            clock.seconds(a, e))
-        r.marks = (None, None, None, None)
-    return Generation(len(prompt), tokens[len(prompt):], finish, clock.seconds(*prefill),
-                      total_s, rounds)
 
 
 def shared_layers(target: nn.Module, draft: nn.Module) -> int:

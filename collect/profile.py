@@ -1,136 +1,137 @@
-"""Profiling mode: round cost against batch size and context length, and KV swap time.
+"""Profiling mode: the engine's own round cost by draft count and context, and switch costs.
 
-The cost table (JSON) holds, per (batch size, context length), the median time of ``k`` draft
-steps and of one verification pass over ``k + 1`` tokens, and per context length the time to copy
-one request's KV cache (target and draft) to pinned host memory and back. ``switch_fit`` is the
-least-squares line ``swap_s = c0 + c1 * context_tokens`` that ``lapsd replay --c0 --c1`` takes.
+It measures the path ``lapsd collect`` and ``lapsd live`` run (the static cache with CUDA graphs
+where it applies, else the DynamicCache loop), at batch size one: the engine runs one request at
+a time, so larger batches would time a path nothing runs and are not measured. For each context
+length it prefills a random prompt and times rounds with exactly ``d = 0..k`` drafts
+(:meth:`~lapsd.collect.engine.Session.probe`: the round the engine runs, then undone), each the
+median of ``repeats`` after two warm-up rounds, with the engine's clock (CUDA events on a GPU,
+``perf_counter`` elsewhere).
+
+On the static path a round's attention reads the whole working cache, so its cost follows the
+cache's *capacity* more than the context: each row gives both. ``capacity`` defaults to the
+smallest that holds the largest context; a collection sizes it for its longest request (prompt
++ ``max_new_tokens`` + ``k``, rounded up to 512), so pass that to compare with its rounds.
+
+Switch costs, per context length, with the same session calls a live server makes:
+
+``swap``
+    The request's cache to host memory (pinned on a GPU) and back into the working cache.
+``resident``
+    Switching away to another request and back while both caches stay on the device: on the
+    static path the cache is copied out of the working cache and back (``park_s``, ``load_s``);
+    on the DynamicCache path it is a pointer change.
+
+``switch_fit`` and ``resident_fit`` are least-squares lines ``c0 + c1 * context_tokens`` through
+those (out + in) times: the switch-cost model ``lapsd replay --c0 --c1`` and ``lapsd validate
+--cost-table`` take.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lapsd.collect.engine import Clock, crop_cache, timing_clock
-from lapsd.collect.models import cache_arg
-from lapsd.errors import LapsdError
+from lapsd.collect.costs import TABLE_KIND, TABLE_VERSION, fit_line
+from lapsd.collect.engine import Clock, RoundRecord, Session, timing_clock
+from lapsd.io import write_json
 
 
-def _prefill(model: Any, ids: torch.Tensor) -> Any:
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    model(input_ids=ids, **cache_arg(model, cache), use_cache=True, logits_to_keep=1)
-    return cache
-
-
-def _kv_tensors(cache: Any) -> list[torch.Tensor]:
-    return [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
-
-
-@torch.inference_mode()
-def profile(target_path: Path, draft: str, *, k: int, batch_sizes: list[int],
-            contexts: list[int], repeats: int, device: str, dtype: str, out: Path
-            ) -> dict[str, Any]:
+def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repeats: int,
+            device: str, dtype: str, out: Path, capacity: int | None = None) -> dict[str, Any]:
     """Measure and write the cost table; returns it."""
-    from lapsd.collect.models import layers_draft, load_model, parse_draft
-    from lapsd.collect.run import resolve_device
+    from lapsd.collect.models import load_tokenizer, parse_draft
+    from lapsd.collect.run import load_engine, resolve_device, resolve_dtype
+    from lapsd.errors import LapsdError
 
+    if not contexts or min(contexts) < 2 or repeats < 1 or k < 1:
+        raise LapsdError("collect-profile: contexts must be >= 2 tokens, --repeats and --k >= 1")
     spec = parse_draft(draft)
-    if spec.kind == "ngram":
-        raise LapsdError("profiling needs a draft model (a path or layers:N), not ngram:N")
     dev = resolve_device(device)
-    target = load_model(target_path, dtype=dtype, device=dev)
-    if spec.kind == "layers":
-        dmodel = layers_draft(target.model, spec.n)
-    else:
-        dmodel = load_model(spec.model_path, dtype=dtype, device=dev).model
-    clock: Clock = timing_clock(torch.device(dev))
-    vocab = target.model.config.vocab_size
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    rounds = []
-    for ctx in contexts:
-        for b in batch_sizes:
-            ids = torch.randint(0, vocab, (b, ctx + k + 1), generator=gen).to(dev)
-            tcache, dcache = _prefill(target.model, ids[:, :ctx]), _prefill(dmodel, ids[:, :ctx])
-            times: list[tuple[float, float]] = []
-            for rep in range(repeats + 2):  # two warm-up rounds
-                m0 = clock.mark()
-                inp = ids[:, ctx:ctx + 1]
-                for _ in range(k):
-                    logits = dmodel(input_ids=inp, **cache_arg(dmodel, dcache),
-                                    use_cache=True).logits
-                    inp = logits[:, -1:].argmax(-1)
-                m1 = clock.mark()
-                target.model(input_ids=ids[:, ctx:ctx + k + 1], **cache_arg(target.model, tcache),
-                             use_cache=True)
-                m2 = clock.mark()
-                clock.sync()
-                crop_cache(tcache, ctx)
-                crop_cache(dcache, ctx)
-                if rep >= 2:
-                    times.append((_elapsed(clock, m0, m1), _elapsed(clock, m1, m2)))
-            d_s = statistics.median(t[0] for t in times)
-            v_s = statistics.median(t[1] for t in times)
-            rounds.append({"batch": b, "context": ctx, "draft_s": d_s, "verify_s": v_s,
-                           "round_s": d_s + v_s})
-            del tcache, dcache
-    swaps = [_swap(target.model, dmodel, ctx, vocab, repeats, dev, gen) for ctx in contexts]
-    table = {
-        "kind": "lapsd-cost-table", "version": 1, "target": target.name, "draft": spec.name,
-        "k": k, "dtype": dtype, "device": dev,
-        "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None,
-        "torch": torch.__version__, "rounds": rounds, "swap": swaps,
-        "switch_fit": _fit([s["context"] for s in swaps], [s["out_s"] + s["in_s"] for s in swaps]),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from lapsd.io import atomic_write_text
+    dt = resolve_dtype(dtype, dev)
+    engine, target, collector = load_engine(
+        target_path, spec, load_tokenizer(target_path), k=k, dtype=dt, device=dev,
+        temperature=0.0, max_new_tokens=1, seed=0, chat=False)
+    cap = engine.reserve(max(capacity or 0, max(contexts) + k + 1))
+    clock = timing_clock(torch.device(dev))
+    vocab = int(target.model.config.vocab_size)
+    gen = torch.Generator().manual_seed(0)
 
-    atomic_write_text(out, json.dumps(table, indent=2) + "\n")
+    def session(length: int) -> Session:
+        prompt = torch.randint(0, vocab, (length,), generator=gen).tolist()
+        s = engine.start(prompt, 1)
+        s.prefill()
+        return s
+
+    rounds, swaps, resident = [], [], []
+    for ctx in contexts:
+        s = session(ctx + 1)  # ctx cached positions and the pending token
+        for d in range(k + 1):
+            records = []
+            for _ in range(repeats + 2):
+                r = s.probe(d)
+                s.clock.sync()
+                r.resolve(s.clock)
+                records.append(r)
+            rounds.append({"batch": 1, "context": ctx, "capacity": cap,
+                           "drafted": records[-1].drafted, **_medians(records[2:])})
+        swaps.append(_swap(clock, s, repeats))
+        resident.append(_resident(clock, s, session(2), repeats))
+    graphs = engine.runner is not None and engine.runner.graphed
+    table = {
+        "kind": TABLE_KIND, "version": TABLE_VERSION, "target": target.name, "draft": spec.name,
+        "k": k, "dtype": dt, "device": dev, "gpu": collector["gpu"],
+        "engine_path": collector["engine_path"], "graphs": graphs, "capacity": cap,
+        "timer": collector["timer"],
+        "versions": collector["versions"], "rounds": rounds, "swap": swaps,
+        "resident": resident,
+        "switch_fit": fit_line([s["context"] for s in swaps],
+                               [s["out_s"] + s["in_s"] for s in swaps]),
+        "resident_fit": fit_line([r["context"] for r in resident],
+                                 [r["park_s"] + r["load_s"] for r in resident]),
+    }
+    write_json(out, table)
     return table
 
 
-def _swap(target: Any, draft: Any, ctx: int, vocab: int, repeats: int,
-          dev: str, gen: torch.Generator) -> dict[str, Any]:
-    """Median time to copy one request's KV caches to pinned host memory and back."""
-    ids = torch.randint(0, vocab, (1, ctx), generator=gen).to(dev)
-    tensors = _kv_tensors(_prefill(target, ids)) + _kv_tensors(_prefill(draft, ids))
-    pin = dev.startswith("cuda")
-    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
-    clock: Clock = timing_clock(torch.device(dev))
-    outs, ins = [], []
-    for rep in range(repeats + 2):
-        m0 = clock.mark()
-        for h, t in zip(host, tensors, strict=True):
-            h.copy_(t, non_blocking=True)
-        m1 = clock.mark()
-        for h, t in zip(host, tensors, strict=True):
-            t.copy_(h, non_blocking=True)
-        m2 = clock.mark()
-        clock.sync()
-        if rep >= 2:
-            outs.append(_elapsed(clock, m0, m1))
-            ins.append(_elapsed(clock, m1, m2))
-    return {"context": ctx, "bytes": sum(t.numel() * t.element_size() for t in tensors),
-            "out_s": statistics.median(outs), "in_s": statistics.median(ins)}
+def _medians(records: list[RoundRecord]) -> dict[str, float]:
+    return {name: statistics.median(_known(getattr(r, name)) for r in records)
+            for name in ("draft_s", "verify_s", "round_s")}
 
 
-def _elapsed(clock: Clock, a: Any, b: Any) -> float:
-    seconds = clock.seconds(a, b)
+def _known(seconds: float | None) -> float:
     if seconds is None:
         raise RuntimeError("the profiler's clock recorded no time")
     return seconds
 
 
-def _fit(x: list[int], y: list[float]) -> dict[str, float]:
-    """Least-squares ``y = c0 + c1 x``, both clipped at zero (costs are never negative)."""
-    if len(x) < 2:
-        return {"c0": max(y[0], 0.0) if y else 0.0, "c1": 0.0}
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    var = sum((a - mx) ** 2 for a in x)
-    c1 = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / var if var else 0.0
-    return {"c0": max(my - c1 * mx, 0.0), "c1": max(c1, 0.0)}
+def _timed(clock: Clock, *steps: Any) -> list[float]:
+    """Seconds each of ``steps`` (callables, run in order) took on ``clock``."""
+    marks = [clock.mark()]
+    for step in steps:
+        step()
+        marks.append(clock.mark())
+    clock.sync()
+    return [_known(clock.seconds(a, b)) for a, b in pairwise(marks)]
+
+
+def _swap(clock: Clock, s: Session, repeats: int) -> dict[str, Any]:
+    """Median time to move one request's cache to host memory and back into use."""
+    size = s.offload()
+    s.activate()
+    times = [_timed(clock, s.offload, s.activate) for _ in range(repeats + 1)][1:]
+    return {"context": s.cached, "bytes": size,
+            "out_s": statistics.median(t[0] for t in times),
+            "in_s": statistics.median(t[1] for t in times)}
+
+
+def _resident(clock: Clock, s: Session, other: Session, repeats: int) -> dict[str, Any]:
+    """Median time to switch from ``s`` to a one-token ``other`` and back, both on the device."""
+    times = [_timed(clock, other.activate, s.activate) for _ in range(repeats + 2)][2:]
+    return {"context": s.cached, "park_s": statistics.median(t[0] for t in times),
+            "load_s": statistics.median(t[1] for t in times)}
+

@@ -1,13 +1,15 @@
 """A collection run: checks, the request loop, chunked atomic writes, resume, shards, merge.
 
-Output layout of ``--out DIR``::
+Output layout of ``--out DIR``: ``DIR`` is the trace (``lapsd inspect DIR`` reads it)::
 
-    DIR/chunks/s0of1-00000/   complete trace folders, one per chunk, each written atomically
+    DIR/requests.parquet, rounds.parquet, manifest.json   the merged trace, rewritten at the end
+    DIR/.chunks/s0of1-00000/  complete trace folders, one per chunk, each written atomically
     DIR/errors.jsonl          requests that failed (out of memory), one JSON object a line
-    DIR/trace/                the merged trace, rewritten at the end of a run
 
 A killed run loses at most the chunk in progress; ``--resume`` skips every request already in a
-chunk, so nothing is run twice or dropped.
+chunk, so nothing is run twice or dropped. The merged trace's tables are replaced one file at a
+time with the manifest removed first and written last, so a reader sees the old trace, no trace
+(no manifest), or the new one, never a mix; the chunks stay the record either way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from typing import Any
 
 from lapsd.errors import LapsdError
 from lapsd.replay.trace import (
+    MANIFEST_FILE,
+    REQUESTS_FILE,
+    ROUNDS_FILE,
+    Trace,
     TraceError,
     make_trace,
     new_manifest,
@@ -33,9 +39,10 @@ from lapsd.replay.trace import (
 
 logger = logging.getLogger(__name__)
 
-CHUNKS = "chunks"
-MERGED = "trace"
+CHUNKS = ".chunks"
 ERRORS = "errors.jsonl"
+#: What a collection folder may hold besides its chunks and errors: the merged trace.
+TRACE_FILES = (REQUESTS_FILE, ROUNDS_FILE, MANIFEST_FILE)
 
 
 @dataclass
@@ -49,7 +56,7 @@ class CollectConfig:
     k: int = 4
     max_new_tokens: int = 512
     device: str = "auto"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     temperature: float = 0.0
     shard: tuple[int, int] = (0, 1)
     limit: int | None = None
@@ -68,23 +75,37 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> ``bfloat16`` on a GPU, ``float32`` elsewhere (bf16 on a CPU is slow)."""
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
 def preflight(cfg: CollectConfig) -> tuple[Any, list[Any], Any]:
     """Checks that need no weights: paths, prompt file, draft vocabulary.
 
     Returns ``(draft_spec, prompts_to_run, target_tokenizer)``.
     """
-    from lapsd.collect.models import check_model_path, check_vocab, load_tokenizer, parse_draft
     from lapsd.collect.prompts import load_prompts, select
 
-    check_model_path(cfg.target, "target")
-    spec = parse_draft(cfg.draft)
     prompts = select(load_prompts(cfg.prompts), shard=cfg.shard, limit=cfg.limit)
     if cfg.k < 1 or cfg.max_new_tokens < 1:
         raise LapsdError("--k and --max-new-tokens must be >= 1")
-    tok = load_tokenizer(cfg.target)
+    spec, tok = check_models(cfg.target, cfg.draft)
+    return spec, prompts, tok
+
+
+def check_models(target: Path, draft: str) -> tuple[Any, Any]:
+    """Check the target path and the draft (vocabulary too): ``(draft_spec, tokenizer)``."""
+    from lapsd.collect.models import check_model_path, check_vocab, load_tokenizer, parse_draft
+
+    check_model_path(target, "target")
+    spec = parse_draft(draft)
+    tok = load_tokenizer(target)
     if spec.kind == "model":
         check_vocab(tok, load_tokenizer(spec.model_path), spec.name)
-    return spec, prompts, tok
+    return spec, tok
 
 
 def done_ids(out: Path) -> set[str]:
@@ -103,7 +124,8 @@ def chunk_dirs(out: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of Python, torch, transformers, CUDA and lapsd (for manifests)."""
     import torch
     import transformers
 
@@ -124,8 +146,6 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
     log = log or logger.info
     import torch
 
-    from lapsd.collect.engine import build_engine, eos_ids_of
-    from lapsd.collect.models import load_model
     from lapsd.collect.prompts import encode
 
     spec, prompts, tok = preflight(cfg)
@@ -133,32 +153,26 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
     if chunk_dirs(out) and not cfg.resume:
         raise LapsdError(f"{out} already holds chunks: pass --resume to continue that run "
                               "or choose another --out")
+    foreign = sorted(p.name for p in out.iterdir()  # (hidden names: staging of a killed run)
+                     if p.name not in (ERRORS, *TRACE_FILES) and not p.name.startswith(".")
+                     ) if out.is_dir() else []
+    if foreign:
+        raise LapsdError(f"{out} is not a collection folder (it holds {', '.join(foreign[:3])}"
+                         f"{' ...' if len(foreign) > 3 else ''}); choose a new or empty --out")
     done = done_ids(out) if cfg.resume else set()
     todo = [p for p in prompts if p.request_id not in done]
     log(f"{len(prompts)} prompts in shard {cfg.shard[0]}/{cfg.shard[1]}, {len(done)} done, "
         f"{len(todo)} to run")
     device = resolve_device(cfg.device)
-    target = load_model(cfg.target, dtype=cfg.dtype, device=device)
-    draft_model = None
-    if spec.kind == "model":
-        draft_model = load_model(spec.model_path, dtype=cfg.dtype, device=device)
-    engine = build_engine(target.model, spec, draft_model.model if draft_model else None,
-                          k=cfg.k, eos_ids=eos_ids_of(target.model, tok),
-                          temperature=cfg.temperature, device=device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    engine, target, collector = load_engine(
+        cfg.target, spec, tok, k=cfg.k, dtype=dtype, device=device,
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+        chat=cfg.chat)
     manifest = new_manifest(
         timing="measured_per_round", sources=[cfg.prompts],
         response_offsets="exact: decoded text length after each round",
-        collector={
-            "target": target.name, "target_sha256": target.info["sha256"],
-            "draft": spec.name,
-            "draft_sha256": draft_model.info["sha256"] if draft_model else None,
-            "k": cfg.k, "dtype": cfg.dtype, "device": device,
-            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-            "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
-            "seed": cfg.seed, "chat_template": bool(cfg.chat and tok.chat_template),
-            "shard": list(cfg.shard), "versions": _versions(),
-            "timer": "cuda_events" if device.startswith("cuda") else "perf_counter",
-        },
+        collector={**collector, "shard": list(cfg.shard)},
     )
     seq = len(chunk_dirs(out))
     buffer: list[tuple[Any, Any, str, list[int]]] = []
@@ -191,7 +205,39 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
                 log(f"{len(done) + i + 1}/{len(prompts)} requests written")
     finally:
         flush()  # also on Ctrl-C: what is done is kept
-    return merge([out], out / MERGED, overwrite=True)
+    return publish(merged([out]), out)
+
+
+def load_engine(target_path: Path, spec: Any, tok: Any, *, k: int, dtype: str, device: str,
+                temperature: float, max_new_tokens: int, seed: int, chat: bool,
+                ) -> tuple[Any, Any, dict[str, Any]]:
+    """Load the models and build the engine: ``(engine, target, collector block)``.
+
+    The collector block is what a trace manifest records of the run (``manifest["collector"]``).
+    """
+    import torch
+
+    from lapsd.collect.engine import build_engine, eos_ids_of
+    from lapsd.collect.models import load_model
+
+    target = load_model(target_path, dtype=dtype, device=device)
+    draft_model = None
+    if spec.kind == "model":
+        draft_model = load_model(spec.model_path, dtype=dtype, device=device)
+    engine = build_engine(target.model, spec, draft_model.model if draft_model else None,
+                          k=k, eos_ids=eos_ids_of(target.model, tok),
+                          temperature=temperature, device=device)
+    collector = {
+        "target": target.name, "target_sha256": target.info["sha256"],
+        "draft": spec.name, "draft_sha256": draft_model.info["sha256"] if draft_model else None,
+        "k": k, "dtype": dtype, "device": device,
+        "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
+        "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
+        "chat_template": bool(chat and tok.chat_template), "versions": versions(),
+        "timer": "cuda_events" if device.startswith("cuda") else "perf_counter",
+        "engine_path": "static" if engine.static_split is not None else "dynamic-cache",
+    }
+    return engine, target, collector
 
 
 def request_seed(seed: int, request_id: str) -> int:
@@ -228,13 +274,13 @@ def response_text(tokenizer: Any, generation: Any) -> tuple[str, list[int]]:
     return text, offsets
 
 
-def rows(items: list[tuple[Any, Any, str, list[int]]], target: str, draft: str, k: int
-         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def rows(items: list[tuple[Any, Any, str, list[int]]], target: str, draft: str, k: int,
+         source: str = "lapsd-collect") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Request and round rows for (prompt, generation, text, per-round offsets) items."""
     req, rnd = [], []
     for prompt, g, text, offsets in items:
         req.append({
-            "request_id": prompt.request_id, "source": "lapsd-collect",
+            "request_id": prompt.request_id, "source": source,
             "dataset": prompt.dataset, "category": prompt.category, "prompt": prompt.text,
             "prompt_tokens": g.prompt_tokens, "target_model": target, "draft_model": draft,
             "k": k, "finish_reason": g.finish_reason, "total_s": g.total_s,
@@ -262,13 +308,18 @@ def write_chunk(items: list[tuple[Any, Any, str, list[int]]], manifest: dict[str
 
 
 def merge(sources: list[Path], out: Path, *, overwrite: bool = False) -> Path:
-    """Merge collection folders (their ``chunks/``) or trace folders into one trace.
+    """Merge collection folders (their chunks) or trace folders into one trace folder ``out``.
 
     Raises
     ------
     TraceError
         When a request id occurs twice, or the parts disagree on target, draft, k or dtype.
     """
+    return write_trace(merged(sources), out, overwrite=overwrite)
+
+
+def merged(sources: list[Path]) -> Trace:
+    """The trace that merges ``sources``: a collection folder's chunks, a trace folder itself."""
     import polars as pl
 
     parts: list[Path] = []
@@ -276,10 +327,10 @@ def merge(sources: list[Path], out: Path, *, overwrite: bool = False) -> Path:
         found = chunk_dirs(src)
         if found:
             parts.extend(found)
-        elif (src / "manifest.json").exists():
+        elif (src / MANIFEST_FILE).exists():
             parts.append(src)
         else:
-            raise TraceError("neither a collection folder (with chunks/) nor a trace folder",
+            raise TraceError(f"neither a collection folder (with {CHUNKS}/) nor a trace folder",
                              path=src)
     if not parts:
         raise TraceError("nothing to merge: no chunks found", path=sources[0])
@@ -303,9 +354,20 @@ def merge(sources: list[Path], out: Path, *, overwrite: bool = False) -> Path:
     manifest["merged_from"] = [str(p) for p in parts]
     if "collector" in manifest:
         manifest["collector"] = {**manifest["collector"], "shard": None}
-    trace = make_trace(pl.concat(reqs, how="diagonal_relaxed"),
-                       pl.concat(rnds, how="diagonal_relaxed"), manifest)
-    return write_trace(trace, out, overwrite=overwrite)
+    return make_trace(pl.concat(reqs, how="diagonal_relaxed"),
+                      pl.concat(rnds, how="diagonal_relaxed"), manifest)
+
+
+def publish(trace: Trace, out: Path) -> Path:
+    """Write ``trace`` at the top of the collection folder ``out`` (see the module docstring)."""
+    import os
+
+    staged = write_trace(trace, out / ".merged", overwrite=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    for name in (REQUESTS_FILE, ROUNDS_FILE, MANIFEST_FILE):
+        os.replace(staged / name, out / name)
+    staged.rmdir()
+    return out
 
 
 def _check_compatible(a: dict[str, Any], b: dict[str, Any], where: Path) -> None:

@@ -15,6 +15,12 @@ Two ideas keep it cheap:
 
 The host talks to the device once each way per round: one small copy in (position, pending
 token, prompt-lookup drafts) and one ``tolist`` out (drafts and the target's argmaxes).
+
+Several requests share one runner (the live server keeps every admitted request's cache): the
+graphs are captured once, over one *working* cache, and a request's cache is copied into it when
+the request runs (:meth:`StaticRunner.load`) and out of it when another one takes its place
+(:meth:`StaticRunner.save`). All layers' keys and values are one tensor, so either copy is one
+strided copy of the request's cached positions, whatever the number of layers.
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ class StaticRunner:
         Most tokens drafted per round; one draft and one verify step is built for each count.
     capacity
         Cache slots (positions) per layer; :meth:`ensure` grows it.
+
+    Attributes
+    ----------
+    owner
+        The request whose cache the working cache holds (set by the caller; ``None``: none).
     """
 
     def __init__(self, model: Any, split: int, k: int, capacity: int = 512) -> None:
@@ -75,15 +86,16 @@ class StaticRunner:
         self.hidden = torch.zeros(k + 1, self.cfg.hidden_size, dtype=self.dtype,
                                   device=self.device)
         self.capacity = 0
+        self.owner: object | None = None
         self._alloc(capacity)
 
     # ------------------------------------------------------------------------ cache and graphs
     def _alloc(self, capacity: int) -> None:
-        shape = (self.n_kv, capacity, self.head_dim)
-        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device)
-                     for _ in self.layers]
-        self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device)
-                       for _ in self.layers]
+        # (layer, key/value, kv head, position, head dim): a request's cache is kv[..., :n, :]
+        self.kv = torch.zeros((len(self.layers), 2, self.n_kv, capacity, self.head_dim),
+                              dtype=self.dtype, device=self.device)
+        self.keys = [self.kv[i, 0] for i in range(len(self.layers))]
+        self.values = [self.kv[i, 1] for i in range(len(self.layers))]
         self.slots = torch.arange(capacity, device=self.device)
         self.capacity = capacity
         self.steps: dict[tuple[str, int], Callable[[], None]] = {}
@@ -91,10 +103,14 @@ class StaticRunner:
     def ensure(self, positions: int) -> None:
         """Make room for ``positions`` cache slots (rounded up to 512; graphs are rebuilt).
 
-        Call it before :meth:`prefill`: capturing a graph runs its step, which writes slots.
+        The cached positions are kept (capturing a graph runs its step, which writes slots, so
+        they are copied into the new cache after the capture).
         """
         if positions > self.capacity:
+            old = self.kv
             self._alloc(-(-positions // 512) * 512)
+            self._build()
+            self.kv[:, :, :, :old.shape[3]].copy_(old)
         if not self.steps:
             self._build()
 
@@ -202,6 +218,19 @@ class StaticRunner:
         """``(drafts, best)`` of the last verify: ``d`` drafts, the target's ``d + 1`` argmaxes."""
         both = self.out[:2 * d + 1].tolist()
         return both[:d], both[d:]
+
+    # ------------------------------------------------------------------- requests' own caches
+    def cache_shape(self, positions: int) -> tuple[int, ...]:
+        """Shape of one request's cache of ``positions`` positions, as :meth:`save` writes it."""
+        return (len(self.layers), 2, self.n_kv, positions, self.head_dim)
+
+    def save(self, dest: torch.Tensor) -> None:
+        """Copy the working cache's first ``dest.shape[3]`` positions into ``dest`` (async)."""
+        dest.copy_(self.kv[:, :, :, :dest.shape[3]], non_blocking=True)
+
+    def load(self, src: torch.Tensor) -> None:
+        """Copy a request's cache (from :meth:`save`) into the working cache (async)."""
+        self.kv[:, :, :, :src.shape[3]].copy_(src, non_blocking=True)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

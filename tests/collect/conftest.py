@@ -14,6 +14,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
+# The models are tiny: one thread per test process is fastest. More only contend (pytest-xdist
+# runs a process per core), which made these tests several times slower.
+torch.set_num_threads(1)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"

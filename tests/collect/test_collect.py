@@ -209,8 +209,8 @@ def test_shards_merge_to_the_whole(tiny_dir, prompts_file, tmp_path) -> None:
                 log=lambda *_: None)
     merged = read_trace(merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "all"))
     assert sorted(merged.requests["request_id"].to_list()) == [str(100 + i) for i in range(6)]
-    with pytest.raises(TraceError, match="occurs in"):
-        merge([tmp_path / "s0", tmp_path / "s0" / "trace"], tmp_path / "dup")
+    with pytest.raises(TraceError, match="occurs in"):  # a shard and a trace that holds it
+        merge([tmp_path / "s0", tmp_path / "all"], tmp_path / "dup")
 
 
 def test_oom_skips_the_request(tiny_dir, prompts_file, tmp_path, monkeypatch) -> None:
@@ -238,9 +238,17 @@ def test_cli_collect_and_merge(tiny_dir, prompts_file, tmp_path) -> None:
     out = tmp_path / "cli"
     assert main(["collect", "--target", str(tiny_dir), "--draft", "ngram:2", "--prompts",
                  str(prompts_file), "--out", str(out), "--k", "2", "--max-new-tokens", "5",
-                 "--device", "cpu", "--dtype", "float32", "--limit", "2"]) == 0
-    assert read_trace(out / "trace").n_requests == 2
+                 "--device", "cpu", "--limit", "2"]) == 0
+    trace = read_trace(out)  # the trace is at OUT; its chunks are staged in OUT/.chunks
+    assert trace.n_requests == 2 and len(chunk_dirs(out)) == 1
+    assert trace.manifest["collector"]["dtype"] == "float32"  # --dtype auto on a CPU
+    assert main(["inspect", str(out)]) == 0
     assert main(["merge", str(out), "--out", str(tmp_path / "m")]) == 0
+    assert read_trace(tmp_path / "m").n_requests == 2
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["collect", "--target", str(tiny_dir), "--draft", "ngram:2", "--prompts",
+                 str(prompts_file), "--out", str(tmp_path / "other"), "--device", "cpu"]) == 2
     assert main(["collect", "--target", str(tmp_path / "nope"), "--draft", "ngram:2",
                  "--prompts", str(prompts_file), "--out", str(out)]) == 2
 
@@ -288,13 +296,29 @@ def test_draft_vocab_must_match(tiny_dir, prompts_file, tmp_path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_profile_cost_table(tiny_dir, tmp_path) -> None:
+@pytest.mark.parametrize("draft", ["layers:2", "ngram:2"])
+def test_profile_cost_table(tiny_dir, tmp_path, draft: str) -> None:
+    """The engine's own path, d = 0..k drafts per context, swaps, resident switches, fits."""
+    from lapsd.collect.costs import read_cost_table
     from lapsd.collect.profile import profile
 
-    table = profile(tiny_dir, "layers:2", k=2, batch_sizes=[1, 2], contexts=[8, 16],
-                    repeats=1, device="cpu", dtype="float32", out=tmp_path / "cost.json")
-    assert len(table["rounds"]) == 4 and len(table["swap"]) == 2
-    assert json.loads((tmp_path / "cost.json").read_text())["switch_fit"]["c0"] >= 0
+    table = profile(tiny_dir, draft, k=2, contexts=[8, 16], repeats=1, device="cpu",
+                    dtype="float32", out=tmp_path / "cost.json")
+    assert table == read_cost_table(tmp_path / "cost.json")
+    assert table["engine_path"] == "static" and table["graphs"] is False  # plain steps on CPU
+    assert table["capacity"] == 512 and table["dtype"] == "float32"
+    assert [(r["context"], r["drafted"]) for r in table["rounds"]] == \
+        [(c, d) for c in (8, 16) for d in range(3)]
+    for r in table["rounds"]:
+        assert r["batch"] == 1 and r["capacity"] == 512
+        assert 0 < r["verify_s"] <= r["round_s"] and r["draft_s"] >= 0
+    assert [s["context"] for s in table["swap"]] == [8, 16]
+    # one request's cache: layers x (keys, values) x kv heads x positions x head dim x 4 bytes
+    assert [s["bytes"] for s in table["swap"]] == [4 * 2 * 2 * c * 8 * 4 for c in (8, 16)]
+    assert all(s["out_s"] > 0 and s["in_s"] > 0 for s in table["swap"])
+    assert all(r["park_s"] > 0 and r["load_s"] > 0 for r in table["resident"])
+    for fit in ("switch_fit", "resident_fit"):
+        assert table[fit]["c0"] >= 0 and table[fit]["c1"] >= 0
 
 
 # ------------------------------------------------------------------------- real SmolLM2

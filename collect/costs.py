@@ -1,0 +1,66 @@
+"""The switch-cost model ``c0 + c1 * context_tokens``: least-squares fits and cost tables.
+
+``lapsd collect-profile`` writes a cost table (JSON, ``kind: lapsd-cost-table``); its
+``switch_fit`` is the cost of swapping a request's KV cache to host memory and back, and its
+``resident_fit`` that of switching between requests whose caches both stay on the device.
+``lapsd validate`` fits the same model to the switches a live run measured. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lapsd.errors import LapsdError
+
+#: Cost tables this lapsd reads.
+TABLE_KIND, TABLE_VERSION = "lapsd-cost-table", 2
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Least-squares ``y = c0 + c1 x`` with ``c0, c1 >= 0`` (costs are never negative).
+
+    When the free fit has a negative slope the best line is flat (``c0`` = the mean), when it
+    has a negative intercept it goes through the origin (``y >= 0``). Points at a single ``x``
+    give a flat line; none gives zeros.
+    """
+    if not y:
+        return {"c0": 0.0, "c1": 0.0}
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    var = sum((a - mx) ** 2 for a in x)
+    c1 = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / var if var else 0.0
+    if c1 <= 0:
+        return {"c0": max(my, 0.0), "c1": 0.0}
+    if my - c1 * mx < 0:
+        c1 = sum(a * b for a, b in zip(x, y, strict=True)) / sum(a * a for a in x)
+        return {"c0": 0.0, "c1": max(c1, 0.0)}
+    return {"c0": my - c1 * mx, "c1": c1}
+
+
+def read_cost_table(path: Path | str) -> dict[str, Any]:
+    """Read a cost table written by ``lapsd collect-profile``.
+
+    Raises
+    ------
+    LapsdError
+        When the file is missing, not JSON, not a cost table, or of another version.
+    """
+    p = Path(path)
+    try:
+        table = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise LapsdError(f"cost table {p} not found (write one with `lapsd collect-profile`)"
+                         ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LapsdError(f"cost table {p} is not JSON ({exc})") from None
+    if not isinstance(table, dict) or table.get("kind") != TABLE_KIND:
+        raise LapsdError(f"{p} is not a cost table (no kind={TABLE_KIND!r}); write one with "
+                         "`lapsd collect-profile`")
+    if table.get("version") != TABLE_VERSION:
+        raise LapsdError(f"cost table {p} has version {table.get('version')!r}; this lapsd "
+                         f"reads version {TABLE_VERSION}: profile again with "
+                         "`lapsd collect-profile`")
+    return table

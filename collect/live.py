@@ -1,0 +1,740 @@
+"""``lapsd live``: serve a workload under a scheduler, for real, and record what ran.
+
+The server
+    Requests arrive in wall-clock time at the workload's arrival times, drawn exactly as
+    :func:`lapsd.replay.workload.build_workload` draws them (same seed, same order of draws) for
+    the *measured* mean service time: a warm-up of ``--warmup`` requests on the same device and
+    prompts (after one unmeasured request that captures the CUDA graphs), so ``load`` is relative
+    to this server's capacity. ``--capacity-from`` reuses another live run's measurement (and
+    typical round), so runs of several policies get the very same arrivals. ``--time-scale X``
+    divides the arrival times by ``X`` (a load ``X`` times higher; for quick tests). Prompts are
+    the workload's draw over the prompt file (with replacement only when ``n`` exceeds it).
+
+    At every round boundary the scheduler (:mod:`lapsd.replay.policies`, the very objects the
+    replay runs) is told of the arrivals (``admit``; ``reveal`` first for ``srpt-oracle``), picks
+    the request that runs one speculative-decoding round (``pick``), and hears what the round
+    produced and how long it took (``observe``; ``finish`` at its end). A request is a
+    :class:`~lapsd.collect.engine.Session`, prefilled when it first runs (inside its round 0).
+
+Time (integer nanoseconds of ``perf_counter_ns`` since the run started)
+    Each round boundary is the instant the round's results are back (``end``); arrivals up to
+    it are admitted there, as the replay admits them. The server's time is cut without gaps or
+    overlaps into: *idle* (nothing to run: up to the next arrival), *switch* (making another
+    request's cache the one that runs, swapping caches to host memory and back), and the
+    *rounds*. A round's time (``round_s``, what ``observe`` is told and the trace records) is
+    everything else from the previous boundary (or the arrival that ended an idle spell) to its
+    own end: the engine's round (``engine_s``, with the prefill in round 0), and the server's own
+    work in between: the scheduler's calls (``scheduler_s``, also reported on their own) and
+    bookkeeping. So a request's rounds add up to the server time it took, and a replay of the
+    trace under the same arrivals and policy reproduces the run but for the switches, which it
+    models as ``c0 + c1 * context``.
+
+KV caches
+    Every started request keeps its cache on the device while others run (:mod:`lapsd.collect.
+    engine`: per-session caches, or on the static path one graph-bound working cache with the
+    others parked in device tensors of their own). ``--kv-budget-tokens N`` caps the *context
+    tokens* resident on the device: the sum over started, unfinished requests whose cache is on
+    the device of their cached positions, plus ``k + 1`` for the one about to run. When the next
+    round would exceed it, resident requests are swapped to host memory (pinned on a GPU),
+    lowest-priority first (the policy's :meth:`~lapsd.replay.policies.base.Policy.order`), and a
+    swapped request comes back when it runs again. Switch times are measured per switch, on the
+    host clock (the timeline) and on the engine's clock (CUDA events on a GPU).
+
+Output folder ``DIR`` (written at the end, atomically: complete or absent; Ctrl-C writes what had
+finished and marks the run interrupted)::
+
+    DIR/trace/             a lapsd trace of the finished requests, in arrival order (request
+                           ids "00017:PROMPT_ID"; round_s as above, draft_s/verify_s from the
+                           engine; manifest: timing "measured_per_round", the collector block,
+                           and a "live" block)
+    DIR/schedule.parquet   one row per round, in the order they ran: request_id, round,
+                           start_s/end_s (engine round start, boundary; seconds since the run
+                           started), round_s, engine_s, scheduler_s (policy calls since the last
+                           boundary), switch_s (host clock) and switch_device_s (engine clock)
+                           of the switch before the round (0 when the same request continues),
+                           switched (another request ran before), preempted (and it had not
+                           finished), preempted_context, swapped (host copies at this switch),
+                           evicted (requests swapped out for room), idle_s (before the
+                           round), context_tokens, admitted (requests admitted so far: those
+                           the policy knew of when it picked the round)
+    DIR/requests.parquet   one row per workload request, in arrival order: request_id,
+                           prompt_id, position, arrival_ns/arrival_s, first_run_s,
+                           finish_ns/finish_s, latency_s, prompt_tokens, output_tokens, rounds,
+                           service_s (its rounds' round_s), engine_s, prefill_s, preemptions,
+                           swaps (times swapped to host), oracle_service_s (srpt-oracle),
+                           prediction_* (every field of the request's LengthPrediction, to reuse
+                           it exactly) and prediction_p50/p90 (null: no prediction)
+    DIR/live.json          the run: policy (name, parameters and scale, or the config's path and
+                           sha256), workload, measured capacity, predictions source, the
+                           collector block (device, GPU, dtype, versions, engine path), switch
+                           statistics, scheduler overhead, latency, wall time
+    DIR/lapsd-config.json  with --config: the config as the run read it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import polars as pl
+
+from lapsd.errors import LapsdError, require_extra
+from lapsd.io import atomic_dir, sha256_file, write_json
+from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.policies import create
+from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo, TraceScale
+from lapsd.replay.trace import Trace, make_trace, new_manifest, read_trace
+from lapsd.replay.workload import WorkloadSpec, draw_arrivals, parse_workload
+
+logger = logging.getLogger(__name__)
+
+TRACE_DIR = "trace"
+SCHEDULE_FILE = "schedule.parquet"
+REQUESTS_FILE = "requests.parquet"
+INFO_FILE = "live.json"
+CONFIG_COPY = "lapsd-config.json"
+KIND, VERSION = "lapsd-live", 1
+
+
+@dataclass
+class LiveConfig:
+    """Everything ``lapsd live`` takes (see the CLI help for each field)."""
+
+    target: Path
+    draft: str
+    prompts: Path
+    workload: str
+    out: Path
+    policy: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    config: Path | None = None
+    predictor: Path | None = None
+    predictions: str | None = None
+    oracle_trace: Path | None = None
+    k: int = 4
+    max_new_tokens: int = 512
+    device: str = "auto"
+    dtype: str = "auto"
+    temperature: float = 0.0
+    chat: bool = True
+    seed: int = 0
+    kv_budget_tokens: int | None = None
+    warmup: int = 8
+    capacity_from: Path | None = None
+    time_scale: float = 1.0
+    force: bool = False
+
+
+@dataclass
+class LiveRun:
+    """A live run's folder, read back (:func:`read_live`)."""
+
+    path: Path
+    info: dict[str, Any]
+    trace: Trace
+    schedule: pl.DataFrame
+    requests: pl.DataFrame
+
+    def predictions(self) -> list[LengthPrediction] | None:
+        """The predictions the scheduler was told, in arrival order (``None``: none)."""
+        names = [f.name for f in dataclasses.fields(LengthPrediction)]
+        if "prediction_" + names[0] not in self.requests.columns:
+            return None
+        cols = [self.requests[f"prediction_{n}"].to_list() for n in names]
+        return [LengthPrediction(**dict(zip(names, values, strict=True)))
+                for values in zip(*cols, strict=True)]
+
+    def policy_factory(self) -> Callable[[], Policy]:
+        """A builder of fresh schedulers like the one the run used."""
+        return policy_factory(self.info["policy"], scale_of(self.info), self.path)
+
+
+def scale_of(info: dict[str, Any]) -> TraceScale:
+    """The typical round a run's scheduler was built with (``live.json``'s ``scale``)."""
+    return TraceScale(**info["scale"])
+
+
+def policy_factory(section: dict[str, Any], scale: TraceScale, base: Path | None = None
+                   ) -> Callable[[], Policy]:
+    """Fresh schedulers from a ``policy`` section of ``live.json`` (or of a run being set up).
+
+    ``{"name", "parameters"}``: a registered policy (scale-dependent defaults from ``scale``);
+    ``{"config": {"path", "sha256"}}``: the config, read from ``base/lapsd-config.json`` when
+    ``base`` is given (a recorded run), checked against the recorded sha256.
+    """
+    from lapsd.replay.config import scheduler_factory
+
+    if "config" in section:
+        ref = section["config"]
+        path = Path(ref["path"]) if base is None else base / CONFIG_COPY
+        if "sha256" in ref and sha256_file(path) != ref["sha256"]:
+            raise LapsdError(f"{path}: the config changed since the run used it (sha256 differs)")
+        return scheduler_factory(path)
+    name, params = section["name"], dict(section.get("parameters") or {})
+    create(name, scale, **params)  # checked once, here
+    return lambda: create(name, scale, **params)
+
+
+def read_live(path: Path | str) -> LiveRun:
+    """Read a live run's folder.
+
+    Raises
+    ------
+    LapsdError
+        When it is not a complete live run folder.
+    """
+    base = Path(path)
+    info_path = base / INFO_FILE
+    try:
+        info = json.loads(info_path.read_text())
+    except FileNotFoundError:
+        raise LapsdError(f"{base} is not a live run folder (no {INFO_FILE}; write one with "
+                         "`lapsd live`)") from None
+    except json.JSONDecodeError as exc:
+        raise LapsdError(f"{info_path} is not JSON ({exc})") from None
+    if info.get("kind") != KIND or info.get("version") != VERSION:
+        raise LapsdError(f"{info_path}: not a version-{VERSION} {KIND} file")
+    return LiveRun(base, info, read_trace(base / TRACE_DIR),
+                   pl.read_parquet(base / SCHEDULE_FILE), pl.read_parquet(base / REQUESTS_FILE))
+
+
+# ---------------------------------------------------------------------------------- set-up
+@dataclass
+class _Plan:
+    """What the options say, checked before any model is loaded."""
+
+    spec: WorkloadSpec
+    policy: dict[str, Any]
+
+
+def check(cfg: LiveConfig) -> _Plan:
+    """Check the options that need no model; raise :class:`LapsdError` on the first bad one."""
+    spec = parse_workload(cfg.workload)
+    if (cfg.policy is None) == (cfg.config is None):
+        raise LapsdError("give one of --policy NAME or --config lapsd-config.json")
+    if cfg.config is not None:
+        if cfg.params:
+            raise LapsdError("--set applies to --policy, not to --config (the config holds "
+                             "the parameters)")
+        factory = policy_factory({"config": {"path": str(cfg.config)}}, TraceScale())
+        section: dict[str, Any] = {"config": {"path": str(cfg.config),
+                                              "sha256": sha256_file(cfg.config)}}
+    else:
+        section = {"name": cfg.policy, "parameters": dict(cfg.params)}
+        factory = policy_factory(section, TraceScale())
+    probe = factory()
+    if probe.needs_oracle and cfg.oracle_trace is None:
+        raise LapsdError(f"policy {probe.name!r} needs every request's true service time: pass "
+                         "--oracle-trace TRACE_DIR (a collection of the same prompts)")
+    if cfg.predictor is not None and cfg.predictions is not None:
+        raise LapsdError("give --predictor or --predictions, not both")
+    if probe.needs_prediction and cfg.predictor is None and cfg.predictions is None:
+        raise LapsdError(f"policy {probe.name!r} needs length predictions: pass --predictor "
+                         "model.skops, or --predictions oracle:sigma=S with --oracle-trace")
+    if cfg.predictions is not None:
+        if not cfg.predictions.startswith("oracle:"):
+            raise LapsdError(f"--predictions {cfg.predictions!r}: a live run takes "
+                             "oracle:sigma=S[,seed=N] (or --predictor model.skops)")
+        if cfg.oracle_trace is None:
+            raise LapsdError("--predictions oracle:... needs the true lengths: pass "
+                             "--oracle-trace TRACE_DIR")
+    problems = [
+        (cfg.k < 1 or cfg.max_new_tokens < 1, "--k and --max-new-tokens must be >= 1"),
+        (not cfg.time_scale > 0, f"--time-scale must be > 0, got {cfg.time_scale}"),
+        (cfg.warmup < 1, f"--warmup must be >= 1, got {cfg.warmup}"),
+        (cfg.kv_budget_tokens is not None and cfg.kv_budget_tokens < 1,
+         f"--kv-budget-tokens must be >= 1, got {cfg.kv_budget_tokens}"),
+        (cfg.out.exists() and not cfg.force, f"{cfg.out} exists; pass --force to replace it"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise LapsdError(message)
+    return _Plan(spec, section)
+
+
+@dataclass
+class _Request:
+    """One workload request and what happened to it."""
+
+    position: int
+    rid: str
+    prompt: Any
+    ids: list[int]
+    arrival_ns: int
+    prediction: LengthPrediction | None
+    oracle_s: float | None
+    session: Any = None
+    first_run_ns: int | None = None
+    finish_ns: int | None = None
+    preemptions: int = 0
+    swaps: int = 0
+    round_ns: list[int] = field(default_factory=list)
+    engine_s: list[float] = field(default_factory=list)
+    prefill_s: float | None = None
+
+
+def _oracle(path: Path, prompt_ids: list[str], cfg: LiveConfig, seed: int
+            ) -> tuple[list[float], list[LengthPrediction] | None]:
+    """True service times and (``--predictions oracle:...``) noisy-oracle predictions."""
+    from lapsd.replay.engine import TraceArrays
+    from lapsd.replay.workload import make_predictions
+
+    trace = read_trace(path)
+    collector = trace.manifest.get("collector", {})
+    for key, mine in (("k", cfg.k), ("max_new_tokens", cfg.max_new_tokens)):
+        if collector.get(key) not in (None, mine):
+            warnings.warn(f"--oracle-trace {path} was collected with {key}="
+                          f"{collector.get(key)}, this run uses {mine}", stacklevel=2)
+    arrays = TraceArrays.from_trace(trace)
+    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
+    missing = sorted({p for p in prompt_ids if p not in where})
+    if missing:
+        raise LapsdError(f"--oracle-trace {path} has no request {missing[0]!r} (and "
+                         f"{len(missing) - 1} more of the workload's prompts): collect the same "
+                         "prompt file")
+    index = np.array([where[p] for p in prompt_ids], dtype=np.int64)
+    service = (arrays.service_ns[index] / NS_PER_S).tolist()
+    preds = (make_predictions(cfg.predictions, arrays, index, seed)
+             if cfg.predictions is not None else None)
+    return service, preds
+
+
+def _predictor(path: Path, prompts: Sequence[Any]
+               ) -> tuple[list[LengthPrediction], list[tuple[float, float | None]]]:
+    """The predictor's beliefs and raw (p50, p90) for each prompt."""
+    require_extra("predict", "sklearn", "skops")
+    from lapsd.predict.persist import load_predictor
+
+    predictor = load_predictor(path)
+    texts = [p.text for p in prompts]
+    p50, p90 = predictor.predict_lengths(texts)
+    return predictor.predictions(texts), list(zip(map(float, p50), map(float, p90), strict=True))
+
+
+# ------------------------------------------------------------------------------------ server
+def _sleep_until(deadline_ns: int) -> None:
+    """Wait for ``perf_counter_ns()`` to reach ``deadline_ns`` (sleep, then spin the last ms)."""
+    while (left := deadline_ns - time.perf_counter_ns()) > 0:
+        if left > 1_500_000:
+            time.sleep((left - 1_000_000) / NS_PER_S)
+
+
+class _Server:
+    """The serving loop (module docstring); rows of what ran are kept for the output."""
+
+    def __init__(self, engine: Any, policy: Policy, requests: list[_Request], *,
+                 max_new_tokens: int, seed: int, budget: int | None,
+                 on_finish: Callable[[], None]) -> None:
+        from lapsd.collect.engine import Clock, timing_clock
+
+        self.engine, self.policy, self.requests = engine, policy, requests
+        self.max_new_tokens, self.seed, self.budget = max_new_tokens, seed, budget
+        self.on_finish = on_finish
+        self.clock: Clock = timing_clock(engine.device)
+        self.rows: list[dict[str, Any]] = []
+        self.active: dict[int, _Request] = {}  # started, unfinished
+        self.scheduler_ns = 0
+        self.idle_ns = 0
+        self.wall_ns = 0
+
+    def run(self) -> None:
+        """Serve every request (a KeyboardInterrupt stops it; what finished stays recorded)."""
+        from lapsd.collect.run import request_seed
+
+        pc = time.perf_counter_ns
+        policy, reqs, n = self.policy, self.requests, len(self.requests)
+        oracle = policy.needs_oracle
+        t0 = pc()
+        boundary = 0  # the last round's end, or the arrival that ended an idle spell
+        nxt = done = 0
+        last: _Request | None = None
+        pending_ns = 0  # scheduler time since the last boundary
+        idle_ns = 0
+        try:
+            while done < n:
+                ts = pc()
+                while nxt < n and reqs[nxt].arrival_ns <= boundary:
+                    r = reqs[nxt]
+                    if oracle:
+                        policy.reveal(nxt, r.oracle_s or 0.0)
+                    policy.admit(RequestInfo(nxt, r.arrival_ns / NS_PER_S, len(r.ids),
+                                             r.prediction))
+                    nxt += 1
+                picked = policy.pick()
+                pending_ns += pc() - ts
+                if picked is None:
+                    arrival = reqs[nxt].arrival_ns
+                    _sleep_until(t0 + arrival)
+                    idle_ns = arrival - boundary
+                    self.idle_ns += idle_ns
+                    boundary = arrival
+                    continue
+                req = reqs[cast(int, picked)]  # the position it was admitted as
+                if req.session is None:
+                    req.session = self.engine.start(
+                        req.ids, self.max_new_tokens,
+                        seed=request_seed(self.seed, req.prompt.request_id))
+                    self.active[req.position] = req
+                preempted = last is not None and last is not req and not last.session.done
+                if preempted:
+                    assert last is not None
+                    last.preemptions += 1
+                ts = pc()
+                victims = self._evictions(req)
+                pending_ns += pc() - ts
+                switch_ns, row = (self._switch(req, victims) if req is not last or victims
+                                  else (0, {"switch_device_s": 0.0, "swapped": False,
+                                            "evicted": 0}))
+                start = pc()
+                record = req.session.step()
+                req.session.clock.sync()
+                record.resolve(req.session.clock)
+                end = pc() - t0
+                occupied = end - boundary - switch_ns
+                engine_s = record.round_s or 0.0
+                if not req.round_ns:  # round 0 holds the prefill
+                    req.first_run_ns = start - t0
+                    req.prefill_s = req.session.prefill_s
+                    engine_s += req.prefill_s or 0.0
+                self.rows.append({
+                    "request_id": req.rid, "round": len(req.round_ns),
+                    "start_s": (start - t0) / NS_PER_S, "end_s": end / NS_PER_S,
+                    "round_s": occupied / NS_PER_S, "engine_s": engine_s,
+                    "scheduler_s": pending_ns / NS_PER_S, "switch_s": switch_ns / NS_PER_S,
+                    **row, "switched": last is not None and last is not req,
+                    "preempted": preempted,
+                    "preempted_context": (len(last.session.tokens) if preempted and last
+                                          else None),
+                    "idle_s": idle_ns / NS_PER_S, "context_tokens": record.context_tokens,
+                    "admitted": nxt,
+                })
+                req.round_ns.append(occupied)
+                req.engine_s.append(engine_s)
+                self.scheduler_ns += pending_ns
+                boundary, last, idle_ns = end, req, 0
+                ts = pc()
+                policy.observe(picked, record.emitted, record.drafted, record.accepted,
+                               occupied / NS_PER_S)
+                if req.session.done:
+                    policy.finish(picked)
+                pending_ns = pc() - ts
+                if req.session.done:
+                    req.finish_ns = end
+                    del self.active[req.position]
+                    done += 1
+                    self.on_finish()
+        finally:
+            self.scheduler_ns += pending_ns
+            self.wall_ns = pc() - t0
+
+    def _evictions(self, req: _Request) -> list[_Request]:
+        """Resident requests to swap out so that ``req``'s next round fits the KV budget.
+
+        Lowest priority first (the policy's order), the fewest that make room.
+        """
+        if self.budget is None:
+            return []
+        others = [r for r in self.active.values() if r is not req and r.session.resident_tokens]
+        excess = (len(req.session.tokens) + self.engine.k + 1 - self.budget
+                  + sum(r.session.resident_tokens for r in others))
+        if excess <= 0:
+            return []
+        rank = {rid: i for i, rid in enumerate(self.policy.order(self.policy.waiting))}
+        victims = []
+        for r in sorted(others, key=lambda r: rank.get(r.position, -1), reverse=True):
+            if excess <= 0:
+                break
+            victims.append(r)
+            excess -= r.session.resident_tokens
+        return victims
+
+    def _switch(self, req: _Request, victims: list[_Request]) -> tuple[int, dict[str, Any]]:
+        """Swap ``victims`` out and make ``req``'s cache the one that runs.
+
+        Returns the host-clock nanoseconds it took and its schedule columns.
+        """
+        pc, clock = time.perf_counter_ns, self.clock
+        s0 = pc()
+        a = clock.mark()
+        for v in victims:
+            v.session.offload()
+            v.swaps += 1
+        swapped = req.session.activate()
+        b = clock.mark()
+        clock.sync()
+        return pc() - s0, {"switch_device_s": clock.seconds(a, b),
+                           "swapped": swapped or bool(victims), "evicted": len(victims)}
+
+
+# ------------------------------------------------------------------------------------- serve
+def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
+          progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
+    """Run the live server, write ``cfg.out`` and return ``live.json``'s content.
+
+    ``log`` receives progress lines (default: this module's logger); ``progress(finished, n)``
+    is called when serving starts and whenever a request finishes. On Ctrl-C
+    (KeyboardInterrupt) the requests that had finished are written, the run is marked
+    interrupted, and the interrupt is raised again.
+    """
+    log = log or logger.info
+    from lapsd.collect.prompts import encode, load_prompts
+    from lapsd.collect.run import (
+        check_models,
+        load_engine,
+        request_seed,
+        resolve_device,
+        resolve_dtype,
+    )
+
+    plan = check(cfg)
+    spec, tok = check_models(cfg.target, cfg.draft)
+    prompts = load_prompts(cfg.prompts)
+    prior = read_info(cfg.capacity_from) if cfg.capacity_from is not None else None
+    _, index = draw_arrivals(plan.spec, 1.0, len(prompts))  # which prompts: independent of the mean
+    chosen = [prompts[i] for i in index.tolist()]
+    encoded = {i: encode(tok, prompts[i].text, chat=cfg.chat) for i in set(index.tolist())}
+    ids = [encoded[i] for i in index.tolist()]
+    n = len(chosen)
+    peak = max(len(x) for x in ids) + cfg.max_new_tokens + cfg.k + 1
+    if cfg.kv_budget_tokens is not None and cfg.kv_budget_tokens < peak:
+        raise LapsdError(f"--kv-budget-tokens {cfg.kv_budget_tokens} cannot hold one request: "
+                         f"the longest needs {peak} (prompt + --max-new-tokens + k + 1)")
+    oracle_s: list[float] | None = None
+    preds: list[LengthPrediction] | None = None
+    quantiles: list[tuple[float, float | None]] | None = None
+    pids = [p.request_id for p in chosen]
+    if cfg.oracle_trace is not None:
+        oracle_s, preds = _oracle(cfg.oracle_trace, pids, cfg, plan.spec.seed)
+        if preds is not None:
+            quantiles = [(p.median, None) for p in preds]
+    if cfg.predictor is not None:
+        preds, quantiles = _predictor(cfg.predictor, chosen)
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    engine, target, collector = load_engine(
+        cfg.target, spec, tok, k=cfg.k, dtype=dtype, device=device,
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+        chat=cfg.chat)
+    working = engine.reserve(peak)
+    log(f"{n} requests ({plan.spec.text}); warming up on {device} ({collector['engine_path']} "
+        "path)")
+
+    def generate(i: int) -> Any:
+        return engine.generate(ids[i % n], cfg.max_new_tokens,
+                               seed=request_seed(cfg.seed, pids[i % n]))
+
+    generate(0)  # unmeasured: allocator, kernel choice, CUDA graphs
+    if prior is None:
+        gens = [generate(i) for i in range(cfg.warmup)]
+        rounds = [r for g in gens for r in g.rounds]
+        capacity = {"source": "warm-up", "warmup_requests": cfg.warmup,
+                    "mean_service_s": float(np.mean([g.total_s for g in gens])),
+                    "rounds_per_s": len(rounds) / sum(g.total_s for g in gens),
+                    "tokens_per_s": sum(len(g.tokens) for g in gens) / sum(g.total_s
+                                                                         for g in gens)}
+        scale = TraceScale(round_s=float(np.median([r.round_s for r in rounds])),
+                           tokens_per_round=float(np.mean([r.emitted for r in rounds])))
+    else:
+        capacity = {**prior["capacity"], "source": str(cfg.capacity_from)}
+        scale = scale_of(prior)
+    times, _ = draw_arrivals(plan.spec, capacity["mean_service_s"], len(prompts))
+    arrival_ns = np.rint(times / cfg.time_scale * NS_PER_S).astype(np.int64).tolist()
+    log(f"mean service {capacity['mean_service_s']:.4g} s ({capacity['source']}); serving")
+    reqs = [_Request(i, f"{i:05d}:{pids[i]}", chosen[i], ids[i], arrival_ns[i],
+                     None if preds is None else preds[i],
+                     None if oracle_s is None else oracle_s[i]) for i in range(n)]
+    policy = policy_factory(plan.policy, scale)()
+    finished = 0
+
+    def on_finish() -> None:
+        nonlocal finished
+        finished += 1
+        if progress is not None:
+            progress(finished, n)
+
+    server = _Server(engine, policy, reqs, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                     budget=cfg.kv_budget_tokens, on_finish=on_finish)
+    interrupted = False
+    if progress is not None:
+        progress(0, n)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        interrupted = True
+    params = getattr(policy, "params", None)
+    info = {
+        "kind": KIND, "version": VERSION,
+        "policy": {**plan.policy, "class": type(policy).__name__,
+                   "effective": dataclasses.asdict(params)
+                   if dataclasses.is_dataclass(params) and not isinstance(params, type)
+                   else None},
+        "scale": dataclasses.asdict(scale),
+        "workload": {"spec": plan.spec.text, "n": n, "time_scale": cfg.time_scale,
+                     "offered_load": (None if plan.spec.load is None
+                                      else plan.spec.load * cfg.time_scale),
+                     "prompts": str(cfg.prompts), "prompts_sha256": sha256_file(cfg.prompts)},
+        "capacity": capacity,
+        "predictions": _prediction_info(cfg),
+        "oracle_trace": None if cfg.oracle_trace is None else str(cfg.oracle_trace),
+        "kv_budget_tokens": cfg.kv_budget_tokens,
+        "kv_budget_counts": "context tokens of the started, unfinished requests whose cache is "
+                            "on the device, plus k + 1 for the one about to run",
+        "working_cache_positions": working,
+        "collector": collector,
+        **summarize_run(server, reqs, interrupted),
+    }
+    if not any(r.finish_ns is not None for r in reqs):
+        log("no request finished: nothing written")
+    else:
+        manifest = new_manifest(
+            timing="measured_per_round", sources=[cfg.prompts],
+            response_offsets="exact: decoded text length after each round",
+            collector=collector,
+            live={"policy": plan.policy, "workload": plan.spec.text, "interrupted": interrupted,
+                  "round_s": "server time of the round: the engine's round (engine_s in "
+                             "../schedule.parquet; round 0 includes the prefill) and the "
+                             "scheduler's calls and bookkeeping since the previous round "
+                             "boundary; switches and idle time excluded"})
+        _write(cfg, info, _trace(reqs, tok, target.name, spec.name, cfg.k, manifest),
+               server.rows, _request_rows(reqs, quantiles))
+        log(f"live run written to {cfg.out}")
+    if interrupted:
+        raise KeyboardInterrupt
+    return info
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """``live.json`` of a live run folder (for ``--capacity-from``)."""
+    p = Path(path) / INFO_FILE
+    try:
+        info = json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise LapsdError(f"--capacity-from {path}: no readable {INFO_FILE} ({exc})") from None
+    if info.get("kind") != KIND:
+        raise LapsdError(f"--capacity-from {path}: {p} is not a live run's {INFO_FILE}")
+    return info
+
+
+def _prediction_info(cfg: LiveConfig) -> dict[str, Any] | None:
+    if cfg.predictor is not None:
+        return {"source": "predictor", "path": str(cfg.predictor),
+                "sha256": sha256_file(cfg.predictor), "what_if": False}
+    if cfg.predictions is not None:
+        return {"source": cfg.predictions, "true_lengths": str(cfg.oracle_trace),
+                "what_if": True}
+    return None
+
+
+def _dist(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Count, total, mean, p50, p90 and p99 of ``values`` (``None`` where there are none)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if not arr.size:
+        return {"count": 0, "total_s": 0.0, "mean_s": None, "p50_s": None, "p90_s": None,
+                "p99_s": None}
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {"count": int(arr.size), "total_s": float(arr.sum()), "mean_s": float(arr.mean()),
+            "p50_s": float(p50), "p90_s": float(p90), "p99_s": float(p99)}
+
+
+def summarize_run(server: _Server, reqs: list[_Request], interrupted: bool) -> dict[str, Any]:
+    """The measured part of ``live.json``: run, switches, scheduler, latency."""
+    rows = server.rows
+    switches = [r for r in rows if r["switched"] or r["swapped"]]
+    round_total = sum(r["round_s"] for r in rows)
+    done = [r for r in reqs if r.finish_ns is not None]
+    return {
+        "run": {"interrupted": interrupted, "requests": len(reqs), "finished": len(done),
+                "rounds": len(rows), "wall_s": server.wall_ns / NS_PER_S,
+                "idle_s": server.idle_ns / NS_PER_S, "rounds_s": round_total,
+                "switches_s": sum(r["switch_s"] for r in rows),
+                "preemptions": sum(r.preemptions for r in reqs),
+                "swaps": sum(r.swaps for r in reqs)},
+        "switches": {
+            "count": len(switches),
+            "resident": _dist([r["switch_s"] for r in switches if not r["swapped"]]),
+            "swapped": _dist([r["switch_s"] for r in switches if r["swapped"]]),
+            "device_clock": {
+                "resident": _dist([r["switch_device_s"] for r in switches if not r["swapped"]]),
+                "swapped": _dist([r["switch_device_s"] for r in switches if r["swapped"]])},
+        },
+        "scheduler": {"total_s": server.scheduler_ns / NS_PER_S,
+                      "per_round_mean_s": server.scheduler_ns / NS_PER_S / max(len(rows), 1),
+                      "overhead_ratio": (server.scheduler_ns / NS_PER_S / round_total
+                                         if round_total else None)},
+        "latency": _dist([(r.finish_ns - r.arrival_ns) / NS_PER_S for r in done
+                          if r.finish_ns is not None]),
+    }
+
+
+def _trace(reqs: list[_Request], tok: Any, target: str, draft: str, k: int,
+           manifest: dict[str, Any]) -> Trace:
+    """The trace of the finished requests (round_s: the server time of each round)."""
+    from lapsd.collect.run import response_text, rows
+
+    items = []
+    for r in reqs:
+        if r.finish_ns is None:
+            continue
+        g = r.session.result()
+        g = dataclasses.replace(
+            g, total_s=(r.finish_ns - r.arrival_ns) / NS_PER_S,
+            rounds=[dataclasses.replace(rec, round_s=ns / NS_PER_S)
+                    for rec, ns in zip(g.rounds, r.round_ns, strict=True)])
+        items.append((dataclasses.replace(r.prompt, request_id=r.rid), g, *response_text(tok, g)))
+    req, rnd = rows(items, target, draft, k, source="lapsd-live")
+    return make_trace(pl.DataFrame(req, infer_schema_length=None),
+                      pl.DataFrame(rnd, infer_schema_length=None), manifest)
+
+
+def _request_rows(reqs: list[_Request], quantiles: list[tuple[float, float | None]] | None
+                  ) -> pl.DataFrame:
+    """``requests.parquet`` (module docstring)."""
+    out = []
+    for r in reqs:
+        s = r.session
+
+        def sec(ns: int | None) -> float | None:
+            return None if ns is None else ns / NS_PER_S
+
+        row: dict[str, Any] = {
+            "request_id": r.rid, "prompt_id": r.prompt.request_id, "position": r.position,
+            "arrival_ns": r.arrival_ns, "arrival_s": sec(r.arrival_ns),
+            "first_run_s": sec(r.first_run_ns), "finish_ns": r.finish_ns,
+            "finish_s": sec(r.finish_ns),
+            "latency_s": None if r.finish_ns is None else sec(r.finish_ns - r.arrival_ns),
+            "prompt_tokens": len(r.ids), "output_tokens": 0 if s is None else s.produced,
+            "rounds": len(r.round_ns), "service_s": sum(r.round_ns) / NS_PER_S,
+            "engine_s": sum(r.engine_s), "prefill_s": r.prefill_s,
+            "preemptions": r.preemptions, "swaps": r.swaps, "oracle_service_s": r.oracle_s,
+        }
+        if r.prediction is not None:
+            row.update({f"prediction_{k}": v for k, v in dataclasses.asdict(r.prediction).items()})
+        if quantiles is not None:
+            row["prediction_p50"], row["prediction_p90"] = quantiles[r.position]
+        out.append(row)
+    return pl.DataFrame(out, infer_schema_length=None)
+
+
+def _write(cfg: LiveConfig, info: dict[str, Any], trace: Trace, schedule: list[dict[str, Any]],
+           requests: pl.DataFrame) -> None:
+    """Write the run's folder atomically (module docstring)."""
+    import shutil
+
+    from lapsd.replay.trace import write_trace
+
+    with atomic_dir(cfg.out, overwrite=cfg.force) as tmp:
+        write_trace(trace, tmp / TRACE_DIR)
+        pl.DataFrame(schedule, infer_schema_length=None).write_parquet(tmp / SCHEDULE_FILE)
+        requests.write_parquet(tmp / REQUESTS_FILE)
+        if cfg.config is not None:
+            shutil.copyfile(cfg.config, tmp / CONFIG_COPY)
+        write_json(tmp / INFO_FILE, info)

@@ -1,0 +1,204 @@
+"""``lapsd validate``: compare a live run with its replay, to see whether the replay predicts it.
+
+A live run (:mod:`lapsd.collect.live`) is replayed through :func:`lapsd.replay.engine.simulate`
+with everything the run had: its recorded arrival times, its own trace (each request's rounds
+as they ran, ``round_s`` being the server time of the round), the same policy built the same way
+(parameters and typical round, or the copy of the config), the same length predictions (stored
+per request), and for ``srpt-oracle`` the same true service times. Only switches are modelled:
+``c0 + c1 * context_tokens`` at each preemption, from
+
+``measured`` (default)
+    a least-squares fit to the run's own preemption switches (host-clock switch time against
+    the preempted request's context);
+``given``
+    ``--c0`` / ``--c1``;
+``table``
+    ``--cost-table`` from ``lapsd collect-profile``: its ``resident_fit`` when the run swapped
+    nothing to host memory, else its ``switch_fit``.
+
+The comparison gives the relative error (replay minus live, over live) of the mean, p50, p90
+and p99 latency, and per request. Where they differ, these show why:
+
+* switch time: live paid ``switch_s`` at every switch, also when a request resumes after
+  another finished (no preemption, so the replay charges nothing: *unmodelled*); the replay
+  charged the model at its own preemptions;
+* the per-request error by context length (prompt + output tokens): a switch model that is
+  wrong in ``c1`` shows as an error that grows with context;
+* the completion order agreement (share of request pairs that finish in the same order): once
+  a time differs, a preemptive policy may decide differently and the schedules drift apart;
+* the scheduler's own time, which the rounds' times already carry (so the replay does too).
+
+With several runs of the same workload it also reports whether the policies rank the same by
+mean latency in the replay as live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lapsd.collect.costs import fit_line, read_cost_table
+from lapsd.collect.live import LiveRun, read_live
+from lapsd.errors import LapsdError
+from lapsd.replay.engine import SwitchCost, TraceArrays, Workload, simulate
+from lapsd.replay.policies.base import NS_PER_S
+from lapsd.replay.trace import number
+
+
+@dataclass(frozen=True)
+class SwitchModel:
+    """Where the replay's switch cost comes from: ``measured``, ``given`` or ``table``."""
+
+    source: str = "measured"
+    c0: float = 0.0
+    c1: float = 0.0
+    table: Path | None = None
+
+    def cost(self, run: LiveRun) -> tuple[SwitchCost, dict[str, Any]]:
+        """The switch cost for ``run`` and how it was obtained."""
+        sched = run.schedule
+        if self.source == "given":
+            c0, c1, how = self.c0, self.c1, "given (--c0/--c1)"
+        elif self.source == "table":
+            assert self.table is not None
+            key = "switch_fit" if bool(sched["swapped"].any()) else "resident_fit"
+            fit = read_cost_table(self.table)[key]
+            c0, c1, how = float(fit["c0"]), float(fit["c1"]), f"{self.table} ({key})"
+        elif self.source == "measured":
+            pre = sched.filter(sched["preempted"])
+            fit = fit_line(pre["preempted_context"].to_list(), pre["switch_s"].to_list())
+            c0, c1 = fit["c0"], fit["c1"]
+            how = f"fitted to the run's {pre.height} preemption switches"
+        else:
+            raise LapsdError(f"unknown switch model {self.source!r}")
+        return SwitchCost(c0, c1), {"source": self.source, "c0": c0, "c1": c1, "how": how}
+
+
+@dataclass
+class Comparison:
+    """A live run beside its replay (latencies in seconds, errors relative to live)."""
+
+    run: str
+    policy: str
+    workload: str
+    requests: int
+    switch_model: dict[str, Any]
+    live: dict[str, float]
+    replay: dict[str, float]
+    error: dict[str, float]
+    per_request: dict[str, Any]
+    switches: dict[str, Any]
+    scheduler: dict[str, Any]
+    order_agreement: float | None
+    latency_live: list[float] = field(repr=False, default_factory=list)
+    latency_replay: list[float] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields, with each request's live and replayed latency."""
+        return dataclasses.asdict(self)
+
+
+def policy_label(info: dict[str, Any]) -> str:
+    """``fcfs``, ``laps-sd`` ... or ``config NAME`` for a run's policy section."""
+    section = info["policy"]
+    if "config" in section:
+        return f"config {Path(section['config']['path']).name}"
+    return str(section["name"])
+
+
+def _stats(lat: np.ndarray) -> dict[str, float]:
+    p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+    return {"mean": float(lat.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Share of request pairs whose completion order is the same in ``a`` and ``b``."""
+    if a.size < 2:
+        return None
+    da, db = np.sign(a[:, None] - a[None, :]), np.sign(b[:, None] - b[None, :])
+    upper = np.triu(np.ones(da.shape, dtype=bool), 1)
+    return float((da == db)[upper].mean())
+
+
+def compare(run: LiveRun, model: SwitchModel | None = None) -> Comparison:
+    """Replay ``run`` and compare (module docstring).
+
+    Raises
+    ------
+    LapsdError
+        When the run was interrupted (its unfinished requests are missing from its trace).
+    """
+    info = run.info
+    if info["run"]["interrupted"]:
+        raise LapsdError(f"{run.path} is an interrupted run ({info['run']['finished']} of "
+                         f"{info['run']['requests']} requests finished): the replay would serve "
+                         "another workload; validate a complete run")
+    switch, switch_info = (model or SwitchModel()).cost(run)
+    arrays = TraceArrays.from_trace(run.trace)
+    req = run.requests
+    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
+    index = np.array([where[rid] for rid in req["request_id"].to_list()], dtype=np.int64)
+    policy = run.policy_factory()()
+    if policy.needs_oracle:  # the true service the run revealed, not the live trace's own
+        truth = np.zeros(arrays.n_requests, dtype=np.int64)
+        truth[index] = np.rint(req["oracle_service_s"].to_numpy() * NS_PER_S).astype(np.int64)
+        arrays = dataclasses.replace(arrays, service_ns=truth)
+    arrival = req["arrival_ns"].to_numpy().astype(np.int64)
+    result = simulate(arrays, Workload(info["workload"]["spec"], arrival, index,
+                                       run.predictions()), policy, switch=switch)
+    live = (req["finish_ns"].to_numpy().astype(np.int64) - arrival) / NS_PER_S
+    replay = (result.completion_ns - arrival) / NS_PER_S
+    lv, rp = _stats(live), _stats(replay)
+    rel = (replay - live) / live
+    context = (req["prompt_tokens"] + req["output_tokens"]).to_numpy()
+    edges = np.unique(np.quantile(context, [0, 0.25, 0.5, 0.75, 1.0]))
+    bins = np.clip(np.searchsorted(edges, context, side="right") - 1, 0, max(edges.size - 2, 0))
+    by_context = [{"tokens_from": int(edges[b]), "tokens_to": int(edges[min(b + 1,
+                                                                           edges.size - 1)]),
+                   "requests": int((bins == b).sum()), "mean_error": float(rel[bins == b].mean())}
+                  for b in np.unique(bins).tolist()]
+    sched = run.schedule
+    pre = sched.filter(sched["preempted"])
+    live_s, at_preemptions_s = number(sched["switch_s"].sum()), number(pre["switch_s"].sum())
+    return Comparison(
+        run=str(run.path), policy=policy_label(info), workload=info["workload"]["spec"],
+        requests=int(live.size), switch_model=switch_info, live=lv, replay=rp,
+        error={k: (rp[k] - lv[k]) / lv[k] for k in lv},
+        per_request={"mean_abs_error": float(np.abs(rel).mean()),
+                     "p90_abs_error": float(np.percentile(np.abs(rel), 90)),
+                     "max_abs_error": float(np.abs(rel).max()), "by_context": by_context},
+        switches={"live_switches": int((sched["switched"] | sched["swapped"]).sum()),
+                  "live_preemptions": pre.height, "replay_preemptions": result.preemptions,
+                  "live_swapped": int(sched["swapped"].sum()),
+                  "live_s": live_s, "live_at_preemptions_s": at_preemptions_s,
+                  "live_unmodelled_s": live_s - at_preemptions_s,
+                  "replay_s": result.switch_ns / NS_PER_S},
+        scheduler=dict(info["scheduler"]),
+        order_agreement=_agreement(live, replay),
+        latency_live=live.tolist(), latency_replay=replay.tolist(),
+    )
+
+
+def validate(paths: list[Path], model: SwitchModel | None = None) -> dict[str, Any]:
+    """Compare each live run with its replay; with several runs, their ranking too."""
+    comparisons = [compare(read_live(p), model) for p in paths]
+    out: dict[str, Any] = {"runs": [c.to_dict() for c in comparisons]}
+    if len(comparisons) > 1:
+        out["ranking"] = ranking(comparisons)
+    return out
+
+
+def ranking(comparisons: list[Comparison]) -> dict[str, Any]:
+    """The runs ordered by mean latency, live and replayed, and whether the orders agree."""
+    def order(side: str) -> list[str]:
+        ranked = sorted(comparisons, key=lambda c: getattr(c, side)["mean"])
+        return [f"{c.policy} ({Path(c.run).name})" for c in ranked]
+
+    live, replay = order("live"), order("replay")
+    workloads = sorted({c.workload for c in comparisons})
+    return {"live": live, "replay": replay, "same": live == replay,
+            "same_workload": len(workloads) == 1, "workloads": workloads}

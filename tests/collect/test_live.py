@@ -1,0 +1,447 @@
+"""Sessions (resumable requests, swaps), ``lapsd live`` and ``lapsd validate`` on CPU.
+
+The live runs serve a tiny random model with arrivals compressed in time (``time_scale``); they
+are shared by the tests of this module (module-scoped fixtures), so the whole file runs a few
+live runs only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lapsd.collect.costs import fit_line  # noqa: E402
+from lapsd.collect.engine import SpeculativeEngine  # noqa: E402
+from lapsd.collect.live import LiveConfig, LiveRun, read_live, serve  # noqa: E402
+from lapsd.collect.models import layers_draft  # noqa: E402
+from lapsd.collect.run import CollectConfig, collect  # noqa: E402
+from lapsd.collect.validate import SwitchModel, compare, validate  # noqa: E402
+from lapsd.errors import LapsdError  # noqa: E402
+from lapsd.replay.policies.base import Policy, RequestInfo  # noqa: E402
+from lapsd.replay.trace import read_trace  # noqa: E402
+from tests.collect.conftest import tiny_llama  # noqa: E402
+
+K, MAX_NEW = 2, 8
+WORKLOAD = "poisson:load=0.9,n=8,seed=3"
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (the static path's graphs)"))]
+
+
+# ------------------------------------------------------------------------------- sessions
+@pytest.fixture(scope="module")
+def target():
+    model = tiny_llama(0)
+    model.generation_config.eos_token_id = None  # run to the token budget
+    return model
+
+
+def _engine(target, draft: str, static: bool, device: str = "cpu") -> SpeculativeEngine:
+    if device != "cpu":
+        target = copy.deepcopy(target).to(device)
+    if draft == "ngram:3":
+        return SpeculativeEngine(target, ngram=3, k=3, static=static, device=device)
+    if draft == "model":
+        return SpeculativeEngine(target, draft=tiny_llama(7, layers=2).to(device), k=3,
+                                 static=static, device=device)
+    return SpeculativeEngine(target, draft=layers_draft(target, 2), k=3, static=static,
+                             device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("draft", "static"), [("layers:2", True), ("ngram:3", True),
+                                               ("layers:2", False), ("ngram:3", False),
+                                               ("model", False)])
+def test_interleaved_sessions_equal_running_alone(target, draft: str, static: bool,
+                                                  device: str) -> None:
+    """Round by round, with swaps to host and back, each request makes its own tokens."""
+    eng = _engine(target, draft, static, device)
+    assert (eng.static_split is not None) == static
+    gen = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(3, 64, (n,), generator=gen).tolist() * 3 for n in (7, 5, 9)]
+    alone = [eng.generate(p, 24) for p in prompts]
+    sessions = [eng.start(p, 24) for p in prompts]
+    assert all(s.resident_tokens == 0 and not s.prefilled for s in sessions)
+    step = 0
+    while not all(s.done for s in sessions):
+        for s in sessions:
+            if s.done:
+                continue
+            record = s.step()
+            step += 1
+            assert record.context_tokens == len(s.tokens) - record.emitted
+            if not s.done and step % 4 == 0:  # to host memory and back when it runs again
+                assert s.offload() > 0 and s.offloaded and s.resident_tokens == 0
+                assert s.offload() == 0  # already there
+                assert s.activate() and s.resident_tokens == len(s.tokens) - 1
+            elif not s.done and step % 3 == 0:
+                s.offload()  # stays on the host while the others run
+    for s, ref in zip(sessions, alone, strict=True):
+        got = s.result()
+        assert got.tokens == ref.tokens and len(got.tokens) == 24
+        assert [(r.drafted, r.accepted, r.emitted, r.context_tokens) for r in got.rounds] == \
+            [(r.drafted, r.accepted, r.emitted, r.context_tokens) for r in ref.rounds]
+        assert s.done and s.resident_tokens == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_working_cache_grows_without_losing_a_request(target, device: str) -> None:
+    """The working cache grows (steps rebuilt) while a started request is in it."""
+    short, long_ = [5, 6, 7, 8], list(range(3, 60)) * 9  # 513 tokens: more than 512 slots
+    ref = _engine(target, "layers:2", True, device)
+    refs = [ref.generate(short, 12).tokens, ref.generate(long_, 12).tokens]
+    eng = _engine(target, "layers:2", True, device)
+    a, b = eng.start(short, 12), eng.start(long_, 12)
+    a.step()
+    assert eng.runner is not None and eng.runner.capacity == 512
+    b.step()  # grows the working cache with a in it, parks a, prefills b
+    assert eng.runner.capacity == 1024
+    for s in (a, b):
+        while not s.done:
+            s.step()
+    assert [a.result().tokens, b.result().tokens] == refs
+
+
+def test_probe_leaves_the_request_as_it_was(target) -> None:
+    for draft, static in (("layers:2", True), ("model", False)):
+        eng = _engine(target, draft, static)
+        prompt = [4, 9, 16, 25, 36, 49, 4, 9]
+        ref = eng.generate(prompt, 10).tokens
+        s = eng.start(prompt, 10)
+        for d in (0, 3, 1):
+            r = s.probe(d)
+            assert r.drafted == d and r.emitted == 0 and r.context_tokens == len(prompt)
+        while not s.done:
+            s.step()
+        assert s.result().tokens == ref
+
+
+def test_fit_line_keeps_costs_non_negative() -> None:
+    assert fit_line([1, 2, 3], [3, 5, 7]) == pytest.approx({"c0": 1.0, "c1": 2.0})
+    # a free fit would have a negative intercept: the line goes through the origin
+    assert fit_line([10, 11, 12], [1, 5, 9])["c0"] == 0.0
+    assert fit_line([10, 11, 12], [1, 5, 9])["c1"] == pytest.approx(
+        (10 + 55 + 108) / (100 + 121 + 144))
+    assert fit_line([1, 2, 3], [5, 3, 1]) == {"c0": 3.0, "c1": 0.0}  # falling: flat, the mean
+    assert fit_line([], []) == {"c0": 0.0, "c1": 0.0}
+
+
+# ------------------------------------------------------------------------------- live runs
+def _live(tiny_dir: Path, prompts: Path, out: Path, **kw) -> LiveConfig:
+    base = dict(target=tiny_dir, draft="layers:2", prompts=prompts, workload=WORKLOAD,
+                out=out, k=K, max_new_tokens=MAX_NEW, device="cpu", dtype="float32",
+                warmup=1, time_scale=20.0)
+    base.update(kw)
+    return LiveConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_dir, prompts_file) -> dict[str, Path]:
+    """An oracle collection and live runs: fcfs (CLI), laps-sd and a config on its arrivals."""
+    from lapsd.cli import main
+    from lapsd.replay.config import ACCEPTANCE_STATISTIC, write_config
+    from lapsd.replay.policies.laps_sd import LapsSDParams
+
+    base = tmp_path_factory.mktemp("live")
+    oracle = collect(CollectConfig(target=tiny_dir, draft="layers:2", prompts=prompts_file,
+                                   out=base / "oracle", k=K, max_new_tokens=MAX_NEW,
+                                   device="cpu"), log=lambda *_: None)
+    fcfs = base / "fcfs"
+    assert main(["live", "--target", str(tiny_dir), "--draft", "layers:2", "--prompts",
+                 str(prompts_file), "--workload", WORKLOAD, "--policy", "fcfs", "--k", str(K),
+                 "--max-new-tokens", str(MAX_NEW), "--device", "cpu", "--warmup", "1",
+                 "--time-scale", "20", "--out", str(fcfs), "--json",
+                 str(base / "fcfs.json")]) == 0
+    what_if = dict(predictions="oracle:sigma=0.5", oracle_trace=oracle, capacity_from=fcfs)
+    serve(_live(tiny_dir, prompts_file, base / "laps", policy="laps-sd",
+                params={"gamma": 2, "K": 3}, **what_if), log=lambda *_: None)
+    params = LapsSDParams(K=3, sup1=0.01, M=2.0, gamma=2, delta=0.5, unit="seconds")
+    config = {
+        "version": 1,
+        "policy": {"name": "laps-sd", "parameters": asdict(params), "units": params.units()},
+        "acceptance_statistic": ACCEPTANCE_STATISTIC,
+        "switch_cost": {"model": "c0 + c1 * context_tokens", "c0_s": 0.0,
+                        "c1_s_per_token": 0.0},
+        "predictor": None, "predictions": "oracle:sigma=0.5", "load_bands": None,
+        "provenance": {"traces": [{"path": "t", "sha256": "0" * 64}], "workloads": [WORKLOAD],
+                       "study": "test", "trial": 0, "lapsd_version": "0",
+                       "created": "2026-12-02T00:00:00+00:00"},
+        "heldout": {"workloads": [WORKLOAD], "policies": {}},
+    }
+    write_config(config, base / "lapsd-config.json")
+    serve(_live(tiny_dir, prompts_file, base / "config", config=base / "lapsd-config.json",
+                **what_if), log=lambda *_: None)
+    serve(_live(tiny_dir, prompts_file, base / "srpt", policy="srpt-oracle", oracle_trace=oracle,
+                capacity_from=fcfs), log=lambda *_: None)
+    return {"base": base, "oracle": oracle, "fcfs": fcfs, "laps": base / "laps",
+            "config": base / "config", "srpt": base / "srpt"}
+
+
+def _check_schedule(run: LiveRun) -> None:
+    """What any live run's files must satisfy."""
+    n = run.info["workload"]["n"]
+    sched, req, trace = run.schedule, run.requests, run.trace
+    assert run.info["run"]["finished"] == n == req.height == trace.n_requests
+    assert not run.info["run"]["interrupted"]
+    # rounds never overlap and run in the order written
+    start, end = sched["start_s"].to_numpy(), sched["end_s"].to_numpy()
+    assert np.all(start <= end) and np.all(end[:-1] <= start[1:])
+    # each request's rounds come numbered 0..n-1 in the order they ran, as in the trace
+    per = sched.group_by("request_id", maintain_order=True).agg(pl.col("round"))
+    assert all(r == list(range(len(r))) for r in per["round"].to_list())
+    assert sched.height == trace.n_rounds
+    # each request finishes once, after it arrived and first ran; its latency adds up
+    arrival, first, finish = (req[c].to_numpy() for c in ("arrival_s", "first_run_s",
+                                                          "finish_s"))
+    assert np.all(arrival <= first) and np.all(first < finish)
+    assert req["finish_ns"].n_unique() == n
+    last_end = sched.group_by("request_id").agg(pl.col("end_s").last())
+    ends = dict(zip(last_end["request_id"], last_end["end_s"], strict=True))
+    assert [ends[r] for r in req["request_id"]] == pytest.approx(finish.tolist(), abs=1e-6)
+    # the trace's round times are the schedule's, request by request
+    joined = trace.rounds.join(sched, on=["request_id", "round"], suffix="_sched")
+    assert joined.height == sched.height
+    assert joined["round_s"].to_list() == joined["round_s_sched"].to_list()
+    assert (sched["engine_s"] <= sched["round_s"] + 1e-9).all()
+    assert (sched["scheduler_s"] > 0).all() and (sched["switch_s"] >= 0).all()
+    # the time partition: each round ends where the previous one did plus idle, switch, round
+    gap = start[1:] - end[:-1]
+    assert np.all(gap >= 0)
+    assert run.info["scheduler"]["overhead_ratio"] > 0
+    assert read_trace(run.path / "trace").manifest["timing"] == "measured_per_round"
+
+
+def _redrive(run: LiveRun) -> None:
+    """A fresh policy fed what the run observed picks every round the run ran."""
+    policy: Policy = run.policy_factory()()
+    positions = {rid: i for i, rid in enumerate(run.requests["request_id"].to_list())}
+    preds = run.predictions()
+    arrival = run.requests["arrival_s"].to_list()
+    prompt_tokens = run.requests["prompt_tokens"].to_list()
+    truth = run.requests["oracle_service_s"].to_list()
+    rounds_left = dict(zip(run.requests["request_id"], run.requests["rounds"], strict=True))
+    admitted = 0
+    for row in run.schedule.iter_rows(named=True):
+        while admitted < row["admitted"]:
+            if policy.needs_oracle:
+                policy.reveal(admitted, truth[admitted])
+            policy.admit(RequestInfo(admitted, arrival[admitted], prompt_tokens[admitted],
+                                     None if preds is None else preds[admitted]))
+            admitted += 1
+        assert policy.pick() == positions[row["request_id"]]
+        t = run.trace.rounds.filter((pl.col("request_id") == row["request_id"])
+                                    & (pl.col("round") == row["round"])).row(0, named=True)
+        policy.observe(positions[row["request_id"]], t["emitted"], t["drafted"], t["accepted"],
+                       row["round_s"])
+        rounds_left[row["request_id"]] -= 1
+        if rounds_left[row["request_id"]] == 0:
+            policy.finish(positions[row["request_id"]])
+
+
+def test_fcfs_run(runs) -> None:
+    from lapsd.cli import main
+
+    run = read_live(runs["fcfs"])
+    _check_schedule(run)
+    _redrive(run)
+    assert main(["inspect", str(runs["fcfs"] / "trace")]) == 0
+    assert json.loads((runs["base"] / "fcfs.json").read_text()) == run.info
+    # fcfs: arrival order, each request to completion, no preemption, no switch modelled
+    first = run.requests["first_run_s"].to_numpy()
+    assert np.all(np.diff(first) > 0)
+    assert run.info["run"]["preemptions"] == 0 and not run.schedule["preempted"].any()
+    assert run.requests["preemptions"].sum() == 0
+    assert run.info["policy"] == {**run.info["policy"], "name": "fcfs", "parameters": {}}
+    cap = run.info["capacity"]
+    assert cap["source"] == "warm-up" and cap["mean_service_s"] > 0 and cap["rounds_per_s"] > 0
+    # the same tokens as the plain collector made for the same prompts
+    oracle = read_trace(runs["oracle"]).requests
+    made = dict(zip(oracle["request_id"], oracle["response"], strict=True))
+    live = run.trace.requests
+    assert all(made[rid.split(":")[1]] == text
+               for rid, text in zip(live["request_id"], live["response"], strict=True))
+
+
+@pytest.mark.parametrize("name", ["laps", "config", "srpt"])
+def test_runs_with_side_information(runs, name: str) -> None:
+    """Length-aware policies (noisy-oracle what-if), a config, and the clairvoyant oracle."""
+    run, fcfs = read_live(runs[name]), read_live(runs["fcfs"])
+    _check_schedule(run)
+    _redrive(run)
+    # same arrivals and prompts as the fcfs run (--capacity-from): a comparable workload
+    assert run.requests["arrival_ns"].to_list() == fcfs.requests["arrival_ns"].to_list()
+    assert run.requests["prompt_id"].to_list() == fcfs.requests["prompt_id"].to_list()
+    assert run.info["capacity"]["source"] == str(runs["fcfs"])
+    if name == "srpt":  # the true service: the oracle collection's, prompt by prompt
+        oracle = read_trace(runs["oracle"])
+        service = oracle.rounds.group_by("request_id").agg(pl.col("round_s").sum())
+        truth = dict(zip(service["request_id"], service["round_s"], strict=True))
+        assert run.requests["oracle_service_s"].to_list() == pytest.approx(
+            [truth[p] for p in run.requests["prompt_id"]])
+        assert run.predictions() is None and run.info["predictions"] is None
+        return
+    preds = run.predictions()
+    assert preds is not None and len(preds) == run.requests.height
+    assert run.info["predictions"]["what_if"] is True
+    if name == "config":
+        assert (runs[name] / "lapsd-config.json").read_bytes() == \
+            (runs["base"] / "lapsd-config.json").read_bytes()
+        assert run.info["policy"]["class"] == "LapsSD"
+    else:
+        assert run.info["policy"]["effective"]["K"] == 3
+
+
+def test_validate_reproduces_an_fcfs_run(runs) -> None:
+    """Under fcfs the replay runs the same schedule: only the switches are unmodelled.
+
+    The replay uses the run's own round times (in integer nanoseconds, as the run told the
+    policy), so CPU timing noise cannot make them differ; what the replay does not see is the
+    time the run spent switching between requests (fcfs never preempts, so the model charges
+    nothing). Every replayed completion is therefore earlier than the live one by at most the
+    run's total switch time, and never later.
+    """
+    run = read_live(runs["fcfs"])
+    c = compare(run)
+    assert c.switch_model["c0"] == c.switch_model["c1"] == 0.0
+    assert c.switches["live_preemptions"] == c.switches["replay_preemptions"] == 0
+    gap = np.array(c.latency_live) - np.array(c.latency_replay)
+    total_switch = run.info["run"]["switches_s"]
+    assert np.all(gap >= -1e-9) and np.all(gap <= total_switch + 1e-6)
+    assert c.order_agreement == 1.0
+    assert abs(c.error["mean"]) <= total_switch / min(c.latency_live)
+
+
+def test_validate_cli_and_ranking(runs, capsys, tmp_path) -> None:
+    from lapsd.cli import main
+
+    names = ["fcfs", "laps", "config", "srpt"]
+    assert main(["validate", *(str(runs[n]) for n in names), "--json",
+                 str(tmp_path / "v.json")]) == 0
+    shown = capsys.readouterr().out
+    assert "replay vs live" in shown and "ranking by mean latency" in shown
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert [Path(r["run"]).name for r in result["runs"]] == names
+    for r in result["runs"]:
+        assert set(r["error"]) == {"mean", "p50", "p90", "p99"}
+        assert r["switch_model"]["source"] == "measured"
+        assert len(r["latency_live"]) == len(r["latency_replay"]) == r["requests"]
+    ranking = result["ranking"]
+    assert ranking["same_workload"] is True and len(ranking["live"]) == 4
+    assert sorted(ranking["live"]) == sorted(ranking["replay"])
+    assert ranking["same"] == (ranking["live"] == ranking["replay"])
+    # a given switch model is used as given
+    given = validate([runs["laps"]], SwitchModel("given", 0.001, 0.0))["runs"][0]
+    assert given["switch_model"]["c0"] == 0.001
+    assert given["switches"]["replay_s"] == pytest.approx(
+        0.001 * given["switches"]["replay_preemptions"])
+
+
+def test_kv_budget_forces_swaps_and_keeps_tokens(runs, tiny_dir, prompts_file,
+                                                 tmp_path) -> None:
+    """A budget of one request's peak swaps every other started request to host memory."""
+    oracle = read_trace(runs["oracle"]).requests
+    peak = int(oracle["prompt_tokens"].max()) + MAX_NEW + K + 1
+    out = tmp_path / "budget"
+    info = serve(_live(tiny_dir, prompts_file, out, policy="las", workload="burst:n=4,seed=2",
+                       kv_budget_tokens=peak, capacity_from=runs["fcfs"]),
+                 log=lambda *_: None)
+    run = read_live(out)
+    _check_schedule(run)
+    assert info["run"]["swaps"] > 0 and run.schedule["swapped"].any()
+    assert run.schedule["evicted"].sum() == info["run"]["swaps"]
+    assert info["switches"]["swapped"]["count"] > 0
+    made = dict(zip(oracle["request_id"], oracle["response"], strict=True))
+    live = run.trace.requests
+    assert all(made[rid.split(":")[1]] == text
+               for rid, text in zip(live["request_id"], live["response"], strict=True))
+    c = compare(run)
+    assert c.switches["live_swapped"] > 0 and c.order_agreement is not None
+
+
+def test_interrupt_writes_what_finished(runs, tiny_dir, prompts_file, tmp_path,
+                                        monkeypatch) -> None:
+    calls = {"n": 0}
+    real = Policy.observe
+
+    def observe(self, *a, **kw):  # the server reports its rounds here; Ctrl-C on the 12th
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Policy, "observe", observe)
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        serve(_live(tiny_dir, prompts_file, out, policy="fcfs", capacity_from=runs["fcfs"]),
+              log=lambda *_: None)
+    run = read_live(out)
+    assert run.info["run"]["interrupted"] is True
+    finished = run.info["run"]["finished"]
+    assert 0 < finished < run.requests.height == 8
+    assert run.trace.n_requests == finished == run.requests["finish_s"].is_not_null().sum()
+    assert run.schedule.height == 12
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no staging left
+    with pytest.raises(LapsdError, match="interrupted"):
+        compare(run)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--policy", "srpt-oracle"], "--oracle-trace"),
+    (["--policy", "laps-sd"], "needs length predictions"),
+    (["--policy", "fcfs", "--config", "c.json"], "one of --policy"),
+    ([], "one of --policy"),
+    (["--policy", "nope"], "unknown policy"),
+    (["--policy", "las", "--set", "mlfq.K=3"], "not 'mlfq'"),
+    (["--policy", "las", "--set", "las.nope=3"], "nope"),
+    (["--policy", "lp-sjf", "--predictions", "oracle:sigma=1"], "--oracle-trace"),
+    (["--policy", "fcfs", "--time-scale", "0"], "--time-scale"),
+    (["--policy", "fcfs", "--kv-budget-tokens", "20"], "cannot hold one request"),
+])
+def test_bad_options_exit_2_with_one_line(tiny_dir, prompts_file, tmp_path, capsys,
+                                          extra: list[str], message: str) -> None:
+    from lapsd.cli import main
+
+    rc = main(["live", "--target", str(tiny_dir), "--draft", "layers:2", "--prompts",
+               str(prompts_file), "--workload", WORKLOAD, "--device", "cpu", "--out",
+               str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_workload_and_existing_output(tiny_dir, prompts_file, tmp_path) -> None:
+    cfg = _live(tiny_dir, prompts_file, tmp_path / "o", policy="fcfs")
+    with pytest.raises(LapsdError, match="unknown kind"):
+        serve(replace(cfg, workload="steady:n=3"))
+    (tmp_path / "o").mkdir()
+    with pytest.raises(LapsdError, match="--force"):
+        serve(cfg)
+    with pytest.raises(LapsdError, match="not a live run"):
+        read_live(tmp_path / "o")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_live_on_cuda_swaps_and_keeps_tokens(tiny_dir, prompts_file, tmp_path) -> None:
+    """On a GPU: CUDA graphs, CUDA-event clocks, pinned swaps; the tokens the collector makes."""
+    oracle = read_trace(collect(CollectConfig(
+        target=tiny_dir, draft="layers:2", prompts=prompts_file, out=tmp_path / "oracle", k=K,
+        max_new_tokens=MAX_NEW, device="cuda", dtype="float32"), log=lambda *_: None))
+    peak = int(oracle.requests["prompt_tokens"].max()) + MAX_NEW + K + 1
+    info = serve(_live(tiny_dir, prompts_file, tmp_path / "live", device="cuda", policy="las",
+                       workload="burst:n=4,seed=2", kv_budget_tokens=peak),
+                 log=lambda *_: None)
+    run = read_live(tmp_path / "live")
+    _check_schedule(run)
+    assert info["collector"]["timer"] == "cuda_events" and info["run"]["swaps"] > 0
+    made = dict(zip(oracle.requests["request_id"], oracle.requests["response"], strict=True))
+    assert all(made[rid.split(":")[1]] == text for rid, text in
+               zip(run.trace.requests["request_id"], run.trace.requests["response"],
+                   strict=True))
+    assert compare(run).order_agreement is not None
