@@ -14,7 +14,7 @@ py=.venv/bin/python
 $py -m pip install -q --upgrade pip
 # torch first: this exact version is a local CPU build; anything else pulls a CUDA build.
 $py -m pip install -q torch==2.13.0
-$py -m pip install -q -e ".[tune,collect,dev]"
+$py -m pip install -q -e ".[tune,collect,embed,dev]"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
