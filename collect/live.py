@@ -307,16 +307,20 @@ def _oracle(path: Path, prompt_ids: list[str], cfg: LiveConfig, seed: int
     return service, preds
 
 
-def _predictor(path: Path, prompts: Sequence[Any]
+def _predictor(path: Path, prompts: Sequence[Any], target_model: str, max_new_tokens: int,
                ) -> tuple[list[LengthPrediction], list[tuple[float, float | None]]]:
-    """The predictor's beliefs and raw (p50, p90) for each prompt."""
+    """The predictor's beliefs and raw ``(p50, p90)`` for each prompt.
+
+    Capped at ``max_new_tokens``, calibrated for the target model when the predictor knows it.
+    """
     require_extra("predict", "sklearn", "skops")
     from lapsd.predict.persist import load_predictor
 
     predictor = load_predictor(path)
     texts = [p.text for p in prompts]
-    p50, p90 = predictor.predict_lengths(texts)
-    return predictor.predictions(texts), list(zip(map(float, p50), map(float, p90), strict=True))
+    p50, p90 = predictor.predict_lengths(texts, target_model)
+    beliefs = predictor.predictions(texts, target_model, cap=float(max_new_tokens))
+    return beliefs, list(zip(map(float, p50), map(float, p90), strict=True))
 
 
 # ------------------------------------------------------------------------------------ server
@@ -516,7 +520,8 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
         if preds is not None:
             quantiles = [(p.median, None) for p in preds]
     if cfg.predictor is not None:
-        preds, quantiles = _predictor(cfg.predictor, chosen)
+        preds, quantiles = _predictor(cfg.predictor, chosen, cfg.target.name,
+                                      cfg.max_new_tokens)
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -343,6 +343,41 @@ def test_validate_cli_and_ranking(runs, capsys, tmp_path) -> None:
         0.001 * given["switches"]["replay_preemptions"])
 
 
+def test_a_config_with_a_real_predictor(runs, tiny_dir, prompts_file, tmp_path,
+                                        examples_dir) -> None:
+    """The deployment path: a version-2 config (Gittins) and a trained predictor (no oracle);
+    the replay of the run reproduces its order of completion."""
+    from lapsd.predict.persist import save_predictor
+    from lapsd.predict.train import fit_on_arrays
+    from lapsd.replay.config import policy_section, write_config
+    from lapsd.replay.engine import TraceArrays
+    from lapsd.replay.policies.gittins import GittinsParams
+
+    real = TraceArrays.from_trace(read_trace(examples_dir / "smollm2-layers-28"))
+    predictor = fit_on_arrays([real], embeddings=False)
+    save_predictor(predictor, tmp_path / "p.skops")
+    config = {
+        "version": 2, "policy": policy_section("gittins", GittinsParams(seconds_per_token=0.001)),
+        "prediction": {"source": "predictor", "what_if": False},
+        "switch_cost": {"model": "c0 + c1 * context_tokens", "c0_s": 0.0,
+                        "c1_s_per_token": 0.0},
+        "provenance": {"traces": [{"path": "t", "sha256": "0" * 64}], "workloads": [WORKLOAD],
+                       "study": "test", "lapsd_version": "0",
+                       "created": "2026-12-02T00:00:00+00:00"},
+        "heldout": {"workloads": [WORKLOAD], "policies": {}},
+    }
+    write_config(config, tmp_path / "c.json")
+    out = tmp_path / "gittins"
+    serve(_live(tiny_dir, prompts_file, out, config=tmp_path / "c.json",
+                predictor=tmp_path / "p.skops", capacity_from=runs["fcfs"]), log=lambda *_: None)
+    run = read_live(out)
+    _check_schedule(run)
+    assert run.info["predictions"]["source"] == "predictor"
+    assert run.requests["prediction_cap"].unique().to_list() == [MAX_NEW]
+    assert run.requests["prediction_sigma"].min() > 0  # a calibrated spread, not a point
+    assert compare(run).order_agreement >= 0.75
+
+
 def test_kv_budget_forces_swaps_and_keeps_tokens(runs, tiny_dir, prompts_file,
                                                  tmp_path) -> None:
     """A budget of one request's peak swaps every other started request to host memory."""
