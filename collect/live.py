@@ -324,6 +324,22 @@ def _predictor(path: Path, prompts: Sequence[Any], target_model: str, max_new_to
 
 
 # ------------------------------------------------------------------------------------ server
+def _prime(make_policy: Callable[[], Policy], reqs: list[_Request]) -> None:
+    """Take a throwaway policy through admit, pick, observe and finish for two requests.
+
+    The policies' kernels are compiled (numba) on first use, about a second that would
+    otherwise land in the first real round's scheduler time.
+    """
+    policy = make_policy()
+    for i, r in enumerate(reqs[:2]):
+        if policy.needs_oracle:
+            policy.reveal(i, r.oracle_s or 0.0)
+        policy.admit(RequestInfo(i, 0.0, len(r.ids), r.prediction))
+    while (picked := policy.pick()) is not None:
+        policy.observe(picked, 2, 4, 1, 0.01)
+        policy.finish(picked)
+
+
 def _sleep_until(deadline_ns: int) -> None:
     """Wait for ``perf_counter_ns()`` to reach ``deadline_ns`` (sleep, then spin the last ms)."""
     while (left := deadline_ns - time.perf_counter_ns()) > 0:
@@ -480,11 +496,14 @@ class _Server:
 
 # ------------------------------------------------------------------------------------- serve
 def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
-          progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
+          progress: Callable[[int, int], Any] | None = None,
+          loaded: tuple[Any, Any, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the live server, write ``cfg.out`` and return ``live.json``'s content.
 
     ``log`` receives progress lines (default: this module's logger); ``progress(finished, n)``
-    is called when serving starts and whenever a request finishes. On Ctrl-C
+    is called when serving starts and whenever a request finishes. ``loaded`` is an engine
+    from :func:`lapsd.collect.run.load_engine` for ``cfg``'s target, draft, k, dtype, device and
+    temperature, kept across runs (a benchmark's matrix loads the models once). On Ctrl-C
     (KeyboardInterrupt) the requests that had finished are written, the run is marked
     interrupted, and the interrupt is raised again.
     """
@@ -525,10 +544,11 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    engine, target, collector = load_engine(
+    engine, target, collector = loaded or load_engine(
         cfg.target, spec, tok, k=cfg.k, dtype=dtype, device=device,
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
         chat=cfg.chat)
+    collector = {**collector, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
     working = engine.reserve(peak)
     log(f"{n} requests ({plan.spec.text}); warming up on {device} ({collector['engine_path']} "
         "path)")
@@ -557,7 +577,9 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
     reqs = [_Request(i, f"{i:05d}:{pids[i]}", chosen[i], ids[i], arrival_ns[i],
                      None if preds is None else preds[i],
                      None if oracle_s is None else oracle_s[i]) for i in range(n)]
-    policy = policy_factory(plan.policy, scale)()
+    make_policy = policy_factory(plan.policy, scale)
+    _prime(make_policy, reqs)
+    policy = make_policy()
     finished = 0
 
     def on_finish() -> None:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import re
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,17 +97,77 @@ def check_model_path(path: Path, role: str) -> None:
         raise ModelError(f"{role} model {path} is a file but not a .gguf file")
 
 
+def gguf_cache(path: Path, what: str) -> Path | None:
+    """Where the conversion of GGUF file ``path`` (``what``: a dtype, or ``tokenizer``) is kept.
+
+    Transformers converts a GGUF file on every load (dequantizing the weights, rebuilding the
+    tokenizer): tens of seconds even for a 135M model. lapsd keeps each conversion as a
+    Hugging Face folder under ``$LAPSD_CACHE`` (default ``~/.cache/lapsd``), in ``gguf/``,
+    named by the file's SHA-256, so later loads of the same file read that folder.
+    ``LAPSD_CACHE=off`` turns the cache off (``None``).
+    """
+    from lapsd.io import sha256_file
+
+    root = os.environ.get("LAPSD_CACHE", str(Path.home() / ".cache" / "lapsd"))
+    if root == "off":
+        return None
+    return Path(root) / "gguf" / f"{sha256_file(path)[:24]}-{what}"
+
+
+def _keep(folder: Path | None, save: Callable[[Path], Any]) -> None:
+    """Write a conversion into the cache with ``save(tmp_folder)``; a failure only warns."""
+    if folder is None:
+        return
+    from lapsd.io import atomic_dir
+
+    try:
+        with atomic_dir(folder, overwrite=True) as tmp:
+            save(tmp)
+    except OSError as exc:
+        warnings.warn(f"could not keep the GGUF conversion in {folder}: {exc} (set "
+                      "LAPSD_CACHE to a writable folder, or LAPSD_CACHE=off)", stacklevel=3)
+
+
+def _save_dequantized(model: Any, folder: Path) -> None:
+    """Save a model loaded from GGUF as a plain Hugging Face folder.
+
+    ``save_pretrained`` refuses models loaded from GGUF; the weights are already dequantized,
+    so the config without its ``quantization_config`` and the state dict (one copy of tied
+    embeddings) make an ordinary checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
 def load_tokenizer(path: Path) -> Any:
-    """The tokenizer of a HF folder or GGUF file (cheap: no weights are read)."""
+    """The tokenizer of a HF folder or GGUF file (no weights are read)."""
     from transformers import AutoTokenizer
 
     if path.is_dir():
         return AutoTokenizer.from_pretrained(path)
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    cached = gguf_cache(path, "tokenizer")
+    if cached is not None and (cached / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(cached)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    _keep(cached, tok.save_pretrained)
+    return tok
 
 
 def load_model(path: Path, *, dtype: str, device: str) -> LoadedModel:
-    """Load a causal LM from a HF folder or a GGUF file (GGUF weights are dequantized)."""
+    """Load a causal LM from a HF folder or a GGUF file.
+
+    A GGUF file's weights are dequantized once, then read from :func:`gguf_cache`.
+    """
     from transformers import AutoModelForCausalLM
 
     from lapsd.io import sha256_file
@@ -117,8 +180,13 @@ def load_model(path: Path, *, dtype: str, device: str) -> LoadedModel:
         weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         sha = {w.name: sha256_file(w) for w in weights}
     else:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                     dtype=torch_dtype)
+        cached = gguf_cache(path, dtype)
+        if cached is not None and (cached / "config.json").exists():
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                         dtype=torch_dtype)
+            _keep(cached, lambda folder: _save_dequantized(model, folder))
         sha = {path.name: sha256_file(path)}
     model.to(device).eval()
     return LoadedModel(model, load_tokenizer(path), path.name,

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,19 @@ def tiny_llama(seed: int, layers: int = 4, vocab: int = 64):
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=1024, eos_token_id=2, bos_token_id=1)
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gguf_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """GGUF conversions of this session go to a temporary folder, not the user's cache."""
+    folder = tmp_path_factory.mktemp("lapsd-cache")
+    old = os.environ.get("LAPSD_CACHE")
+    os.environ["LAPSD_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        del os.environ["LAPSD_CACHE"]
+    else:
+        os.environ["LAPSD_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

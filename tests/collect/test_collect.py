@@ -329,6 +329,29 @@ def smollm2(smollm2_gguf):
     return load_model(smollm2_gguf, dtype="float32", device="cpu")
 
 
+def test_gguf_conversion_is_cached_and_identical(smollm2, smollm2_gguf, gguf_cache_dir) -> None:
+    from lapsd.collect.models import gguf_cache, load_model, load_tokenizer
+
+    folder = gguf_cache(smollm2_gguf, "float32")
+    assert folder is not None and folder.parent.parent == gguf_cache_dir
+    assert (folder / "model.safetensors").is_file()  # written by the fixture's first load
+    again = load_model(smollm2_gguf, dtype="float32", device="cpu")  # from the cache
+    ids = torch.tensor([smollm2.tokenizer("The cache is exact.").input_ids])
+    with torch.no_grad():
+        assert torch.equal(smollm2.model(ids).logits, again.model(ids).logits)
+    assert again.info == smollm2.info and again.name == smollm2.name
+    messages = [{"role": "user", "content": "Grüße, 你好"}]
+    assert (load_tokenizer(smollm2_gguf).apply_chat_template(messages, add_generation_prompt=True)
+            == smollm2.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+
+def test_gguf_cache_off(smollm2_gguf, monkeypatch) -> None:
+    from lapsd.collect.models import gguf_cache
+
+    monkeypatch.setenv("LAPSD_CACHE", "off")
+    assert gguf_cache(smollm2_gguf, "float32") is None
+
+
 def test_smollm2_chat_template_and_greedy(smollm2) -> None:
     from lapsd.collect.engine import eos_ids_of
     from lapsd.collect.prompts import encode

@@ -18,6 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from lapsd.collect import live  # noqa: E402
 from lapsd.collect.costs import fit_line  # noqa: E402
 from lapsd.collect.engine import SpeculativeEngine  # noqa: E402
 from lapsd.collect.live import LiveConfig, LiveRun, read_live, serve  # noqa: E402
@@ -402,16 +403,22 @@ def test_kv_budget_forces_swaps_and_keeps_tokens(runs, tiny_dir, prompts_file,
 
 def test_interrupt_writes_what_finished(runs, tiny_dir, prompts_file, tmp_path,
                                         monkeypatch) -> None:
-    calls = {"n": 0}
-    real = Policy.observe
+    calls = {"n": 0, "priming": False}
+    real, real_prime = Policy.observe, live._prime
 
     def observe(self, *a, **kw):  # the server reports its rounds here; Ctrl-C on the 12th
-        calls["n"] += 1
+        calls["n"] += not calls["priming"]
         if calls["n"] == 12:
             raise KeyboardInterrupt
         return real(self, *a, **kw)
 
+    def prime(*a):  # the warm-up of the policy's kernels is not a served round
+        calls["priming"] = True
+        real_prime(*a)
+        calls["priming"] = False
+
     monkeypatch.setattr(Policy, "observe", observe)
+    monkeypatch.setattr(live, "_prime", prime)
     out = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
         serve(_live(tiny_dir, prompts_file, out, policy="fcfs", capacity_from=runs["fcfs"]),

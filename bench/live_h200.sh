@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Device-side stages of the live validation (bench/results/live_validation_h200.txt).
+# Usage: bash bench/live_h200.sh STAGE   (run from the repository root on the GPU machine)
+set -u
+stage=$1
+T0=$(date +%s)
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:/tmp/tree
+M=$HOME/m/SmolLM2-135M-Instruct.Q4_1.gguf
+L=.carry/run
+P=$L/specbench-unseen.jsonl
+W=/tmp/work
+NEW=64
+mkdir -p $W
+elapsed() { echo $(( $(date +%s) - T0 )); }
+tree() {  # the installed layout (lapsd.replay = replay/, ...) as links
+  rm -rf /tmp/tree && mkdir -p /tmp/tree/lapsd
+  for f in lapsd/*.py; do ln -s "$PWD/$f" "/tmp/tree/lapsd/$(basename "$f")"; done
+  for d in replay predict tune collect; do ln -s "$PWD/$d" "/tmp/tree/lapsd/$d"; done
+}
+lapsd() { python3 -P -m lapsd "$@"; }
+matrix() {  # DRAFT NAME TUNE LOADS RUNS DEADLINE [bench_live options]
+  local runs=${5/config/config=$L/$3/lapsd-config.json}
+  python3 -P bench/bench_live.py --target $M --draft $1 --prompts $P --max-new-tokens $NEW \
+    --n 200 --loads $4 --runs $runs --predictor $L/predictor.skops \
+    --oracle-trace $W/oracle-$2 --out $W/live-$2 --deadline-s $(( $6 - $(elapsed) )) "${@:7}"
+}
+pack() { tar -C $W -czf "$OUT/$1.tar.gz" "${@:2}" && ls -la "$OUT"; }
+
+case $stage in
+1)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/a/*.whl || exit 1
+  nvidia-smi -L
+  python3 -c 'import torch, transformers, sklearn, scipy, numpy, polars; print(torch.__version__, transformers.__version__, sklearn.__version__, scipy.__version__, numpy.__version__, polars.__version__, torch.cuda.get_device_name(0))'
+  ;;
+2)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/b/*.whl .carry/wheels/*.whl || exit 1
+  mkdir -p ~/m && cp .carry/smollm2-a/part ~/m/a
+  tree
+  python3 -P -c 'import lapsd.collect.live, lapsd.predict.model, skops, sklearn, pydantic; print("imports ok", sklearn.__version__)'
+  ;;
+3)
+  cat ~/m/a .carry/smollm2-b/part > $M && rm ~/m/a
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
+  tree
+  for d in ngram:4 layers:28; do
+    n=${d/:/}
+    lapsd collect --target $M --draft $d --prompts $P --max-new-tokens $NEW --out $W/oracle-$n \
+      2>&1 | grep -v -E "it/s|^\s*$" | tail -3
+    echo "oracle $d done at $(elapsed) s"
+  done
+  lapsd inspect $W/oracle-ngram4 | head -12
+  lapsd inspect $W/oracle-layers28 | head -12
+  pack oracles oracle-ngram4 oracle-layers28
+  matrix ngram:4 ngram4 tune-ngram4 0.9,0.5 config,lp-srpt,fcfs,srpt-oracle 560
+  pack ngram4 live-ngram4
+  ;;
+4)
+  matrix layers:28 layers28 tune-layers-28 0.9 config,lp-srpt,fcfs,srpt-oracle ${DEADLINE:-470}
+  pack layers28 live-layers28
+  for d in ngram:4 layers:28; do
+    lapsd collect-profile --target $M --draft $d --contexts 128,256,512 \
+      --out $W/profile-${d/:/}.json 2>&1 | grep -v -E "it/s|^\s*$" | tail -2
+  done
+  python3 -P bench/bench_collect.py --target $M --prompts $P --drafts ngram:4,layers:28 --n 10 \
+    --max-new-tokens $NEW --k 4 2>&1 | grep -v -E "it/s|^\s*$" | tee $W/bench_collect.txt
+  pack extras profile-ngram4.json profile-layers28.json bench_collect.txt
+  ;;
+5)
+  matrix layers:28 layers28 tune-layers-28 0.5 ${RUNS:-config,fcfs} ${DEADLINE:-560} \
+    --capacity-from $W/live-layers28/config-load0.9
+  pack layers28-05 live-layers28
+  ;;
+esac
+echo "stage $stage took $(elapsed) s"
