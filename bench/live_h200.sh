@@ -4,10 +4,13 @@
 set -u
 stage=$1
 T0=$(date +%s)
+# The code that runs is the commit in .carry/src (git archive HEAD), not the working tree.
+R=$PWD
+cd .carry/src || exit 1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH=/tmp/site:/tmp/tree
 M=$HOME/m/SmolLM2-135M-Instruct.Q4_1.gguf
-L=.carry/run
+L=$R/.carry/run
 P=$L/specbench-unseen.jsonl
 W=/tmp/work
 NEW=64
@@ -30,19 +33,19 @@ pack() { tar -C $W -czf "$OUT/$1.tar.gz" "${@:2}" && ls -la "$OUT"; }
 case $stage in
 1)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/a/*.whl || exit 1
+    --target /tmp/site $R/.whl/a/*.whl || exit 1
   nvidia-smi -L
   python3 -c 'import torch, transformers, sklearn, scipy, numpy, polars; print(torch.__version__, transformers.__version__, sklearn.__version__, scipy.__version__, numpy.__version__, polars.__version__, torch.cuda.get_device_name(0))'
   ;;
 2)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/b/*.whl .carry/wheels/*.whl || exit 1
-  mkdir -p ~/m && cp .carry/smollm2-a/part ~/m/a
+    --target /tmp/site $R/.whl/b/*.whl $R/.carry/wheels/*.whl || exit 1
+  mkdir -p ~/m && cp $R/.carry/smollm2-a/part ~/m/a
   tree
   python3 -P -c 'import lapsd.collect.live, lapsd.predict.model, skops, sklearn, pydantic; print("imports ok", sklearn.__version__)'
   ;;
 3)
-  cat ~/m/a .carry/smollm2-b/part > $M && rm ~/m/a
+  cat ~/m/a $R/.carry/smollm2-b/part > $M && rm ~/m/a
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
   tree
   for d in ngram:4 layers:28; do
