@@ -314,6 +314,7 @@ class SpeculativeEngine:
             return StaticSession(self, runner, prompt, max_new_tokens, record)
         return DynamicSession(self, prompt, max_new_tokens, record, seed)
 
+    @torch.inference_mode()
     def reserve(self, positions: int) -> int | None:
         """Size the static path's working cache for ``positions``; returns its capacity.
 
