@@ -45,11 +45,13 @@ case $stage in
   python3 -P -c 'import lapsd.collect.live, lapsd.predict.model, skops, sklearn, pydantic; print("imports ok", sklearn.__version__)'
   ;;
 3)
-  cat ~/m/a $R/.carry/smollm2-b/part > $M && rm ~/m/a
+  [ -f ~/m/a ] && cat ~/m/a $R/.carry/smollm2-b/part > $M && rm ~/m/a
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
   tree
   for d in ngram:4 layers:28; do
     n=${d/:/}
+    # Oracle traces carried from an earlier run of this stage (greedy decoding: same lengths).
+    [ -d $L/oracle-$n ] && cp -r $L/oracle-$n $W/ && echo "oracle $d carried" && continue
     lapsd collect --target $M --draft $d --prompts $P --max-new-tokens $NEW --out $W/oracle-$n \
       2>&1 | grep -v -E "it/s|^\s*$" | tail -3
     echo "oracle $d done at $(elapsed) s"
