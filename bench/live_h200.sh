@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Device-side stages of the live validation (bench/results/live_validation_h200.txt).
 # Usage: bash bench/live_h200.sh STAGE   (run from the repository root on the GPU machine)
+#        bash bench/live_h200.sh prep    (here, first: what the stages carry, under .carry/ and .whl/)
 set -u
 stage=$1
 T0=$(date +%s)
 # The code that runs is the commit in .carry/src (git archive HEAD), not the working tree.
 R=$PWD
-cd .carry/src || exit 1
+[ "$stage" = prep ] || cd .carry/src || exit 1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH=/tmp/site:/tmp/tree
 M=$HOME/m/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -31,6 +32,41 @@ matrix() {  # DRAFT NAME TUNE LOADS RUNS DEADLINE [bench_live options]
 pack() { tar -C $W -czf "$OUT/$1.tar.gz" "${@:2}" && ls -la "$OUT"; }
 
 case $stage in
+prep)  # here, with ../shared beside the checkout; .carry/ and .whl/ in .git/info/exclude
+  cd "$R"
+  lapsd() { .venv/bin/lapsd "$@"; }
+  bash ../shared/tools/smollm2-for-device.sh .carry
+  mkdir -p .carry/run
+  # What the GPU image lacks, as wheels for its Python 3.12: two folders, each under 64 MiB.
+  dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$@"; }
+  dl .whl/a polars==2.1.0 polars-runtime-32==2.1.0
+  dl .whl/b pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 \
+    annotated-types==0.8.0 skops==0.16.0 prettytable==3.19.0 scikit-learn==1.9.1
+  # Spec-Bench questions of the five categories the example SmolLM2 traces come from, minus the
+  # prompts those traces (the tuning data) hold: 180 prompts the configs never saw.
+  .venv/bin/python - <<'PY'
+import json
+import polars as pl
+seen = set()
+for d in ("smollm2-layers-28", "smollm2-ngram4"):
+    seen |= set(pl.read_parquet(f"examples/{d}/requests.parquet")["request_id"].cast(str))
+keep = {"translation", "summarization", "qa", "math_reasoning", "rag"}
+with open("../shared/data/specbench_questions/question.jsonl") as f, \
+        open(".carry/run/specbench-unseen.jsonl", "w") as out:
+    for line in f:
+        q = json.loads(line)
+        if q["category"] in keep and str(q["question_id"]) not in seen:
+            out.write(json.dumps(q) + "\n")
+PY
+  lapsd predict train --data examples/smollm2-layers-28 --no-embeddings \
+    --tokenizer .carry/SmolLM2-135M-Instruct.Q4_1.gguf --out .carry/run/predictor.skops
+  for t in ngram4 layers-28; do
+    lapsd tune examples/smollm2-$t --predictor .carry/run/predictor.skops --out .carry/run/tune-$t
+  done
+  rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
+  ;;
 1)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site $R/.whl/a/*.whl || exit 1
