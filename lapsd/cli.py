@@ -1,4 +1,4 @@
-"""The ``lapsd`` command: the root parser above the four packages.
+"""The ``lapsd`` command: the root parser above the five packages.
 
 Each package contributes its subcommands through ``register(subparsers)``; registering imports
 only argparse-level code, so ``lapsd collect`` runs on a GPU box without the tuner's
@@ -36,6 +36,7 @@ def _load_predictor(path: Path, repredict_every: int | None) -> tuple[Any, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``lapsd`` parser."""
     from lapsd.collect.cli import register as register_collect
+    from lapsd.integrations.cli import register as register_integrations
     from lapsd.predict.cli import register as register_predict
     from lapsd.replay.cli import register as register_replay
     from lapsd.tune.cli import register as register_tune
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_predict(sub)
     register_tune(sub)
     register_collect(sub)
+    register_integrations(sub)
     return parser
 
 

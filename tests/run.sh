@@ -5,7 +5,8 @@
 #
 # Creates .venv, installs torch (CPU build) first, then lapsd with every extra; as root with
 # apt-get available, also installs Debian's chromium (the report's browser test) and postgresql
-# (the distributed-tuning test) and starts the database. Then ruff, mypy and pytest.
+# (the distributed-tuning test) and starts the database. Then ruff, mypy and pytest, and last
+# tests/vllm.sh (the vLLM scheduler tests, in .venv-vllm); the first failure sets the status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,9 +31,15 @@ bash tests/mypy.sh
 set +e
 $py -m pytest -n 2 "$@"
 status=$?
+# Then lapsd's vLLM scheduler against the real vLLM, in .venv-vllm of its own.
+bash tests/vllm.sh
+vllm_status=$?
 set -e
 if [ "$status" = 5 ]; then
     echo "pytest collected no tests: that is a failure here" >&2
     exit 1
 fi
-exit "$status"
+if [ "$status" != 0 ]; then
+    exit "$status"
+fi
+exit "$vllm_status"

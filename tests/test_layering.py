@@ -1,9 +1,10 @@
 """Imports follow the data flow, and a server-side install stays small.
 
 Layers, lowest first: the root helpers (``lapsd.errors``, ``lapsd.io``, ``lapsd.console``),
-``lapsd.replay``, ``lapsd.predict``, then ``lapsd.tune`` and ``lapsd.collect`` (which may use
-both below them, not each other), and the root command ``lapsd.cli`` above all. No package
-imports another package's ``cli`` module. Every import counts, also one inside a function.
+``lapsd.replay``, ``lapsd.predict``, then ``lapsd.tune``, ``lapsd.collect`` and
+``lapsd.integrations`` (which may use both below them, not each other), and the root command
+``lapsd.cli`` above all. No package imports another package's ``cli`` module. Every import
+counts, also one inside a function.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: Folder -> package name (pyproject's package-dir mapping).
 PACKAGES = {"lapsd": "lapsd", "replay": "lapsd.replay", "predict": "lapsd.predict",
-            "tune": "lapsd.tune", "collect": "lapsd.collect"}
+            "tune": "lapsd.tune", "collect": "lapsd.collect",
+            "integrations": "lapsd.integrations"}
 FORBIDDEN = {
-    "lapsd": ("lapsd.replay", "lapsd.predict", "lapsd.tune", "lapsd.collect", "lapsd.cli"),
-    "lapsd.replay": ("lapsd.predict", "lapsd.tune", "lapsd.collect", "lapsd.cli"),
-    "lapsd.predict": ("lapsd.tune", "lapsd.collect", "lapsd.cli"),
-    "lapsd.tune": ("lapsd.collect", "lapsd.cli"),
-    "lapsd.collect": ("lapsd.tune", "lapsd.cli"),
+    "lapsd": ("lapsd.replay", "lapsd.predict", "lapsd.tune", "lapsd.collect",
+              "lapsd.integrations", "lapsd.cli"),
+    "lapsd.replay": ("lapsd.predict", "lapsd.tune", "lapsd.collect", "lapsd.integrations",
+                     "lapsd.cli"),
+    "lapsd.predict": ("lapsd.tune", "lapsd.collect", "lapsd.integrations", "lapsd.cli"),
+    "lapsd.tune": ("lapsd.collect", "lapsd.integrations", "lapsd.cli"),
+    "lapsd.collect": ("lapsd.tune", "lapsd.integrations", "lapsd.cli"),
+    "lapsd.integrations": ("lapsd.tune", "lapsd.collect", "lapsd.cli"),
 }
 #: Modules above the layers: the root command and ``python -m lapsd``.
 TOP = {"lapsd.cli", "lapsd.__main__"}
@@ -54,7 +59,8 @@ def _imports(path: Path) -> set[str]:
 
 
 def _layer(module: str) -> str:
-    for package in ("lapsd.replay", "lapsd.predict", "lapsd.tune", "lapsd.collect"):
+    for package in ("lapsd.replay", "lapsd.predict", "lapsd.tune", "lapsd.collect",
+                    "lapsd.integrations"):
         if module == package or module.startswith(package + "."):
             return package
     return "lapsd"
@@ -83,7 +89,7 @@ def test_imports_follow_the_data_flow(module: str) -> None:
     assert not bad, f"{module} imports " + "; ".join(sorted(bad))
 
 
-@pytest.mark.parametrize("name", ["replay", "predict", "tune", "collect"])
+@pytest.mark.parametrize("name", ["replay", "predict", "tune", "collect", "integrations"])
 def test_bare_folder_names_are_not_imported(name: str) -> None:
     """The folders install as ``lapsd.<name>``; a bare ``import replay`` would be a second copy."""
     users = [m for m, path in MODULES.items()
@@ -119,3 +125,4 @@ def test_the_command_parser_needs_none_of_the_extras() -> None:
         "from lapsd.cli import build_parser\n"
         "print(build_parser().format_help())\n")
     assert "collect" in text and "tune" in text and "replay" in text
+    assert "export-priorities" in text

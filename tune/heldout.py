@@ -2,11 +2,16 @@
 
 Every policy replays the same held-out workloads (requests whose prompts the tuner never saw,
 with seeds the tuner never used); each row is normalised by ``srpt-oracle`` on the same workload.
+The exported policy also gets a row as a static priority (``<policy> as static priority``): its
+admission rank fixed for each request's life, non-preemptive, which is what vLLM's and
+TensorRT-LLM's priority scheduling can run of it (``lapsd export-priorities``). The gap to the
+online policy's row is what serving it through priorities alone loses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -19,10 +24,13 @@ from lapsd.replay.matrix import (
     replay_matrix,
 )
 from lapsd.replay.policies import REGISTRY
+from lapsd.replay.policies.params import PolicyParams
 from lapsd.tune.context import TuneContext
 
 #: Seeds of the held-out workloads (the tuning suite uses small seeds).
 HELDOUT_SEEDS = (101, 102)
+#: The wrapper that fixes a policy's admission rank; a row of its own, not a baseline.
+STATIC = "static-priority"
 
 
 def baseline_factories(ctx: TuneContext, exclude: set[str]) -> dict[str, PolicyFactory]:
@@ -31,9 +39,23 @@ def baseline_factories(ctx: TuneContext, exclude: set[str]) -> dict[str, PolicyF
     And LAPS-SD with the paper's defaults. Scale-dependent defaults (queue bounds, quanta)
     use the tuned traces' typical round.
     """
-    out = registry_factories([n for n in REGISTRY if n not in exclude], ctx.scale)
+    out = registry_factories([n for n in REGISTRY if n not in exclude and n != STATIC],
+                             ctx.scale)
     out["laps-sd (paper defaults)"] = registry_factories(["laps-sd"], ctx.scale)["laps-sd"]
     return out
+
+
+def static_label(policy: str) -> str:
+    """The held-out row of ``policy`` served as a static priority."""
+    return f"{policy} as static priority"
+
+
+def static_priority_factory(ctx: TuneContext, policy: str, params: PolicyParams | None,
+                            ) -> PolicyFactory:
+    """``policy`` with ``params`` as a non-preemptive static priority (vLLM, TensorRT-LLM)."""
+    parameters = {} if params is None else asdict(params)  # type: ignore[call-overload]
+    return registry_factories([STATIC], ctx.scale, {
+        STATIC: {"policy": policy, "parameters": parameters, "preemptive": False}})[STATIC]
 
 
 def compare(ctx: TuneContext, policies: Mapping[str, PolicyFactory]) -> dict[str, Any]:

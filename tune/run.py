@@ -10,7 +10,8 @@ Everything lands in the output folder::
 
 The tuner searches a *family* of policies (LAPS-SD, Gittins, lp-srpt, lp-sjf by default): one
 study per member with parameters, one trial for a member without. The member best on the
-tuning suite is exported. Every member (tuned), the other baselines and ``srpt-oracle`` are
+tuning suite is exported. Every member (tuned), the other baselines, the best member as a
+static priority (what a server's priority scheduling can run of it) and ``srpt-oracle`` are
 then replayed on held-out prompts with the same predictions; if something beats the exported
 policy there, the config, the report and the command say so.
 
@@ -57,7 +58,13 @@ from lapsd.tune.defaults import (
     JOURNAL_FILE,
     PREDICTOR_FILE,
 )
-from lapsd.tune.heldout import baseline_factories, compare
+from lapsd.tune.heldout import (
+    STATIC,
+    baseline_factories,
+    compare,
+    static_label,
+    static_priority_factory,
+)
 from lapsd.tune.report import write_report
 from lapsd.tune.study import (
     StorageSpec,
@@ -187,6 +194,9 @@ def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
             policies[_label(m)] = trial_policy(ctx, m.policy, m.params)
         if bands is not None:
             policies[f"{winner.policy} (banded)"] = bands
+        if winner.policy != STATIC:
+            policies[static_label(winner.policy)] = static_priority_factory(
+                ctx, winner.policy, _params(ctx, winner.policy, winner.params))
         if progress is not None:
             progress("held-out comparison", 0, 1, None)
         heldout = compare(ctx, policies)

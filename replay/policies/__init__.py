@@ -60,7 +60,7 @@ def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy[
     ----------
     name
         Registry name (``fcfs``, ``las``, ``mlfq``, ``lp-sjf``, ``lp-srpt``, ``srpt-oracle``,
-        ``laps-sd``).
+        ``laps-sd``, ``gittins``, ``static-priority``).
     scale
         Typical round time and tokens per round of the workload; sets the defaults of
         scale-dependent parameters (queue thresholds) that are not given.
@@ -100,10 +100,11 @@ from lapsd.replay.policies import (  # noqa: E402
     lp_srpt,
     mlfq,
     srpt_oracle,
+    static_priority,
 )
 
 __all__ = [
     "REGISTRY", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale", "available",
     "construct", "create", "fcfs", "gittins", "laps_sd", "las", "lp_sjf", "lp_srpt", "mlfq",
-    "parameters", "register", "srpt_oracle",
+    "parameters", "register", "srpt_oracle", "static_priority",
 ]

@@ -184,6 +184,13 @@ class RequestState:
         return self.rounds if unit == "rounds" else self.generated
 
 
+def prediction_of(info: RequestInfo) -> LengthPrediction:
+    """The length prediction a request arrives with (raises ``ValueError`` when it has none)."""
+    if info.prediction is None:
+        raise ValueError(f"request {info.request_id!r} has no length prediction")
+    return info.prediction
+
+
 #: The Rounds field whose prefix sums measure attained service in each unit.
 UNIT_FIELD: dict[Unit, str] = {"seconds": "ns", "rounds": "rounds", "tokens": "emitted"}
 
@@ -390,6 +397,18 @@ class Policy(ABC, Generic[S]):
         floor = self._arrival_floor()
         cur = self._current
         return floor is None or cur is None or not self._running_key(cur) < floor
+
+    def admission_rank(self, info: RequestInfo) -> float:  # noqa: ARG002
+        """The request's rank when it arrives, nothing observed yet (smaller runs first).
+
+        What a server that fixes a priority at admission (vLLM's, SGLang's and TensorRT-LLM's
+        priority scheduling) can take from this policy: the first element of the key the
+        policy gives the request on admission, in the policy's own unit. Ties go to the
+        earlier arrival. The default, 0 for every request, is arrival order: right for a policy
+        that knows nothing about a request before it runs (FCFS, LAS). Computing it changes
+        nothing in the policy.
+        """
+        return 0.0
 
     def reveal(self, request_id: RequestId, service_s: float) -> None:  # noqa: ARG002
         """Oracle channel: the true total service time of a request (oracle policies only)."""

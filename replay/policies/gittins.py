@@ -27,7 +27,15 @@ from pydantic.dataclasses import dataclass
 from lapsd.replay import kernels
 from lapsd.replay.lognormal import gittins_table
 from lapsd.replay.policies import register
-from lapsd.replay.policies.base import NS_PER_S, Policy, RequestState, Rounds, TraceScale
+from lapsd.replay.policies.base import (
+    NS_PER_S,
+    Policy,
+    RequestInfo,
+    RequestState,
+    Rounds,
+    TraceScale,
+    prediction_of,
+)
 from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Tunable, build
 
 
@@ -95,6 +103,12 @@ class Gittins(Policy[RequestState]):
 
     def _key(self, st: RequestState) -> tuple:
         return (self._rank(st), st.seq)
+
+    def admission_rank(self, info: RequestInfo) -> float:
+        """The rank at zero attained service, seconds: typical cost per token / ``G(0)``."""
+        pred = prediction_of(info)
+        return kernels.gittins_rank(pred.median, pred.sigma, pred.cap, 0, 0, self._r0,
+                                    self.params.prior_tokens, self._h, self._arg) / NS_PER_S
 
     def _running_key(self, st: RequestState) -> tuple:
         # The rival must beat the running request's rank by the cost of switching it out.

@@ -37,6 +37,7 @@ from lapsd.replay.policies.base import (
     RequestInfo,
     RequestState,
     Rounds,
+    prediction_of,
     unit_amount,
 )
 from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Tunable, Unit
@@ -174,6 +175,20 @@ class LapsSD(Policy[_LapsState]):
         if st.perceptible:
             return (st.queue, self._cls_perceptible, st.t_remaining, st.seq)
         return (st.queue, self._cls_new, st.attained(self.params.unit), st.seq)
+
+    def admission_rank(self, info: RequestInfo) -> float:
+        """The remaining tokens its execution-time estimate would use, at zero tokens out.
+
+        LAPS-SD's own admission key is the same for every request (queue 0, nothing attained):
+        as a fixed priority that is arrival order. What sets requests apart once they are
+        perceptible is their estimated remaining service, ``T_rem = L * c / (k A + 1)``; at
+        admission every request has the same expected ``c / (k A + 1)`` (the workload's
+        typical round), so ordering by ``L`` (the paper's, the mean or the quantile, as
+        ``length_estimate`` says) is ordering by that estimate.
+        """
+        pred = prediction_of(info)
+        return kernels.remaining_by(self._mode, self.params.quantile, pred.median, pred.sigma,
+                                    pred.cap, 0.0)
 
     def _running_key(self, st: _LapsState) -> tuple:
         if st.perceptible:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing_extensions import override
 
 from lapsd.replay.policies import register
-from lapsd.replay.policies.base import Policy, RequestState, Rounds
+from lapsd.replay.policies.base import Policy, RequestInfo, RequestState, Rounds, prediction_of
 
 
 @register
@@ -18,6 +18,10 @@ class LPSJF(Policy[RequestState]):
 
     def _key(self, st: RequestState) -> tuple:
         return (st.prediction.median, st.seq)
+
+    def admission_rank(self, info: RequestInfo) -> float:
+        """The predicted median length, tokens."""
+        return float(prediction_of(info).median)
 
     @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:

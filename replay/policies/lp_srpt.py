@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lapsd.replay import kernels
 from lapsd.replay.policies import register
-from lapsd.replay.policies.base import Policy, RequestState, Rounds
+from lapsd.replay.policies.base import Policy, RequestInfo, RequestState, Rounds, prediction_of
 
 _NO_RIVAL = (0.0, 0)
 
@@ -23,6 +23,10 @@ class LPSRPT(Policy[RequestState]):
 
     def _key(self, st: RequestState) -> tuple:
         return (st.prediction.remaining_one(st.generated), st.seq)
+
+    def admission_rank(self, info: RequestInfo) -> float:
+        """The predicted length (capped), tokens."""
+        return prediction_of(info).remaining_one(0)
 
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         rival = self._rival()

@@ -88,12 +88,20 @@ class MLFQ(Policy[_MLFQState]):
 
     def _new_state(self, info: RequestInfo, seq: int) -> _MLFQState:
         st = _MLFQState(info, seq)
-        if self.params.skip_join:
-            prefill = info.prompt_tokens * self.params.prefill_s_per_token
-            fits = np.flatnonzero(self._quanta >= prefill)
-            st.level = int(fits[0]) if fits.size else self.params.K - 1
+        st.level = self._entry_level(info)
         st.entry = self._next_entry()
         return st
+
+    def admission_rank(self, info: RequestInfo) -> float:
+        """The level the request enters (0, or with ``skip_join`` the one its prefill fits)."""
+        return float(self._entry_level(info))
+
+    def _entry_level(self, info: RequestInfo) -> int:
+        if not self.params.skip_join:
+            return 0
+        prefill = info.prompt_tokens * self.params.prefill_s_per_token
+        fits = np.flatnonzero(self._quanta >= prefill)
+        return int(fits[0]) if fits.size else self.params.K - 1
 
     def _next_entry(self) -> int:
         self._entries += 1
@@ -102,9 +110,11 @@ class MLFQ(Policy[_MLFQState]):
     def _key(self, st: _MLFQState) -> tuple:
         return (st.level, st.entry, st.seq)
 
-    def _arrival_floor(self) -> tuple:
-        # Arrivals enter a level >= 0 behind every request already in it.
-        return (0, self._entries + 1, self._seq)
+    def _arrival_floor(self) -> tuple | None:
+        # Arrivals enter a level >= 0 behind every request already in it. With skip-join an
+        # arrival may enter a lower level, where its place among requests demoted meanwhile
+        # depends on when it was admitted: it must be admitted at its arrival (no floor).
+        return None if self.params.skip_join else (0, self._entries + 1, self._seq)
 
     def _horizon(self, st: _MLFQState, rounds: Rounds) -> int:
         """Rounds until the quantum of the request's level is used up (or all of them)."""

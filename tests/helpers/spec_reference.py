@@ -262,11 +262,35 @@ class LapsSD(SpecPolicy):
             self.estimates[job.seq] = self.estimate(job, len(job.ns))[2]
 
 
+class StaticPriority(SpecPolicy):
+    """A priority fixed when the request arrives, as vLLM, SGLang and TensorRT-LLM take one.
+
+    The priority is the wrapped policy's key of the request with nothing observed (its first
+    element); for LAPS-SD, whose key then says nothing about the request, the remaining length
+    its execution-time estimate would use. It never changes (re-predictions are not seen);
+    ties go to the earlier arrival. Non-preemptive unless ``preemptive``.
+    """
+
+    def __init__(self, policy: str, parameters: dict, preemptive: bool = False) -> None:
+        self.inner = make(policy, **parameters)
+        self.preemptive = preemptive
+        self.rank: dict[int, float] = {}
+
+    def key(self, job: Job, running: bool) -> tuple:
+        if job.seq not in self.rank:
+            assert not job.ns, "the first key of a request is taken before it runs"
+            if isinstance(self.inner, LapsSD):
+                self.rank[job.seq] = self.inner.remaining(job.prediction, 0)
+            else:
+                self.rank[job.seq] = self.inner.key(job, False)[0]
+        return (self.rank[job.seq], job.seq)
+
+
 def make(name: str, **params) -> SpecPolicy:
     """The reference of a registered policy, with the same parameters."""
     return {"fcfs": FCFS, "lp-sjf": LPSJF, "las": LAS, "lp-srpt": LPSRPT,
             "srpt-oracle": SRPTOracle, "mlfq": MLFQ, "laps-sd": LapsSD,
-            "gittins": Gittins}[name](**params)
+            "gittins": Gittins, "static-priority": StaticPriority}[name](**params)
 
 
 def spec_simulate_batched(arrays: TraceArrays, workload: Workload, policy: SpecPolicy,

@@ -23,7 +23,7 @@ def info(rid, median=100.0, sigma=0.0):
 
 def test_registry_has_every_policy():
     assert set(available()) == {"fcfs", "las", "mlfq", "lp-sjf", "lp-srpt", "srpt-oracle",
-                                "laps-sd", "gittins"}
+                                "laps-sd", "gittins", "static-priority"}
     assert set(parameters("laps-sd")) == {"K", "sup1", "M", "gamma", "delta", "unit",
                                           "perceptible_first", "length_estimate", "quantile",
                                           "max_spread"}

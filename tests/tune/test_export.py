@@ -47,6 +47,8 @@ def test_heldout_compares_every_member_and_baseline(tiny_run: dict[str, Any]) ->
     assert {"laps-sd (tuned)", "gittins (tuned)", "lp-srpt", "srpt-oracle", "fcfs", "las",
             "mlfq", "lp-sjf", "laps-sd (paper defaults)"} <= names
     assert cfg.heldout.exported in names
+    # The exported policy as a server's static priority has a row of its own.
+    assert f"{cfg.policy.name} as static priority" in names
     verdict = cfg.heldout.verdict
     assert verdict is not None and verdict == tiny_run["verdict"]
     summary = cfg.heldout.policies
