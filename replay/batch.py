@@ -179,13 +179,16 @@ def simulate_batched(arrays: TraceArrays, workload: Workload, policy: Policy[Any
                 if kv_tokens is None:
                     pay += round(c0_ns + c1_ns * context(j))
         if kv_tokens is not None:
-            # Resident caches that no longer fit beside the batch are swapped out.
+            # Resident caches that no longer fit beside the batch are swapped out (largest
+            # first); a swap's cost covers the way out and back in.
+            resident |= members
+            held = sum(context(i) for i in resident)
             for j in sorted(resident - members, key=context, reverse=True):
-                if sum(context(i) for i in resident) <= kv_tokens:
+                if held <= kv_tokens:
                     break
                 resident.discard(j)
+                held -= context(j)
                 pay += round(c0_ns + c1_ns * context(j))
-            resident |= members
         switch_ns += pay
         now += pay
         steps_ns = _steps(chosen, pos, ends, cum_ns, cost.factor(len(chosen)),

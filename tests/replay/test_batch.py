@@ -66,9 +66,13 @@ def test_kv_capacity_limits_the_batch_and_swaps(eagle_arrays):
     # Every request still completes, after it arrived and its own service.
     for r in (free, tight):
         assert (r.completion_ns > workload.arrival_ns).all()
-    # Less memory: fewer requests per step, so more steps, and only swaps cost.
+    # Less memory: fewer requests per step, so more steps; swaps cost.
     assert tight.decisions > free.decisions
-    assert tight.switch_ns < free.switch_ns
+    assert tight.switch_ns > 0
+    # Only swaps cost: with room for every cache, preemptions are free.
+    roomy = simulate_batched(eagle_arrays, workload, create("las", eagle_arrays.scale), 8,
+                             switch=SwitchCost(0.001, 1e-6), kv_tokens=10**9)
+    assert roomy.preemptions > 0 and roomy.switch_ns == 0
 
 
 def test_batches_finish_sooner_than_one_at_a_time(eagle_arrays):
@@ -92,3 +96,21 @@ def test_cost_table_is_checked_and_read(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(LapsdError, match="collect-profile"):
         BatchCost.from_profile(tmp_path / "bad.json")
+
+
+def test_kv_capacity_counts_the_incoming_batch():
+    # Two requests whose caches never fit together: under LAS at B = 1 they alternate, and
+    # every preemption must swap the other one out (regression: the fit test once summed the
+    # resident caches without the incoming request, so about half the swaps went unpaid).
+    for seed in range(200):
+        arrays = TraceArrays.from_trace(synthetic_trace(seed, n_requests=2))
+        full = arrays.prompt_tokens + arrays.output_tokens
+        if arrays.prompt_tokens.sum() > full.max() and (arrays.output_tokens > 8).all():
+            break
+    else:
+        pytest.fail("no suitable synthetic pair")
+    workload = build_workload("burst:n=2,seed=1", arrays, None)
+    r = simulate_batched(arrays, workload, create("las", arrays.scale), 1,
+                         switch=SwitchCost(0.001, 0.0), kv_tokens=int(full.max()))
+    assert r.preemptions > 2
+    assert r.switch_ns == r.preemptions * 1_000_000
