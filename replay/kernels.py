@@ -206,7 +206,9 @@ def gittins_rank(median, sigma, cap, generated, service_ns, r0_ns, prior, h, arg
     Smaller runs first.
     """
     weight = generated + prior
-    per_token = (service_ns + prior * r0_ns) / weight if weight > 0 else r0_ns
+    # Nothing observed yet, or an infinite prior: the typical cost alone.
+    per_token = (r0_ns if weight <= 0 or np.isinf(prior)
+                 else (service_ns + prior * r0_ns) / weight)
     return per_token / gittins_index(median, sigma, cap, float(generated), h, arg)
 
 

@@ -174,7 +174,13 @@ def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
              ) -> dict[str, Any]:
     """Tune the family, compare on held-out data, export; return a summary (also as files)."""
     start = time.perf_counter()
-    split(spec)  # the traces read and split: checked before anything is written
+    _, tune_sets, _ = split(spec)  # the traces read and split: checked before anything is written
+    if (spec.predictions == TRAINED and spec.repredict_every is not None
+            and not any(r for _, a in tune_sets for r in a.responses)):
+        raise LapsdError(
+            "--repredict-every: the tuning traces keep no response text, so the predictor "
+            "trained on them could not re-predict; use traces that keep it (lapsd collect, "
+            "Spec-Bench answers) or a predictor trained on text (--predictor)")
     with _locked(opts.out):
         if spec.predictions == TRAINED:
             if progress is not None:

@@ -136,7 +136,8 @@ class Gittins(SpecPolicy):
     def key(self, job: Job, running: bool) -> tuple:
         generated = sum(job.emitted)
         weight = generated + self.prior
-        per_token = (sum(job.ns) + self.prior * self.r0) / weight if weight > 0 else self.r0
+        per_token = (self.r0 if weight <= 0 or math.isinf(self.prior)
+                     else (sum(job.ns) + self.prior * self.r0) / weight)
         rank = per_token / job.prediction.gittins_index(generated)
         if running:
             rank -= self.weight * (self.c0 + self.c1 * (job.prompt_tokens + generated))

@@ -221,3 +221,17 @@ def test_remaining_length_is_at_least_one_and_consistent(median, sigma, g):
         assert r == median - g
     else:
         assert r == pred.mean_remaining(g)
+
+
+def test_gittins_infinite_prior_ignores_observed_acceptance():
+    # prior_tokens = inf: every request costs the typical time per token (ranks stay finite).
+    pred = LengthPrediction.from_quantiles(40.0, 90.0)
+    slow, fast = (create("gittins", prior_tokens=math.inf) for _ in range(2))
+    ranks = []
+    for policy, seconds in ((slow, 0.5), (fast, 0.001)):
+        policy.admit(RequestInfo("a", 0.0, 10, pred))
+        assert math.isfinite(policy.admission_rank(RequestInfo("b", 0.0, 10, pred)))
+        assert policy.pick() == "a"
+        policy.observe("a", emitted=4, drafted=4, accepted=3, seconds=seconds)
+        ranks.append(policy._rank(policy._states["a"]))
+    assert math.isfinite(ranks[0]) and ranks[0] == ranks[1]

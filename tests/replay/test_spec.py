@@ -64,7 +64,7 @@ def params_for(policy: str) -> st.SearchStrategy[dict]:
         return mlfq_params()
     if policy == "gittins":
         return st.fixed_dictionaries({
-            "prior_tokens": st.sampled_from([0.0, 0.5, 16.0, 200.0]),
+            "prior_tokens": st.sampled_from([0.0, 0.5, 16.0, 200.0, float("inf")]),
             "switch_weight": st.sampled_from([0.0, 1.0, 3.0]),
             "c0": st.sampled_from([0.0, 0.002]), "c1": st.sampled_from([0.0, 1e-5])})
     if policy == "las":
@@ -114,7 +114,8 @@ def test_engine_follows_the_specification_on_example_traces(examples_dir, trace,
                             {"length_estimate": "quantile", "quantile": 0.7, "max_spread": 2.0}],
                 "mlfq": [{}, {"skip_join": True, "unit": "rounds", "q1": 4, "K": 5}],
                 "las": [{"unit": "rounds"}],
-                "gittins": [{}, {"c0": 0.001, "c1": 1e-6, "prior_tokens": 2.0}]}.get(policy, [{}])
+                "gittins": [{}, {"c0": 0.001, "c1": 1e-6, "prior_tokens": 2.0},
+                            {"prior_tokens": float("inf")}]}.get(policy, [{}])
     for params in variants:
         _check(arrays, "poisson:load=0.9,n=120,seed=5", policy, params,
                SwitchCost(0.001, 1e-6), 0.5)

@@ -31,3 +31,13 @@ def test_holdout_out_of_range_is_one_line(tmp_path: Path,
     err = capsys.readouterr().err
     assert "holdout must be in (0, 1)" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_repredict_without_response_text_is_rejected_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The example traces keep no generated text: a predictor trained on them cannot re-predict.
+    assert main(["tune", str(TRACE), "--out", str(tmp_path / "r"), "--repredict-every", "8",
+                 "--trials", "1", "--bands", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "--repredict-every" in err and "response text" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
