@@ -100,7 +100,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from lapsd.replay.matrix import Server, build_cases, registry_factories, replay_matrix
     from lapsd.replay.policies import REGISTRY
     from lapsd.replay.trace import read_trace
-    from lapsd.replay.workload import ORACLE_WHAT_IF, PredictionSource, parse_workload
+    from lapsd.replay.workload import PredictionSource, parse_workload
 
     arrays = TraceArrays.from_trace(read_trace(args.trace))
     workloads = [parse_workload(w) for w in args.workload or ["burst:n=30"]]
@@ -129,11 +129,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         predictions, updates = args.load_predictor(args.predictor, args.repredict_every)
         label = f"predictor {args.predictor}" + (
             f", re-predicted every {args.repredict_every} rounds" if updates else "")
-    else:
-        predictions = args.predictions or (
-            "column" if arrays.predicted is not None else ORACLE_WHAT_IF)
-        label = predictions
     needs = any(REGISTRY[n].needs_prediction for n in names if n in REGISTRY) or args.config
+    if not args.predictor:
+        if needs and not args.predictions and arrays.predicted is None:
+            wanting = [n for n in names if n in REGISTRY and REGISTRY[n].needs_prediction]
+            raise LapsdError(
+                f"{', '.join(wanting) or 'the config'} need length predictions and "
+                f"{args.trace} has no predicted_tokens column: pass --predictor model.skops "
+                "(lapsd predict train), or --predictions oracle:sigma=0.5 for a what-if with "
+                "noisy true lengths")
+        predictions = args.predictions or "column"
+        label = predictions
     cases = build_cases([(args.trace.name, arrays)], workloads,
                         predictions if needs else None, updates if needs else None)
     server = Server(SwitchCost(args.c0, args.c1), args.batch_size, cost, args.kv_tokens)
@@ -204,9 +210,9 @@ def register(subparsers: argparse._SubParsersAction, *,
                    help="workload string (repeatable; default burst:n=30)")
     p.add_argument("--set", action="append", default=[], metavar="POLICY.PARAM=VALUE",
                    help="policy parameter, e.g. laps-sd.K=6 (repeatable)")
-    p.add_argument("--predictions", help="oracle:sigma=S[,seed=N] (a what-if: true length x "
-                                         "noise) or column (default: column if the trace has "
-                                         "predictions, else the oracle what-if)")
+    p.add_argument("--predictions", help="column (the trace's predicted_tokens; the default "
+                                         "without --predictor) or oracle:sigma=S[,seed=N] (a "
+                                         "what-if: true length x noise, never the default)")
     p.add_argument("--predictor", type=Path, help="a trained predictor (.skops) for the "
                                                   "length-aware policies")
     p.add_argument("--repredict-every", type=int, metavar="N",

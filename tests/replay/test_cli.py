@@ -36,7 +36,7 @@ def test_import_then_replay(shared_data, tmp_path):
     assert main(["replay", str(trace), "--policies", "fcfs,lp-sjf,srpt-oracle,laps-sd",
                  "--workload", "burst:n=30,seed=1", "--workload",
                  "poisson:load=0.7,n=200,seed=2", "--set", "laps-sd.K=3",
-                 "--json", str(out)]) == 0
+                 "--predictions", "oracle:sigma=0.5", "--json", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
     assert len(results) == 8
     for r in results:
@@ -48,6 +48,10 @@ def test_import_then_replay(shared_data, tmp_path):
 
 def test_replay_rejects_bad_options(examples_dir, capsys):
     trace = str(examples_dir / "specbench-vicuna7b-eagle")
+    # No silent oracle: length-aware policies without a predictor or a predictions column.
+    assert main(["replay", trace, "--policies", "fcfs,lp-srpt"]) == 2
+    err = capsys.readouterr().err
+    assert "lp-srpt need length predictions" in err and "--predictor" in err
     assert main(["replay", trace, "--workload", "poisson:n=3"]) == 2
     assert "load= is required" in capsys.readouterr().err
     assert main(["replay", trace, "--set", "laps-sd.K"]) == 2
