@@ -107,7 +107,7 @@ def _requests(arrays: TraceArrays, index: np.ndarray, what: str,
     if missing:
         raise LapsdError(f"{what}: request {arrays.request_ids[missing[0]]!r} (and "
                          f"{len(missing) - 1} more) has no prompt text; use a trace with "
-                         "prompts or --predictions oracle:sigma=...")
+                         "prompts (a what-if instead: --predictions oracle:sigma=...)")
     return unique, inverse.ravel(), [str(p) for p in prompts]
 
 

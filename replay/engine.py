@@ -273,7 +273,8 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
     switch = switch or SwitchCost()
     if policy.needs_prediction and workload.predictions is None:
         raise ValueError(f"policy {policy.name!r} needs length predictions; build the workload "
-                         "with predictions (a trace column, a predictor, or the noisy oracle)")
+                         "with predictions (a trace column, a predictor, or the noisy-oracle "
+                         "what-if)")
     n_jobs = len(workload)
     index = workload.index
     # Python lists: scalar indexing and bisect on them are much faster than on numpy arrays.

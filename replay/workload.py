@@ -33,10 +33,6 @@ from lapsd.replay.policies.base import NS_PER_S
 
 KINDS = ("burst", "poisson", "gamma", "trace")
 
-#: The noisy-oracle what-if (true length x log-normal noise): for analysis only, never a real
-#: predictor; every table that uses it says so.
-ORACLE_WHAT_IF = "oracle:sigma=0.5"
-
 #: What length-aware policies are told: a source string (module docstring) or a callable
 #: ``(arrays, index) -> list[LengthPrediction]`` (a trained predictor).
 PredictionSource = str | Callable[[TraceArrays, np.ndarray], list[LengthPrediction]]
@@ -208,7 +204,8 @@ def make_predictions(source: PredictionSource, arrays: TraceArrays, index: np.nd
     if kind == "column":
         if arrays.predicted is None:
             raise LapsdError("predictions 'column': the trace has no predicted_tokens column; "
-                             "add one with `lapsd predict apply` or use oracle:sigma=...")
+                             "add one with `lapsd predict apply` (a what-if instead: "
+                             "oracle:sigma=...)")
         p50 = arrays.predicted[index]
         p90 = arrays.predicted_p90[index] if arrays.predicted_p90 is not None else None
         return [LengthPrediction.from_quantiles(float(p50[i]),
