@@ -40,7 +40,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
+from bench_replay import best_of  # noqa: E402  (bench/ is the script's folder)
 from sim_reference import reference_simulate  # noqa: E402
 from spec_reference import make, spec_simulate_batched  # noqa: E402
 
@@ -289,16 +290,6 @@ def k_table(grids: dict[tuple[str, int], dict[float, dict[int, float]]]) -> list
             out.append(f"{shape:9s}{b:4d}{rho:5.1f}{best:8d}{ks[best]:9.3f}{ks[4]:8.3f}"
                        f"{max(ks.values()):8.3f}   " + " ".join(f"{ks[k]:.3f}" for k in K_GRID))
     return out
-
-
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    """The fastest of ``repeat`` runs of ``fn``, seconds."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def speed_policy(name: str, arrays: TraceArrays) -> Policy[Any]:
