@@ -34,7 +34,14 @@ from typing import Any, cast
 import numpy as np
 
 from lapsd.errors import LapsdError
-from lapsd.replay.engine import SimResult, SwitchCost, TraceArrays, Updates, Workload
+from lapsd.replay.engine import (
+    RequestColumns,
+    SimResult,
+    SwitchCost,
+    TraceArrays,
+    Updates,
+    Workload,
+)
 from lapsd.replay.policies.base import (
     NS_PER_S,
     Policy,
@@ -119,18 +126,11 @@ def simulate_batched(arrays: TraceArrays, workload: Workload, policy: Policy[Any
         raise LapsdError(f"batch size must be >= 1, got {batch}")
     cost = cost or BatchCost()
     switch = switch or SwitchCost()
-    if policy.needs_prediction and workload.predictions is None:
-        raise ValueError(f"policy {policy.name!r} needs length predictions")
+    arrival, starts, ends, prompt, service_s = RequestColumns.of(arrays, workload, policy)
     n_jobs = len(workload)
-    index = workload.index
-    arrival = workload.arrival_ns.tolist()
-    starts = arrays.offsets[index].tolist()
-    ends = arrays.offsets[index + 1].tolist()
     pos = list(starts)
-    prompt = arrays.prompt_tokens[index].tolist()
     per = {k: np.diff(v).tolist() for k, v in arrays.cum.items()}
     cum_ns, cum_em = arrays.cum["ns"], arrays.prefix.lists["emitted"]
-    service_s = (arrays.service_ns[index] / NS_PER_S).tolist()
     preds = workload.predictions
     updates = workload.updates
     completion = [0] * n_jobs
@@ -223,12 +223,8 @@ def simulate_batched(arrays: TraceArrays, workload: Workload, policy: Policy[Any
                     if rounds == pos[j] - starts[j]:
                         policy.update_prediction(j, pred)
         last = chosen
-    return SimResult(
-        policy=policy.name, workload=workload.name, arrival_ns=workload.arrival_ns.copy(),
-        completion_ns=np.array(completion, dtype=np.int64), service_ns=arrays.service_ns[index],
-        output_tokens=arrays.output_tokens[index], preemptions=preemptions, switch_ns=switch_ns,
-        rounds=int((arrays.offsets[index + 1] - arrays.offsets[index]).sum()), decisions=steps,
-        estimates=estimates)
+    return SimResult.of(arrays, workload, policy, completion, preemptions=preemptions,
+                        switch_ns=switch_ns, decisions=steps, estimates=estimates)
 
 
 

@@ -17,7 +17,7 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import polars as pl
@@ -246,6 +246,46 @@ class SimResult:
         """Completion minus arrival of each request, seconds."""
         return (self.completion_ns - self.arrival_ns) / NS_PER_S
 
+    @classmethod
+    def of(cls, arrays: TraceArrays, workload: Workload, policy: Policy[Any],
+           completion: list[int], *, preemptions: int, switch_ns: int, decisions: int,
+           estimates: dict[int, float]) -> SimResult:
+        """The result of replaying ``workload`` of ``arrays`` under ``policy``."""
+        index = workload.index
+        return cls(policy=policy.name, workload=workload.name,
+                   arrival_ns=workload.arrival_ns.copy(),
+                   completion_ns=np.array(completion, dtype=np.int64),
+                   service_ns=arrays.service_ns[index], output_tokens=arrays.output_tokens[index],
+                   preemptions=preemptions, switch_ns=switch_ns,
+                   rounds=int((arrays.offsets[index + 1] - arrays.offsets[index]).sum()),
+                   decisions=decisions, estimates=estimates)
+
+
+class RequestColumns(NamedTuple):
+    """Per-request columns of a replay, in workload order, as Python lists.
+
+    Scalar indexing and bisect on lists are much faster than on numpy arrays.
+    """
+
+    arrival: list[int]
+    starts: list[int]
+    ends: list[int]
+    prompt_tokens: list[int]
+    service_s: list[float]
+
+    @classmethod
+    def of(cls, arrays: TraceArrays, workload: Workload, policy: Policy[Any],
+           ) -> RequestColumns:
+        """The columns of ``workload``; checks that ``policy`` gets the predictions it needs."""
+        if policy.needs_prediction and workload.predictions is None:
+            raise ValueError(f"policy {policy.name!r} needs length predictions; build the "
+                             "workload with predictions (a trace column, a predictor, or the "
+                             "noisy-oracle what-if)")
+        index = workload.index
+        return cls(workload.arrival_ns.tolist(), arrays.offsets[index].tolist(),
+                   arrays.offsets[index + 1].tolist(), arrays.prompt_tokens[index].tolist(),
+                   (arrays.service_ns[index] / NS_PER_S).tolist())
+
 
 def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
              switch: SwitchCost | None = None, max_chunk: int | None = None) -> SimResult:
@@ -271,19 +311,9 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
         Completion time of each arriving request, in workload order, and counters.
     """
     switch = switch or SwitchCost()
-    if policy.needs_prediction and workload.predictions is None:
-        raise ValueError(f"policy {policy.name!r} needs length predictions; build the workload "
-                         "with predictions (a trace column, a predictor, or the noisy-oracle "
-                         "what-if)")
+    arrival, starts, ends, prompt_tokens, service_s = RequestColumns.of(arrays, workload, policy)
     n_jobs = len(workload)
-    index = workload.index
-    # Python lists: scalar indexing and bisect on them are much faster than on numpy arrays.
-    arrival = workload.arrival_ns.tolist()
-    starts = arrays.offsets[index].tolist()
-    ends = arrays.offsets[index + 1].tolist()
     pos = list(starts)
-    prompt_tokens = arrays.prompt_tokens[index].tolist()
-    service_s = (arrays.service_ns[index] / NS_PER_S).tolist()
     prefix = arrays.prefix
     c_ns, c_emitted = prefix.lists["ns"], prefix.lists["emitted"]
     completion = [0] * n_jobs
@@ -360,16 +390,5 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
         else:
             last = rid
 
-    return SimResult(
-        policy=policy.name,
-        workload=workload.name,
-        arrival_ns=workload.arrival_ns.copy(),
-        completion_ns=np.array(completion, dtype=np.int64),
-        service_ns=arrays.service_ns[index],
-        output_tokens=arrays.output_tokens[index],
-        preemptions=preemptions,
-        switch_ns=switch_ns,
-        rounds=int((arrays.offsets[index + 1] - arrays.offsets[index]).sum()),
-        decisions=decisions,
-        estimates=estimates,
-    )
+    return SimResult.of(arrays, workload, policy, completion, preemptions=preemptions,
+                        switch_ns=switch_ns, decisions=decisions, estimates=estimates)
