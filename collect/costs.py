@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lapsd.errors import LapsdError
+from lapsd.io import read_json
 
 #: Cost tables this lapsd reads.
 TABLE_KIND, TABLE_VERSION = "lapsd-cost-table", 2
@@ -49,13 +49,8 @@ def read_cost_table(path: Path | str) -> dict[str, Any]:
         When the file is missing, not JSON, not a cost table, or of another version.
     """
     p = Path(path)
-    try:
-        table = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise LapsdError(f"cost table {p} not found (write one with `lapsd collect-profile`)"
-                         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LapsdError(f"cost table {p} is not JSON ({exc})") from None
+    table = read_json(p, missing=f"cost table {p} not found (write one with `lapsd "
+                                 "collect-profile`)", what="cost table ")
     if not isinstance(table, dict) or table.get("kind") != TABLE_KIND:
         raise LapsdError(f"{p} is not a cost table (no kind={TABLE_KIND!r}); write one with "
                          "`lapsd collect-profile`")

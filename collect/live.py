@@ -74,7 +74,6 @@ finished and marks the run interrupted)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 import warnings
@@ -87,7 +86,7 @@ import numpy as np
 import polars as pl
 
 from lapsd.errors import LapsdError, require_extra
-from lapsd.io import atomic_dir, sha256_file, write_json
+from lapsd.io import atomic_dir, read_json, sha256_file, write_json
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies import create
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo, TraceScale
@@ -193,13 +192,8 @@ def read_live(path: Path | str) -> LiveRun:
     """
     base = Path(path)
     info_path = base / INFO_FILE
-    try:
-        info = json.loads(info_path.read_text())
-    except FileNotFoundError:
-        raise LapsdError(f"{base} is not a live run folder (no {INFO_FILE}; write one with "
-                         "`lapsd live`)") from None
-    except json.JSONDecodeError as exc:
-        raise LapsdError(f"{info_path} is not JSON ({exc})") from None
+    info = read_json(info_path, missing=f"{base} is not a live run folder (no {INFO_FILE}; "
+                                        "write one with `lapsd live`)")
     if info.get("kind") != KIND or info.get("version") != VERSION:
         raise LapsdError(f"{info_path}: not a version-{VERSION} {KIND} file")
     return LiveRun(base, info, read_trace(base / TRACE_DIR),
@@ -642,10 +636,8 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
 def read_info(path: Path) -> dict[str, Any]:
     """``live.json`` of a live run folder (for ``--capacity-from``)."""
     p = Path(path) / INFO_FILE
-    try:
-        info = json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
-        raise LapsdError(f"--capacity-from {path}: no readable {INFO_FILE} ({exc})") from None
+    info = read_json(p, missing=f"--capacity-from {path}: no {INFO_FILE} there (not a live run "
+                                f"folder)", what=f"--capacity-from {path}: ")
     if info.get("kind") != KIND:
         raise LapsdError(f"--capacity-from {path}: {p} is not a live run's {INFO_FILE}")
     return info

@@ -37,7 +37,6 @@ vLLM ``level``, SGLang ``levels - 1 - level``, TensorRT-LLM ``(levels - 1 - leve
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import warnings
@@ -51,7 +50,7 @@ import numpy as np
 
 from lapsd import __version__
 from lapsd.errors import LapsdError, require_extra
-from lapsd.io import atomic_write_text, dumps, sha256_file
+from lapsd.io import atomic_write_text, dumps, read_json, sha256_file
 from lapsd.replay.config import LapsdConfig, PolicySection, load_config
 from lapsd.replay.engine import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
@@ -374,13 +373,8 @@ class PriorityMapper:
         """
         p = Path(path)
         p = p / MAP_FILE if p.is_dir() else p
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise LapsdError(f"{p}: no such priority map (write one with `lapsd "
-                             "export-priorities`)") from None
-        except json.JSONDecodeError as exc:
-            raise LapsdError(f"{p} is not JSON ({exc})") from None
+        data = read_json(p, missing=f"{p}: no such priority map (write one with `lapsd "
+                                    "export-priorities`)")
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise LapsdError(f"{p} is not a version-{FORMAT_VERSION} {FORMAT} file; re-export "
                              "it with `lapsd export-priorities`")

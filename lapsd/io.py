@@ -101,6 +101,24 @@ def write_json(target: Path | str, payload: Any) -> None:
         atomic_write_text(target, dumps(payload))
 
 
+def read_json(path: Path | str, *, missing: str, what: str = "") -> Any:
+    """The JSON document in ``path``.
+
+    Raises
+    ------
+    LapsdError
+        ``missing`` when the file does not exist; ``"{what}{path} is not JSON (...)"`` when it
+        does not hold a JSON document.
+    """
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise LapsdError(missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LapsdError(f"{what}{p} is not JSON ({exc})") from None
+
+
 def read_jsonl(path: Path | str, *, what: str = "record",
                on_error: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, Any]]:
     """``(line number, value)`` for each non-blank line of a JSON Lines file.
