@@ -294,6 +294,23 @@ def make(name: str, **params) -> SpecPolicy:
             "gittins": Gittins, "static-priority": StaticPriority}[name](**params)
 
 
+def _columns(arrays: TraceArrays, workload: Workload) -> tuple[list[int], list[int], list[int]]:
+    """Arrival time, first round and end round of each request, in workload order."""
+    return (workload.arrival_ns.tolist(), arrays.offsets[workload.index].tolist(),
+            arrays.offsets[workload.index + 1].tolist())
+
+
+def _admit(arrays: TraceArrays, workload: Workload, jobs: dict[int, Job], nxt: int,
+           now: int) -> int:
+    """Admit every request that has arrived by ``now``; returns the next one to arrive."""
+    while nxt < len(workload) and workload.arrival_ns[nxt] <= now:
+        idx = int(workload.index[nxt])
+        pred = None if workload.predictions is None else workload.predictions[nxt]
+        jobs[nxt] = Job(nxt, int(arrays.prompt_tokens[idx]), pred, int(arrays.service_ns[idx]))
+        nxt += 1
+    return nxt
+
+
 def spec_simulate_batched(arrays: TraceArrays, workload: Workload, policy: SpecPolicy,
                           batch: int, factor: Callable[[int], float],
                           switch: SwitchCost | None = None) -> np.ndarray:
@@ -308,19 +325,12 @@ def spec_simulate_batched(arrays: TraceArrays, workload: Workload, policy: SpecP
     switch = switch or SwitchCost()
     per_round = {k: np.diff(v).tolist() for k, v in arrays.cum.items()}
     n = len(workload)
-    arrival = workload.arrival_ns.tolist()
-    starts = arrays.offsets[workload.index].tolist()
-    ends = arrays.offsets[workload.index + 1].tolist()
+    arrival, starts, ends = _columns(arrays, workload)
     jobs: dict[int, Job] = {}
     done = [-1] * n
     now, nxt, last, finished = 0, 0, [], 0
     while finished < n:
-        while nxt < n and arrival[nxt] <= now:
-            idx = int(workload.index[nxt])
-            pred = None if workload.predictions is None else workload.predictions[nxt]
-            jobs[nxt] = Job(nxt, int(arrays.prompt_tokens[idx]), pred,
-                            int(arrays.service_ns[idx]))
-            nxt += 1
+        nxt = _admit(arrays, workload, jobs, nxt, now)
         if not jobs:
             now = arrival[nxt]
             continue
@@ -364,19 +374,12 @@ def spec_simulate(arrays: TraceArrays, workload: Workload, policy: SpecPolicy,
     switch = switch or SwitchCost()
     per_round = {k: np.diff(v).tolist() for k, v in arrays.cum.items()}
     n = len(workload)
-    arrival = workload.arrival_ns.tolist()
-    starts = arrays.offsets[workload.index].tolist()
-    ends = arrays.offsets[workload.index + 1].tolist()
+    arrival, starts, ends = _columns(arrays, workload)
     jobs: dict[int, Job] = {}
     done = [-1] * n
     now, nxt, running, finished = 0, 0, None, 0
     while finished < n:
-        while nxt < n and arrival[nxt] <= now:
-            idx = int(workload.index[nxt])
-            pred = None if workload.predictions is None else workload.predictions[nxt]
-            jobs[nxt] = Job(nxt, int(arrays.prompt_tokens[idx]), pred,
-                            int(arrays.service_ns[idx]))
-            nxt += 1
+        nxt = _admit(arrays, workload, jobs, nxt, now)
         if not jobs:
             now = arrival[nxt]
             continue
