@@ -26,7 +26,7 @@ lapsd() { python3 -P -m lapsd "$@"; }
 matrix() {  # DRAFT NAME TUNE LOADS RUNS DEADLINE [bench_live options]
   local runs=${5/config/config=$L/$3/lapsd-config.json}
   python3 -P bench/bench_live.py --target $M --draft $1 --prompts $P --max-new-tokens $NEW \
-    --n 200 --loads $4 --runs $runs --predictor $L/predictor.skops \
+    --n ${NREQ:-200} --loads $4 --runs $runs --predictor $L/predictor.skops \
     --oracle-trace $W/oracle-$2 --out $W/live-$2 --deadline-s $(( $6 - $(elapsed) )) "${@:7}"
 }
 pack() { tar -C $W -czf "$OUT/$1.tar.gz" "${@:2}" && ls -la "$OUT"; }
@@ -108,6 +108,13 @@ PY
   python3 -P bench/bench_collect.py --target $M --prompts $P --drafts ngram:4,layers:28 --n 10 \
     --max-new-tokens $NEW --k 4 2>&1 | grep -v -E "it/s|^\s*$" | tee $W/bench_collect.txt
   pack extras profile-ngram4.json profile-layers28.json bench_collect.txt
+  ;;
+3b)  # ngram:4 load 0.5 runs that stage 3's deadline skipped, at stage 3's capacity
+  python3 -P bench/bench_live.py --target $M --draft ngram:4 --prompts $P --max-new-tokens $NEW \
+    --n 200 --loads 0.5 --runs ${RUNS:-fcfs,srpt-oracle} --predictor $L/predictor.skops \
+    --oracle-trace $W/oracle-ngram4 --out $W/live-ngram4b --deadline-s ${DEADLINE:-250} \
+    --capacity-from $W/live-ngram4/config-load0.9
+  pack ngram4b live-ngram4b
   ;;
 5)
   matrix layers:28 layers28 tune-layers-28 0.5 ${RUNS:-config,fcfs} ${DEADLINE:-560} \
