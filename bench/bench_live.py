@@ -15,6 +15,9 @@ Usage::
         --predictor model.skops --oracle-trace oracle/ --out runs/live-ngram4
 
 then ``lapsd validate runs/live-ngram4/*-load0.9`` (and the same for each load).
+
+``--batch-size B`` serves every run at batch size ``B`` (``lapsd live --batch-size``); loads stay
+relative to the batch-1 capacity, so a batched server needs loads above 1 to be busy.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def main() -> None:
     ap.add_argument("--oracle-trace", type=Path, help="a collection of the prompts (srpt-oracle)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--warmup", type=int, default=8, help="requests of the capacity warm-up")
+    ap.add_argument("--batch-size", type=int, default=1, help="requests per step (default 1)")
     ap.add_argument("--capacity-from", type=Path,
                     help="a live run whose measured capacity to reuse (default: the first run's)")
     ap.add_argument("--deadline-s", type=float, default=float("inf"),
@@ -82,7 +86,7 @@ def main() -> None:
                 predictor=args.predictor if length_aware else None,
                 oracle_trace=args.oracle_trace if policy == "srpt-oracle" else None,
                 k=args.k, max_new_tokens=args.max_new_tokens, device=device, dtype=dtype,
-                warmup=args.warmup, capacity_from=first, force=True)
+                warmup=args.warmup, capacity_from=first, force=True, batch_size=args.batch_size)
             t0 = time.monotonic()
             info = serve(cfg, loaded=loaded, log=lambda _: None)
             first = first or cfg.out
@@ -90,7 +94,8 @@ def main() -> None:
             row = {"run": name, "wall_s": round(time.monotonic() - t0, 1),
                    "mean_latency_s": lat["mean_s"], "p90_latency_s": lat["p90_s"],
                    "scheduler_overhead": info["scheduler"]["overhead_ratio"],
-                   "preemptions": info["run"]["preemptions"]}
+                   "preemptions": info["run"]["preemptions"], "steps": info["run"]["steps"],
+                   "rounds": info["run"]["rounds"]}
             done.append(row)
             print(json.dumps(row), flush=True)
     (args.out / "matrix.json").write_text(json.dumps(done, indent=1))

@@ -121,5 +121,32 @@ PY
     --capacity-from $W/live-layers28/config-load0.9
   pack layers28-05 live-layers28
   ;;
+b)  # batch sizes above one (bench/results/live_batch_h200.txt), after 1 and 2; carries as 3
+  [ -f ~/m/a ] && cat ~/m/a $R/.carry/smollm2-b/part > $M && rm ~/m/a
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
+  tree
+  for n in ngram4 layers28; do cp -r $L/oracle-$n $W/; done
+  for d in ngram:4 layers:28; do
+    lapsd collect-profile --target $M --draft $d --contexts 128,512 --capacity 2048 \
+      --batches 1,2,4,8,16,32,64 --out $W/profile-${d/:/}-batch.json 2>&1 \
+      | grep -v -E "it/s|^\s*$" | tail -2
+    echo "profile $d done at $(elapsed) s"
+  done
+  pack profiles profile-ngram4-batch.json profile-layers28-batch.json
+  for B in 4 8; do
+    NREQ=${NREQ:-200} matrix ngram:4 ngram4 tune-ngram4 $(( B / 2 )).5 \
+      config,lp-srpt,fcfs,srpt-oracle ${DEADLINE:-560} --batch-size $B
+    mv $W/live-ngram4 $W/live-ngram4-b$B
+  done
+  pack ngram4-batch live-ngram4-b4 live-ngram4-b8
+  ;;
+b2)  # layers:28 at batch sizes 4 and 8
+  for B in 4 8; do
+    NREQ=${NREQ:-100} matrix layers:28 layers28 tune-layers-28 $(( B / 2 )).5 \
+      config,lp-srpt,fcfs,srpt-oracle ${DEADLINE:-560} --batch-size $B
+    mv $W/live-layers28 $W/live-layers28-b$B
+  done
+  pack layers28-batch live-layers28-b4 live-layers28-b8
+  ;;
 esac
 echo "stage $stage took $(elapsed) s"

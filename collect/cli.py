@@ -63,10 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "collect-profile", help="measure the engine's round cost and switch costs",
-        description="Time the engine's rounds (the path collect and live run, batch size 1) "
-                    "for each draft count 0..k and context length, and switching a request's "
-                    "KV cache (to host memory and back; between device-resident requests); "
-                    "write a cost table (JSON) with the switch-cost fits c0 + c1 * context.",
+        description="Time the engine's rounds (the path collect and live run) for each draft "
+                    "count 0..k and context length, and switching a request's KV cache (to "
+                    "host memory and back; between device-resident requests); with --batches, "
+                    "steps of several requests; write a cost table (JSON) with the "
+                    "switch-cost fits c0 + c1 * context.",
     )
     _model_options(p)
     p.add_argument("--contexts", default="128,512,1024,2048")
@@ -74,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="static path: working-cache positions (default: the largest context; "
                         "a collection has its longest request's prompt + max-new-tokens + k)")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--batches", default="1", metavar="B,B,...",
+                   help="static path: also time steps of these batch sizes, k drafts each "
+                        "(the table replays at --batch-size read; default 1: none)")
     p.add_argument("--out", type=Path, required=True, help="cost table file (.json)")
     p.set_defaults(func=cmd_profile)
 
@@ -115,6 +119,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-budget-tokens", type=int,
                    help="most context tokens of KV cache kept on the device (default: no "
                         "limit); beyond it caches are swapped to host memory")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="requests per step: the scheduler names up to B and the engine runs "
+                        "one round of each in one pass (default 1; above 1: greedy, static "
+                        "path, no --kv-budget-tokens)")
     p.add_argument("--warmup", type=int, default=8,
                    help="requests of the capacity warm-up (default 8; after one unmeasured)")
     p.add_argument("--capacity-from", type=Path, metavar="LIVE_DIR",
@@ -137,6 +145,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                             "default: fitted to the run's own switches)")
     p.add_argument("--c1", type=float, help="switch cost, seconds per context token")
     p.add_argument("--cost-table", type=Path, help="a cost table from collect-profile")
+    p.add_argument("--rounds-from", type=Path, metavar="TRACE_DIR",
+                   help="replay this trace's rounds of the runs' prompts (e.g. a batch-1 "
+                        "collection) instead of the runs' own: a prediction, not a re-run")
+    p.add_argument("--batch-cost", type=Path, metavar="TABLE",
+                   help="batched runs: slow steps down as this collect-profile --batches "
+                        "table says (default: steps last their members' recorded rounds)")
     add_json(p, "the comparison")
     p.set_defaults(func=cmd_validate)
 
@@ -163,13 +177,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     require_extra("collect", "torch", "transformers")
     from lapsd.collect.profile import profile
 
-    try:
-        contexts = [int(x) for x in args.contexts.split(",")]
-    except ValueError:
-        raise LapsdError(f"--contexts {args.contexts!r}: expected integers like 128,512"
-                         ) from None
-    table = profile(args.target, args.draft, k=args.k, contexts=contexts, repeats=args.repeats,
-                    device=args.device, dtype=args.dtype, out=args.out, capacity=args.capacity)
+    def ints(option: str, text: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",")]
+        except ValueError:
+            raise LapsdError(f"{option} {text!r}: expected integers like 1,2,4") from None
+
+    table = profile(args.target, args.draft, k=args.k, contexts=ints("--contexts", args.contexts),
+                    repeats=args.repeats, device=args.device, dtype=args.dtype, out=args.out,
+                    capacity=args.capacity, batches=tuple(ints("--batches", args.batches)))
     out.print(json.dumps({"switch_fit": table["switch_fit"],
                           "resident_fit": table["resident_fit"]}))
     console.print(f"cost table written to {args.out}")
@@ -207,7 +223,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         config=args.config, predictor=args.predictor, predictions=args.predictions,
         oracle_trace=args.oracle_trace, k=args.k, max_new_tokens=args.max_new_tokens,
         device=args.device, dtype=args.dtype, temperature=args.temperature, chat=args.chat,
-        seed=args.seed, kv_budget_tokens=args.kv_budget_tokens, warmup=args.warmup,
+        seed=args.seed, kv_budget_tokens=args.kv_budget_tokens, batch_size=args.batch_size,
+        warmup=args.warmup,
         capacity_from=args.capacity_from, time_scale=args.time_scale, force=args.force,
     )
     bar = progress()
@@ -231,8 +248,10 @@ def cmd_live(args: argparse.Namespace) -> int:
 def _show_live(info: dict[str, Any], path: Path) -> None:
     run, lat, sched = info["run"], info["latency"], info["scheduler"]
     sw = info["switches"]
+    batch = f" in {run['steps']} steps of up to {info['batch_size']}" if info.get(
+        "batch_size", 1) > 1 else ""
     out.print(f"live run {path}: {run['finished']}/{run['requests']} requests, {run['rounds']} "
-              f"rounds in {run['wall_s']:.2f} s (idle {run['idle_s']:.2f} s); latency mean "
+              f"rounds{batch} in {run['wall_s']:.2f} s (idle {run['idle_s']:.2f} s); latency mean "
               f"{lat['mean_s']:.4g} s, p90 {lat['p90_s']:.4g} s; {run['preemptions']} "
               f"preemptions, {run['swaps']} swaps to host; switches {sw['count']} "
               f"({run['switches_s']:.4g} s); scheduler {100 * (sched['overhead_ratio'] or 0):.2f}"
@@ -252,7 +271,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         model = SwitchModel("table", table=args.cost_table)
     else:
         model = SwitchModel()
-    result = validate(args.runs, model)
+    from lapsd.replay.batch import BatchCost
+
+    cost = None if args.batch_cost is None else BatchCost.from_profile(args.batch_cost)
+    result = validate(args.runs, model, rounds_from=args.rounds_from, cost=cost)
     emit(args.json, result, lambda: _show_validation(result))
     return 0
 
@@ -282,6 +304,9 @@ def _show_validation(result: dict[str, Any]) -> None:
         bins = ", ".join(f"{b['tokens_from']}-{b['tokens_to']}: {_pct(b['mean_error'])}"
                          for b in c["per_request"]["by_context"])
         agree = c["order_agreement"]
+        if c["rounds"] != "the run's own" or c["batch_size"] > 1:
+            out.print(f"{Path(c['run']).name}: batch size {c['batch_size']}, rounds from "
+                      f"{c['rounds']}, batch cost {c['batch_cost']}")
         out.print(f"{Path(c['run']).name}: switch model c0={m['c0']:.3g} s, c1={m['c1']:.3g} "
                   f"s/token ({m['how']}); live switch time {sw['live_s']:.4g} s "
                   f"({sw['live_at_preemptions_s']:.4g} s at preemptions, "

@@ -29,6 +29,11 @@ keeps its own KV cache while others run, and can move it to host memory and back
   StaticRunner`); the session that runs is copied into it, and the one it replaces is first
   copied out into a device tensor of its own (*parked*), or straight to host memory when
   offloaded.
+
+Batches (static path): :meth:`SpeculativeEngine.step_batch` runs one round of each of several
+sessions in one drafting and one verification pass, each session in a row of the working cache
+(:meth:`SpeculativeEngine.place`). Each session drafts, accepts and appends exactly as it would
+alone, so its greedy tokens and rounds are those of its batch-1 run.
 """
 
 from __future__ import annotations
@@ -300,6 +305,8 @@ class SpeculativeEngine:
         self.static_split = split if (static and temperature <= 0 and supports(target)
                                       and (draft is None or split > 0)) else None
         self.runner: StaticRunner | None = None
+        self.rows = 1
+        self.sizes: tuple[int, ...] | None = None
 
     def start(self, prompt: list[int], max_new_tokens: int, *, record: bool = True,
               seed: int = 0) -> Session:
@@ -315,22 +322,95 @@ class SpeculativeEngine:
         return DynamicSession(self, prompt, max_new_tokens, record, seed)
 
     @torch.inference_mode()
-    def reserve(self, positions: int) -> int | None:
-        """Size the static path's working cache for ``positions``; returns its capacity.
+    def reserve(self, positions: int, batch: int = 1, sizes: tuple[int, ...] | None = None
+                ) -> int | None:
+        """Size the static path's working cache: ``positions`` per row, ``batch`` rows.
 
-        The steps are captured for that size now, not while requests wait. ``None`` on the
-        DynamicCache path, whose caches grow as they go.
+        Returns the positions per row. The steps (for the batch ``sizes``, default every one up
+        to ``batch``) are captured now, not while requests wait; other rows or sizes build a new
+        working cache (call it before any session starts). ``None`` on the DynamicCache path,
+        whose caches grow as they go (and which runs batch size one only).
         """
+        if self.static_split is not None and (self.rows, self.sizes) != (batch, sizes):
+            self.rows, self.sizes, self.runner = batch, sizes, None
         runner = self._static_runner()
         if runner is None:
+            if batch > 1:
+                raise ValueError("batch sizes above one need the static path (greedy decoding, "
+                                 "a Llama target, a layers:N or ngram:N draft)")
             return None
         runner.ensure(positions)
         return runner.capacity
 
     def _static_runner(self) -> StaticRunner | None:
         if self.static_split is not None and self.runner is None:
-            self.runner = StaticRunner(self.target, self.static_split, self.k)
+            self.runner = StaticRunner(self.target, self.static_split, self.k, rows=self.rows,
+                                       sizes=self.sizes)
         return self.runner
+
+    @torch.inference_mode()
+    def place(self, sessions: list[StaticSession]) -> bool:
+        """Put the sessions' caches in the working cache's first ``len(sessions)`` rows.
+
+        A session already in one of those rows stays; the others take the remaining rows,
+        whose holders are parked. Returns whether a cache came back from host memory.
+        """
+        b = len(sessions)
+        if self.runner is None or b > self.runner.rows:
+            raise ValueError(f"{b} sessions do not fit the working cache "
+                             f"({0 if self.runner is None else self.runner.rows} rows; "
+                             "reserve(positions, batch) first)")
+        staying = {id(s) for s in sessions if s.row is not None and s.row < b}
+        free = [r for r in range(b) if id(self.runner.owners[r]) not in staying]
+        swapped = False
+        for s in sessions:
+            if id(s) not in staying:
+                swapped |= s.activate(free.pop(0))
+        return swapped
+
+    @torch.inference_mode()
+    def step_batch(self, sessions: list[StaticSession]) -> list[RoundRecord]:
+        """One round of each session, in one drafting and one verification pass (static path).
+
+        The sessions are placed in rows (:meth:`place`; time that call apart to time the
+        switch) and prefilled where not yet; every record shares the step's marks.
+        """
+        if any(s.done for s in sessions):
+            raise RuntimeError("a request in the batch has finished")
+        by_row, results, marks = self._batch_round(sessions, None)
+        records = {id(s): s.complete(len(s.tokens), *res, marks)
+                   for s, res in zip(by_row, results, strict=True)}
+        return [records[id(s)] for s in sessions]
+
+    @torch.inference_mode()
+    def probe_batch(self, sessions: list[StaticSession], d: int) -> RoundRecord:
+        """Time one batched round with exactly ``d`` drafts in every row, then undo it.
+
+        For profiling, as :meth:`Session.probe`: nothing is appended; the record's
+        ``context_tokens`` is the batch's total.
+        """
+        _, _, marks = self._batch_round(sessions, d)
+        return RoundRecord(d, 0, 0, sum(len(s.tokens) for s in sessions),
+                           (*marks, sessions[0].clock.mark()))
+
+    def _batch_round(self, sessions: list[StaticSession], exact: int | None
+                     ) -> tuple[list[StaticSession], list[tuple[int, int, list[int]]],
+                                tuple[Any, Any, Any]]:
+        """Place, prefill and run one round of ``sessions``.
+
+        Each drafts up to its own budget, or exactly ``exact``. Returns the sessions by row,
+        their results and the marks.
+        """
+        self.place(sessions)
+        for s in sessions:
+            s.prefill()
+        by_row = sorted(sessions, key=lambda s: s.row if s.row is not None else -1)
+        clock = by_row[0].clock
+        m0 = clock.mark()
+        plans = [(s.tokens, len(s.tokens), s.draft_budget() if exact is None else exact,
+                  exact is not None) for s in by_row]
+        results, m1, m2 = _static_round(by_row[0].runner, self.ngram, clock, plans)
+        return by_row, results, (m0, m1, m2)
 
     def generate(self, prompt: list[int], max_new_tokens: int, *, record: bool = True,
                  seed: int = 0) -> Generation:
@@ -448,7 +528,7 @@ class Session(ABC):
         """Fill the cache with the prompt (once; :meth:`step` does it when needed)."""
         if self.prefilled:
             return
-        self.activate()
+        self.activate(None)
         p0 = self.clock.mark()
         self._prefill()
         self._prefill_marks = (p0, self.clock.mark())
@@ -464,21 +544,36 @@ class Session(ABC):
             raise RuntimeError("the request has finished")
         self.prefill()
         self.activate()
-        clock, engine = self.clock, self.engine
-        remaining = self.max_new_tokens - self.produced
         n = len(self.tokens)
-        m0 = clock.mark()
-        d, accepted, proposed, m1, m2 = self._step(n, min(engine.k, remaining - 1))
-        new, finish = engine._clip(proposed, remaining)  # noqa: SLF001 (the engine's helper)
+        m0 = self.clock.mark()
+        d, accepted, proposed, m1, m2 = self._step(n, self.draft_budget())
+        return self.complete(n, d, accepted, proposed, (m0, m1, m2))
+
+    def draft_budget(self) -> int:
+        """Most tokens the next round may draft: ``k``, fewer near the token budget."""
+        return min(self.engine.k, self.max_new_tokens - self.produced - 1)
+
+    def complete(self, n: int, d: int, accepted: int, proposed: list[int],
+                 marks: tuple[Any, Any, Any]) -> RoundRecord:
+        """Append a verified round's tokens (clipped at the budget and EOS) and record it.
+
+        ``marks``: the clock's marks at the round's start, draft end and verify end.
+        """
+        new, finish = self.engine._clip(proposed, self.max_new_tokens - self.produced)  # noqa: SLF001
         self.tokens.extend(new)
         self._commit(n, new, accepted, d)
-        m3 = clock.mark()
-        record = RoundRecord(d, accepted, len(new), n, (m0, m1, m2, m3))
+        record = RoundRecord(d, accepted, len(new), n, (*marks, self.clock.mark()))
         self.rounds.append(record)
         if finish == "stop" or self.produced >= self.max_new_tokens:
             self.finish_reason = finish
             self._release()
         return record
+
+    def cancel(self) -> None:
+        """Drop the request where it stands and free its cache (nothing more runs)."""
+        if not self.done:
+            self.finish_reason = "cancelled"
+            self._release()
 
     @torch.inference_mode()
     def probe(self, d: int) -> RoundRecord:
@@ -505,12 +600,14 @@ class Session(ABC):
 
     # ------------------------------------------------------------------------- residency
     @torch.inference_mode()
-    def activate(self) -> bool:
+    def activate(self, row: int | None = 0) -> bool:
         """Make this session's cache the one the next round uses; ``True`` if it came from host.
 
-        Copies are queued on the device's stream; sync the clock to time them.
+        ``row``: the static path's working-cache row (``None``: the one it is in, else the
+        first); batch size one runs row 0. Copies are queued on the device's stream; sync the
+        clock to time them.
         """
-        swapped = self._activate()
+        swapped = self._activate(row)
         self.offloaded = False
         return swapped
 
@@ -544,7 +641,7 @@ class Session(ABC):
         """Forget a :meth:`probe` round at context ``n``."""
 
     @abstractmethod
-    def _activate(self) -> bool:
+    def _activate(self, row: int | None) -> bool:
         """See :meth:`activate`."""
 
     @abstractmethod
@@ -624,7 +721,7 @@ class DynamicSession(Session):
             caches.append(self.drafter.cache)
         return [layer for c in caches for layer in cache_layers(c)]
 
-    def _activate(self) -> bool:
+    def _activate(self, row: int | None) -> bool:  # noqa: ARG002 (one cache per session)
         if not self.offloaded:
             return False
         device = self.engine.device
@@ -659,27 +756,19 @@ class StaticSession(Session):
                  max_new_tokens: int, record: bool) -> None:
         super().__init__(engine, prompt, max_new_tokens, record)
         self.runner = runner
+        #: The working-cache row that holds the cache (``None``: none).
+        self.row: int | None = None
         #: The cache while not in the working cache: parked on the device, or in host memory.
         self.store: torch.Tensor | None = None
 
     def _prefill(self) -> None:
-        self.runner.prefill(self.prompt[:-1])
+        assert self.row is not None  # prefill() activates first
+        self.runner.prefill(self.prompt[:-1], self.row)
 
     def _step(self, n: int, d: int, exact: bool = False) -> StepResult:
-        runner, ngram, tokens = self.runner, self.engine.ngram, self.tokens
-        found: list[int] = []
-        if ngram is not None and d:
-            found = _lookup(ngram, tokens, n, d, exact)
-        runner.start_round(n - 1, tokens[-1], found)
-        if ngram is not None:
-            d = len(found)
-        elif d:
-            runner.draft(d)
-        m1 = self.clock.mark()
-        runner.verify(d)
-        m2 = self.clock.mark()
-        drafts, best = runner.result(d)
-        return (d, *greedy_accept(drafts, best), m1, m2)
+        [(d, accepted, proposed)], m1, m2 = _static_round(
+            self.runner, self.engine.ngram, self.clock, [(self.tokens, n, d, exact)])
+        return d, accepted, proposed, m1, m2
 
     @override
     def _commit(self, n: int, new: list[int], accepted: int, drafted: int) -> None:
@@ -691,44 +780,77 @@ class StaticSession(Session):
         # A probe round wrote only the pending token (as the next round will) and masked ones.
         pass
 
-    def _activate(self) -> bool:
+    def _activate(self, row: int | None) -> bool:
         runner = self.runner
         runner.ensure(len(self.prompt) + self.max_new_tokens + self.engine.k)
-        if runner.owner is self:
+        if row is None:
+            row = 0 if self.row is None else self.row
+        if self.row == row:
             return False
-        if isinstance(runner.owner, StaticSession):
-            runner.owner.park()
-        runner.owner = self
+        if self.row is not None:
+            self.park()
+        owner = runner.owners[row]
+        if isinstance(owner, StaticSession):
+            owner.park()
+        runner.owners[row], self.row = self, row
         if self.store is not None:
-            runner.load(self.store)
+            runner.load(self.store, row)
             self.store = None
         return self.offloaded
 
     def park(self) -> None:
-        """Copy the cache out of the working cache into a device tensor of its own."""
-        runner = self.runner
+        """Copy the cache out of its working-cache row into a device tensor of its own."""
+        runner, row = self.runner, self.row
+        assert row is not None
         self.store = torch.empty(runner.cache_shape(self.cached), dtype=runner.dtype,
                                  device=runner.device)
-        runner.save(self.store)
-        runner.owner = None
+        runner.save(self.store, row)
+        runner.owners[row], self.row = None, None
 
     def _offload(self) -> int:
-        runner = self.runner
-        if runner.owner is self:
+        runner, row = self.runner, self.row
+        if row is not None:
             host = torch.empty(runner.cache_shape(self.cached), dtype=runner.dtype,
                                pin_memory=runner.device.type == "cuda")
-            runner.save(host)
-            runner.owner = None
+            runner.save(host, row)
+            runner.owners[row], self.row = None, None
         else:
-            assert self.store is not None  # prefilled, unfinished, not owner: parked
+            assert self.store is not None  # prefilled, unfinished, in no row: parked
             host = to_host(self.store)
         self.store = host
         return host.numel() * host.element_size()
 
     def _release(self) -> None:
-        if self.runner.owner is self:
-            self.runner.owner = None
+        if self.row is not None:
+            self.runner.owners[self.row], self.row = None, None
         self.store = None
+
+
+def _static_round(runner: StaticRunner, ngram: NgramDrafter | None, clock: Clock,
+                  rows: list[tuple[list[int], int, int, bool]]
+                  ) -> tuple[list[tuple[int, int, list[int]]], Any, Any]:
+    """One round of the working cache's first ``len(rows)`` rows, drafted and verified together.
+
+    ``rows[i] = (tokens, n, d, exact)`` for row ``i``: its tokens, context length, most
+    drafts, and (profiling) whether to draft exactly ``d``. Returns each row's ``(drafted,
+    accepted, tokens to append)`` and the draft-end and verify-end marks. The step drafts the
+    longest of the rows' drafts; each row accepts among its own only.
+    """
+    inputs, ds = [], []
+    for tokens, n, d, exact in rows:
+        found = _lookup(ngram, tokens, n, d, exact) if ngram is not None and d > 0 else []
+        inputs.append((n - 1, tokens[n - 1], found))
+        ds.append(len(found) if ngram is not None else max(d, 0))
+    width, b = max(ds), len(rows)
+    runner.start_round(inputs)
+    if ngram is None and width:
+        runner.draft(width, b)
+    m1 = clock.mark()
+    runner.verify(width, b)
+    m2 = clock.mark()
+    out = [(d, *greedy_accept(drafts[:d], best[:d + 1]))
+           for d, (drafts, best) in zip(ds, runner.result(width, b), strict=True)]
+    return out, m1, m2
 
 
 def greedy_accept(drafts: list[int], best: list[int]) -> tuple[int, list[int]]:

@@ -29,6 +29,20 @@ Time (integer nanoseconds of ``perf_counter_ns`` since the run started)
     trace under the same arrivals and policy reproduces the run but for the switches, which it
     models as ``c0 + c1 * context``.
 
+Batch sizes above one (``--batch-size B``)
+    At every step boundary the scheduler ranks the requests in the system and names up to ``B``
+    (:meth:`~lapsd.replay.policies.base.Policy.step`, as the batched replay asks it); the engine
+    runs one round of each in one drafting and one verification pass
+    (:meth:`~lapsd.collect.engine.SpeculativeEngine.step_batch`, static path only, each request
+    in a row of the working cache), and each member's ``observe`` hears its own tokens and the
+    whole step's time: a batched request is served for the whole step (the design page's
+    attained service at ``B > 1``, :mod:`lapsd.replay.batch`). The time partition is per step:
+    *switch* is placing the members' caches in the rows (parking the caches they displace);
+    the step's time is everything else from the previous boundary to its end, and every
+    member's round in the trace lasts the step. Arrivals, capacity and load are as at batch
+    size one (the warm-up runs requests one at a time), so a load is relative to the batch-1
+    server. ``--kv-budget-tokens`` applies to batch size one only.
+
 KV caches
     Every started request keeps its cache on the device while others run (:mod:`lapsd.collect.
     engine`: per-session caches, or on the static path one graph-bound working cache with the
@@ -47,13 +61,19 @@ finished and marks the run interrupted)::
                            ids "00017:PROMPT_ID"; round_s as above, draft_s/verify_s from the
                            engine; manifest: timing "measured_per_round", the collector block,
                            and a "live" block)
-    DIR/schedule.parquet   one row per round, in the order they ran: request_id, round,
+    DIR/schedule.parquet   one row per round, in the order they ran: step, batch (requests in
+                           the step; at batch sizes above one a step's rows are its members,
+                           best-ranked first, and its idle, switch and scheduler times are on
+                           its first row, zero on the others), request_id, round,
                            start_s/end_s (engine round start, boundary; seconds since the run
                            started), round_s, engine_s, scheduler_s (policy calls since the last
                            boundary), switch_s (host clock) and switch_device_s (engine clock)
                            of the switch before the round (0 when the same request continues),
-                           switched (another request ran before), preempted (and it had not
-                           finished), preempted_context, swapped (host copies at this switch),
+                           switched (another request ran before; in a batch: it was not in
+                           the last step), preempted (and it had not finished),
+                           preempted_context (its context; in a batch: the step's preempted
+                           requests, their count in preemptions and contexts summed),
+                           swapped (host copies at this switch),
                            evicted (requests swapped out for room), idle_s (before the
                            round), context_tokens, admitted (requests admitted so far: those
                            the policy knew of when it picked the round)
@@ -126,6 +146,7 @@ class LiveConfig:
     chat: bool = True
     seed: int = 0
     kv_budget_tokens: int | None = None
+    batch_size: int = 1
     warmup: int = 8
     capacity_from: Path | None = None
     time_scale: float = 1.0
@@ -246,6 +267,10 @@ def check(cfg: LiveConfig) -> _Plan:
         (cfg.warmup < 1, f"--warmup must be >= 1, got {cfg.warmup}"),
         (cfg.kv_budget_tokens is not None and cfg.kv_budget_tokens < 1,
          f"--kv-budget-tokens must be >= 1, got {cfg.kv_budget_tokens}"),
+        (cfg.batch_size < 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+        (cfg.batch_size > 1 and cfg.kv_budget_tokens is not None,
+         "--kv-budget-tokens applies to --batch-size 1 only (a batched run keeps every "
+         "started request's cache on the device)"),
         (cfg.out.exists() and not cfg.force, f"{cfg.out} exists; pass --force to replace it"),
     ]
     for bad, message in problems:
@@ -346,11 +371,12 @@ class _Server:
 
     def __init__(self, engine: Any, policy: Policy, requests: list[_Request], *,
                  max_new_tokens: int, seed: int, budget: int | None,
-                 on_finish: Callable[[], None]) -> None:
+                 on_finish: Callable[[], None], batch: int = 1) -> None:
         from lapsd.collect.engine import Clock, timing_clock
 
         self.engine, self.policy, self.requests = engine, policy, requests
         self.max_new_tokens, self.seed, self.budget = max_new_tokens, seed, budget
+        self.batch = batch
         self.on_finish = on_finish
         self.clock: Clock = timing_clock(engine.device)
         self.rows: list[dict[str, Any]] = []
@@ -359,13 +385,33 @@ class _Server:
         self.idle_ns = 0
         self.wall_ns = 0
 
-    def run(self) -> None:
-        """Serve every request (a KeyboardInterrupt stops it; what finished stays recorded)."""
+    def _admit(self, nxt: int, boundary: int) -> int:
+        """Admit the requests that arrived by ``boundary`` (from position ``nxt``); the next."""
+        policy, reqs = self.policy, self.requests
+        while nxt < len(reqs) and reqs[nxt].arrival_ns <= boundary:
+            r = reqs[nxt]
+            if policy.needs_oracle:
+                policy.reveal(nxt, r.oracle_s or 0.0)
+            policy.admit(RequestInfo(nxt, r.arrival_ns / NS_PER_S, len(r.ids), r.prediction))
+            nxt += 1
+        return nxt
+
+    def _start(self, req: _Request) -> None:
+        """Give ``req`` its engine session (when it first runs)."""
         from lapsd.collect.run import request_seed
 
+        if req.session is None:
+            req.session = self.engine.start(req.ids, self.max_new_tokens,
+                                            seed=request_seed(self.seed, req.prompt.request_id))
+            self.active[req.position] = req
+
+    def run(self) -> None:
+        """Serve every request (a KeyboardInterrupt stops it; what finished stays recorded)."""
+        if self.batch > 1:
+            self._run_batched()
+            return
         pc = time.perf_counter_ns
         policy, reqs, n = self.policy, self.requests, len(self.requests)
-        oracle = policy.needs_oracle
         t0 = pc()
         boundary = 0  # the last round's end, or the arrival that ended an idle spell
         nxt = done = 0
@@ -375,13 +421,7 @@ class _Server:
         try:
             while done < n:
                 ts = pc()
-                while nxt < n and reqs[nxt].arrival_ns <= boundary:
-                    r = reqs[nxt]
-                    if oracle:
-                        policy.reveal(nxt, r.oracle_s or 0.0)
-                    policy.admit(RequestInfo(nxt, r.arrival_ns / NS_PER_S, len(r.ids),
-                                             r.prediction))
-                    nxt += 1
+                nxt = self._admit(nxt, boundary)
                 picked = policy.pick()
                 pending_ns += pc() - ts
                 if picked is None:
@@ -392,11 +432,7 @@ class _Server:
                     boundary = arrival
                     continue
                 req = reqs[cast(int, picked)]  # the position it was admitted as
-                if req.session is None:
-                    req.session = self.engine.start(
-                        req.ids, self.max_new_tokens,
-                        seed=request_seed(self.seed, req.prompt.request_id))
-                    self.active[req.position] = req
+                self._start(req)
                 preempted = last is not None and last is not req and not last.session.done
                 if preempted:
                     assert last is not None
@@ -419,6 +455,7 @@ class _Server:
                     req.prefill_s = req.session.prefill_s
                     engine_s += req.prefill_s or 0.0
                 self.rows.append({
+                    "step": len(self.rows), "batch": 1,
                     "request_id": req.rid, "round": len(req.round_ns),
                     "start_s": (start - t0) / NS_PER_S, "end_s": end / NS_PER_S,
                     "round_s": occupied / NS_PER_S, "engine_s": engine_s,
@@ -427,6 +464,7 @@ class _Server:
                     "preempted": preempted,
                     "preempted_context": (len(last.session.tokens) if preempted and last
                                           else None),
+                    "preemptions": int(preempted),
                     "idle_s": idle_ns / NS_PER_S, "context_tokens": record.context_tokens,
                     "admitted": nxt,
                 })
@@ -445,6 +483,96 @@ class _Server:
                     del self.active[req.position]
                     done += 1
                     self.on_finish()
+        finally:
+            self.scheduler_ns += pending_ns
+            self.wall_ns = pc() - t0
+
+    def _run_batched(self) -> None:
+        """The loop at batch sizes above one (module docstring); rows as in :meth:`run`."""
+        pc = time.perf_counter_ns
+        policy, reqs, n, engine = self.policy, self.requests, len(self.requests), self.engine
+        t0 = pc()
+        boundary = nxt = done = steps = 0
+        last: list[_Request] = []
+        pending_ns = idle_ns = 0
+        try:
+            while done < n:
+                ts = pc()
+                nxt = self._admit(nxt, boundary)
+                chosen = [reqs[cast(int, rid)] for rid in policy.step(self.batch)]
+                pending_ns += pc() - ts
+                if not chosen:
+                    arrival = reqs[nxt].arrival_ns
+                    _sleep_until(t0 + arrival)
+                    idle_ns = arrival - boundary
+                    self.idle_ns += idle_ns
+                    boundary = arrival
+                    continue
+                for req in chosen:
+                    self._start(req)
+                members = {r.position for r in chosen}
+                was = {r.position for r in last}
+                preempted = [r for r in last if r.position not in members and not r.session.done]
+                for r in preempted:
+                    r.preemptions += 1
+                switch_ns, swapped, a, b = 0, False, None, None
+                if members != was:  # the same batch again: every cache is in its row
+                    s0, a = pc(), self.clock.mark()
+                    swapped = engine.place([r.session for r in chosen])
+                    b = self.clock.mark()
+                    self.clock.sync()
+                    switch_ns = pc() - s0
+                start = pc()
+                fresh = [not r.round_ns for r in chosen]
+                records = engine.step_batch([r.session for r in chosen])
+                self.clock.sync()
+                end = pc() - t0
+                occupied = end - boundary - switch_ns
+                for i, (req, record) in enumerate(zip(chosen, records, strict=True)):
+                    record.resolve(req.session.clock)
+                    engine_s = record.round_s or 0.0
+                    if fresh[i]:  # its round 0 holds its prefill (run inside this step)
+                        req.first_run_ns = start - t0
+                        req.prefill_s = req.session.prefill_s
+                    engine_s += sum(r.prefill_s or 0.0 for r, f in zip(chosen, fresh,
+                                                                       strict=True) if f)
+                    first = i == 0
+                    self.rows.append({
+                        "step": steps, "batch": len(chosen),
+                        "request_id": req.rid, "round": len(req.round_ns),
+                        "start_s": (start - t0) / NS_PER_S, "end_s": end / NS_PER_S,
+                        "round_s": occupied / NS_PER_S, "engine_s": engine_s,
+                        "scheduler_s": pending_ns / NS_PER_S if first else 0.0,
+                        "switch_s": switch_ns / NS_PER_S if first else 0.0,
+                        "switch_device_s": (self.clock.seconds(a, b) or 0.0
+                                            if first and a is not None else 0.0),
+                        "swapped": swapped and first, "evicted": 0,
+                        "switched": req.position not in was,
+                        "preempted": first and bool(preempted),
+                        "preempted_context": (sum(len(r.session.tokens) for r in preempted)
+                                              if first and preempted else None),
+                        "preemptions": len(preempted) if first else 0,
+                        "idle_s": idle_ns / NS_PER_S if first else 0.0,
+                        "context_tokens": record.context_tokens, "admitted": nxt,
+                    })
+                    req.round_ns.append(occupied)
+                    req.engine_s.append(engine_s)
+                self.scheduler_ns += pending_ns
+                boundary, last, idle_ns, steps = end, chosen, 0, steps + 1
+                ts = pc()
+                for req, record in zip(chosen, records, strict=True):
+                    policy.observe(req.position, record.emitted, record.drafted,
+                                   record.accepted, occupied / NS_PER_S)
+                for req in chosen:
+                    if req.session.done:
+                        policy.finish(req.position)
+                pending_ns = pc() - ts
+                for req in chosen:
+                    if req.session.done:
+                        req.finish_ns = end
+                        del self.active[req.position]
+                        done += 1
+                        self.on_finish()
         finally:
             self.scheduler_ns += pending_ns
             self.wall_ns = pc() - t0
@@ -543,7 +671,10 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
         chat=cfg.chat)
     collector = {**collector, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
-    working = engine.reserve(peak)
+    try:
+        working = engine.reserve(peak, batch=cfg.batch_size)
+    except ValueError as exc:
+        raise LapsdError(f"--batch-size {cfg.batch_size}: {exc}") from None
     log(f"{n} requests ({plan.spec.text}); warming up on {device} ({collector['engine_path']} "
         "path)")
 
@@ -583,7 +714,7 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
             progress(finished, n)
 
     server = _Server(engine, policy, reqs, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                     budget=cfg.kv_budget_tokens, on_finish=on_finish)
+                     budget=cfg.kv_budget_tokens, on_finish=on_finish, batch=cfg.batch_size)
     interrupted = False
     if progress is not None:
         progress(0, n)
@@ -606,6 +737,7 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
         "capacity": capacity,
         "predictions": _prediction_info(cfg),
         "oracle_trace": None if cfg.oracle_trace is None else str(cfg.oracle_trace),
+        "batch_size": cfg.batch_size,
         "kv_budget_tokens": cfg.kv_budget_tokens,
         "kv_budget_counts": "context tokens of the started, unfinished requests whose cache is "
                             "on the device, plus k + 1 for the one about to run",
@@ -621,10 +753,13 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
             response_offsets="exact: decoded text length after each round",
             collector=collector,
             live={"policy": plan.policy, "workload": plan.spec.text, "interrupted": interrupted,
+                  "batch_size": cfg.batch_size,
                   "round_s": "server time of the round: the engine's round (engine_s in "
                              "../schedule.parquet; round 0 includes the prefill) and the "
                              "scheduler's calls and bookkeeping since the previous round "
-                             "boundary; switches and idle time excluded"})
+                             "boundary; switches and idle time excluded"
+                             + ("; at batch sizes above one, of the step the round ran in"
+                                if cfg.batch_size > 1 else "")})
         _write(cfg, info, _trace(reqs, tok, target.name, spec.name, cfg.k, manifest),
                server.rows, _request_rows(reqs, quantiles))
         log(f"live run written to {cfg.out}")
@@ -667,12 +802,13 @@ def _dist(values: Sequence[float]) -> dict[str, float | int | None]:
 def summarize_run(server: _Server, reqs: list[_Request], interrupted: bool) -> dict[str, Any]:
     """The measured part of ``live.json``: run, switches, scheduler, latency."""
     rows = server.rows
-    switches = [r for r in rows if r["switched"] or r["swapped"]]
-    round_total = sum(r["round_s"] for r in rows)
+    steps = {r["step"]: r for r in reversed(rows)}  # each step's first row
+    switches = [r for r in steps.values() if r["switch_s"] > 0 or r["swapped"]]
+    round_total = sum(r["round_s"] for r in steps.values())
     done = [r for r in reqs if r.finish_ns is not None]
     return {
         "run": {"interrupted": interrupted, "requests": len(reqs), "finished": len(done),
-                "rounds": len(rows), "wall_s": server.wall_ns / NS_PER_S,
+                "rounds": len(rows), "steps": len(steps), "wall_s": server.wall_ns / NS_PER_S,
                 "idle_s": server.idle_ns / NS_PER_S, "rounds_s": round_total,
                 "switches_s": sum(r["switch_s"] for r in rows),
                 "preemptions": sum(r.preemptions for r in reqs),
@@ -686,7 +822,7 @@ def summarize_run(server: _Server, reqs: list[_Request], interrupted: bool) -> d
                 "swapped": _dist([r["switch_device_s"] for r in switches if r["swapped"]])},
         },
         "scheduler": {"total_s": server.scheduler_ns / NS_PER_S,
-                      "per_round_mean_s": server.scheduler_ns / NS_PER_S / max(len(rows), 1),
+                      "per_round_mean_s": server.scheduler_ns / NS_PER_S / max(len(steps), 1),
                       "overhead_ratio": (server.scheduler_ns / NS_PER_S / round_total
                                          if round_total else None)},
         "latency": _dist([(r.finish_ns - r.arrival_ns) / NS_PER_S for r in done

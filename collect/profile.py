@@ -1,12 +1,15 @@
 """Profiling mode: the engine's own round cost by draft count and context, and switch costs.
 
 It measures the path ``lapsd collect`` and ``lapsd live`` run (the static cache with CUDA graphs
-where it applies, else the DynamicCache loop), at batch size one: the engine runs one request at
-a time, so larger batches would time a path nothing runs and are not measured. For each context
-length it prefills a random prompt and times rounds with exactly ``d = 0..k`` drafts
-(:meth:`~lapsd.collect.engine.Session.probe`: the round the engine runs, then undone), each the
-median of ``repeats`` after two warm-up rounds, with the engine's clock (CUDA events on a GPU,
-``perf_counter`` elsewhere).
+where it applies, else the DynamicCache loop). For each context length it prefills a random
+prompt and times rounds with exactly ``d = 0..k`` drafts (:meth:`~lapsd.collect.engine.Session.
+probe`: the round the engine runs, then undone), each the median of ``repeats`` after two
+warm-up rounds, with the engine's clock (CUDA events on a GPU, ``perf_counter`` elsewhere).
+
+``batches`` (static path): the same for a step of ``b`` requests of that context, each drafting
+``k`` (:meth:`~lapsd.collect.engine.SpeculativeEngine.probe_batch`, the step ``lapsd live
+--batch-size`` runs), one ``batch`` row per size: the table
+:meth:`lapsd.replay.batch.BatchCost.from_profile` reads for replays at batch sizes above one.
 
 On the static path a round's attention reads the whole working cache, so its cost follows the
 cache's *capacity* more than the context: each row gives both. ``capacity`` defaults to the
@@ -42,7 +45,8 @@ from lapsd.io import write_json
 
 
 def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repeats: int,
-            device: str, dtype: str, out: Path, capacity: int | None = None) -> dict[str, Any]:
+            device: str, dtype: str, out: Path, capacity: int | None = None,
+            batches: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """Measure and write the cost table; returns it."""
     from lapsd.collect.models import load_tokenizer, parse_draft
     from lapsd.collect.run import load_engine, resolve_device, resolve_dtype
@@ -50,13 +54,20 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
 
     if not contexts or min(contexts) < 2 or repeats < 1 or k < 1:
         raise LapsdError("collect-profile: contexts must be >= 2 tokens, --repeats and --k >= 1")
+    if not batches or min(batches) < 1:
+        raise LapsdError(f"collect-profile: --batches must be sizes >= 1, got {batches}")
+    sizes = tuple(sorted({1, *batches}))
     spec = parse_draft(draft)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     engine, target, collector = load_engine(
         target_path, spec, load_tokenizer(target_path), k=k, dtype=dt, device=dev,
         temperature=0.0, max_new_tokens=1, seed=0, chat=False)
-    cap = engine.reserve(max(capacity or 0, max(contexts) + k + 1))
+    try:
+        cap = engine.reserve(max(capacity or 0, max(contexts) + k + 1), batch=sizes[-1],
+                             sizes=sizes)
+    except ValueError as exc:
+        raise LapsdError(f"collect-profile --batches: {exc}") from None
     clock = timing_clock(torch.device(dev))
     vocab = int(target.model.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
@@ -67,7 +78,7 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
         s.prefill()
         return s
 
-    rounds, swaps, resident = [], [], []
+    rounds, swaps, resident, batch = [], [], [], []
     for ctx in contexts:
         s = session(ctx + 1)  # ctx cached positions and the pending token
         for d in range(k + 1):
@@ -81,6 +92,20 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
                            "drafted": records[-1].drafted, **_medians(records[2:])})
         swaps.append(_swap(clock, s, repeats))
         resident.append(_resident(clock, s, session(2), repeats))
+        s.cancel()
+        if sizes != (1,):
+            for b in sizes:
+                group = [session(ctx + 1) for _ in range(b)]
+                records = []
+                for _ in range(repeats + 2):
+                    r = engine.probe_batch(group, k)
+                    clock.sync()
+                    r.resolve(clock)
+                    records.append(r)
+                batch.append({"batch": b, "context": ctx, "capacity": cap, "drafted": k,
+                              **_medians(records[2:])})
+                for g in group:
+                    g.cancel()
     graphs = engine.runner is not None and engine.runner.graphed
     table = {
         "kind": TABLE_KIND, "version": TABLE_VERSION, "target": target.name, "draft": spec.name,
@@ -88,7 +113,7 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
         "engine_path": collector["engine_path"], "graphs": graphs, "capacity": cap,
         "timer": collector["timer"],
         "versions": collector["versions"], "rounds": rounds, "swap": swaps,
-        "resident": resident,
+        "resident": resident, "batch": batch,
         "switch_fit": fit_line([s["context"] for s in swaps],
                                [s["out_s"] + s["in_s"] for s in swaps]),
         "resident_fit": fit_line([r["context"] for r in resident],

@@ -21,6 +21,14 @@ graphs are captured once, over one *working* cache, and a request's cache is cop
 the request runs (:meth:`StaticRunner.load`) and out of it when another one takes its place
 (:meth:`StaticRunner.save`). All layers' keys and values are one tensor, so either copy is one
 strided copy of the request's cached positions, whatever the number of layers.
+
+Batches. The working cache has ``rows`` rows, one request each, and a step runs its first ``b``
+rows together (a graph per ``(b, d)``): every row has its own position, pending token and
+drafts, so each query attends to its own row's slots only. Rows that draft fewer than the
+step's ``d`` tokens (prompt lookup found fewer, or the token budget is near) are padded; what
+the target computes for a row's first ``d_row + 1`` positions depends on that row's slots up to
+them only, so its verdicts are those of the row run alone, and the padding's cache entries lie
+past its kept tokens, masked until overwritten. Batch size one is the first row.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ def supports(model: nn.Module) -> bool:
 
 
 class StaticRunner:
-    """A Llama target on a static KV cache, drafting with its first ``split`` layers.
+    """A Llama target on a static KV cache of ``rows`` rows, drafting with its first layers.
 
     Parameters
     ----------
@@ -56,21 +64,30 @@ class StaticRunner:
     k
         Most tokens drafted per round; one draft and one verify step is built for each count.
     capacity
-        Cache slots (positions) per layer; :meth:`ensure` grows it.
+        Cache slots (positions) per row and layer; :meth:`ensure` grows it.
+    rows
+        Requests a step can run together (the largest batch).
+    sizes
+        The batch sizes to build steps for (default: every one up to ``rows``).
 
     Attributes
     ----------
-    owner
-        The request whose cache the working cache holds (set by the caller; ``None``: none).
+    owners
+        The request whose cache each row holds (set by the caller; ``None``: none).
     """
 
-    def __init__(self, model: Any, split: int, k: int, capacity: int = 512) -> None:
+    def __init__(self, model: Any, split: int, k: int, capacity: int = 512,
+                 rows: int = 1, sizes: tuple[int, ...] | None = None) -> None:
         # transformers' modules: their attributes (config, layers, ...) are not typed by nn.Module.
         self.model: Any = model
         self.base: Any = model.model
         self.layers: list[Any] = list(self.base.layers)
         self.split = split
         self.k = k
+        self.rows = rows
+        self.sizes = sizes or tuple(range(1, rows + 1))
+        if not all(1 <= b <= rows for b in self.sizes):
+            raise ValueError(f"batch sizes {self.sizes} must lie in 1..{rows}")
         self.cfg: Any = model.config
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -80,25 +97,27 @@ class StaticRunner:
         rot = self.base.rotary_emb
         self.inv_freq = rot.inv_freq.to(self.device, torch.float32)
         self.rope_scale = float(rot.attention_scaling)
-        # inp = [position of the pending token, pending token, drafts...]; out = [drafts, best]
-        self.inp = torch.zeros(k + 2, dtype=torch.long, device=self.device)
-        self.out = torch.zeros(2 * k + 1, dtype=torch.long, device=self.device)
-        self.hidden = torch.zeros(k + 1, self.cfg.hidden_size, dtype=self.dtype,
+        # per row: inp = [position of the pending token, pending token, drafts...];
+        # out = [drafts, best]
+        self.inp = torch.zeros((rows, k + 2), dtype=torch.long, device=self.device)
+        self.out = torch.zeros((rows, 2 * k + 1), dtype=torch.long, device=self.device)
+        self.hidden = torch.zeros((rows, k + 1, self.cfg.hidden_size), dtype=self.dtype,
                                   device=self.device)
         self.capacity = 0
-        self.owner: object | None = None
+        self.owners: list[object | None] = [None] * rows
         self._alloc(capacity)
 
     # ------------------------------------------------------------------------ cache and graphs
     def _alloc(self, capacity: int) -> None:
-        # (layer, key/value, kv head, position, head dim): a request's cache is kv[..., :n, :]
-        self.kv = torch.zeros((len(self.layers), 2, self.n_kv, capacity, self.head_dim),
-                              dtype=self.dtype, device=self.device)
+        # (layer, key/value, row, kv head, position, head dim): a request's cache in row r is
+        # kv[:, :, r, :, :n]
+        self.kv = torch.zeros((len(self.layers), 2, self.rows, self.n_kv, capacity,
+                               self.head_dim), dtype=self.dtype, device=self.device)
         self.keys = [self.kv[i, 0] for i in range(len(self.layers))]
         self.values = [self.kv[i, 1] for i in range(len(self.layers))]
         self.slots = torch.arange(capacity, device=self.device)
         self.capacity = capacity
-        self.steps: dict[tuple[str, int], Callable[[], None]] = {}
+        self.steps: dict[tuple[str, int, int], Callable[[], None]] = {}
 
     def ensure(self, positions: int) -> None:
         """Make room for ``positions`` cache slots (rounded up to 512; graphs are rebuilt).
@@ -110,16 +129,17 @@ class StaticRunner:
             old = self.kv
             self._alloc(-(-positions // 512) * 512)
             self._build()
-            self.kv[:, :, :, :old.shape[3]].copy_(old)
+            self.kv[..., :old.shape[4], :].copy_(old)
         if not self.steps:
             self._build()
 
     def _build(self) -> None:
-        plain: dict[tuple[str, int], Callable[[], None]] = {}
-        for d in range(self.k + 1):
-            plain[("verify", d)] = functools.partial(self._verify_step, d)
-            if self.split and d:
-                plain[("draft", d)] = functools.partial(self._draft_step, d)
+        plain: dict[tuple[str, int, int], Callable[[], None]] = {}
+        for b in self.sizes:
+            for d in range(self.k + 1):
+                plain[("verify", b, d)] = functools.partial(self._verify_step, b, d)
+                if self.split and d:
+                    plain[("draft", b, d)] = functools.partial(self._draft_step, b, d)
         if not self.graphed:
             self.steps = plain
             return
@@ -138,33 +158,39 @@ class StaticRunner:
             self.steps[key] = graph.replay
 
     # --------------------------------------------------------------------------------- model
-    def _layers(self, x: torch.Tensor, pos: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Layers ``lo..hi-1`` on hidden states ``x`` (T, H) at positions ``pos`` (T,)."""
-        freqs = pos[:, None].float() * self.inv_freq[None, :]
+    def _layers(self, x: torch.Tensor, pos: torch.Tensor, lo: int, hi: int,
+                rows: slice) -> torch.Tensor:
+        """Layers ``lo..hi-1`` on hidden states ``x`` (b, T, H) at positions ``pos`` (b, T).
+
+        Row ``i`` of ``x`` reads and writes cache row ``rows.start + i``.
+        """
+        b, t = pos.shape
+        freqs = pos[..., None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(x.dtype)[None]
-        sin = (emb.sin() * self.rope_scale).to(x.dtype)[None]
-        mask = self.slots[None, :] <= pos[:, None]  # (T, capacity)
-        t = x.shape[0]
+        cos = (emb.cos() * self.rope_scale).to(x.dtype)[:, None]  # (b, 1, T, hd)
+        sin = (emb.sin() * self.rope_scale).to(x.dtype)[:, None]
+        mask = (self.slots <= pos[..., None])[:, None, None]  # (b, 1, 1, T, capacity)
+        where = pos[:, None, :, None].expand(b, self.n_kv, t, self.head_dim)
         for i in range(lo, hi):
             layer = self.layers[i]
             att = layer.self_attn
+            keys, values = self.keys[i][rows], self.values[i][rows]  # (b, n_kv, capacity, hd)
             h = layer.input_layernorm(x)
-            q = att.q_proj(h).view(t, -1, self.head_dim).transpose(0, 1)
-            k = att.k_proj(h).view(t, -1, self.head_dim).transpose(0, 1)
-            v = att.v_proj(h).view(t, -1, self.head_dim).transpose(0, 1)
+            q = att.q_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
+            k = att.k_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
+            v = att.v_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            self.keys[i].index_copy_(1, pos, k)
-            self.values[i].index_copy_(1, pos, v)
+            keys.scatter_(2, where, k)
+            values.scatter_(2, where, v)
             # grouped-query attention: fold each key/value head's query heads into rows
-            qg = q.reshape(self.n_kv, -1, self.head_dim)  # (n_kv, groups * T, hd)
-            scores = torch.matmul(qg, self.keys[i].transpose(1, 2)) * att.scaling
-            scores = scores.view(self.n_kv, -1, t, self.capacity).masked_fill(
+            qg = q.reshape(b, self.n_kv, -1, self.head_dim)  # (b, n_kv, groups * T, hd)
+            scores = torch.matmul(qg, keys.transpose(2, 3)) * att.scaling
+            scores = scores.view(b, self.n_kv, -1, t, self.capacity).masked_fill(
                 ~mask, float("-inf"))
             w = torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
-            o = torch.matmul(w.view(self.n_kv, -1, self.capacity), self.values[i])
-            o = o.view(-1, t, self.head_dim).transpose(0, 1).reshape(t, -1)
+            o = torch.matmul(w.view(b, self.n_kv, -1, self.capacity), values)
+            o = o.view(b, -1, t, self.head_dim).transpose(1, 2).reshape(b, t, -1)
             x = x + att.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return x
@@ -172,65 +198,75 @@ class StaticRunner:
     def _argmax(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.base.norm(x)).argmax(-1)
 
-    def _draft_step(self, d: int) -> None:
-        """Draft ``d`` tokens after the pending one with layers ``0..split-1``."""
-        p, toks = self.inp[:1], self.inp[1:]
+    def _draft_step(self, b: int, d: int) -> None:
+        """Draft ``d`` tokens after each of the first ``b`` rows' pending token."""
+        p, toks = self.inp[:b, :1], self.inp[:b, 1:]
         for i in range(d):
-            x = self._layers(self.base.embed_tokens(toks[i:i + 1]), p + i, 0, self.split)
-            self.hidden[i:i + 1] = x
-            toks[i + 1:i + 2] = self._argmax(x)
+            x = self._layers(self.base.embed_tokens(toks[:, i:i + 1]), p + i, 0, self.split,
+                             slice(0, b))
+            self.hidden[:b, i:i + 1] = x
+            toks[:, i + 1:i + 2] = self._argmax(x)
 
-    def _verify_step(self, d: int) -> None:
-        """The target's argmax after each of ``[pending, drafts[:d]]``, into ``out``."""
-        pos = self.inp[0] + torch.arange(d + 1, device=self.device)
-        toks = self.inp[1:d + 2]
+    def _verify_step(self, b: int, d: int) -> None:
+        """The target's argmax after each of ``[pending, drafts[:d]]`` of ``b`` rows, to ``out``."""
+        rows = slice(0, b)
+        pos = self.inp[:b, :1] + torch.arange(d + 1, device=self.device)
+        toks = self.inp[:b, 1:d + 2]
         if self.split:
-            x = self._layers(self.base.embed_tokens(toks[d:]), pos[d:], 0, self.split)
-            self.hidden[d:d + 1] = x
-            x = self._layers(self.hidden[:d + 1], pos, self.split, len(self.layers))
+            x = self._layers(self.base.embed_tokens(toks[:, d:]), pos[:, d:], 0, self.split,
+                             rows)
+            self.hidden[:b, d:d + 1] = x
+            x = self._layers(self.hidden[:b, :d + 1], pos, self.split, len(self.layers), rows)
         else:
-            x = self._layers(self.base.embed_tokens(toks), pos, 0, len(self.layers))
-        self.out[:d] = toks[1:]
-        self.out[d:2 * d + 1] = self._argmax(x)
+            x = self._layers(self.base.embed_tokens(toks), pos, 0, len(self.layers), rows)
+        self.out[:b, :d] = toks[:, 1:]
+        self.out[:b, d:2 * d + 1] = self._argmax(x)
 
     # ----------------------------------------------------------------------------- interface
-    def prefill(self, ids: list[int]) -> None:
-        """Fill slots ``0..len(ids)-1`` of every layer (eager: the length varies)."""
+    def prefill(self, ids: list[int], row: int = 0) -> None:
+        """Fill slots ``0..len(ids)-1`` of ``row`` in every layer (eager: the length varies)."""
         if ids:
-            t = torch.tensor(ids, dtype=torch.long, device=self.device)
-            self._layers(self.base.embed_tokens(t), torch.arange(len(ids), device=self.device),
-                         0, len(self.layers))
+            t = torch.tensor([ids], dtype=torch.long, device=self.device)
+            pos = torch.arange(len(ids), device=self.device)[None]
+            self._layers(self.base.embed_tokens(t), pos, 0, len(self.layers), slice(row, row + 1))
 
-    def start_round(self, position: int, pending: int, drafts: list[int] | None = None) -> None:
-        """Set the pending token, its position and (prompt lookup) the drafts: one copy."""
-        vals = [position, pending, *(drafts or ())]
-        self.inp[:len(vals)].copy_(torch.tensor(vals, dtype=torch.long), non_blocking=True)
+    def start_round(self, rounds: list[tuple[int, int, list[int]]]) -> int:
+        """Set each of the first ``len(rounds)`` rows' pending position, token and drafts.
 
-    def draft(self, d: int) -> None:
-        """Draft ``d >= 1`` tokens (``layers:N`` only); they stay on the device."""
-        self.steps[("draft", d)]()
+        ``rounds[i] = (position, pending, drafts)``; drafts are given for prompt lookup only
+        (rows with fewer than the longest are padded). One host-to-device copy; returns the
+        longest drafts' length.
+        """
+        width = max(len(r[2]) for r in rounds)
+        vals = [[p, tok, *drafts, *[0] * (width - len(drafts))] for p, tok, drafts in rounds]
+        self.inp[:len(rounds), :width + 2].copy_(torch.tensor(vals, dtype=torch.long),
+                                                 non_blocking=True)
+        return width
 
-    def verify(self, d: int) -> None:
-        """Run the target over the pending token and ``d`` drafts (no host sync)."""
-        self.steps[("verify", d)]()
+    def draft(self, d: int, b: int = 1) -> None:
+        """Draft ``d >= 1`` tokens in the first ``b`` rows (``layers:N`` only; on the device)."""
+        self.steps[("draft", b, d)]()
 
-    def result(self, d: int) -> tuple[list[int], list[int]]:
-        """``(drafts, best)`` of the last verify: ``d`` drafts, the target's ``d + 1`` argmaxes."""
-        both = self.out[:2 * d + 1].tolist()
-        return both[:d], both[d:]
+    def verify(self, d: int, b: int = 1) -> None:
+        """Run the target over the pending token and ``d`` drafts of ``b`` rows (no host sync)."""
+        self.steps[("verify", b, d)]()
+
+    def result(self, d: int, b: int = 1) -> list[tuple[list[int], list[int]]]:
+        """Each row's ``(drafts, best)`` of the last verify: ``d`` drafts, ``d + 1`` argmaxes."""
+        return [(row[:d], row[d:]) for row in self.out[:b, :2 * d + 1].tolist()]
 
     # ------------------------------------------------------------------- requests' own caches
     def cache_shape(self, positions: int) -> tuple[int, ...]:
         """Shape of one request's cache of ``positions`` positions, as :meth:`save` writes it."""
         return (len(self.layers), 2, self.n_kv, positions, self.head_dim)
 
-    def save(self, dest: torch.Tensor) -> None:
-        """Copy the working cache's first ``dest.shape[3]`` positions into ``dest`` (async)."""
-        dest.copy_(self.kv[:, :, :, :dest.shape[3]], non_blocking=True)
+    def save(self, dest: torch.Tensor, row: int = 0) -> None:
+        """Copy ``row``'s first ``dest.shape[3]`` positions into ``dest`` (async)."""
+        dest.copy_(self.kv[:, :, row, :, :dest.shape[3]], non_blocking=True)
 
-    def load(self, src: torch.Tensor) -> None:
-        """Copy a request's cache (from :meth:`save`) into the working cache (async)."""
-        self.kv[:, :, :, :src.shape[3]].copy_(src, non_blocking=True)
+    def load(self, src: torch.Tensor, row: int = 0) -> None:
+        """Copy a request's cache (from :meth:`save`) into ``row`` (async)."""
+        self.kv[:, :, row, :, :src.shape[3]].copy_(src, non_blocking=True)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,19 @@
 """``lapsd validate``: compare a live run with its replay, to see whether the replay predicts it.
 
 A live run (:mod:`lapsd.collect.live`) is replayed through :func:`lapsd.replay.engine.simulate`
-with everything the run had: its recorded arrival times, its own trace (each request's rounds
-as they ran, ``round_s`` being the server time of the round), the same policy built the same way
-(parameters and typical round, or the copy of the config), the same length predictions (stored
-per request), and for ``srpt-oracle`` the same true service times. Only switches are modelled:
+(a run at batch size ``B > 1``: :func:`lapsd.replay.batch.simulate_batched` at ``B``, each step
+lasting the mean of its members' recorded rounds, i.e. the live step's time where the replay
+forms the same batch) with everything the run had: its recorded arrival times, its own trace
+(each request's rounds as they ran, ``round_s`` being the server time of the round), the same
+policy built the same way (parameters and typical round, or the copy of the config), the same
+length predictions (stored per request), and for ``srpt-oracle`` the same true service times.
+Only switches are modelled:
 ``c0 + c1 * context_tokens`` at each preemption, from
 
 ``measured`` (default)
     a least-squares fit to the run's own preemption switches (host-clock switch time against
-    the preempted request's context);
+    the preempted request's context; a batched step that preempted ``m`` requests counts as
+    ``m`` switches of its mean time and context);
 ``given``
     ``--c0`` / ``--c1``;
 ``table``
@@ -30,11 +34,18 @@ and p99 latency, and per request. Where they differ, these show why:
 
 With several runs of the same workload it also reports whether the policies rank the same by
 mean latency in the replay as live.
+
+Predicting a run instead of re-running it: ``rounds_from`` (``--rounds-from TRACE``) replays
+the rounds of another trace of the same prompts (matched by prompt id), typically a batch-1
+``lapsd collect`` of them, and ``cost`` (``--batch-cost TABLE``, a ``collect-profile
+--batches`` table) gives the batched steps their measured slowdown: what a user tuning at batch
+size ``B`` from a collection would be told, checked against what the server did.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +55,10 @@ import numpy as np
 from lapsd.collect.costs import fit_line, read_cost_table
 from lapsd.collect.live import LiveRun, read_live
 from lapsd.errors import LapsdError
+from lapsd.replay.batch import BatchCost, simulate_batched
 from lapsd.replay.engine import SwitchCost, TraceArrays, Workload, simulate
 from lapsd.replay.policies.base import NS_PER_S
-from lapsd.replay.trace import number
+from lapsd.replay.trace import number, read_trace
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,10 @@ class SwitchModel:
             c0, c1, how = float(fit["c0"]), float(fit["c1"]), f"{self.table} ({key})"
         elif self.source == "measured":
             pre = sched.filter(sched["preempted"])
-            fit = fit_line(pre["preempted_context"].to_list(), pre["switch_s"].to_list())
+            m = (pre["preemptions"].to_numpy().astype(np.int64) if "preemptions" in pre.columns
+                 else np.ones(pre.height, dtype=np.int64))
+            fit = fit_line(np.repeat(pre["preempted_context"].to_numpy() / m, m).tolist(),
+                           np.repeat(pre["switch_s"].to_numpy() / m, m).tolist())
             c0, c1 = fit["c0"], fit["c1"]
             how = f"fitted to the run's {pre.height} preemption switches"
         else:
@@ -86,6 +101,9 @@ class Comparison:
     policy: str
     workload: str
     requests: int
+    batch_size: int
+    rounds: str
+    batch_cost: str
     switch_model: dict[str, Any]
     live: dict[str, float]
     replay: dict[str, float]
@@ -124,13 +142,18 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float | None:
     return float((da == db)[upper].mean())
 
 
-def compare(run: LiveRun, model: SwitchModel | None = None) -> Comparison:
+def compare(run: LiveRun, model: SwitchModel | None = None, *,
+            rounds_from: Path | None = None, cost: BatchCost | None = None) -> Comparison:
     """Replay ``run`` and compare (module docstring).
+
+    ``rounds_from``: replay that trace's rounds of the run's prompts instead of the run's own;
+    ``cost``: the batched steps' slowdown (default: none, steps last their members' rounds).
 
     Raises
     ------
     LapsdError
-        When the run was interrupted (its unfinished requests are missing from its trace).
+        When the run was interrupted (its unfinished requests are missing from its trace), or
+        ``rounds_from`` lacks one of its prompts.
     """
     info = run.info
     if info["run"]["interrupted"]:
@@ -138,18 +161,36 @@ def compare(run: LiveRun, model: SwitchModel | None = None) -> Comparison:
                          f"{info['run']['requests']} requests finished): the replay would serve "
                          "another workload; validate a complete run")
     switch, switch_info = (model or SwitchModel()).cost(run)
-    arrays = TraceArrays.from_trace(run.trace)
     req = run.requests
+    if rounds_from is None:
+        arrays, ids = TraceArrays.from_trace(run.trace), req["request_id"].to_list()
+    else:
+        other = read_trace(rounds_from)
+        arrays, ids = TraceArrays.from_trace(other), [str(p) for p in req["prompt_id"].to_list()]
+        mine, theirs = info.get("collector", {}), other.manifest.get("collector", {})
+        differ = [f"{key} {theirs.get(key)!r} (the run: {mine.get(key)!r})"
+                  for key in ("target_sha256", "draft", "k", "dtype", "gpu", "max_new_tokens")
+                  if theirs.get(key) != mine.get(key)]
+        if differ:
+            warnings.warn(f"--rounds-from {rounds_from} was collected with {'; '.join(differ)}:"
+                          " its rounds are not the run's", stacklevel=2)
     where = {rid: i for i, rid in enumerate(arrays.request_ids)}
-    index = np.array([where[rid] for rid in req["request_id"].to_list()], dtype=np.int64)
+    missing = sorted(set(ids) - set(where))
+    if missing:
+        raise LapsdError(f"--rounds-from {rounds_from}: no request {missing[0]!r} (and "
+                         f"{len(missing) - 1} more of {run.path}'s prompts); collect the run's "
+                         "prompt file")
+    index = np.array([where[rid] for rid in ids], dtype=np.int64)
     policy = run.policy_factory()()
     if policy.needs_oracle:  # the true service the run revealed, not the live trace's own
         truth = np.zeros(arrays.n_requests, dtype=np.int64)
         truth[index] = np.rint(req["oracle_service_s"].to_numpy() * NS_PER_S).astype(np.int64)
         arrays = dataclasses.replace(arrays, service_ns=truth)
     arrival = req["arrival_ns"].to_numpy().astype(np.int64)
-    result = simulate(arrays, Workload(info["workload"]["spec"], arrival, index,
-                                       run.predictions()), policy, switch=switch)
+    workload = Workload(info["workload"]["spec"], arrival, index, run.predictions())
+    batch = int(info.get("batch_size", 1))
+    result = (simulate_batched(arrays, workload, policy, batch, cost=cost, switch=switch)
+              if batch > 1 else simulate(arrays, workload, policy, switch=switch))
     live = (req["finish_ns"].to_numpy().astype(np.int64) - arrival) / NS_PER_S
     replay = (result.completion_ns - arrival) / NS_PER_S
     lv, rp = _stats(live), _stats(replay)
@@ -164,15 +205,20 @@ def compare(run: LiveRun, model: SwitchModel | None = None) -> Comparison:
     sched = run.schedule
     pre = sched.filter(sched["preempted"])
     live_s, at_preemptions_s = number(sched["switch_s"].sum()), number(pre["switch_s"].sum())
+    live_preemptions = int(pre["preemptions"].sum()) if "preemptions" in pre.columns else pre.height
     return Comparison(
         run=str(run.path), policy=policy_label(info), workload=info["workload"]["spec"],
-        requests=int(live.size), switch_model=switch_info, live=lv, replay=rp,
+        requests=int(live.size), batch_size=batch,
+        rounds="the run's own" if rounds_from is None else str(rounds_from),
+        batch_cost="none (steps last their members' recorded rounds)" if cost is None or batch == 1
+        else cost.source, switch_model=switch_info, live=lv, replay=rp,
         error={k: (rp[k] - lv[k]) / lv[k] for k in lv},
         per_request={"mean_abs_error": float(np.abs(rel).mean()),
                      "p90_abs_error": float(np.percentile(np.abs(rel), 90)),
                      "max_abs_error": float(np.abs(rel).max()), "by_context": by_context},
         switches={"live_switches": int((sched["switched"] | sched["swapped"]).sum()),
-                  "live_preemptions": pre.height, "replay_preemptions": result.preemptions,
+                  "live_preemptions": live_preemptions,
+                  "replay_preemptions": result.preemptions,
                   "live_swapped": int(sched["swapped"].sum()),
                   "live_s": live_s, "live_at_preemptions_s": at_preemptions_s,
                   "live_unmodelled_s": live_s - at_preemptions_s,
@@ -183,9 +229,11 @@ def compare(run: LiveRun, model: SwitchModel | None = None) -> Comparison:
     )
 
 
-def validate(paths: list[Path], model: SwitchModel | None = None) -> dict[str, Any]:
+def validate(paths: list[Path], model: SwitchModel | None = None, *,
+             rounds_from: Path | None = None, cost: BatchCost | None = None) -> dict[str, Any]:
     """Compare each live run with its replay; with several runs, their ranking too."""
-    comparisons = [compare(read_live(p), model) for p in paths]
+    comparisons = [compare(read_live(p), model, rounds_from=rounds_from, cost=cost)
+                   for p in paths]
     out: dict[str, Any] = {"runs": [c.to_dict() for c in comparisons]}
     if len(comparisons) > 1:
         out["ranking"] = ranking(comparisons)

@@ -302,9 +302,21 @@ def test_profile_cost_table(tiny_dir, tmp_path, draft: str) -> None:
     from lapsd.collect.costs import read_cost_table
     from lapsd.collect.profile import profile
 
+    from lapsd.errors import LapsdError
+    from lapsd.replay.batch import BatchCost
+
     table = profile(tiny_dir, draft, k=2, contexts=[8, 16], repeats=1, device="cpu",
-                    dtype="float32", out=tmp_path / "cost.json")
+                    dtype="float32", out=tmp_path / "cost.json", batches=(3, 2))
     assert table == read_cost_table(tmp_path / "cost.json")
+    # batched steps of the live engine, k drafts each: the table batched replays read
+    assert [(r["context"], r["batch"], r["drafted"]) for r in table["batch"]] == \
+        [(c, b, 2) for c in (8, 16) for b in (1, 2, 3)]
+    assert all(0 < r["verify_s"] <= r["round_s"] for r in table["batch"])
+    cost = BatchCost.from_profile(tmp_path / "cost.json")
+    assert cost.batch_sizes == (1, 2, 3) and cost.slowdown[0] == 1.0
+    with pytest.raises(LapsdError, match="--batches"):
+        profile(tiny_dir, draft, k=2, contexts=[8], repeats=1, device="cpu", dtype="float32",
+                out=tmp_path / "bad.json", batches=(0,))
     assert table["engine_path"] == "static" and table["graphs"] is False  # plain steps on CPU
     assert table["capacity"] == 512 and table["dtype"] == "float32"
     assert [(r["context"], r["drafted"]) for r in table["rounds"]] == \

@@ -93,6 +93,45 @@ def test_interleaved_sessions_equal_running_alone(target, draft: str, static: bo
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("draft", ["layers:2", "ngram:3"])
+def test_batched_rounds_equal_running_alone(target, draft: str, device: str) -> None:
+    """Batches of changing membership (joins, leaves, parking, a swap to host, a batch-1 round
+    in between) give every request its batch-1 tokens and rounds, in float32."""
+    eng = _engine(target, draft, True, device)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 40, (n,), generator=gen).tolist() * 2 for n in (6, 4, 9, 5, 7)]
+    budgets = [20, 9, 26, 3, 14]  # ragged: rows reach their token budget at different steps
+    alone = [eng.generate(p, m) for p, m in zip(prompts, budgets, strict=True)]
+    assert eng.reserve(64, batch=3) == 512 and eng.runner is not None
+    assert eng.runner.rows == 3
+    sessions = [eng.start(p, m) for p, m in zip(prompts, budgets, strict=True)]
+    step = 0
+    while not all(s.done for s in sessions):
+        live = [s for s in sessions[:2 + step // 2] if not s.done]  # requests join over time
+        batch = live[step % 2:][:3] if len(live) > 3 else live  # and rotate: rows get parked
+        records = eng.step_batch(batch)
+        assert [r.context_tokens for r in records] == [len(s.tokens) - r.emitted
+                                                       for s, r in zip(batch, records,
+                                                                       strict=True)]
+        assert {s.row for s in batch if not s.done} <= set(range(len(batch)))
+        if step == 3 and not batch[0].done:
+            assert batch[0].offload() > 0 and batch[0].row is None
+        if step == 5:
+            lone = next(s for s in sessions if not s.done)
+            lone.step()  # batch size one: row 0
+            assert lone.done or lone.row == 0
+        step += 1
+    assert step > 6
+    for s, ref in zip(sessions, alone, strict=True):
+        got = s.result()
+        assert got.tokens == ref.tokens
+        assert [(r.drafted, r.accepted, r.emitted, r.context_tokens) for r in got.rounds] == \
+            [(r.drafted, r.accepted, r.emitted, r.context_tokens) for r in ref.rounds]
+    with pytest.raises(ValueError, match="do not fit"):
+        eng.step_batch([eng.start(p, 4) for p in prompts[:4]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_static_working_cache_grows_without_losing_a_request(target, device: str) -> None:
     """The working cache grows (steps rebuilt) while a started request is in it."""
     short, long_ = [5, 6, 7, 8], list(range(3, 60)) * 9  # 513 tokens: more than 512 slots
@@ -467,6 +506,140 @@ def test_bad_workload_and_existing_output(tiny_dir, prompts_file, tmp_path) -> N
         serve(cfg)
     with pytest.raises(LapsdError, match="not a live run"):
         read_live(tmp_path / "o")
+
+
+# ------------------------------------------------------------------------ batched live runs
+@pytest.fixture(scope="module")
+def batched(runs, tiny_dir, prompts_file) -> dict[str, Path]:
+    """Runs at batch sizes 2 (fcfs, through the CLI) and 3 (las), on fcfs's arrivals."""
+    from lapsd.cli import main
+
+    base = runs["base"]
+    assert main(["live", "--target", str(tiny_dir), "--draft", "ngram:3", "--prompts",
+                 str(prompts_file), "--workload", WORKLOAD, "--policy", "fcfs", "--k", str(K),
+                 "--max-new-tokens", str(MAX_NEW), "--device", "cpu", "--time-scale", "20",
+                 "--capacity-from", str(runs["fcfs"]), "--batch-size", "2",
+                 "--out", str(base / "fcfs-b2")]) == 0
+    serve(_live(tiny_dir, prompts_file, base / "las-b3", policy="las",
+                capacity_from=runs["fcfs"], batch_size=3), log=lambda *_: None)
+    return {"fcfs": base / "fcfs-b2", "las": base / "las-b3"}
+
+
+def _check_batched(run: LiveRun) -> None:
+    """A batched run's files: steps in order, members sharing the step's time."""
+    b = run.info["batch_size"]
+    n = run.info["workload"]["n"]
+    sched, req, trace = run.schedule, run.requests, run.trace
+    assert run.info["run"]["finished"] == n == trace.n_requests
+    steps = sched.group_by("step", maintain_order=True).agg(
+        pl.len().alias("rows"), pl.col("batch").first(), pl.col("start_s").n_unique(),
+        pl.col("end_s").n_unique(), pl.col("round_s").n_unique(), pl.col("request_id"),
+        pl.col("start_s").first().alias("start"), pl.col("end_s").first().alias("end"))
+    assert steps["step"].to_list() == list(range(steps.height)) == list(
+        range(run.info["run"]["steps"]))
+    assert (steps["rows"] == steps["batch"]).all() and steps["batch"].max() <= b
+    assert steps["batch"].max() > 1  # it did batch
+    assert (steps["start_s"] == 1).all() and (steps["end_s"] == 1).all()
+    assert (steps["round_s"] == 1).all()  # every member's round lasts the step
+    assert all(len(set(r)) == len(r) for r in steps["request_id"].to_list())
+    start, end = steps["start"].to_numpy(), steps["end"].to_numpy()
+    assert np.all(start <= end) and np.all(end[:-1] <= start[1:])
+    per = sched.group_by("request_id", maintain_order=True).agg(pl.col("round"))
+    assert all(r == list(range(len(r))) for r in per["round"].to_list())
+    joined = trace.rounds.join(sched, on=["request_id", "round"], suffix="_sched")
+    assert joined.height == sched.height == trace.n_rounds
+    assert joined["round_s"].to_list() == joined["round_s_sched"].to_list()
+    # the step's own times are on its first row only, so sums are the run's
+    others = sched.filter(pl.col("step").is_first_distinct().not_())
+    assert (others["switch_s"] == 0).all() and (others["scheduler_s"] == 0).all()
+    assert run.info["run"]["rounds_s"] == pytest.approx(steps["round_s"].len() and float(
+        sched.filter(pl.col("step").is_first_distinct())["round_s"].sum()))
+    assert req["finish_ns"].is_not_null().all()
+    # a fresh policy fed what ran names every step's members, best first
+    policy: Policy = run.policy_factory()()
+    positions = {rid: i for i, rid in enumerate(req["request_id"].to_list())}
+    preds = run.predictions()
+    rounds_left = dict(zip(req["request_id"], req["rounds"], strict=True))
+    by_round = {(r["request_id"], r["round"]): r for r in trace.rounds.iter_rows(named=True)}
+    admitted = 0
+    for step in sched.partition_by("step", maintain_order=True):
+        while admitted < step["admitted"][0]:
+            if policy.needs_oracle:
+                policy.reveal(admitted, req["oracle_service_s"][admitted])
+            policy.admit(RequestInfo(admitted, req["arrival_s"][admitted],
+                                     req["prompt_tokens"][admitted],
+                                     None if preds is None else preds[admitted]))
+            admitted += 1
+        ids = step["request_id"].to_list()
+        assert policy.step(b) == [positions[r] for r in ids]
+        for rid, rnd, took in zip(ids, step["round"], step["round_s"], strict=True):
+            t = by_round[(rid, rnd)]
+            policy.observe(positions[rid], t["emitted"], t["drafted"], t["accepted"], took)
+        for rid in ids:
+            rounds_left[rid] -= 1
+            if rounds_left[rid] == 0:
+                policy.finish(positions[rid])
+
+
+def test_batched_runs_keep_tokens_and_schedule(runs, batched) -> None:
+    fcfs, las = read_live(batched["fcfs"]), read_live(batched["las"])
+    for run in (fcfs, las):
+        _check_batched(run)
+    assert las.info["run"]["preemptions"] > 0  # the least attained service runs
+    # batching changes neither tokens nor rounds: the greedy output of the batch-1 collection
+    oracle = read_trace(runs["oracle"])
+    made = dict(zip(oracle.requests["request_id"], oracle.requests["output_tokens"],
+                    strict=True))
+    assert all(made[rid.split(":")[1]] == n for rid, n in
+               zip(las.trace.requests["request_id"], las.trace.requests["output_tokens"],
+                   strict=True))
+    # fcfs at batch size 2 serves in pairs: a request never starts before an earlier one
+    first = fcfs.requests["first_run_s"].to_numpy()
+    assert np.all(np.diff(first) >= 0) and fcfs.info["run"]["preemptions"] == 0
+
+
+def test_validate_reproduces_a_batched_fcfs_run(batched) -> None:
+    """As at batch size one: the replay (batched, steps lasting their members' recorded rounds)
+    forms the same batches, so it is early by at most the unmodelled switch time."""
+    run = read_live(batched["fcfs"])
+    c = compare(run)
+    assert c.batch_size == 2
+    gap = np.array(c.latency_live) - np.array(c.latency_replay)
+    total_switch = run.info["run"]["switches_s"]
+    assert np.all(gap >= -1e-9) and np.all(gap <= total_switch + 1e-6)
+    assert c.order_agreement == 1.0
+    las = compare(read_live(batched["las"]))
+    assert las.switches["live_preemptions"] == read_live(batched["las"]).info["run"][
+        "preemptions"] > 0
+    assert las.order_agreement is not None and las.order_agreement >= 0.75
+
+
+def test_validate_predicts_a_batched_run_from_a_collection(runs, batched, capsys) -> None:
+    """--rounds-from: the batch-1 collection's rounds (same prompts and draft) with a batch
+    cost; the greedy rounds are the run's, only their times differ."""
+    from lapsd.cli import main
+    from lapsd.replay.batch import BatchCost
+
+    run = read_live(batched["las"])
+    flat = compare(run, rounds_from=runs["oracle"])
+    slow = compare(run, rounds_from=runs["oracle"], cost=BatchCost((1, 3), (1.0, 2.0), "x2"))
+    assert flat.rounds == str(runs["oracle"]) and slow.batch_cost == "x2"
+    assert slow.replay["mean"] > flat.replay["mean"]  # the slowdown reaches the latencies
+    assert main(["validate", str(batched["las"]), "--rounds-from", str(runs["oracle"])]) == 0
+    assert "rounds from" in capsys.readouterr().out
+    with pytest.raises(LapsdError, match="no request"):  # a live trace's ids are not prompts'
+        compare(run, rounds_from=batched["fcfs"] / "trace")
+
+
+def test_batch_size_options(tiny_dir, prompts_file, tmp_path) -> None:
+    cfg = _live(tiny_dir, prompts_file, tmp_path / "o", policy="fcfs", batch_size=2)
+    with pytest.raises(LapsdError, match="applies to --batch-size 1"):
+        serve(replace(cfg, kv_budget_tokens=10_000))
+    with pytest.raises(LapsdError, match="--batch-size must be >= 1"):
+        serve(replace(cfg, batch_size=0))
+    with pytest.raises(LapsdError, match="need the static path"):
+        serve(replace(cfg, temperature=0.7))
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
