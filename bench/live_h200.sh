@@ -20,7 +20,7 @@ elapsed() { echo $(( $(date +%s) - T0 )); }
 tree() {  # the installed layout (lapsd.replay = replay/, ...) as links
   rm -rf /tmp/tree && mkdir -p /tmp/tree/lapsd
   for f in lapsd/*.py; do ln -s "$PWD/$f" "/tmp/tree/lapsd/$(basename "$f")"; done
-  for d in replay predict tune collect; do ln -s "$PWD/$d" "/tmp/tree/lapsd/$d"; done
+  for d in replay predict tune collect integrations; do ln -s "$PWD/$d" "/tmp/tree/lapsd/$d"; done
 }
 lapsd() { python3 -P -m lapsd "$@"; }
 matrix() {  # DRAFT NAME TUNE LOADS RUNS DEADLINE [bench_live options]
@@ -134,7 +134,7 @@ b)  # batch sizes above one (bench/results/live_batch_h200.txt), after 1 and 2; 
   done
   pack profiles profile-ngram4-batch.json profile-layers28-batch.json
   for B in 4 8; do
-    NREQ=${NREQ:-200} matrix ngram:4 ngram4 tune-ngram4 $(( B / 2 )).5 \
+    NREQ=${NREQ:-200} matrix ngram:4 ngram4 tune-ngram4 $(( B * 3 / 4 )) \
       config,lp-srpt,fcfs,srpt-oracle ${DEADLINE:-560} --batch-size $B
     mv $W/live-ngram4 $W/live-ngram4-b$B
   done
@@ -142,7 +142,7 @@ b)  # batch sizes above one (bench/results/live_batch_h200.txt), after 1 and 2; 
   ;;
 b2)  # layers:28 at batch sizes 4 and 8
   for B in 4 8; do
-    NREQ=${NREQ:-100} matrix layers:28 layers28 tune-layers-28 $(( B / 2 )).5 \
+    NREQ=${NREQ:-100} matrix layers:28 layers28 tune-layers-28 $(( B * 3 / 4 )) \
       config,lp-srpt,fcfs,srpt-oracle ${DEADLINE:-560} --batch-size $B
     mv $W/live-layers28 $W/live-layers28-b$B
   done

@@ -22,6 +22,12 @@ the request runs (:meth:`StaticRunner.load`) and out of it when another one take
 (:meth:`StaticRunner.save`). All layers' keys and values are one tensor, so either copy is one
 strided copy of the request's cached positions, whatever the number of layers.
 
+Prefill. A prompt is prefilled into a one-row *staging* cache by a step of a fixed length (the
+prompt padded to a multiple of :data:`PREFILL_BUCKET` tokens, one graph per length) and its
+positions are then copied into the request's row: the padding's entries are never copied, and
+an eager prefill would launch each of the model's few hundred kernels from Python, tens of
+milliseconds on a GPU that stall every request of a batch.
+
 Batches. The working cache has ``rows`` rows, one request each, and a step runs its first ``b``
 rows together (a graph per ``(b, d)``): every row has its own position, pending token and
 drafts, so each query attends to its own row's slots only. Rows that draft fewer than the
@@ -42,6 +48,8 @@ from torch import nn
 
 # rope types whose inverse frequencies are fixed at load time (no data-dependent update)
 _STATIC_ROPE = {"default", "linear", "llama3"}
+#: Prefill lengths are padded to a multiple of this (one prefill step per multiple).
+PREFILL_BUCKET = 64
 
 
 def supports(model: nn.Module) -> bool:
@@ -113,8 +121,9 @@ class StaticRunner:
         # kv[:, :, r, :, :n]
         self.kv = torch.zeros((len(self.layers), 2, self.rows, self.n_kv, capacity,
                                self.head_dim), dtype=self.dtype, device=self.device)
-        self.keys = [self.kv[i, 0] for i in range(len(self.layers))]
-        self.values = [self.kv[i, 1] for i in range(len(self.layers))]
+        self.staging = torch.zeros((len(self.layers), 2, 1, self.n_kv, capacity, self.head_dim),
+                                   dtype=self.dtype, device=self.device)
+        self.prompt = torch.zeros(capacity, dtype=torch.long, device=self.device)
         self.slots = torch.arange(capacity, device=self.device)
         self.capacity = capacity
         self.steps: dict[tuple[str, int, int], Callable[[], None]] = {}
@@ -140,6 +149,8 @@ class StaticRunner:
                 plain[("verify", b, d)] = functools.partial(self._verify_step, b, d)
                 if self.split and d:
                     plain[("draft", b, d)] = functools.partial(self._draft_step, b, d)
+        for t in range(PREFILL_BUCKET, self.capacity + 1, PREFILL_BUCKET):
+            plain[("prefill", 1, t)] = functools.partial(self._prefill_step, t)
         if not self.graphed:
             self.steps = plain
             return
@@ -159,11 +170,13 @@ class StaticRunner:
 
     # --------------------------------------------------------------------------------- model
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, lo: int, hi: int,
-                rows: slice) -> torch.Tensor:
+                rows: slice, cache: torch.Tensor | None = None) -> torch.Tensor:
         """Layers ``lo..hi-1`` on hidden states ``x`` (b, T, H) at positions ``pos`` (b, T).
 
-        Row ``i`` of ``x`` reads and writes cache row ``rows.start + i``.
+        Row ``i`` of ``x`` reads and writes row ``rows.start + i`` of ``cache`` (default: the
+        working cache).
         """
+        kv = self.kv if cache is None else cache
         b, t = pos.shape
         freqs = pos[..., None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -174,7 +187,7 @@ class StaticRunner:
         for i in range(lo, hi):
             layer = self.layers[i]
             att = layer.self_attn
-            keys, values = self.keys[i][rows], self.values[i][rows]  # (b, n_kv, capacity, hd)
+            keys, values = kv[i, 0, rows], kv[i, 1, rows]  # (b, n_kv, capacity, hd)
             h = layer.input_layernorm(x)
             q = att.q_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
             k = att.k_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
@@ -197,6 +210,11 @@ class StaticRunner:
 
     def _argmax(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.base.norm(x)).argmax(-1)
+
+    def _prefill_step(self, t: int) -> None:
+        """The first ``t`` tokens of ``prompt`` into the staging cache's positions ``0..t-1``."""
+        self._layers(self.base.embed_tokens(self.prompt[None, :t]), self.slots[None, :t], 0,
+                     len(self.layers), slice(0, 1), self.staging)
 
     def _draft_step(self, b: int, d: int) -> None:
         """Draft ``d`` tokens after each of the first ``b`` rows' pending token."""
@@ -224,11 +242,12 @@ class StaticRunner:
 
     # ----------------------------------------------------------------------------- interface
     def prefill(self, ids: list[int], row: int = 0) -> None:
-        """Fill slots ``0..len(ids)-1`` of ``row`` in every layer (eager: the length varies)."""
-        if ids:
-            t = torch.tensor([ids], dtype=torch.long, device=self.device)
-            pos = torch.arange(len(ids), device=self.device)[None]
-            self._layers(self.base.embed_tokens(t), pos, 0, len(self.layers), slice(row, row + 1))
+        """Fill slots ``0..len(ids)-1`` of ``row`` in every layer (through the staging cache)."""
+        n = len(ids)
+        if n:
+            self.prompt[:n].copy_(torch.tensor(ids, dtype=torch.long), non_blocking=True)
+            self.steps[("prefill", 1, -(-n // PREFILL_BUCKET) * PREFILL_BUCKET)]()
+            self.kv[:, :, row, :, :n].copy_(self.staging[:, :, 0, :, :n])
 
     def start_round(self, rounds: list[tuple[int, int, list[int]]]) -> int:
         """Set each of the first ``len(rounds)`` rows' pending position, token and drafts.
