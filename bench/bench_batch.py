@@ -13,10 +13,10 @@ call :func:`~lapsd.replay.matrix.replay_matrix` with a batched server here.
 
 Two step-time shapes (how much longer a step of ``B`` requests takes than one request's round):
 
-* ``measured``: ``results/batch_cost_h200_graphs_layers28.json``, measured on an H200 by
-  ``bench/batch_cost_gpu.py``: the static engine's arithmetic with a batch dimension, one CUDA
-  graph per step, SmolLM2-135M shape, ``layers:28`` rounds (1.12x at B = 8, 1.16x at B = 16,
-  1.41x at B = 64). A 135M model is far from compute-bound at these sizes.
+* ``measured``: ``results/cost_table_h200_smollm2_layers28_batch.json``, ``lapsd
+  collect-profile --batches`` on an H200: the live engine's own batched steps (one CUDA graph
+  per step), SmolLM2-135M, ``layers:28`` rounds (1.13x at B = 8, 1.19x at B = 16, 1.50x at
+  B = 64). A 135M model is far from compute-bound at these sizes.
 * ``assumed``: NOT measured. A roofline from the H200 datasheet with a tree-verifying drafter
   (see :func:`roofline_cost`): flat up to ``B_knee`` ~ 3.4, then linear.
 
@@ -96,7 +96,7 @@ def _searched(field: str) -> tuple[int, ...]:
 K_GRID = _searched("K")
 #: Relative margin under which two mean latencies count as a tie in the tables.
 TIE = 0.005
-MEASURED_TABLE = ROOT / "bench" / "results" / "batch_cost_h200_graphs_layers28.json"
+MEASURED_TABLE = ROOT / "bench" / "results" / "cost_table_h200_smollm2_layers28_batch.json"
 #: NVIDIA H200 SXM datasheet: dense BF16 tensor throughput (1,979 TFLOPS is with sparsity)
 #: and HBM3e bandwidth.
 H200_BF16_FLOPS = 989e12
@@ -144,8 +144,8 @@ def measured_cost() -> BatchCost:
     """The measured shape, labelled as what it is."""
     cost = BatchCost.from_profile(MEASURED_TABLE)
     return dataclasses.replace(cost, source=(
-        f"MEASURED ({cost.source}; the static engine's arithmetic batched, CUDA graphs, "
-        "random weights)"))
+        f"MEASURED ({cost.source}; lapsd collect-profile --batches: the live engine's steps, "
+        "CUDA graphs)"))
 
 
 def capacity(cost: BatchCost, batch: int) -> float:

@@ -749,7 +749,7 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
         log("no request finished: nothing written")
     else:
         manifest = new_manifest(
-            timing="measured_per_round", sources=[cfg.prompts],
+            timing="measured_per_round", sources=[cfg.prompts], round_s_includes_prefill=True,
             response_offsets="exact: decoded text length after each round",
             collector=collector,
             live={"policy": plan.policy, "workload": plan.spec.text, "interrupted": interrupted,

@@ -33,7 +33,7 @@ from lapsd.replay.policies.base import (
     Rounds,
     TraceScale,
 )
-from lapsd.replay.trace import Trace, number
+from lapsd.replay.trace import Trace, number, prefill_in_rounds
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,10 @@ class TraceArrays:
     def from_trace(cls, trace: Trace) -> TraceArrays:
         """Compile a validated trace.
 
+        A request's first round takes its prefill too (``prefill_s``, where known), unless the
+        trace's round times already hold it (:func:`prefill_in_rounds`): a replay's service is
+        everything the server spends on the request.
+
         Unknown ``drafted`` counts (a variable draft length) are taken as the largest
         ``accepted`` of the trace, the smallest draft length consistent with every round: the
         acceptance rate LAPS-SD's stability test watches is then the request's accepted tokens
@@ -111,6 +115,11 @@ class TraceArrays:
         offsets = np.zeros(counts.size + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         ns = np.rint(rnd["round_s"].to_numpy() * NS_PER_S).astype(np.int64)
+        if not prefill_in_rounds(trace.manifest) and "prefill_s" in req.columns:
+            # the server is busy with a request's prefill before its first round
+            prefill = np.rint(req["prefill_s"].fill_null(0.0).to_numpy() * NS_PER_S)
+            first = counts > 0
+            ns[offsets[:-1][first]] += prefill.astype(np.int64)[first]
         cum = {}
         for name, values in (
             ("emitted", rnd["emitted"].to_numpy()), ("drafted", rnd["drafted"].to_numpy()),

@@ -9,6 +9,10 @@ Layout of a trace folder::
     requests.parquet   one row per request
     rounds.parquet     one row per speculative-decoding round
     manifest.json      schema version, units, provenance, how times were obtained
+
+A request's ``prefill_s`` is apart from its rounds' ``round_s`` (a collection times them apart),
+unless the manifest says ``"round_s_includes_prefill": true`` (a live server's trace: its round 0
+is the server time from the request's start, prefill included).
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ SCHEMA_VERSION = 1
 REQUESTS_FILE = "requests.parquet"
 ROUNDS_FILE = "rounds.parquet"
 MANIFEST_FILE = "manifest.json"
+
+def prefill_in_rounds(manifest: dict[str, Any]) -> bool:
+    """Whether a trace's first rounds already hold the prefill (module docstring).
+
+    Live traces written before the manifest said so are recognised by their ``live`` block.
+    """
+    return bool(manifest.get("round_s_includes_prefill", "live" in manifest))
+
 
 #: Column name -> (polars dtype, nullable). Order is the on-disk order.
 REQUEST_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {

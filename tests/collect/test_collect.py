@@ -301,7 +301,6 @@ def test_profile_cost_table(tiny_dir, tmp_path, draft: str) -> None:
     """The engine's own path, d = 0..k drafts per context, swaps, resident switches, fits."""
     from lapsd.collect.costs import read_cost_table
     from lapsd.collect.profile import profile
-
     from lapsd.errors import LapsdError
     from lapsd.replay.batch import BatchCost
 

@@ -321,8 +321,10 @@ def test_runs_with_side_information(runs, name: str) -> None:
     assert run.info["capacity"]["source"] == str(runs["fcfs"])
     if name == "srpt":  # the true service: the oracle collection's, prompt by prompt
         oracle = read_trace(runs["oracle"])
-        service = oracle.rounds.group_by("request_id").agg(pl.col("round_s").sum())
-        truth = dict(zip(service["request_id"], service["round_s"], strict=True))
+        service = oracle.rounds.group_by("request_id").agg(pl.col("round_s").sum()).join(
+            oracle.requests.select("request_id", "prefill_s"), on="request_id")
+        truth = dict(zip(service["request_id"], service["round_s"] + service["prefill_s"],
+                         strict=True))
         assert run.requests["oracle_service_s"].to_list() == pytest.approx(
             [truth[p] for p in run.requests["prompt_id"]])
         assert run.predictions() is None and run.info["predictions"] is None

@@ -106,3 +106,28 @@ def test_failed_write_leaves_old_trace(trace_dir: Path, monkeypatch) -> None:
 def test_refuses_to_overwrite(trace_dir: Path) -> None:
     with pytest.raises(LapsdError, match="pass --force"):
         write_trace(read_trace(trace_dir), trace_dir)
+
+
+def test_prefill_is_service_of_the_first_round(examples_dir: Path) -> None:
+    """A collection times prefills apart: the replay adds each to its request's first round;
+    a live trace's round 0 already holds it, so nothing is added twice."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from lapsd.replay.engine import TraceArrays
+
+    trace = read_trace(examples_dir / "smollm2-ngram4")
+    arrays = TraceArrays.from_trace(trace)
+    prefill = trace.requests["prefill_s"].to_numpy()
+    rounds = trace.rounds.group_by("request_id", maintain_order=True).agg(
+        pl.col("round_s").sum(), pl.col("round_s").first().alias("first"))
+    assert prefill.min() > 0
+    assert np.allclose(arrays.service_ns / 1e9, rounds["round_s"].to_numpy() + prefill,
+                       atol=2e-9 * trace.rounds.height)
+    first = np.diff(arrays.cum["ns"])[arrays.offsets[:-1]] / 1e9
+    assert np.allclose(first, rounds["first"].to_numpy() + prefill, atol=1e-9)
+    live = TraceArrays.from_trace(replace(trace, manifest={**trace.manifest,
+                                                           "round_s_includes_prefill": True}))
+    assert np.allclose(live.service_ns / 1e9, rounds["round_s"].to_numpy(),
+                       atol=2e-9 * trace.rounds.height)
