@@ -148,5 +148,29 @@ b2)  # layers:28 at batch sizes 4 and 8
   done
   pack layers28-batch live-layers28-b4 live-layers28-b8
   ;;
+c)  # batch-1 collections by this engine, and batched runs at moderate load (lapsd validate
+    # --rounds-from): after 1 and 2; carries as 3
+  [ -f ~/m/a ] && cat ~/m/a $R/.carry/smollm2-b/part > $M && rm ~/m/a
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
+  tree
+  for d in ngram:4 layers:28; do
+    lapsd collect --target $M --draft $d --prompts $P --max-new-tokens $NEW --out $W/coll-${d/:/} \
+      2>&1 | grep -v -E "it/s|^\s*$" | tail -1
+    echo "collection $d done at $(elapsed) s"
+  done
+  pack collections coll-ngram4 coll-layers28
+  for B in 4 8; do
+    NREQ=200 matrix ngram:4 ngram4 tune-ngram4 $(( B / 2 )) fcfs,lp-srpt 560 --batch-size $B
+    mv $W/live-ngram4 $W/mod-ngram4-b$B
+  done
+  pack mod-ngram4 mod-ngram4-b4 mod-ngram4-b8
+  ;;
+c2)  # layers:28 at moderate load
+  for B in 4 8; do
+    NREQ=100 matrix layers:28 layers28 tune-layers-28 $(( B / 2 )) fcfs,lp-srpt 560 --batch-size $B
+    mv $W/live-layers28 $W/mod-layers28-b$B
+  done
+  pack mod-layers28 mod-layers28-b4 mod-layers28-b8
+  ;;
 esac
 echo "stage $stage took $(elapsed) s"
