@@ -154,6 +154,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_json(p, "the comparison")
     p.set_defaults(func=cmd_validate)
 
+    p = subparsers.add_parser(
+        "fit-batch-cost", help="fit a batch cost table to batched live runs' steps",
+        description="For every step of the batched live runs, compare its server time with "
+                    "the mean of its members' rounds in a batch-1 collection of the same "
+                    "prompts, and write the slowdown by batch size (the server's own work per "
+                    "step included) as a table validate --batch-cost and replay --cost-table "
+                    "read.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="LIVE_DIR")
+    p.add_argument("--rounds-from", type=Path, required=True, metavar="TRACE_DIR",
+                   help="a batch-1 collection of the runs' prompts (lapsd collect)")
+    p.add_argument("--out", type=Path, required=True, help="cost table file (.json)")
+    add_json(p, "the table")
+    p.set_defaults(func=cmd_fit_batch_cost)
+
 
 def cmd_collect(args: argparse.Namespace) -> int:
     """``lapsd collect``."""
@@ -276,6 +291,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cost = None if args.batch_cost is None else BatchCost.from_profile(args.batch_cost)
     result = validate(args.runs, model, rounds_from=args.rounds_from, cost=cost)
     emit(args.json, result, lambda: _show_validation(result))
+    return 0
+
+
+def cmd_fit_batch_cost(args: argparse.Namespace) -> int:
+    """``lapsd fit-batch-cost``."""
+    from lapsd.collect.live import read_live
+    from lapsd.collect.validate import fit_batch_cost
+    from lapsd.io import write_json
+
+    table = fit_batch_cost([read_live(r) for r in args.runs], args.rounds_from)
+    write_json(args.out, table)
+
+    def show() -> None:
+        rows = ", ".join(f"B={r['batch']}: {r['slowdown']:.3f} ({r['steps']} steps)"
+                         for r in table["batch"])
+        out.print(f"slowdown over the collected rounds: {rows}; "
+                  f"{table['fitted_from']['skipped_steps']} steps left out")
+        console.print(f"batch cost table written to {args.out}")
+
+    emit(args.json, table, show)
     return 0
 
 

@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
-from lapsd.collect.costs import fit_line, read_cost_table
+from lapsd.collect.costs import TABLE_KIND, TABLE_VERSION, fit_line, read_cost_table
 from lapsd.collect.live import LiveRun, read_live
 from lapsd.errors import LapsdError
 from lapsd.replay.batch import BatchCost, simulate_batched
@@ -227,6 +228,70 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
         order_agreement=_agreement(live, replay),
         latency_live=live.tolist(), latency_replay=replay.tolist(),
     )
+
+
+def fit_batch_cost(runs: list[LiveRun], rounds_from: Path) -> dict[str, Any]:
+    """A batch cost table fitted to batched live runs' steps, over a collection's rounds.
+
+    Each step of each run has a server time (its members' ``round_s``) and a prediction: the
+    mean of its members' rounds in the batch-1 collection ``rounds_from`` (the same request's
+    round at the same index, round 0 with its prefill), as :func:`lapsd.replay.batch.
+    simulate_batched` forms it. The slowdown at batch size ``b`` is the ratio of their sums over
+    the steps of ``b`` requests, so it holds the server's own work per step beside the engine's
+    (``collect-profile`` times the engine only). Steps with a round the collection does not have
+    (different greedy tokens) are left out and counted. Read it with ``--batch-cost``.
+
+    Raises
+    ------
+    LapsdError
+        When no step has one request (the table must start at batch size one) or a run's
+        prompts are missing from ``rounds_from``.
+    """
+    trace = read_trace(rounds_from)
+    arrays = TraceArrays.from_trace(trace)
+    per = np.diff(arrays.cum["ns"]) / NS_PER_S
+    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
+    live: dict[int, float] = {}
+    predicted: dict[int, float] = {}
+    steps: dict[int, int] = {}
+    skipped = 0
+    for run in runs:
+        req = run.requests
+        prompt = dict(zip(req["request_id"].to_list(), map(str, req["prompt_id"].to_list()),
+                          strict=True))
+        missing = sorted({p for p in prompt.values() if p not in where})
+        if missing:
+            raise LapsdError(f"--rounds-from {rounds_from}: no request {missing[0]!r} (and "
+                             f"{len(missing) - 1} more of {run.path}'s prompts)")
+        sched = run.schedule
+        if "step" not in sched.columns:
+            sched = sched.with_row_index("step")
+        grouped = sched.group_by("step", maintain_order=True).agg(
+            pl.col("request_id"), pl.col("round"), pl.col("round_s").first())
+        for ids, rounds, took in grouped.select("request_id", "round", "round_s").iter_rows():
+            at = [where[prompt[r]] for r in ids]
+            if any(k >= arrays.offsets[i + 1] - arrays.offsets[i] for i, k in zip(at, rounds,
+                                                                                   strict=True)):
+                skipped += 1
+                continue
+            b = len(ids)
+            live[b] = live.get(b, 0.0) + took
+            predicted[b] = predicted.get(b, 0.0) + float(np.mean(
+                [per[arrays.offsets[i] + k] for i, k in zip(at, rounds, strict=True)]))
+            steps[b] = steps.get(b, 0) + 1
+    if 1 not in steps:
+        raise LapsdError("fit-batch-cost: no step of one request in the runs (the table starts "
+                         "at batch size one); add a run at a lower load or batch size 1")
+    collector = runs[0].info.get("collector", {})
+    return {
+        "kind": TABLE_KIND, "version": TABLE_VERSION, "batch_unit": "collected_round",
+        "target": collector.get("target"), "draft": collector.get("draft"),
+        "gpu": collector.get("gpu"), "device": collector.get("device"),
+        "batch": [{"batch": b, "slowdown": live[b] / predicted[b], "steps": steps[b],
+                   "live_s": live[b], "predicted_s": predicted[b]} for b in sorted(steps)],
+        "fitted_from": {"runs": [str(r.path) for r in runs], "rounds_from": str(rounds_from),
+                        "skipped_steps": skipped},
+    }
 
 
 def validate(paths: list[Path], model: SwitchModel | None = None, *,

@@ -57,7 +57,9 @@ class BatchCost:
     """How much longer a batched SD step takes than a batch-1 round.
 
     ``slowdown[i]`` is the step time at batch size ``batch_sizes[i]`` over that at batch size
-    one (piecewise linear in between, constant past the last). Measured by ``lapsd
+    one (piecewise linear in between, constant past the last); a table fitted to a live server
+    (:meth:`from_profile`) is over the members' collected rounds instead, so its first entry may
+    exceed 1. Measured by ``lapsd
     collect-profile`` on the GPU; an imported trace, which only knows batch-1 rounds, gets that
     shape scaled to its own round times (``source`` says which table).
     """
@@ -86,16 +88,28 @@ class BatchCost:
 
     @classmethod
     def from_profile(cls, path: str | Path) -> BatchCost:
-        """The shape of a ``collect-profile`` cost table (its ``batch`` rows)."""
+        """The shape of a cost table's ``batch`` rows.
+
+        A ``collect-profile --batches`` table gives step times, divided here by batch size
+        one's at the same context. A table fitted to a live server's steps (``lapsd
+        fit-batch-cost``, ``"batch_unit": "collected_round"``) gives the slowdown itself, over
+        the members' collected batch-1 rounds, so its batch size one may be above 1 (the
+        server's own work per step).
+        """
         p = Path(path)
         try:
             table = json.loads(p.read_text())
             rows = table["batch"]
-            base = {r["context"]: r["round_s"] for r in rows if r["batch"] == 1}
             by_b: dict[int, list[float]] = {}
-            for r in rows:
-                if r["context"] in base:
-                    by_b.setdefault(int(r["batch"]), []).append(r["round_s"] / base[r["context"]])
+            if table.get("batch_unit") == "collected_round":
+                for r in rows:
+                    by_b[int(r["batch"])] = [float(r["slowdown"])]
+            else:
+                base = {r["context"]: r["round_s"] for r in rows if r["batch"] == 1}
+                for r in rows:
+                    if r["context"] in base:
+                        by_b.setdefault(int(r["batch"]), []).append(
+                            r["round_s"] / base[r["context"]])
         except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise LapsdError(f"{p}: not a cost table with batch rows ({exc}); write one with "
                              "`lapsd collect-profile`") from None

@@ -633,6 +633,36 @@ def test_validate_predicts_a_batched_run_from_a_collection(runs, batched, capsys
         compare(run, rounds_from=batched["fcfs"] / "trace")
 
 
+def test_fit_batch_cost_to_a_batched_run(runs, batched, tmp_path) -> None:
+    """The slowdown at b is the run's time in steps of b over the collection's prediction."""
+    from lapsd.cli import main
+    from lapsd.collect.validate import fit_batch_cost
+    from lapsd.replay.batch import BatchCost
+
+    run = read_live(batched["las"])
+    assert main(["fit-batch-cost", str(batched["las"]), "--rounds-from", str(runs["oracle"]),
+                 "--out", str(tmp_path / "fit.json")]) == 0
+    table = json.loads((tmp_path / "fit.json").read_text())
+    assert table == fit_batch_cost([run], runs["oracle"])
+    steps = run.schedule.group_by("step").agg(pl.len().alias("b"), pl.col("round_s").first())
+    by_b = steps.group_by("b").agg(pl.len().alias("n"), pl.col("round_s").sum()).sort("b")
+    rows = table["batch"]
+    assert table["fitted_from"]["skipped_steps"] == 0  # the same engine, the same tokens
+    assert [(r["batch"], r["steps"]) for r in rows] == list(zip(by_b["b"], by_b["n"],
+                                                                strict=True))
+    for r, live_s in zip(rows, by_b["round_s"], strict=True):
+        assert r["live_s"] == pytest.approx(live_s)
+        assert r["slowdown"] == pytest.approx(r["live_s"] / r["predicted_s"])
+    cost = BatchCost.from_profile(tmp_path / "fit.json")
+    assert cost.batch_sizes == tuple(r["batch"] for r in rows)
+    assert cost.slowdown == pytest.approx([r["slowdown"] for r in rows])
+    fitted = compare(run, rounds_from=runs["oracle"], cost=cost)
+    assert fitted.batch_cost.startswith("fit.json")
+    only_batches = replace(run, schedule=run.schedule.filter(pl.col("batch") > 1))
+    with pytest.raises(LapsdError, match="no step of one request"):
+        fit_batch_cost([only_batches], runs["oracle"])
+
+
 def test_batch_size_options(tiny_dir, prompts_file, tmp_path) -> None:
     cfg = _live(tiny_dir, prompts_file, tmp_path / "o", policy="fcfs", batch_size=2)
     with pytest.raises(LapsdError, match="applies to --batch-size 1"):
