@@ -405,6 +405,20 @@ class _Server:
                                             seed=request_seed(self.seed, req.prompt.request_id))
             self.active[req.position] = req
 
+    def _idle(self, nxt: int, boundary: int, t0: int) -> tuple[int, int]:
+        """Wait for request ``nxt`` to arrive; its arrival is the new boundary: ``(it, idle)``."""
+        arrival = self.requests[nxt].arrival_ns
+        _sleep_until(t0 + arrival)
+        self.idle_ns += arrival - boundary
+        return arrival, arrival - boundary
+
+    def _finished(self, req: _Request, end: int) -> int:
+        """Record that ``req`` finished at ``end``; returns 1 (a count)."""
+        req.finish_ns = end
+        del self.active[req.position]
+        self.on_finish()
+        return 1
+
     def run(self) -> None:
         """Serve every request (a KeyboardInterrupt stops it; what finished stays recorded)."""
         if self.batch > 1:
@@ -425,11 +439,7 @@ class _Server:
                 picked = policy.pick()
                 pending_ns += pc() - ts
                 if picked is None:
-                    arrival = reqs[nxt].arrival_ns
-                    _sleep_until(t0 + arrival)
-                    idle_ns = arrival - boundary
-                    self.idle_ns += idle_ns
-                    boundary = arrival
+                    boundary, idle_ns = self._idle(nxt, boundary, t0)
                     continue
                 req = reqs[cast(int, picked)]  # the position it was admitted as
                 self._start(req)
@@ -479,10 +489,7 @@ class _Server:
                     policy.finish(picked)
                 pending_ns = pc() - ts
                 if req.session.done:
-                    req.finish_ns = end
-                    del self.active[req.position]
-                    done += 1
-                    self.on_finish()
+                    done += self._finished(req, end)
         finally:
             self.scheduler_ns += pending_ns
             self.wall_ns = pc() - t0
@@ -502,11 +509,7 @@ class _Server:
                 chosen = [reqs[cast(int, rid)] for rid in policy.step(self.batch)]
                 pending_ns += pc() - ts
                 if not chosen:
-                    arrival = reqs[nxt].arrival_ns
-                    _sleep_until(t0 + arrival)
-                    idle_ns = arrival - boundary
-                    self.idle_ns += idle_ns
-                    boundary = arrival
+                    boundary, idle_ns = self._idle(nxt, boundary, t0)
                     continue
                 for req in chosen:
                     self._start(req)
@@ -567,12 +570,7 @@ class _Server:
                     if req.session.done:
                         policy.finish(req.position)
                 pending_ns = pc() - ts
-                for req in chosen:
-                    if req.session.done:
-                        req.finish_ns = end
-                        del self.active[req.position]
-                        done += 1
-                        self.on_finish()
+                done += sum(self._finished(req, end) for req in chosen if req.session.done)
         finally:
             self.scheduler_ns += pending_ns
             self.wall_ns = pc() - t0
