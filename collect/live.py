@@ -531,14 +531,15 @@ class _Server:
                 self.clock.sync()
                 end = pc() - t0
                 occupied = end - boundary - switch_ns
-                for i, (req, record) in enumerate(zip(chosen, records, strict=True)):
-                    record.resolve(req.session.clock)
-                    engine_s = record.round_s or 0.0
-                    if fresh[i]:  # its round 0 holds its prefill (run inside this step)
+                for req, new in zip(chosen, fresh, strict=True):
+                    if new:  # its round 0 holds its prefill (run inside this step)
                         req.first_run_ns = start - t0
                         req.prefill_s = req.session.prefill_s
-                    engine_s += sum(r.prefill_s or 0.0 for r, f in zip(chosen, fresh,
-                                                                       strict=True) if f)
+                prefills_s = sum(r.prefill_s or 0.0 for r, new in zip(chosen, fresh, strict=True)
+                                 if new)
+                for i, (req, record) in enumerate(zip(chosen, records, strict=True)):
+                    record.resolve(req.session.clock)
+                    engine_s = (record.round_s or 0.0) + prefills_s
                     first = i == 0
                     self.rows.append({
                         "step": steps, "batch": len(chosen),

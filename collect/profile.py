@@ -32,7 +32,9 @@ those (out + in) times: the switch-cost model ``lapsd replay --c0 --c1`` and ``l
 
 from __future__ import annotations
 
+import functools
 import statistics
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -82,28 +84,19 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
     for ctx in contexts:
         s = session(ctx + 1)  # ctx cached positions and the pending token
         for d in range(k + 1):
-            records = []
-            for _ in range(repeats + 2):
-                r = s.probe(d)
-                s.clock.sync()
-                r.resolve(s.clock)
-                records.append(r)
+            records = _probed(functools.partial(s.probe, d), clock, repeats)
             rounds.append({"batch": 1, "context": ctx, "capacity": cap,
-                           "drafted": records[-1].drafted, **_medians(records[2:])})
+                           "drafted": records[-1].drafted, **_medians(records)})
         swaps.append(_swap(clock, s, repeats))
         resident.append(_resident(clock, s, session(2), repeats))
         s.cancel()
         if sizes != (1,):
             for b in sizes:
                 group = [session(ctx + 1) for _ in range(b)]
-                records = []
-                for _ in range(repeats + 2):
-                    r = engine.probe_batch(group, k)
-                    clock.sync()
-                    r.resolve(clock)
-                    records.append(r)
+                records = _probed(functools.partial(engine.probe_batch, group, k), clock,
+                                  repeats)
                 batch.append({"batch": b, "context": ctx, "capacity": cap, "drafted": k,
-                              **_medians(records[2:])})
+                              **_medians(records)})
                 for g in group:
                     g.cancel()
     graphs = engine.runner is not None and engine.runner.graphed
@@ -121,6 +114,17 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
     }
     write_json(out, table)
     return table
+
+
+def _probed(probe: Callable[[], RoundRecord], clock: Clock, repeats: int) -> list[RoundRecord]:
+    """``repeats`` timed records of ``probe()`` (a profiling round), after two warm-up ones."""
+    records = []
+    for _ in range(repeats + 2):
+        r = probe()
+        clock.sync()
+        r.resolve(clock)
+        records.append(r)
+    return records[2:]
 
 
 def _medians(records: list[RoundRecord]) -> dict[str, float]:

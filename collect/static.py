@@ -249,18 +249,16 @@ class StaticRunner:
             self.steps[("prefill", 1, -(-n // PREFILL_BUCKET) * PREFILL_BUCKET)]()
             self.kv[:, :, row, :, :n].copy_(self.staging[:, :, 0, :, :n])
 
-    def start_round(self, rounds: list[tuple[int, int, list[int]]]) -> int:
+    def start_round(self, rounds: list[tuple[int, int, list[int]]]) -> None:
         """Set each of the first ``len(rounds)`` rows' pending position, token and drafts.
 
         ``rounds[i] = (position, pending, drafts)``; drafts are given for prompt lookup only
-        (rows with fewer than the longest are padded). One host-to-device copy; returns the
-        longest drafts' length.
+        (rows with fewer than the longest are padded). One host-to-device copy.
         """
         width = max(len(r[2]) for r in rounds)
         vals = [[p, tok, *drafts, *[0] * (width - len(drafts))] for p, tok, drafts in rounds]
         self.inp[:len(rounds), :width + 2].copy_(torch.tensor(vals, dtype=torch.long),
                                                  non_blocking=True)
-        return width
 
     def draft(self, d: int, b: int = 1) -> None:
         """Draft ``d >= 1`` tokens in the first ``b`` rows (``layers:N`` only; on the device)."""

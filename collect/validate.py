@@ -175,13 +175,7 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
         if differ:
             warnings.warn(f"--rounds-from {rounds_from} was collected with {'; '.join(differ)}:"
                           " its rounds are not the run's", stacklevel=2)
-    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
-    missing = sorted(set(ids) - set(where))
-    if missing:
-        raise LapsdError(f"--rounds-from {rounds_from}: no request {missing[0]!r} (and "
-                         f"{len(missing) - 1} more of {run.path}'s prompts); collect the run's "
-                         "prompt file")
-    index = np.array([where[rid] for rid in ids], dtype=np.int64)
+    index = _index(arrays, ids, run, rounds_from)
     policy = run.policy_factory()()
     if policy.needs_oracle:  # the true service the run revealed, not the live trace's own
         truth = np.zeros(arrays.n_requests, dtype=np.int64)
@@ -230,6 +224,24 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
     )
 
 
+def _index(arrays: TraceArrays, ids: list[str], run: LiveRun, rounds_from: Path | None
+           ) -> np.ndarray:
+    """Where each of ``ids`` (a run's requests) is in ``arrays``.
+
+    Raises
+    ------
+    LapsdError
+        When one is not there (``rounds_from`` is a collection of other prompts).
+    """
+    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
+    missing = sorted(set(ids) - set(where))
+    if missing:
+        raise LapsdError(f"--rounds-from {rounds_from}: no request {missing[0]!r} (and "
+                         f"{len(missing) - 1} more of {run.path}'s prompts); collect the run's "
+                         "prompt file")
+    return np.array([where[rid] for rid in ids], dtype=np.int64)
+
+
 def fit_batch_cost(runs: list[LiveRun], rounds_from: Path) -> dict[str, Any]:
     """A batch cost table fitted to batched live runs' steps, over a collection's rounds.
 
@@ -250,26 +262,21 @@ def fit_batch_cost(runs: list[LiveRun], rounds_from: Path) -> dict[str, Any]:
     trace = read_trace(rounds_from)
     arrays = TraceArrays.from_trace(trace)
     per = np.diff(arrays.cum["ns"]) / NS_PER_S
-    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
     live: dict[int, float] = {}
     predicted: dict[int, float] = {}
     steps: dict[int, int] = {}
     skipped = 0
     for run in runs:
         req = run.requests
-        prompt = dict(zip(req["request_id"].to_list(), map(str, req["prompt_id"].to_list()),
-                          strict=True))
-        missing = sorted({p for p in prompt.values() if p not in where})
-        if missing:
-            raise LapsdError(f"--rounds-from {rounds_from}: no request {missing[0]!r} (and "
-                             f"{len(missing) - 1} more of {run.path}'s prompts)")
+        index = _index(arrays, [str(p) for p in req["prompt_id"].to_list()], run, rounds_from)
+        where = dict(zip(req["request_id"].to_list(), index.tolist(), strict=True))
         sched = run.schedule
         if "step" not in sched.columns:
             sched = sched.with_row_index("step")
         grouped = sched.group_by("step", maintain_order=True).agg(
             pl.col("request_id"), pl.col("round"), pl.col("round_s").first())
         for ids, rounds, took in grouped.select("request_id", "round", "round_s").iter_rows():
-            at = [where[prompt[r]] for r in ids]
+            at = [where[r] for r in ids]
             if any(k >= arrays.offsets[i + 1] - arrays.offsets[i] for i, k in zip(at, rounds,
                                                                                    strict=True)):
                 skipped += 1
