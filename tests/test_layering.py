@@ -97,12 +97,17 @@ def test_bare_folder_names_are_not_imported(name: str) -> None:
     assert not users
 
 
-def _run(code: str) -> str:
+def _run(code: str, cwd: Path) -> str:
+    """Run ``code`` in a fresh interpreter from ``cwd``, an empty folder.
+
+    ``python -c`` puts its working directory first on ``sys.path``: run from the checkout's
+    parent, a clone named ``lapsd`` would shadow the installed package.
+    """
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, cwd=ROOT.parent).stdout
+                          check=True, cwd=cwd).stdout
 
 
-def test_a_server_imports_no_tuner_predictor_or_torch() -> None:
+def test_a_server_imports_no_tuner_predictor_or_torch(tmp_path: Path) -> None:
     """What a server needs (config, schedulers) loads without optuna, scikit-learn or torch."""
     loaded = _run(
         "import sys\n"
@@ -112,17 +117,17 @@ def test_a_server_imports_no_tuner_predictor_or_torch() -> None:
         "from lapsd.replay.engine import simulate\n"
         # (numba itself imports scipy when it is installed, so scipy is not checked.)
         "heavy = ('optuna', 'sklearn', 'torch', 'transformers', 'plotly', 'skops')\n"
-        "print(sorted(m for m in heavy if m in sys.modules))\n")
+        "print(sorted(m for m in heavy if m in sys.modules))\n", tmp_path)
     assert loaded.strip() == "[]"
 
 
-def test_the_command_parser_needs_none_of_the_extras() -> None:
+def test_the_command_parser_needs_none_of_the_extras(tmp_path: Path) -> None:
     """`lapsd --help` (and so `lapsd collect` on a GPU box) works without the extras."""
     text = _run(
         "import sys\n"
         "for m in ('optuna', 'sklearn', 'torch', 'transformers', 'plotly', 'skops'):\n"
         "    sys.modules[m] = None\n"
         "from lapsd.cli import build_parser\n"
-        "print(build_parser().format_help())\n")
+        "print(build_parser().format_help())\n", tmp_path)
     assert "collect" in text and "tune" in text and "replay" in text
     assert "export-priorities" in text

@@ -1,4 +1,8 @@
-"""Several worker processes share one study in a real PostgreSQL; one is killed mid-trial."""
+"""Several worker processes share one study in a real PostgreSQL; one is killed mid-trial.
+
+The server is a throwaway cluster (``throwaway_postgres``: a temporary folder, a free port,
+stopped and deleted after the test), or the one ``LAPSD_TEST_POSTGRES_URL`` names.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import multiprocessing as mp
 import os
 import time
 import uuid
+from collections.abc import Iterator
 
 import optuna
 import pytest
+import throwaway_postgres
 from optuna.trial import TrialState
 
 from lapsd.tune.context import TuneSpec
@@ -17,20 +23,27 @@ from lapsd.tune.suite import Suite
 
 from .conftest import TRACE, WHAT_IF, check_accounted
 
-URL = os.environ.get("LAPSD_TEST_POSTGRES_URL")
 TARGET = 12
 
-pytestmark = pytest.mark.skipif(
-    not URL, reason="LAPSD_TEST_POSTGRES_URL is not set: run `eval \"$(tests/tune/"
-                    "start_postgres.sh)\"` (as root) to start a local PostgreSQL and set it")
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    if url := os.environ.get("LAPSD_TEST_POSTGRES_URL"):
+        yield url
+        return
+    bin_dir = throwaway_postgres.binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries: install the dev extra (its `pgserver` wheel "
+                    "ships them), or set LAPSD_TEST_PG_BIN or LAPSD_TEST_POSTGRES_URL")
+    with throwaway_postgres.cluster(bin_dir) as url:
+        yield url
 
 
-def test_workers_complete_study_despite_killed_worker() -> None:
-    assert URL is not None
+def test_workers_complete_study_despite_killed_worker(postgres_url: str) -> None:
     spec = TuneSpec(traces=(str(TRACE),),
                     suite=Suite(bursts=(10, 30), loads=(0.7,), poisson_n=80, seeds=(1,)),
                     predictions=WHAT_IF, policies=("laps-sd",))
-    storage = StorageSpec(journal="unused", url=URL, heartbeat=1, grace=3)
+    storage = StorageSpec(journal="unused", url=postgres_url, heartbeat=1, grace=3)
     job = StudyJob(spec, storage, f"lapsd-test-{uuid.uuid4().hex[:10]}", TARGET)
     study = prepare_study(job)
     ctx = mp.get_context("spawn")
