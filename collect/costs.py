@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,4 +59,20 @@ def read_cost_table(path: Path | str) -> dict[str, Any]:
         raise LapsdError(f"cost table {p} has version {table.get('version')!r}; this lapsd "
                          f"reads version {TABLE_VERSION}: profile again with "
                          "`lapsd collect-profile`")
+    if table.get("batch_unit") == "collected_round":
+        raise LapsdError(f"{p} is a batch cost table (`lapsd fit-batch-cost`), without switch "
+                         "costs: give it as --batch-cost, and a `lapsd collect-profile` table "
+                         "as --cost-table")
+    for key in ("switch_fit", "resident_fit"):
+        fit = table.get(key)
+        if not (isinstance(fit, dict) and all(_seconds(fit.get(c)) for c in ("c0", "c1"))):
+            raise LapsdError(f"cost table {p}: {key} must be {{\"c0\": S, \"c1\": S}} with "
+                             f"finite numbers of seconds >= 0, got {fit!r}; profile again with "
+                             "`lapsd collect-profile`")
     return table
+
+
+def _seconds(value: Any) -> bool:
+    """Whether ``value`` is a finite number >= 0 (a JSON number, not a bool)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and 0 <= value < math.inf)

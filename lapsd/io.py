@@ -88,8 +88,12 @@ def atomic_dir(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 def dumps(payload: Any) -> str:
-    """The JSON text lapsd writes: indented, non-JSON values as strings, a final newline."""
-    return json.dumps(payload, indent=2, default=str) + "\n"
+    """The JSON text lapsd writes: indented, non-JSON values as strings, a final newline.
+
+    Standard JSON only: a NaN or infinite number raises :class:`ValueError` (a bug upstream:
+    whatever computed it must refuse its input or write ``null``).
+    """
+    return json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n"
 
 
 def write_json(target: Path | str, payload: Any) -> None:

@@ -26,6 +26,7 @@ completion times.
 from __future__ import annotations
 
 import json
+import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from lapsd.replay.engine import (
     TraceArrays,
     Updates,
     Workload,
+    check_span,
 )
 from lapsd.replay.policies.base import (
     NS_PER_S,
@@ -72,9 +74,10 @@ class BatchCost:
         """Check the table."""
         if (len(self.batch_sizes) != len(self.slowdown) or not self.batch_sizes
                 or self.batch_sizes[0] != 1 or list(self.batch_sizes) != sorted(
-                    set(self.batch_sizes)) or any(s <= 0 for s in self.slowdown)):
+                    set(self.batch_sizes)) or not all(0 < s < math.inf for s in self.slowdown)):
             raise LapsdError("batch cost table: batch sizes must start at 1 and increase, with "
-                             "one positive slowdown each")
+                             f"one finite positive slowdown each; got sizes {self.batch_sizes}, "
+                             f"slowdowns {self.slowdown}")
 
     def factor(self, b: int) -> float:
         """The slowdown of a step of ``b`` requests."""
@@ -103,20 +106,32 @@ class BatchCost:
             by_b: dict[int, list[float]] = {}
             if table.get("batch_unit") == "collected_round":
                 for r in rows:
-                    by_b[int(r["batch"])] = [float(r["slowdown"])]
+                    by_b[int(r["batch"])] = [_positive(r, "slowdown")]
             else:
-                base = {r["context"]: r["round_s"] for r in rows if r["batch"] == 1}
+                base = {r["context"]: _positive(r, "round_s") for r in rows if r["batch"] == 1}
                 for r in rows:
                     if r["context"] in base:
                         by_b.setdefault(int(r["batch"]), []).append(
-                            r["round_s"] / base[r["context"]])
+                            _positive(r, "round_s") / base[r["context"]])
         except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise LapsdError(f"{p}: not a cost table with batch rows ({exc}); write one with "
                              "`lapsd collect-profile`") from None
         sizes = tuple(sorted(by_b))
-        return cls(sizes, tuple(float(np.mean(by_b[b])) for b in sizes),
-                   f"{p.name}: {table.get('gpu') or table.get('device')}, {table.get('target')}"
-                   f" / {table.get('draft')}")
+        try:
+            return cls(sizes, tuple(float(np.mean(by_b[b])) for b in sizes),
+                       f"{p.name}: {table.get('gpu') or table.get('device')}, "
+                       f"{table.get('target')} / {table.get('draft')}")
+        except LapsdError as exc:
+            raise LapsdError(f"{p}: {exc}") from None
+
+
+def _positive(row: dict[str, Any], key: str) -> float:
+    """``row[key]``, a finite number > 0 (a cost table's time or slowdown)."""
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value < math.inf):
+        raise ValueError(f"row {row}: {key} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def simulate_batched(arrays: TraceArrays, workload: Workload, policy: Policy[Any], batch: int,
@@ -138,8 +153,11 @@ def simulate_batched(arrays: TraceArrays, workload: Workload, policy: Policy[Any
     """
     if batch < 1:
         raise LapsdError(f"batch size must be >= 1, got {batch}")
+    if kv_tokens is not None and kv_tokens < 1:
+        raise LapsdError(f"KV capacity must be >= 1 token, got {kv_tokens} (--kv-tokens)")
     cost = cost or BatchCost()
     switch = switch or SwitchCost()
+    check_span(arrays, workload, switch, max(cost.slowdown))
     arrival, starts, ends, prompt, service_s = RequestColumns.of(arrays, workload, policy)
     n_jobs = len(workload)
     pos = list(starts)

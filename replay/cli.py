@@ -51,12 +51,22 @@ def _show_summary(trace: Path, summary: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- import
 def cmd_import_specbench(args: argparse.Namespace) -> int:
     """``lapsd import specbench``."""
-    from lapsd.replay.importers.specbench import import_specbench
+    from lapsd.replay.importers.specbench import MAX_COUNT, import_specbench
     from lapsd.replay.trace import write_trace
 
     k: int | str | None = "infer"
-    if args.k is not None:
-        k = None if args.k == "variable" else int(args.k)
+    if args.k == "variable":
+        k = None
+    elif args.k is not None:
+        try:
+            k = int(args.k)
+        except ValueError:
+            k = -1
+        if not 0 <= k <= MAX_COUNT:
+            raise LapsdError(f"--k {args.k}: expected 'variable' or a draft length, a whole "
+                             f"number from 0 to {MAX_COUNT}")
+    if args.max_token_mismatch < 0:
+        raise LapsdError(f"--max-token-mismatch must be >= 0, got {args.max_token_mismatch}")
     trace, report = import_specbench(
         args.files, args.questions, k=k, target_model=args.target_model,
         draft_model=args.draft_model, max_token_mismatch=args.max_token_mismatch,
@@ -105,12 +115,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     arrays = TraceArrays.from_trace(read_trace(args.trace))
     workloads = [parse_workload(w) for w in args.workload or ["burst:n=30"]]
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
-    params = parse_assignments(args.set)
+    params = parse_assignments(args.set, names)
     factories = registry_factories(names, arrays.scale, params)
     if args.config:
         from lapsd.replay.config import load_config
 
         config = load_config(args.config)
+        if config.policy.name in params:
+            raise LapsdError(f"--set {config.policy.name}.*: {config.policy.name} runs with the "
+                             f"parameters of --config {args.config}; edit the config or drop "
+                             "the --set")
         factories[config.policy.name] = config.scheduler
         if config.policy.name not in names:
             names.append(config.policy.name)
@@ -122,6 +136,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cost = BatchCost.from_profile(args.cost_table) if args.cost_table else BatchCost()
     predictions: PredictionSource
     updates = None
+    if args.repredict_every is not None and args.repredict_every < 1:
+        raise LapsdError(f"--repredict-every must be >= 1 (rounds), got {args.repredict_every}")
     if args.repredict_every is not None and not args.predictor:
         raise LapsdError("--repredict-every needs --predictor: re-predictions come from a model "
                          "that reads the output so far")

@@ -53,7 +53,7 @@ from lapsd.replay.policies import REGISTRY, construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand, check_bands
 from lapsd.replay.policies.base import Policy
 from lapsd.replay.policies.laps_sd import LapsSDParams
-from lapsd.replay.policies.params import PolicyParams, describe, file_model
+from lapsd.replay.policies.params import PolicyParams, describe, file_model, standard_json
 
 VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("lapsd-config.schema.json")
@@ -347,11 +347,14 @@ def load_config(source: str | Path | Mapping[str, Any] | LapsdConfig) -> LapsdCo
         return parse_config(source)
     path = Path(source)
     try:
-        data = json.loads(path.read_text())
+        data = standard_json(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file (write one with `lapsd tune`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"(top level): {path} is not JSON: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"(top level): {path} is not standard JSON: {exc}; write finite "
+                          "numbers") from None
     return parse_config(data)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from lapsd.errors import LapsdError
+from lapsd.replay.clock import check_horizon
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import (
     NS_PER_S,
@@ -47,9 +48,10 @@ class SwitchCost:
     c1: float = 0.0
 
     def __post_init__(self) -> None:
-        """Reject negative costs."""
-        if self.c0 < 0 or self.c1 < 0:
-            raise LapsdError(f"switch costs must be >= 0, got c0={self.c0}, c1={self.c1}")
+        """Reject negative and non-finite costs."""
+        if not (0 <= self.c0 < math.inf and 0 <= self.c1 < math.inf):
+            raise LapsdError(f"switch costs must be finite numbers of seconds >= 0, got "
+                             f"c0={self.c0}, c1={self.c1} (--c0, --c1)")
 
     @property
     def free(self) -> bool:
@@ -296,6 +298,25 @@ class RequestColumns(NamedTuple):
                    (arrays.service_ns[index] / NS_PER_S).tolist())
 
 
+def check_span(arrays: TraceArrays, workload: Workload, switch: SwitchCost,
+               slowdown: float = 1.0) -> None:
+    """Refuse a replay whose clock could pass :data:`~lapsd.replay.clock.HORIZON_S`.
+
+    Its last completion is at most the last arrival plus every request's service (times the
+    largest batch ``slowdown``) plus a switch before each round; summed in floats, so that the
+    bound itself cannot wrap.
+    """
+    index = workload.index
+    if index.size == 0:
+        return
+    rounds = float((arrays.offsets[index + 1] - arrays.offsets[index]).sum())
+    context = float((arrays.prompt_tokens[index] + arrays.output_tokens[index]).max())
+    span = (float(workload.arrival_ns[-1]) + slowdown * arrays.service_ns[index].sum(
+        dtype=np.float64)) / NS_PER_S + rounds * (switch.c0 + switch.c1 * context)
+    check_horizon(span, f"replaying workload {workload.name!r}",
+                  "lower the switch costs (--c0, --c1), the cost table's slowdowns or n=")
+
+
 def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
              switch: SwitchCost | None = None, max_chunk: int | None = None) -> SimResult:
     """Replay ``workload`` through ``policy`` at batch size one.
@@ -320,6 +341,7 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
         Completion time of each arriving request, in workload order, and counters.
     """
     switch = switch or SwitchCost()
+    check_span(arrays, workload, switch)
     arrival, starts, ends, prompt_tokens, service_s = RequestColumns.of(arrays, workload, policy)
     n_jobs = len(workload)
     pos = list(starts)

@@ -66,8 +66,10 @@ def summarize_result(result: SimResult, *, policy: str | None = None, trace: str
         jobs = np.fromiter(result.estimates.keys(), dtype=np.int64)
         est = np.fromiter(result.estimates.values(), dtype=np.float64)
         true = result.service_ns[jobs] / NS_PER_S
-        est_error = float(np.mean(np.abs(est - true) / true))
-        est_count = int(jobs.size)
+        timed = true > 0  # a relative error needs some service to be relative to
+        if timed.any():
+            est_error = float(np.mean(np.abs(est[timed] - true[timed]) / true[timed]))
+            est_count = int(timed.sum())
     mean = float(lat.mean())
     return Metrics(
         policy=policy or result.policy, workload=result.workload, trace=trace,
@@ -77,7 +79,12 @@ def summarize_result(result: SimResult, *, policy: str | None = None, trace: str
         preemptions=result.preemptions,
         switch_share=result.switch_ns / NS_PER_S / span_s,
         rounds=result.rounds, decisions=result.decisions,
-        norm_mean=None if reference is None else mean / reference.mean,
-        norm_p99=None if reference is None else float(p99) / reference.p99,
+        norm_mean=None if reference is None else _ratio(mean, reference.mean),
+        norm_p99=None if reference is None else _ratio(float(p99), reference.p99),
         est_error=est_error, est_count=est_count,
     )
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    """``value / reference``; ``None`` when the reference is 0 (requests of no service)."""
+    return value / reference if reference else None

@@ -30,6 +30,7 @@ import polars as pl
 from lapsd import __version__
 from lapsd.errors import LapsdError
 from lapsd.io import atomic_dir, sha256_file
+from lapsd.replay.clock import HORIZON_S, check_horizon
 
 SCHEMA_VERSION = 1
 
@@ -264,6 +265,58 @@ def _check_schema(df: pl.DataFrame, columns: dict[str, tuple[pl.DataType, bool]]
                                  column=name, row=int(nulls.arg_true()[0]))
 
 
+def _not_time(column: str) -> pl.Expr:
+    """Where a seconds column is not a number from 0 to the replay clock's end (nulls pass)."""
+    return ~pl.col(column).is_finite() | (pl.col(column) < 0) | (pl.col(column) >= HORIZON_S)
+
+
+def _not_count(column: str) -> pl.Expr:
+    """Where a token column is not a finite number >= 0 (nulls pass)."""
+    return ~pl.col(column).is_finite() | (pl.col(column) < 0)
+
+
+def _count_below(column: str, low: int) -> tuple[str, pl.Expr, str]:
+    return column, pl.col(column) < low, f"{column} must be >= {low}"
+
+
+def _time(column: str) -> tuple[str, pl.Expr, str]:
+    return column, _not_time(column), (f"{column} must be a finite number of seconds from 0 "
+                                       f"to {HORIZON_S:.4g} (the replay clock's end)")
+
+
+#: ``(column, where it is bad, what it must be)`` of the rounds and of the requests.
+_ROUND_CHECKS = [
+    _count_below("emitted", 1), _count_below("accepted", 0), _count_below("drafted", 0),
+    ("accepted", pl.col("accepted") > pl.col("drafted"), "accepted > drafted (at most drafted)"),
+    _count_below("context_tokens", 0),
+    _time("round_s"), _time("draft_s"), _time("verify_s"),
+]
+_REQUEST_CHECKS = [
+    _count_below("prompt_tokens", 0), _count_below("k", 0),
+    _time("total_s"), _time("prefill_s"),
+    ("predicted_tokens", _not_count("predicted_tokens"),
+     "predicted_tokens must be a finite number >= 0"),
+    ("predicted_tokens_p90", _not_count("predicted_tokens_p90"),
+     "predicted_tokens_p90 must be a finite number >= 0"),
+]
+
+
+def _check_manifest(manifest: Any, path: Path) -> None:
+    """The manifest is an object and what replays read from it is usable."""
+    if not isinstance(manifest, dict):
+        raise TraceError(f"the manifest must be a JSON object, got a {type(manifest).__name__}; "
+                         "re-create the trace (a collector or `lapsd import` writes it)",
+                         path=path)
+    collector = manifest.get("collector") or {}
+    if not isinstance(collector, dict):
+        raise TraceError(f"collector must be a JSON object, got {collector!r}", path=path)
+    cap = collector.get("max_new_tokens")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise TraceError(f"collector.max_new_tokens must be an integer >= 1, got {cap!r}; fix "
+                         "it or remove it (the cap is then the longest request that stopped "
+                         "for length)", path=path)
+
+
 def _first_bad(df: pl.DataFrame, mask: pl.Expr) -> int | None:
     idx = df.select(mask.fill_null(False).arg_true().first()).item()
     return None if idx is None else int(idx)
@@ -272,12 +325,16 @@ def _first_bad(df: pl.DataFrame, mask: pl.Expr) -> int | None:
 def validate(trace: Trace, where: Path | str | None = None) -> None:
     """Check a trace's schema and invariants; raise :class:`TraceError` at the first problem.
 
-    Invariants: unique request ids, every request has rounds and every round a request,
-    rounds numbered 0..n-1, ``emitted >= 1``, ``0 <= accepted <= drafted`` (when drafted is known),
-    non-negative times, and ``n_rounds``/``output_tokens`` equal to what the rounds add up to.
+    Invariants: a manifest object, unique request ids, every request has rounds and every
+    round a request, rounds numbered 0..n-1, ``emitted >= 1``, ``0 <= accepted <= drafted``
+    (when drafted is known), non-negative counts, finite non-negative times and predictions,
+    some time in the rounds and no more than the replay clock holds (:mod:`lapsd.replay.clock`),
+    and ``n_rounds``/``output_tokens`` equal to what the rounds add up to. Every reader of
+    traces (inspect, replay, tune, predict, validate) goes through here.
     """
     base = Path(where) if where is not None else Path("<memory>")
     rq_path, rd_path = base / REQUESTS_FILE, base / ROUNDS_FILE
+    _check_manifest(trace.manifest, base / MANIFEST_FILE)
     req, rnd = trace.requests, trace.rounds
     _check_schema(req, REQUEST_COLUMNS, rq_path, OPTIONAL_REQUEST_COLUMNS)
     _check_schema(rnd, ROUND_COLUMNS, rd_path, OPTIONAL_ROUND_COLUMNS)
@@ -289,20 +346,22 @@ def validate(trace: Trace, where: Path | str | None = None) -> None:
         raise TraceError(f"duplicated request_id {req['request_id'][row]!r}", path=rq_path,
                          column="request_id", row=row)
 
-    checks = [
-        ("emitted", pl.col("emitted") < 1, "emitted must be >= 1 (a round appends a token)"),
-        ("accepted", pl.col("accepted") < 0, "accepted must be >= 0"),
-        ("accepted", pl.col("accepted") > pl.col("drafted"), "accepted > drafted"),
-        ("drafted", pl.col("drafted") < 0, "drafted must be >= 0"),
-        ("round_s", (pl.col("round_s") < 0) | pl.col("round_s").is_nan(),
-         "round_s must be a non-negative number"),
-        ("draft_s", pl.col("draft_s") < 0, "draft_s must be >= 0"),
-        ("verify_s", pl.col("verify_s") < 0, "verify_s must be >= 0"),
-    ]
-    for column, mask, message in checks:
-        row = _first_bad(rnd, mask)
-        if row is not None:
-            raise TraceError(message, path=rd_path, column=column, row=row)
+    for df, path, checks in ((rnd, rd_path, _ROUND_CHECKS), (req, rq_path, _REQUEST_CHECKS)):
+        for column, mask, message in checks:
+            if column not in df.columns:
+                continue
+            row = _first_bad(df, mask)
+            if row is not None:
+                raise TraceError(f"{message}, got {df[column][row]!r}; fix or drop this row",
+                                 path=path, column=column, row=row)
+    if not number(rnd["round_s"].sum()) > 0:
+        raise TraceError("every round takes 0 s: the trace holds no timing (re-collect or "
+                         "re-import it with round times)", path=rd_path, column="round_s")
+    rounds_s = number(rnd["round_s"].sum())
+    fix = "are they seconds? fix the values that are not"
+    check_horizon(rounds_s, f"{rd_path}, column 'round_s': the trace's rounds", fix)
+    check_horizon(rounds_s + number(req["prefill_s"].sum()),
+                  f"{rq_path}, column 'prefill_s': the trace's rounds and prefills", fix)
 
     known = set(req["request_id"].to_list())
     row = _first_bad(rnd, ~pl.col("request_id").is_in(list(known)))
@@ -361,7 +420,7 @@ def read_trace(path: Path | str) -> Trace:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError:
         raise TraceError("missing manifest", path=manifest_path) from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TraceError(f"manifest is not valid JSON: {exc}", path=manifest_path) from None
     tables = []
     for name in (REQUESTS_FILE, ROUNDS_FILE):

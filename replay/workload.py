@@ -19,6 +19,7 @@ Prediction sources (what length-aware policies are told)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,16 @@ from typing import Any
 import numpy as np
 
 from lapsd.errors import LapsdError
+from lapsd.replay.clock import NS_PER_S, check_horizon
 from lapsd.replay.engine import TraceArrays, Updates, Workload
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.importers.arrivals import read_arrivals
-from lapsd.replay.policies.base import NS_PER_S
 
 KINDS = ("burst", "poisson", "gamma", "trace")
+#: The most requests a workload replays (beyond, a replay's arrays outgrow a machine's memory).
+MAX_REQUESTS = 10_000_000
+#: The widest noise of the oracle what-if: lengths times e^(10 z) already span 1e-8x to 1e8x.
+MAX_SIGMA = 10.0
 
 #: What length-aware policies are told: a source string (module docstring) or a callable
 #: ``(arrays, index) -> list[LengthPrediction]`` (a trained predictor).
@@ -53,7 +58,7 @@ class WorkloadSpec:
     path: str | None = None
 
     def __post_init__(self) -> None:
-        """Check that the kind has what it needs (as :func:`parse_workload` does for text)."""
+        """Check the kind has what it needs and every number is in range (text or code)."""
         if self.kind not in KINDS:
             raise LapsdError(f"workload kind {self.kind!r}: expected one of {', '.join(KINDS)}")
         if self.kind in ("burst", "poisson", "gamma") and self.n is None:
@@ -62,6 +67,15 @@ class WorkloadSpec:
             raise LapsdError(f"workload {self.kind}: load= is required (offered load, e.g. 0.9)")
         if (self.kind == "trace") != (self.path is not None):
             raise LapsdError("workload: trace: and only trace: takes a path (trace:PATH,load=0.8)")
+        for key, ok, want in (
+            ("n", self.n is None or 0 < self.n <= MAX_REQUESTS, f"> 0 and <= {MAX_REQUESTS}"),
+            ("load", self.load is None or 0 < self.load < math.inf, "a finite number > 0"),
+            ("cv", 0 < self.cv < math.inf, "a finite number > 0"),
+            ("seed", self.seed >= 0, ">= 0"),
+        ):
+            if not ok:
+                raise LapsdError(f"workload {self.kind}: {key} must be {want}, got "
+                                 f"{getattr(self, key)}")
 
     @property
     def text(self) -> str:
@@ -103,20 +117,17 @@ def parse_workload(text: str) -> WorkloadSpec:
         raise LapsdError(f"workload {text!r}: only trace: takes a path "
                          "(trace:PATH,load=0.8)")
 
-    def num(key: str, cast: Callable[[str], Any], default: Any = None, low: float | None = None):
+    def num(key: str, cast: Callable[[str], Any], default: Any = None) -> Any:
         if key not in options:
             return default
         try:
-            value = cast(options[key])
+            return cast(options[key])
         except ValueError:
             raise LapsdError(f"workload {text!r}: {key}={options[key]!r} is not a "
                              f"{cast.__name__}") from None
-        if low is not None and not value > low:
-            raise LapsdError(f"workload {text!r}: {key} must be > {low}, got {value}")
-        return value
 
-    values = {"n": num("n", int, None, 0), "load": num("load", float, None, 0.0),
-              "cv": num("cv", float, 1.0, 0.0), "seed": num("seed", int, 0)}
+    values = {"n": num("n", int), "load": num("load", float), "cv": num("cv", float, 1.0),
+              "seed": num("seed", int, 0)}
     try:
         return WorkloadSpec(kind=kind, path=positional[0] if positional else None, **values)
     except LapsdError as exc:
@@ -157,6 +168,8 @@ def draw_arrivals(spec: WorkloadSpec, mean_service_s: float, n_requests: int,
     """
     rng = np.random.default_rng(spec.seed)
     times = _arrival_times(spec, mean_service_s, rng)
+    check_horizon(float(times[-1]), f"the arrivals of workload {spec.text!r}",
+                  "raise load= or lower n=")
     index = rng.choice(n_requests, size=times.size, replace=times.size > n_requests)
     return times, index
 
@@ -187,21 +200,43 @@ def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
     return workload
 
 
+def _oracle_options(source: str, positional: list[str], options: dict[str, str],
+                    ) -> tuple[float, int | None]:
+    """``sigma`` and ``seed`` (``None``: the workload's) of an ``oracle:`` source."""
+    def bad(what: str) -> LapsdError:
+        return LapsdError(f"predictions {source!r}: {what}; expected oracle:sigma=S[,seed=N] "
+                          f"with 0 <= S <= {MAX_SIGMA:g} and N an integer >= 0")
+
+    unknown = sorted(set(options) - {"sigma", "seed"}) + positional
+    if unknown:
+        raise bad(f"unknown option {unknown[0]!r}")
+    try:
+        sigma = float(options.get("sigma", 0.5))
+        seed = int(options["seed"]) if "seed" in options else None
+    except ValueError as exc:
+        raise bad(f"not a number ({exc})") from None
+    if not 0 <= sigma <= MAX_SIGMA:
+        raise bad(f"sigma={sigma}")
+    if seed is not None and seed < 0:
+        raise bad(f"seed={seed}")
+    return sigma, seed
+
+
 def make_predictions(source: PredictionSource, arrays: TraceArrays, index: np.ndarray,
                      seed: int = 0) -> list[LengthPrediction]:
     """Length predictions for the trace requests ``index`` from a source (module docstring)."""
     if callable(source):
         return list(source(arrays, index))
-    kind, _, options = _split_options(source)
+    kind, positional, options = _split_options(source)
     if kind == "oracle":
-        sigma = float(options.get("sigma", 0.5))
-        if sigma < 0:
-            raise LapsdError(f"predictions {source!r}: sigma must be >= 0")
-        rng = np.random.default_rng(int(options.get("seed", seed)) + 7919)
+        sigma, own_seed = _oracle_options(source, positional, options)
+        rng = np.random.default_rng((seed if own_seed is None else own_seed) + 7919)
         true = arrays.output_tokens[index].astype(np.float64)
         noisy = np.maximum(true * np.exp(sigma * rng.standard_normal(true.size)), 1.0)
         return [LengthPrediction(float(x), sigma, arrays.max_new_tokens) for x in noisy]
     if kind == "column":
+        if positional or options:
+            raise LapsdError(f"predictions {source!r}: 'column' takes no options")
         if arrays.predicted is None:
             raise LapsdError("predictions 'column': the trace has no predicted_tokens column; "
                              "add one with `lapsd predict apply` (a what-if instead: "

@@ -6,6 +6,7 @@ are used: a ``trace:PATH`` workload replays their pattern, time-scaled to a targ
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,13 @@ def _mooncake(path: Path) -> np.ndarray:
     times = []
     for lineno, record in read_jsonl(path, what="Mooncake record"):
         try:
-            times.append(float(record["timestamp"]) / 1000.0)
+            stamp = record["timestamp"]
+            if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not (
+                    math.isfinite(stamp)):
+                raise ValueError(f"got {stamp!r}")
         except (KeyError, TypeError, ValueError) as exc:
-            raise TraceError(f"line {lineno}: not a Mooncake record with a numeric "
-                             f"'timestamp' ({exc})", path=path, column="timestamp",
-                             row=lineno - 1) from None
+            raise TraceError(f"line {lineno}: not a Mooncake record with a 'timestamp' in "
+                             f"milliseconds, a finite number ({exc})", path=path,
+                             column="timestamp", row=lineno - 1) from None
+        times.append(stamp / 1000.0)
     return np.asarray(times)

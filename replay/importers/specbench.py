@@ -67,6 +67,33 @@ def read_questions(path: Path | str) -> dict[str, dict[str, Any]]:
     return questions
 
 
+#: The largest token or step count a record may hold: far above any real one, and small enough
+#: that a trace's sums of them stay exact in int64.
+MAX_COUNT = 10**9
+
+
+def _number(value: Any, key: str) -> float:
+    """A JSON number of a record (not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{key}: {value!r} is not a number")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{key}: {value} is beyond a float's range") from None
+
+
+def _counts(choice: dict[str, Any], key: str) -> list[int]:
+    """``choice[key]``: whole numbers from 0 to :data:`MAX_COUNT` (``5.0`` counts as 5)."""
+    out = []
+    for value in choice[key]:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise ValueError(f"{key}: {value!r} is not a whole number from 0 to {MAX_COUNT}")
+        out.append(value)
+    return out
+
+
 def _record_problem(steps: list[int], tokens: list[int], walls: list[float],
                     accepts: list[int]) -> str | None:
     """What makes a whole record unusable (its turns cannot be told apart), or ``None``."""
@@ -112,9 +139,9 @@ def infer_k(records: list[tuple[int, Any]]) -> int | None:
     longest = 1
     for _, rec in records:
         try:
-            longest = max(longest, *(int(a) for a in rec["choices"][0]["accept_lengths"]))
+            longest = max(longest, *_counts(rec["choices"][0], "accept_lengths"))
         except (KeyError, IndexError, TypeError, ValueError):
-            continue
+            continue  # a malformed record is skipped (and reported) by the import
     return longest - 1 if longest - 1 <= MAX_FIXED_K else None
 
 
@@ -182,10 +209,9 @@ def import_specbench(files: list[Path | str], questions: Path | str | None = Non
             qid = rec.get("question_id")
             try:
                 choice = rec["choices"][0]
-                steps = [int(x) for x in choice["decoding_steps"]]
-                tokens = [int(x) for x in choice["new_tokens"]]
-                walls = [float(x) for x in choice["wall_time"]]
-                accepts = [int(x) for x in choice["accept_lengths"]]
+                steps, tokens, accepts = (_counts(choice, key) for key in (
+                    "decoding_steps", "new_tokens", "accept_lengths"))
+                walls = [_number(x, "wall_time") for x in choice["wall_time"]]
                 texts = choice.get("turns") or []
             except (KeyError, IndexError, TypeError, ValueError) as exc:
                 report.skip(path.name, lineno, qid, f"missing or malformed field: {exc}")

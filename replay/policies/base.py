@@ -28,14 +28,14 @@ from typing import ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
+from lapsd.replay.clock import NS_PER_S
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.params import UNITS, Unit
 
-__all__ = ["UNITS", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale", "Unit"]
+__all__ = ["NS_PER_S", "UNITS", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale",
+           "Unit"]
 
 RequestId = Hashable
-
-NS_PER_S = 1_000_000_000
 
 _AHEAD_OF_ALL = (-math.inf,)
 

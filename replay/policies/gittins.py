@@ -19,9 +19,10 @@ the current one by the rival's work plus the switch), so the policy does not thr
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic.dataclasses import dataclass
 
 from lapsd.replay import kernels
@@ -36,7 +37,24 @@ from lapsd.replay.policies.base import (
     TraceScale,
     prediction_of,
 )
-from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Tunable, build
+from lapsd.replay.policies.params import (
+    MAX_AMOUNT,
+    PARAMS_CONFIG,
+    PolicyParams,
+    Tunable,
+    build,
+)
+
+#: The largest finite ``prior_tokens``: already the typical cost alone for any real request
+#: (larger ones overflow the ranks' float arithmetic; ``inf`` says it directly).
+MAX_PRIOR_TOKENS = 1e15
+
+
+def _finite_at_most_max_or_inf(tokens: float) -> float:
+    if MAX_PRIOR_TOKENS < tokens < math.inf:
+        raise ValueError(f"Input should be at most {MAX_PRIOR_TOKENS:g}, or inf to ignore the "
+                         "request's own cost per token")
+    return tokens
 
 
 @dataclass(frozen=True, config=PARAMS_CONFIG)
@@ -61,13 +79,13 @@ class GittinsParams(PolicyParams):
 
     unit_field = None
 
-    seconds_per_token: Annotated[float, Field(gt=0, allow_inf_nan=False),
+    seconds_per_token: Annotated[float, Field(gt=0, le=MAX_AMOUNT, allow_inf_nan=False),
                                  Tunable("seconds per token", search=False)] = 0.012
-    prior_tokens: Annotated[float, Field(ge=0),
+    prior_tokens: Annotated[float, Field(ge=0), AfterValidator(_finite_at_most_max_or_inf),
                             Tunable("tokens", 0.5, 256.0, log=True)] = 16.0
-    c0: Annotated[float, Field(ge=0, allow_inf_nan=False),
+    c0: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False),
                   Tunable("seconds per preemption", search=False)] = 0.0
-    c1: Annotated[float, Field(ge=0, allow_inf_nan=False),
+    c1: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False),
                   Tunable("seconds per context token", search=False)] = 0.0
     switch_weight: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False),
                              Tunable("-", 0.0, 4.0)] = 1.0

@@ -40,7 +40,14 @@ from lapsd.replay.policies.base import (
     prediction_of,
     unit_amount,
 )
-from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Tunable, Unit
+from lapsd.replay.policies.params import (
+    MAX_AMOUNT,
+    MAX_GROWTH,
+    PARAMS_CONFIG,
+    PolicyParams,
+    Tunable,
+    Unit,
+)
 
 
 @dataclass(frozen=True, config=PARAMS_CONFIG)
@@ -79,10 +86,10 @@ class LapsSDParams(PolicyParams):
     """
 
     K: Annotated[int, Field(ge=1, le=64), Tunable("queues", 2, 8)] = 4
-    sup1: Annotated[float, Field(gt=0, allow_inf_nan=False),
+    sup1: Annotated[float, Field(gt=0, le=MAX_AMOUNT, allow_inf_nan=False),
                     Tunable("{unit}", 1.0, 256.0, log=True, rounds=True,
                             default_rounds=16)] = 0.48
-    M: Annotated[float, Field(gt=1, allow_inf_nan=False),
+    M: Annotated[float, Field(gt=1, le=MAX_GROWTH, allow_inf_nan=False),
                  Tunable("ratio (bound growth per queue)", 1.5, 8.0, log=True)] = 2.0
     gamma: Annotated[int, Field(ge=2, le=1000), Tunable("rounds", 2, 20)] = 5
     delta: Annotated[float, Field(ge=0, allow_inf_nan=False),

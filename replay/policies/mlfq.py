@@ -25,7 +25,14 @@ from lapsd.replay.policies.base import (
     Rounds,
     unit_amount,
 )
-from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Tunable, Unit
+from lapsd.replay.policies.params import (
+    MAX_AMOUNT,
+    MAX_GROWTH,
+    PARAMS_CONFIG,
+    PolicyParams,
+    Tunable,
+    Unit,
+)
 
 
 @dataclass(frozen=True, config=PARAMS_CONFIG)
@@ -49,13 +56,13 @@ class MLFQParams(PolicyParams):
     """
 
     K: Annotated[int, Field(ge=1, le=64), Tunable("levels", 2, 8)] = 4
-    q1: Annotated[float, Field(gt=0, allow_inf_nan=False),
+    q1: Annotated[float, Field(gt=0, le=MAX_AMOUNT, allow_inf_nan=False),
                   Tunable("{unit}", 1.0, 256.0, log=True, rounds=True, default_rounds=8)] = 0.24
-    M: Annotated[float, Field(ge=1, allow_inf_nan=False),
+    M: Annotated[float, Field(ge=1, le=MAX_GROWTH, allow_inf_nan=False),
                  Tunable("ratio (quantum growth per level)", 1.0, 8.0, log=True)] = 2.0
     unit: Unit = "seconds"
     skip_join: bool = False
-    prefill_s_per_token: Annotated[float, Field(ge=0, allow_inf_nan=False),
+    prefill_s_per_token: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False),
                                    Tunable("seconds per prompt token", search=False)] = 2e-5
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
@@ -66,8 +67,15 @@ class Tunable:
     search: bool = True
 
 
-#: The pydantic config of parameter dataclasses: unknown fields are errors.
-PARAMS_CONFIG = ConfigDict(extra="forbid")
+#: The pydantic config of parameter dataclasses: unknown fields are errors, and values have
+#: the field's type (no bool for a number, no string for a number, no float for an integer).
+PARAMS_CONFIG = ConfigDict(extra="forbid", strict=True)
+#: The largest amount a parameter holds, in any unit (seconds: 31 years; tokens, rounds): far
+#: beyond any real one, and small enough that thresholds grown by :data:`MAX_GROWTH` per queue
+#: and times in nanoseconds stay finite floats.
+MAX_AMOUNT = 1e9
+#: The largest growth factor of thresholds from one queue to the next.
+MAX_GROWTH = 1e3
 
 P = TypeVar("P")
 
@@ -153,8 +161,8 @@ def file_model(cls: type[Any]) -> type[BaseModel]:
 
     A file (a config) must spell out every parameter, so that a default changing in a later
     lapsd never changes what a deployed config means. Same names, types and ranges as ``cls``
-    (and so the same JSON Schema constraints); unknown fields are rejected. It reads instances
-    of ``cls`` too.
+    (and so the same JSON Schema constraints); unknown fields are rejected, and so are
+    non-finite numbers, which standard JSON cannot hold. It reads instances of ``cls`` too.
     """
     if cls not in _FILE_MODELS:
         fields: dict[str, Any] = {}
@@ -163,7 +171,8 @@ def file_model(cls: type[Any]) -> type[BaseModel]:
                           else info.annotation)
             fields[name] = (annotation, ...)
         _FILE_MODELS[cls] = pydantic.create_model(
-            cls.__name__, __config__=ConfigDict(extra="forbid", from_attributes=True),
+            cls.__name__, __config__=ConfigDict(extra="forbid", from_attributes=True,
+                                                strict=True, allow_inf_nan=False),
             __doc__=cls.__doc__, **fields)
     return _FILE_MODELS[cls]
 
@@ -171,10 +180,13 @@ def file_model(cls: type[Any]) -> type[BaseModel]:
 _FILE_MODELS: dict[type, type[BaseModel]] = {}
 
 
-def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+def parse_assignments(items: Sequence[str], policies: Sequence[str] | None = None,
+                      ) -> dict[str, dict[str, Any]]:
     """``policy.param=value`` strings (``--set``) into ``{policy: {param: value}}``.
 
-    Values are parsed as JSON where possible, so ``K=6`` is an int and ``unit=rounds`` a string.
+    Values are parsed as standard JSON where possible, so ``K=6`` is an int and ``unit=rounds``
+    a string; a number JSON cannot hold (``NaN``, ``Infinity``, ``1e999``) is an error. With
+    ``policies``, each item must name one of them (the policies being run).
     """
     params: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -182,9 +194,39 @@ def parse_assignments(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         policy, dot, name = target.rpartition(".")
         if not sep or not dot or not policy or not name:
             raise ParamsError(f"--set {item!r}: expected POLICY.PARAM=VALUE, e.g. laps-sd.K=6")
+        if policies is not None and policy not in policies:
+            raise ParamsError(f"--set {item!r}: {policy!r} is not a policy being run; these "
+                              f"are: {', '.join(policies)}")
         try:
-            parsed: Any = json.loads(value)
+            parsed: Any = standard_json(value)
         except json.JSONDecodeError:
             parsed = value
+        except ValueError as exc:
+            raise ParamsError(f"--set {item!r}: {exc}; give a finite number") from None
         params.setdefault(policy, {})[name] = parsed
     return params
+
+
+def standard_json(text: str) -> Any:
+    """Parse JSON as its standard defines it (Python's reader also takes NaN and Infinity).
+
+    Raises
+    ------
+    json.JSONDecodeError
+        When ``text`` is not JSON.
+    ValueError
+        Naming a number standard JSON cannot hold: ``NaN``, ``Infinity`` or one beyond a float's
+        range (``1e999``).
+    """
+    return json.loads(text, parse_float=_finite, parse_constant=_not_a_number)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond a float's range")
+    return value
+
+
+def _not_a_number(text: str) -> float:
+    raise ValueError(f"{text} is not a number standard JSON holds")
