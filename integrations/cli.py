@@ -23,8 +23,10 @@ SERVER_NAMES = ("vllm", "sglang", "trtllm")
 
 def cmd_export_priorities(args: argparse.Namespace) -> int:
     """``lapsd export-priorities``."""
-    from lapsd.integrations.priorities import PriorityMapper
+    from lapsd.integrations.priorities import PriorityMapper, check_max_tokens
 
+    if args.max_new_tokens is not None:
+        check_max_tokens(args.max_new_tokens, "--max-new-tokens")
     if args.out.exists() and not args.force:
         raise LapsdError(f"{args.out} exists; pass --force to replace it")
     mapper = PriorityMapper.from_config(

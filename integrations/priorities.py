@@ -32,16 +32,26 @@ one step (a thousandth of the calibration distribution); the server then serves 
 arrival order (FCFS), as the policy would break a tie. The level becomes the server's value:
 vLLM ``level``, SGLang ``levels - 1 - level``, TensorRT-LLM ``(levels - 1 - level) / (levels -
 1)``.
+
+Untrusted requests. :meth:`PriorityMapper.priority_for` refuses a prompt that is not a string
+and a ``max_tokens`` below 1 (either would otherwise get the best priority), and the predictor
+reads only a prompt's first :data:`MAX_PROMPT_CHARS` characters, so a huge prompt costs no more
+than that. A length belief sent to lapsd's vLLM scheduler is taken only when signed with the
+server's secret (:func:`sign_belief`, checked by :class:`BeliefVerifier`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import math
 import shutil
+import time
+import uuid
 import warnings
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +81,24 @@ MAX_KNOTS = 1001
 #: ``vllm_xargs`` keys that carry a request's length belief to lapsd's vLLM scheduler.
 XARG_MEDIAN = "lapsd_median"
 XARG_SIGMA = "lapsd_sigma"
+#: ``vllm_xargs`` keys that make a belief a signed one (:func:`sign_belief`).
+XARG_BELIEF_ID = "lapsd_belief_id"
+XARG_ISSUED_AT = "lapsd_issued_at"
+XARG_SIGNATURE = "lapsd_signature"
+#: Characters of a prompt the predictor reads (about 4000 tokens); the rest is not featurised.
+#: Longer prompts are rare in the training sets, and a 2 MB prompt then costs what 16 kB do.
+MAX_PROMPT_CHARS = 16_384
+#: Seconds a signed belief is valid after (and, for clock skew, before) its ``issued_at``.
+BELIEF_TTL_S = 60.0
+#: The shortest belief-signing secret accepted, in bytes.
+MIN_SECRET_BYTES = 32
+#: The largest median (tokens) and sigma a client's belief may carry.
+MAX_BELIEF_MEDIAN = 1e7
+MAX_BELIEF_SIGMA = 10.0
+#: Characters of a belief id at most.
+MAX_BELIEF_ID = 128
+#: Environment variable of the belief-signing secret (the server's and the gateway's).
+SECRET_ENV = "LAPSD_BELIEF_SECRET"
 
 
 @dataclass(frozen=True)
@@ -234,9 +262,20 @@ class PriorityMapper:
     # ------------------------------------------------------------------ per request
     def predictions(self, prompts: Sequence[str], max_tokens: Sequence[float | None],
                     ) -> list[LengthPrediction | None]:
-        """The predictor's beliefs (capped at each request's ``max_tokens``, else the map's)."""
-        return _beliefs(self.predictor, self.target_model, prompts,
-                        [self.max_new_tokens if m is None else m for m in max_tokens])
+        """The predictor's beliefs (capped at each request's ``max_tokens``, else the map's).
+
+        Raises
+        ------
+        LapsdError
+            When a prompt is not a string or a ``max_tokens`` is not a number >= 1.
+        """
+        for prompt in prompts:
+            if not isinstance(prompt, str):
+                raise LapsdError(f"prompt of type {type(prompt).__name__}: expected the prompt "
+                                 "text (a string) as the predictor was trained on it")
+        return predict_beliefs(self.predictor, self.target_model, prompts,
+                        [self.max_new_tokens if m is None else check_max_tokens(m, "max_tokens")
+                         for m in max_tokens])
 
     def ranks(self, prompts: Sequence[str], prompt_tokens: Sequence[int] | None = None,
               max_tokens: Sequence[float | None] | None = None) -> list[float]:
@@ -271,17 +310,22 @@ class PriorityMapper:
         return [self.priority_of_rank(r) for r in self.ranks(prompts, prompt_tokens, max_tokens)]
 
     def request_fields(self, prompt: str, *, prompt_tokens: int = 0,
-                       max_tokens: float | None = None) -> dict[str, Any]:
+                       max_tokens: float | None = None,
+                       secret: str | bytes | None = None) -> dict[str, Any]:
         """What to merge into the request body: ``priority``, and for vLLM the belief.
 
         The belief (``vllm_xargs``: :data:`XARG_MEDIAN`, :data:`XARG_SIGMA`) is read by lapsd's
-        vLLM scheduler (:mod:`lapsd.integrations.vllm`) and ignored by stock vLLM.
+        vLLM scheduler (:mod:`lapsd.integrations.vllm`) when signed with ``secret`` (the
+        server's ``LAPSD_BELIEF_SECRET``; :func:`sign_belief`) and the server takes client
+        beliefs; otherwise the scheduler predicts the length itself. Stock vLLM ignores it.
         """
         belief = self.predictions([prompt], [max_tokens])[0]
-        rank = self.policy.admission_rank(RequestInfo(0, 0.0, prompt_tokens, belief))
+        rank = _ranks(self.policy, [belief], [prompt_tokens])[0]
         fields: dict[str, Any] = {"priority": self.priority_of_rank(rank)}
         if self.server.name == "vllm" and belief is not None:
-            fields["vllm_xargs"] = {XARG_MEDIAN: belief.median, XARG_SIGMA: belief.sigma}
+            fields["vllm_xargs"] = (
+                {XARG_MEDIAN: belief.median, XARG_SIGMA: belief.sigma} if secret is None
+                else sign_belief(secret, belief.median, belief.sigma))
         return fields
 
     # ------------------------------------------------------------------ building
@@ -325,8 +369,9 @@ class PriorityMapper:
             Path(ref.path) for ref in cfg.provenance.traces]
         prompts, tokens, targets, caps = _calibration_prompts(traces, probe.needs_prediction)
         target = target_model or (targets[0] if len(targets) == 1 else None)
-        cap = max_new_tokens if max_new_tokens is not None else min(caps, default=math.inf)
-        beliefs = _beliefs(predictor_obj, target, prompts, [cap] * len(prompts))
+        cap = (check_max_tokens(max_new_tokens, "max_new_tokens") if max_new_tokens is not None
+               else min(caps, default=math.inf))
+        beliefs = predict_beliefs(predictor_obj, target, prompts, [cap] * len(prompts))
         scale = RankScale.fit(_ranks(probe, beliefs, tokens),
                               f"{len(prompts)} prompts of {', '.join(map(str, traces))}")
         config_ref = ({"path": str(config), "sha256": sha256_file(config)}
@@ -411,7 +456,8 @@ class PriorityMapper:
         for name, text in (
             (MAP_FILE, dumps(self.to_dict())),
             (ARGS_FILE, " ".join(self.server.args) + "\n"),
-            (GATEWAY_FILE, _GATEWAY.format(server=self.server.title, map_file=MAP_FILE)),
+            (GATEWAY_FILE, _GATEWAY.format(server=self.server.title, map_file=MAP_FILE,
+                                           secret_env=SECRET_ENV)),
             *self.server.files,
         ):
             atomic_write_text(out / name, text)
@@ -426,14 +472,18 @@ _GATEWAY = '''"""Fill the ``priority`` field of requests to {server} from the ex
     # or, also carrying the length belief that lapsd's vLLM scheduler plug-in reads:
     body.update(request_fields(user_prompt, prompt_tokens=n, max_tokens=body["max_tokens"]))
 
-Needs ``pip install 'lapsd[predict]'`` (the predictor). Written by ``lapsd export-priorities``.
+With ``{secret_env}`` set (the secret of lapsd's vLLM scheduler), the belief is signed
+and that scheduler may take it instead of predicting the length itself. Needs
+``pip install 'lapsd[predict]'`` (the predictor). Written by ``lapsd export-priorities``.
 """
 
+import os
 from pathlib import Path
 
 from lapsd.integrations.priorities import PriorityMapper
 
 MAPPER = PriorityMapper.load(Path(__file__).with_name("{map_file}"))
+SECRET = os.environ.get("{secret_env}")
 
 
 def priority_for(prompt: str, prompt_tokens: int = 0, max_tokens: float | None = None):
@@ -443,23 +493,51 @@ def priority_for(prompt: str, prompt_tokens: int = 0, max_tokens: float | None =
 
 def request_fields(prompt: str, prompt_tokens: int = 0, max_tokens: float | None = None):
     """What to merge into the request body: ``priority`` (vLLM: and ``vllm_xargs``)."""
-    return MAPPER.request_fields(prompt, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    return MAPPER.request_fields(prompt, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                                 secret=SECRET)
 '''
 
 
-def _beliefs(predictor: Any | None, target: str | None, prompts: Sequence[str],
+def predict_beliefs(predictor: Any | None, target: str | None, prompts: Sequence[str],
              caps: Sequence[float]) -> list[LengthPrediction | None]:
     """The predictor's belief about each prompt with its cap (``None`` without a predictor)."""
     if predictor is None:
         return [None] * len(prompts)
-    beliefs = predictor.predictions(list(prompts), target)
+    beliefs = predictor.predictions([p[:MAX_PROMPT_CHARS] for p in prompts], target)
     return [dataclasses.replace(b, cap=float(c)) for b, c in zip(beliefs, caps, strict=True)]
 
 
 def _ranks(policy: Policy[Any], beliefs: Sequence[LengthPrediction | None],
            prompt_tokens: Sequence[int]) -> list[float]:
+    for t in prompt_tokens:
+        if isinstance(t, bool) or not isinstance(t, int | np.integer) or t < 0:
+            raise LapsdError(f"prompt_tokens={t!r}: expected the prompt's length in tokens, a "
+                             "whole number >= 0")
     return [policy.admission_rank(RequestInfo(i, 0.0, int(t), b))
             for i, (b, t) in enumerate(zip(beliefs, prompt_tokens, strict=True))]
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (not a bool, not a string), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    return float(value)
+
+
+def check_max_tokens(value: Any, source: str) -> float:
+    """``value`` as a cap on output tokens: a finite number >= 1.
+
+    Raises
+    ------
+    LapsdError
+        Naming ``source`` (the option or argument the value came from) otherwise: a cap below
+        1, or NaN, would rank the request first.
+    """
+    number = _real(value)
+    if number is None or not 1 <= number < math.inf:
+        raise LapsdError(f"{source} {value!r}: expected the most output tokens a request may "
+                         "produce, a finite number >= 1 (e.g. 512)")
+    return number
 
 
 def _first_line(doc: str | None) -> str:
@@ -479,16 +557,36 @@ def _predictor(cfg: LapsdConfig, given: str | Path | Any | None, needed: bool,
     if not needed:
         return None, None
     if given is None:
-        ref = cfg.prediction.predictor
-        if ref is None:
+        if cfg.prediction.predictor is None:
             raise LapsdError(f"policy {cfg.policy.name!r} ranks requests by a length prediction "
                              f"and the config's predictions came from {cfg.prediction.source!r}"
                              ", not a predictor file: pass --predictor model.skops")
-        given = ref.path
+        return config_predictor(cfg)
     if isinstance(given, str | Path):
         path = Path(given)
         return _load_predictor(path), {"path": str(path), "sha256": sha256_file(path)}
     return given, None
+
+
+def config_predictor(cfg: LapsdConfig) -> tuple[Any, dict[str, str]]:
+    """The predictor the config names, and its file reference, checked against its sha256.
+
+    Raises
+    ------
+    LapsdError
+        When the config names no predictor, the file is missing or not a predictor, or its
+        sha256 is not the one the config records (it was retrained or replaced since).
+    """
+    ref = cfg.prediction.predictor
+    if ref is None:
+        raise LapsdError(f"the config's predictions came from {cfg.prediction.source!r}, not a "
+                         "predictor file")
+    path = Path(ref.path)
+    if path.is_file() and (digest := sha256_file(path)) != ref.sha256:
+        raise LapsdError(f"{path}: not the predictor the config was tuned with (sha256 "
+                         f"{digest[:12]}..., the config records {ref.sha256[:12]}...); tune the "
+                         "config again with this predictor, or restore the original file")
+    return _load_predictor(path), {"path": str(path), "sha256": ref.sha256}
 
 
 def _calibration_prompts(traces: Sequence[Path], need_text: bool,
@@ -511,3 +609,144 @@ def _calibration_prompts(traces: Sequence[Path], need_text: bool,
         if math.isfinite(arrays.max_new_tokens):
             caps.append(arrays.max_new_tokens)
     return prompts, tokens, sorted(targets), caps
+
+
+# ---------------------------------------------------------------------- signed beliefs
+class BeliefRefused(LapsdError):
+    """A client's belief that the server does not take; ``kind`` names the check it failed."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _belief_numbers(median: Any, sigma: Any) -> tuple[float, float]:
+    """A belief's median and sigma as floats, checked to be in range."""
+    m, s = _real(median), _real(sigma)
+    if m is None or not 1.0 <= m <= MAX_BELIEF_MEDIAN:
+        raise BeliefRefused("invalid", f"{XARG_MEDIAN}={median!r}: expected a number of tokens "
+                                       f"in [1, {MAX_BELIEF_MEDIAN:g}]")
+    if s is None or not 0.0 <= s <= MAX_BELIEF_SIGMA:
+        raise BeliefRefused("invalid", f"{XARG_SIGMA}={sigma!r}: expected a number in "
+                                       f"[0, {MAX_BELIEF_SIGMA:g}]")
+    return m, s
+
+
+def _key(secret: str | bytes) -> bytes:
+    key = secret.encode() if isinstance(secret, str) else secret
+    if len(key) < MIN_SECRET_BYTES:
+        raise LapsdError(f"the belief-signing secret has {len(key)} bytes; use at least "
+                         f"{MIN_SECRET_BYTES} random ones (e.g. `openssl rand -hex 32`)")
+    return key
+
+
+def _signature(key: bytes, belief_id: str, issued_at: int, median: float, sigma: float) -> str:
+    """HMAC-SHA256 of the canonical bytes ``lapsd-belief-v1 NL id NL issued_at NL median NL sigma``.
+
+    Numbers are written as Python's shortest round-trip ``repr`` of the float (issued_at as an
+    integer), so the JSON the gateway sends verifies as the same bytes.
+    """
+    message = "\n".join(("lapsd-belief-v1", belief_id, str(issued_at), repr(median),
+                         repr(sigma))).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def sign_belief(secret: str | bytes, median: float, sigma: float, *,
+                belief_id: str | None = None, issued_at: int | None = None) -> dict[str, Any]:
+    """The ``vllm_xargs`` of a signed length belief, for lapsd's vLLM scheduler.
+
+    A gateway calls it with the secret the server holds (``LAPSD_BELIEF_SECRET``) and merges
+    the result into the request's ``vllm_xargs``; the server takes the belief once, within
+    :data:`BELIEF_TTL_S` seconds of ``issued_at`` (:class:`BeliefVerifier`).
+
+    Parameters
+    ----------
+    secret
+        The shared secret (at least :data:`MIN_SECRET_BYTES` bytes).
+    median, sigma
+        The belief: median output tokens in [1, :data:`MAX_BELIEF_MEDIAN`], log-spread in
+        [0, :data:`MAX_BELIEF_SIGMA`].
+    belief_id
+        A unique id (default: a random UUID); the server accepts each id once.
+    issued_at
+        Unix seconds (default: now).
+
+    Raises
+    ------
+    LapsdError
+        When the secret is too short or the numbers are out of range.
+    """
+    m, s = _belief_numbers(median, sigma)
+    belief_id = uuid.uuid4().hex if belief_id is None else belief_id
+    issued_at = int(time.time()) if issued_at is None else int(issued_at)
+    return {XARG_MEDIAN: m, XARG_SIGMA: s, XARG_BELIEF_ID: belief_id,
+            XARG_ISSUED_AT: issued_at,
+            XARG_SIGNATURE: _signature(_key(secret), belief_id, issued_at, m, s)}
+
+
+class BeliefVerifier:
+    """Checks the signed beliefs of :func:`sign_belief` (the server side).
+
+    A belief is taken when its HMAC matches (:func:`hmac.compare_digest`), its numbers are in
+    range, it was issued within ``ttl_s`` seconds of now, and its id was not taken before
+    (ids are remembered for ``2 * ttl_s`` seconds, after which they have expired anyway).
+
+    Parameters
+    ----------
+    secret
+        The shared secret (at least :data:`MIN_SECRET_BYTES` bytes).
+    ttl_s
+        How long a belief stays valid.
+    clock
+        Unix seconds now (tests).
+    """
+
+    def __init__(self, secret: str | bytes, *, ttl_s: float = BELIEF_TTL_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._key = _key(secret)
+        self.ttl_s = ttl_s
+        self._clock = clock
+        #: Ids taken, with when they were taken (in that order).
+        self._taken: dict[str, float] = {}
+
+    def verify(self, xargs: Mapping[str, Any]) -> tuple[float, float]:
+        """The belief's ``(median, sigma)``.
+
+        Raises
+        ------
+        BeliefRefused
+            When it is unsigned (``kind`` "unsigned"), malformed or out of range ("invalid"),
+            forged ("bad signature"), too old or too new ("expired") or used before
+            ("replayed").
+        """
+        signature = xargs.get(XARG_SIGNATURE)
+        if signature is None:
+            raise BeliefRefused("unsigned", f"no {XARG_SIGNATURE}")
+        belief_id, issued_at = xargs.get(XARG_BELIEF_ID), xargs.get(XARG_ISSUED_AT)
+        if not (isinstance(signature, str) and isinstance(belief_id, str)
+                and 0 < len(belief_id) <= MAX_BELIEF_ID and isinstance(issued_at, int)
+                and not isinstance(issued_at, bool)):
+            raise BeliefRefused("invalid", f"{XARG_SIGNATURE}, {XARG_BELIEF_ID} (at most "
+                                           f"{MAX_BELIEF_ID} characters) or {XARG_ISSUED_AT} "
+                                           "(integer seconds) missing or of the wrong type")
+        median, sigma = xargs.get(XARG_MEDIAN), xargs.get(XARG_SIGMA)
+        m, s = _real(median), _real(sigma)
+        if m is None or s is None:
+            raise BeliefRefused("invalid", f"{XARG_MEDIAN}={median!r}, {XARG_SIGMA}={sigma!r}: "
+                                           "expected numbers")
+        # As bytes: compare_digest refuses a str with non-ASCII characters.
+        if not hmac.compare_digest(_signature(self._key, belief_id, issued_at, m, s).encode(),
+                                   signature.encode()):
+            raise BeliefRefused("bad signature", f"{XARG_SIGNATURE} does not match the belief "
+                                                 "(signed with another secret, or altered)")
+        m, s = _belief_numbers(m, s)
+        now = self._clock()
+        if abs(now - issued_at) > self.ttl_s:
+            raise BeliefRefused("expired", f"{XARG_ISSUED_AT}={issued_at} is more than "
+                                           f"{self.ttl_s:g} s from the server's clock ({now:.0f})")
+        while self._taken and next(iter(self._taken.values())) < now - 2 * self.ttl_s:
+            del self._taken[next(iter(self._taken))]
+        if belief_id in self._taken:
+            raise BeliefRefused("replayed", f"{XARG_BELIEF_ID}={belief_id!r} was used before")
+        self._taken[belief_id] = now
+        return m, s

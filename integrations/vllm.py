@@ -7,11 +7,21 @@ another version stops at import with one message saying so). Start the server wi
         --additional-config '{"lapsd_config": "/path/to/lapsd-config.json"}'
 
 (or ``LAPSD_CONFIG=/path/to/lapsd-config.json`` in the server's environment;
-:class:`LapsdScheduler` with ``--no-async-scheduling``). Requests carry their length belief in
-``vllm_xargs`` (``{"lapsd_median": ..., "lapsd_sigma": ...}``, what
-:meth:`~lapsd.integrations.priorities.PriorityMapper.request_fields` of a ``--server vllm`` map
-fills in); its cap is the request's ``max_tokens``. A request without one is ranked as if it
-used all of its ``max_tokens``.
+:class:`LapsdScheduler` with ``--no-async-scheduling``).
+
+Length beliefs (:class:`ServerBeliefs`). The server predicts each request's length itself: the
+config's predictor (sha256-checked) reads the prompt, decoded from its token ids with the
+model's tokenizer (at most :data:`~lapsd.integrations.priorities.MAX_PROMPT_CHARS` of them), and
+the belief is capped at the request's ``max_tokens``. Without a predictor in the config (or for
+a prompt given as embeddings) a request is ranked as if it used all of its ``max_tokens``.
+Beliefs that clients send in ``vllm_xargs`` are ignored, unless the server opts in with
+``--additional-config '{"lapsd_client_beliefs": true, ...}'`` and holds the secret
+``LAPSD_BELIEF_SECRET`` (read once at start-up): a belief signed with it by the gateway
+(:func:`~lapsd.integrations.priorities.sign_belief`, what ``request_fields`` of an exported
+``--server vllm`` map sends when the gateway has the secret) is then taken once, within
+:data:`~lapsd.integrations.priorities.BELIEF_TTL_S` seconds of its signing. A belief that is
+unsigned, forged, expired, replayed or out of range falls back to the server's prediction; each
+kind of refusal is logged once and counted (``ServerBeliefs.refused``).
 
 What stays vLLM's: all of ``Scheduler.schedule`` and ``update_from_output`` (token budget,
 chunked prefill, KV-block allocation, prefix caching, speculative-decoding slots, async
@@ -33,22 +43,37 @@ placeholders). What the policy decides, each step:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 from lapsd.errors import LapsdError, require_extra
-from lapsd.integrations.priorities import XARG_MEDIAN, XARG_SIGMA
-from lapsd.replay.config import scheduler_from_config
+from lapsd.integrations.priorities import (
+    MAX_PROMPT_CHARS,
+    SECRET_ENV,
+    XARG_MEDIAN,
+    XARG_SIGNATURE,
+    BeliefRefused,
+    BeliefVerifier,
+    config_predictor,
+    predict_beliefs,
+)
+from lapsd.replay.config import load_config
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import Policy, RequestInfo
+
+logger = logging.getLogger(__name__)
 
 #: The vLLM release this module is written and tested against (tests/requirements-vllm.txt).
 SUPPORTED_VLLM = "0.32.0"
 #: ``--additional-config`` key, and environment variable, naming the lapsd config.
 CONFIG_KEY = "lapsd_config"
 CONFIG_ENV = "LAPSD_CONFIG"
+#: ``--additional-config`` key that lets signed client beliefs replace the server's prediction.
+CLIENT_BELIEFS_KEY = "lapsd_client_beliefs"
 
 
 def check_vllm_version(version: str) -> None:
@@ -75,34 +100,106 @@ from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 from vllm.v1.request import RequestStatus  # noqa: E402
 
 
-def policy_from_vllm_config(vllm_config: Any) -> Policy[Any]:
-    """A fresh scheduler from the config named by ``--additional-config`` or ``LAPSD_CONFIG``."""
-    extra = vllm_config.additional_config
-    path = (extra.get(CONFIG_KEY) if isinstance(extra, dict) else None) or os.environ.get(
-        CONFIG_ENV)
+class ServerBeliefs:
+    """Each request's length belief: the server's prediction, or a client's signed one.
+
+    Parameters
+    ----------
+    predictor
+        The config's length predictor; ``None``: a request is believed to use all its
+        ``max_tokens``.
+    tokenizer
+        Decodes a prompt's token ids for the predictor (needed with one).
+    verifier
+        Checks signed client beliefs; ``None`` (the default) ignores client beliefs.
+    """
+
+    def __init__(self, predictor: Any | None = None, tokenizer: Any | None = None,
+                 verifier: BeliefVerifier | None = None) -> None:
+        if predictor is not None and tokenizer is None:
+            raise LapsdError("lapsd's vLLM scheduler predicts lengths from the prompt text and "
+                             "needs the model's tokenizer: start vLLM without "
+                             "--skip-tokenizer-init")
+        self.predictor = predictor
+        self.tokenizer = tokenizer
+        self.verifier = verifier
+        #: Client beliefs not taken, by kind (:class:`BeliefRefused`'s ``kind``, or "off").
+        self.refused: Counter[str] = Counter()
+
+    def __call__(self, request: Any) -> LengthPrediction:
+        """The belief about ``request``, capped at its ``max_tokens``."""
+        params = request.sampling_params
+        extra = (params.extra_args if params is not None else None) or {}
+        cap = float(request.max_tokens)
+        if XARG_MEDIAN in extra or XARG_SIGNATURE in extra:
+            try:
+                if self.verifier is None:
+                    raise BeliefRefused("off", "this server takes no client beliefs (it "
+                                               f"would with {CLIENT_BELIEFS_KEY} and "
+                                               f"{SECRET_ENV})")
+                median, sigma = self.verifier.verify(extra)
+                return LengthPrediction(median, sigma, cap)
+            except BeliefRefused as exc:
+                self.refused[exc.kind] += 1
+                if self.refused[exc.kind] == 1:
+                    logger.warning("lapsd: request %s: client belief not taken (%s); the server "
+                                   "predicts its length instead (further refusals of this kind "
+                                   "are counted, not logged)", request.request_id, exc)
+        return self.predict(request, cap)
+
+    def predict(self, request: Any, cap: float) -> LengthPrediction:
+        """The server's own belief: the predictor's, from the prompt's first token ids."""
+        ids = request.prompt_token_ids
+        if self.predictor is None or self.tokenizer is None or not ids:
+            return LengthPrediction(max(cap, 1.0), 0.0, cap)
+        text = self.tokenizer.decode(ids[:MAX_PROMPT_CHARS], skip_special_tokens=True)
+        belief = predict_beliefs(self.predictor, None, [text], [cap])[0]
+        assert belief is not None  # a predictor gives one
+        return belief
+
+
+def lapsd_from_vllm_config(vllm_config: Any, policy: Policy[Any] | None = None,
+                           ) -> tuple[Policy[Any], ServerBeliefs]:
+    """The policy and the beliefs' source from ``--additional-config`` and the environment.
+
+    The config comes from ``--additional-config`` (:data:`CONFIG_KEY`) or ``LAPSD_CONFIG``; a
+    given ``policy`` (tests) replaces the config's, and then no config is needed and no
+    predictor used. Client beliefs: :data:`CLIENT_BELIEFS_KEY` (``true``) and the secret in
+    ``LAPSD_BELIEF_SECRET``, read here, once.
+    """
+    extra = vllm_config.additional_config if isinstance(vllm_config.additional_config,
+                                                        dict) else {}
+    opt_in = extra.get(CLIENT_BELIEFS_KEY, False)
+    if not isinstance(opt_in, bool):
+        raise LapsdError(f"--additional-config {CLIENT_BELIEFS_KEY}={opt_in!r}: expected true "
+                         "or false")
+    verifier = None
+    if opt_in:
+        secret = os.environ.get(SECRET_ENV)
+        if not secret:
+            raise LapsdError(f"--additional-config {CLIENT_BELIEFS_KEY}=true takes only beliefs "
+                             f"signed with the server's secret: set {SECRET_ENV} (the gateway's "
+                             "too), e.g. to the output of `openssl rand -hex 32`")
+        verifier = BeliefVerifier(secret)
+    if policy is not None:
+        return policy, ServerBeliefs(verifier=verifier)
+    path = extra.get(CONFIG_KEY) or os.environ.get(CONFIG_ENV)
     if not path:
         raise LapsdError(f"lapsd's vLLM scheduler needs a config: start vLLM with "
                          f"--additional-config '{{\"{CONFIG_KEY}\": \"lapsd-config.json\"}}' "
                          f"or set {CONFIG_ENV}=lapsd-config.json")
-    policy = scheduler_from_config(path)
+    cfg = load_config(path)
+    policy = cfg.scheduler()
     if policy.needs_oracle:
         raise LapsdError(f"{path}: policy {policy.name!r} needs every request's true service "
                          "time, which a server does not have")
-    return policy
+    if not policy.needs_prediction or cfg.prediction.predictor is None:
+        return policy, ServerBeliefs(verifier=verifier)
+    from vllm.tokenizers.registry import cached_tokenizer_from_config
 
-
-def belief_of(request: Any) -> LengthPrediction:
-    """The request's length belief from its ``vllm_xargs``, capped at its ``max_tokens``.
-
-    Without one: a point belief at ``max_tokens`` (the longest the request may be).
-    """
-    params = request.sampling_params
-    extra = (params.extra_args if params is not None else None) or {}
-    cap = float(request.max_tokens)
-    median = extra.get(XARG_MEDIAN)
-    if median is None:
-        return LengthPrediction(max(cap, 1.0), 0.0, cap)
-    return LengthPrediction(max(float(median), 1.0), float(extra.get(XARG_SIGMA, 0.0)), cap)
+    predictor, _ = config_predictor(cfg)
+    return policy, ServerBeliefs(predictor, cached_tokenizer_from_config(
+        vllm_config.model_config), verifier)
 
 
 class LapsdScheduler(Scheduler):
@@ -113,7 +210,7 @@ class LapsdScheduler(Scheduler):
     *args, **kwargs
         What vLLM's ``Scheduler`` takes.
     lapsd_policy
-        The policy (tests); by default it comes from the config (:func:`policy_from_vllm_config`).
+        The policy (tests); by default it comes from the config (:func:`lapsd_from_vllm_config`).
     """
 
     #: vLLM's queueing discipline (set by the base class; always ``PRIORITY`` here).
@@ -122,8 +219,7 @@ class LapsdScheduler(Scheduler):
     def __init__(self, *args: Any, lapsd_policy: Policy[Any] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.lapsd = (lapsd_policy if lapsd_policy is not None
-                      else policy_from_vllm_config(self.vllm_config))
+        self.lapsd, self.lapsd_beliefs = lapsd_from_vllm_config(self.vllm_config, lapsd_policy)
         if self.policy != SchedulingPolicy.PRIORITY:
             self.policy = SchedulingPolicy.PRIORITY
             self.waiting = create_request_queue(self.policy)
@@ -143,7 +239,8 @@ class LapsdScheduler(Scheduler):
         super().add_request(request)
         if new and request.request_id in self.requests:
             self.lapsd.admit(RequestInfo(request.request_id, request.arrival_time,
-                                         request.num_prompt_tokens, belief_of(request)))
+                                         request.num_prompt_tokens,
+                                         self.lapsd_beliefs(request)))
             self._lapsd_live.add(request.request_id)
 
     def finish_requests(self, request_ids: str | Iterable[str] | None,

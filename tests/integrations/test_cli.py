@@ -52,3 +52,19 @@ def test_bad_levels_and_servers_are_one_line(srpt_config: Path, tmp_path: Path,
     with pytest.raises(SystemExit):
         main(["export-priorities", "--config", str(srpt_config), "--server", "tgi",
               "--out", str(tmp_path / "y")])
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "0.5", "inf", "-inf", "1e400"])
+def test_a_bad_max_new_tokens_is_one_line_and_changes_nothing(
+        value: str, srpt_config: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "v"
+    out.mkdir()
+    (out / "keep.txt").write_text("before")
+    before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in out.iterdir()}
+    assert main(["export-priorities", "--config", str(srpt_config), "--server", "vllm",
+                 f"--max-new-tokens={value}", "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"--max-new-tokens {float(value)!r}: expected" in err and "finite number >= 1" in err
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in out.iterdir()} == before

@@ -15,11 +15,24 @@ from hypothesis import strategies as st
 
 from lapsd.errors import LapsdError
 from lapsd.integrations.priorities import (
+    BELIEF_TTL_S,
     MAP_FILE,
+    MAX_BELIEF_MEDIAN,
+    MAX_BELIEF_SIGMA,
+    MAX_PROMPT_CHARS,
     PREDICTOR_FILE,
     SERVERS,
+    XARG_BELIEF_ID,
+    XARG_ISSUED_AT,
+    XARG_MEDIAN,
+    XARG_SIGMA,
+    XARG_SIGNATURE,
+    BeliefRefused,
+    BeliefVerifier,
     PriorityMapper,
     RankScale,
+    _signature,
+    sign_belief,
 )
 from lapsd.replay.config import PolicySection, policy_section
 from lapsd.replay.engine import TraceArrays
@@ -172,3 +185,150 @@ def test_vllm_requests_carry_the_belief_for_the_scheduler_plugin(srpt_config: Pa
                                     "lapsd_sigma": belief.sigma}
     assert "vllm_xargs" not in PriorityMapper.from_config(srpt_config, "sglang").request_fields(
         "Write a haiku about the sea.")
+
+
+# ---------------------------------------------------------------------- untrusted requests
+@pytest.mark.parametrize(("prompt", "kwargs", "match"), [
+    ("40", {"max_tokens": -1}, "max_tokens -1: expected"),
+    ("40", {"max_tokens": 0}, "max_tokens 0: expected"),
+    ("40", {"max_tokens": 0.5}, "max_tokens 0.5: expected"),
+    ("40", {"max_tokens": math.nan}, "max_tokens nan: expected"),
+    ("40", {"max_tokens": math.inf}, "max_tokens inf: expected"),
+    ("40", {"max_tokens": "64"}, "max_tokens '64': expected"),
+    ("40", {"max_tokens": True}, "max_tokens True: expected"),
+    ("40", {"prompt_tokens": -3}, r"prompt_tokens=-3: expected"),
+    ("40", {"prompt_tokens": 2.5}, r"prompt_tokens=2.5: expected"),
+    (None, {}, "prompt of type NoneType: expected the prompt text"),
+    (["a", "b"], {}, "prompt of type list"),
+    (b"bytes", {}, "prompt of type bytes"),
+    (123, {}, "prompt of type int"),
+])
+def test_a_request_that_would_jump_the_queue_is_refused(prompt, kwargs, match):
+    mapper = _mapper("lp-sjf", "vllm", [20.0, 50.0, 100.0])
+    for call in (mapper.priority_for, mapper.request_fields):
+        with pytest.raises(LapsdError, match=match):
+            call(prompt, **kwargs)
+    assert mapper.priority_for("40", max_tokens=64) == mapper.priority_for("40")
+
+
+def test_a_huge_prompt_is_predicted_from_its_first_characters(srpt_config: Path):
+    mapper = PriorityMapper.from_config(srpt_config, "vllm")
+    prefix = ("Say yes or no: is the sea salty? " * 1000)[:MAX_PROMPT_CHARS]
+    huge = prefix + ("Write a long essay on every port of the Baltic sea, in detail. " * 40_000)
+    assert len(huge) > 2_000_000
+    assert mapper.predictions([huge], [None]) == mapper.predictions([prefix], [None])
+    # The predictor itself never reads past the cut.
+    seen: list[int] = []
+    real = mapper.predictor.predictions
+    mapper.predictor.predictions = lambda prompts, *a: seen.extend(map(len, prompts)) or real(
+        prompts, *a)
+    mapper.priority_for(huge)
+    assert seen == [MAX_PROMPT_CHARS]
+
+
+def test_a_config_whose_predictor_changed_is_refused(tmp_path: Path, predictor_file: Path):
+    copy = tmp_path / "model.skops"
+    copy.write_bytes(predictor_file.read_bytes())
+    cfg = write_test_config(tmp_path / "c.json", "lp-srpt", copy)
+    copy.write_bytes(predictor_file.read_bytes() + b"\0")
+    with pytest.raises(LapsdError, match="not the predictor the config was tuned with"):
+        PriorityMapper.from_config(cfg, "vllm")
+
+
+# ---------------------------------------------------------------------- signed beliefs
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_signed_belief_is_taken_once_within_its_lifetime():
+    clock = Clock()
+    verifier = BeliefVerifier(SECRET, clock=clock)
+    xargs = json.loads(json.dumps(sign_belief(SECRET, 120, 0.7, issued_at=int(clock.now))))
+    assert verifier.verify(xargs) == (120.0, 0.7)
+    with pytest.raises(BeliefRefused, match="used before") as refused:
+        verifier.verify(xargs)
+    assert refused.value.kind == "replayed"
+    late = sign_belief(SECRET, 120, 0.7, issued_at=int(clock.now - BELIEF_TTL_S - 1))
+    with pytest.raises(BeliefRefused, match="more than 60 s") as refused:
+        verifier.verify(late)
+    assert refused.value.kind == "expired"
+    # Taken ids are forgotten once they could no longer verify anyway.
+    clock.now += 3 * BELIEF_TTL_S
+    assert verifier.verify(sign_belief(SECRET, 5, 0.0, issued_at=int(clock.now))) == (5.0, 0.0)
+    assert len(verifier._taken) == 1
+
+
+def _signed(median, sigma, secret=SECRET, **changes):
+    """Signed xargs of any numbers (what a gateway with the secret could send)."""
+    xargs = {XARG_MEDIAN: median, XARG_SIGMA: sigma, XARG_BELIEF_ID: "id-1",
+             XARG_ISSUED_AT: 1_800_000_000}
+    xargs[XARG_SIGNATURE] = _signature(secret.encode(), "id-1", 1_800_000_000, float(median),
+                                       float(sigma))
+    return {**xargs, **changes}
+
+
+#: Client beliefs the server must not take, with the kind of refusal.
+BAD_BELIEFS = [
+    ({XARG_MEDIAN: 1, XARG_SIGMA: 0.5}, "unsigned"),
+    ({XARG_MEDIAN: math.nan, XARG_SIGMA: 0.5}, "unsigned"),
+    ({XARG_MEDIAN: "abc"}, "unsigned"),
+    (_signed(400, 0.5, **{XARG_MEDIAN: 1}), "bad signature"),
+    (_signed(400, 0.5, **{XARG_SIGMA: 0.0}), "bad signature"),
+    (_signed(400, 0.5, **{XARG_BELIEF_ID: "id-2"}), "bad signature"),
+    (_signed(400, 0.5, secret="another-secret-of-enough-bytes-0123"), "bad signature"),
+    (_signed(400, 0.5, **{XARG_SIGNATURE: "é" * 64}), "bad signature"),
+    (_signed(400, 0.5, **{XARG_SIGNATURE: ""}), "bad signature"),
+    (_signed(math.nan, 0.5), "invalid"),
+    (_signed(math.inf, 0.5), "invalid"),
+    (_signed(-5, 0.5), "invalid"),
+    (_signed(0, 0.5), "invalid"),
+    (_signed(1e300, 0.5), "invalid"),
+    (_signed(100, math.nan), "invalid"),
+    (_signed(100, -1), "invalid"),
+    (_signed(100, 1e300), "invalid"),
+    (_signed(100, 0.5, **{XARG_MEDIAN: "abc"}), "invalid"),
+    (_signed(100, 0.5, **{XARG_MEDIAN: None}), "invalid"),
+    (_signed(100, 0.5, **{XARG_MEDIAN: True}), "invalid"),
+    (_signed(100, 0.5, **{XARG_BELIEF_ID: 7}), "invalid"),
+    (_signed(100, 0.5, **{XARG_BELIEF_ID: "x" * 129}), "invalid"),
+    (_signed(100, 0.5, **{XARG_ISSUED_AT: "now"}), "invalid"),
+    (_signed(100, 0.5, **{XARG_SIGNATURE: 12}), "invalid"),
+]
+
+
+@pytest.mark.parametrize(("xargs", "kind"), BAD_BELIEFS)
+def test_a_bad_client_belief_is_refused_by_kind(xargs, kind):
+    with pytest.raises(BeliefRefused) as refused:
+        BeliefVerifier(SECRET, clock=Clock()).verify(xargs)
+    assert refused.value.kind == kind
+
+
+@given(median=st.one_of(st.floats(), st.integers(), st.text(), st.none(), st.booleans()),
+       sigma=st.one_of(st.floats(), st.integers(), st.text(), st.none()))
+def test_signing_takes_only_beliefs_in_range(median, sigma):
+    m, s = (x if isinstance(x, int | float) and not isinstance(x, bool) else None
+            for x in (median, sigma))
+    valid = (m is not None and s is not None and 1 <= m <= MAX_BELIEF_MEDIAN
+             and 0 <= s <= MAX_BELIEF_SIGMA)
+    if not valid:
+        with pytest.raises(LapsdError):
+            sign_belief(SECRET, median, sigma)
+        return
+    xargs = sign_belief(SECRET, median, sigma, issued_at=1_800_000_000)
+    assert BeliefVerifier(SECRET, clock=Clock()).verify(xargs) == (float(m), float(s))
+
+
+def test_a_short_secret_is_refused_and_the_gateway_signs_with_one(srpt_config: Path):
+    with pytest.raises(LapsdError, match="at least 32 random"):
+        BeliefVerifier("short")
+    mapper = PriorityMapper.from_config(srpt_config, "vllm")
+    xargs = mapper.request_fields("Write a haiku.", max_tokens=64, secret=SECRET)["vllm_xargs"]
+    belief = mapper.predictions(["Write a haiku."], [64])[0]
+    assert BeliefVerifier(SECRET).verify(xargs) == (belief.median, belief.sigma)

@@ -42,7 +42,9 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 
 from lapsd.errors import LapsdError
+from lapsd.integrations.priorities import SECRET_ENV, sign_belief
 from lapsd.integrations.vllm import (
+    CLIENT_BELIEFS_KEY,
     SUPPORTED_VLLM,
     LapsdAsyncScheduler,
     LapsdScheduler,
@@ -51,6 +53,9 @@ from lapsd.integrations.vllm import (
 from lapsd.replay.policies import create
 
 from .conftest import write_test_config
+
+#: The belief-signing secret of the tests' server and gateway.
+SECRET = "lapsd-tests-secret-0123456789abcdef"
 
 #: A config-only OPT model: ModelConfig reads it, nothing is downloaded or loaded.
 TINY_OPT = {"architectures": ["OPTForCausalLM"], "model_type": "opt", "vocab_size": 50272,
@@ -69,22 +74,31 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def belief_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's secret, as its environment holds it."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+
+
 def make_scheduler(model_dir: Path, cls: type = LapsdScheduler, *, max_num_seqs: int = 16,
                    num_blocks: int = 10_000, block_size: int = 16, spec_tokens: int = 0,
                    async_scheduling: bool = False, additional_config: dict | None = None,
+                   client_beliefs: bool = True, tokenizer: bool = False,
                    **kwargs: Any) -> Any:
+    """A scheduler that takes the signed beliefs of :func:`requests` (``client_beliefs``)."""
     scheduler_config = SchedulerConfig(
         max_num_seqs=max_num_seqs, max_num_batched_tokens=8192, max_model_len=8192,
         enable_chunked_prefill=True, async_scheduling=async_scheduling, policy="fcfs",
         is_encoder_decoder=False)
     model_config = ModelConfig(model=str(model_dir), dtype="float16", seed=42,
-                               skip_tokenizer_init=True)
+                               skip_tokenizer_init=not tokenizer)
     cache_config = CacheConfig(block_size=block_size, enable_prefix_caching=False)
     speculative = (SpeculativeConfig(method="ngram", num_speculative_tokens=spec_tokens)
                    if spec_tokens else None)
     vllm_config = VllmConfig(scheduler_config=scheduler_config, model_config=model_config,
                              cache_config=cache_config, speculative_config=speculative,
-                             additional_config=additional_config or {})
+                             additional_config={CLIENT_BELIEFS_KEY: client_beliefs,
+                                                **(additional_config or {})})
     kv_cache_config = KVCacheConfig(
         num_blocks=num_blocks, kv_cache_tensors=[],
         kv_cache_groups=[KVCacheGroupSpec(["layer"], FullAttentionSpec(
@@ -96,12 +110,14 @@ def make_scheduler(model_dir: Path, cls: type = LapsdScheduler, *, max_num_seqs:
 
 
 def requests(prompt_lens: list[int], medians: list[float] | None = None, max_tokens: int = 16,
-             start: int = 0) -> list[Request]:
-    """Requests ``r<start>``, ... with the length belief a lapsd gateway sends (``medians``)."""
+             start: int = 0, xargs: list[dict[str, Any]] | None = None) -> list[Request]:
+    """Requests ``r<start>``, ... with the signed length belief a lapsd gateway sends
+    (``medians``), or the ``vllm_xargs`` given."""
     now = time.time()
     out = []
     for i, n in enumerate(prompt_lens):
-        extra = None if medians is None else {"lapsd_median": medians[i], "lapsd_sigma": 0.5}
+        extra = (xargs[i] if xargs is not None else
+                 None if medians is None else sign_belief(SECRET, medians[i], 0.5))
         params = SamplingParams(max_tokens=max_tokens, extra_args=extra)
         out.append(Request(request_id=f"r{start + i}", prompt_token_ids=[start + i + 3] * n,
                            sampling_params=params, pooling_params=None,
@@ -262,3 +278,154 @@ def test_the_policy_comes_from_the_config(model_dir: Path, tmp_path: Path,
     # A request without a belief is ranked as if it used all its max_tokens.
     scheduler.add_request(requests([4], max_tokens=30)[0])
     assert scheduler.lapsd._states["r0"].belief.median == 30
+
+
+# ---------------------------------------------------------------------- beliefs
+CHARS = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;?!'-\n"))
+
+
+@pytest.fixture(scope="module")
+def tokenized_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The config-only model with a character-level tokenizer (one token per character)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    path = tmp_path_factory.mktemp("tiny-opt-tok")
+    (path / "config.json").write_text(json.dumps(TINY_OPT))
+    vocab = {"<unk>": 0, "<pad>": 1, "</s>": 2} | {c: 3 + i for i, c in enumerate(CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<unk>",
+        "pad_token": "<pad>", "eos_token": "</s>"}))
+    return path
+
+
+def _prompt_request(text: str, request_id: str = "r0", max_tokens: int = 64,
+                    xargs: dict[str, Any] | None = None) -> Request:
+    ids = [3 + CHARS.index(c) for c in text]
+    return Request(request_id=request_id, prompt_token_ids=ids, pooling_params=None,
+                   sampling_params=SamplingParams(max_tokens=max_tokens, extra_args=xargs),
+                   arrival_time=time.time())
+
+
+def test_the_server_predicts_from_the_prompt_and_ignores_client_claims(
+        tokenized_model_dir: Path, tmp_path: Path, predictor_file: Path) -> None:
+    from lapsd.integrations.priorities import MAX_PROMPT_CHARS, predict_beliefs
+    from lapsd.predict.persist import load_predictor
+
+    config = write_test_config(tmp_path / "lapsd-config.json", "lp-srpt", predictor_file)
+    scheduler = make_scheduler(tokenized_model_dir, tokenizer=True, client_beliefs=False,
+                               additional_config={"lapsd_config": str(config)})
+    predictor = load_predictor(predictor_file)
+    text = "Write a haiku about the sea."
+    scheduler.add_request(_prompt_request(text, xargs={"lapsd_median": 1, "lapsd_sigma": 0}))
+    expected = predict_beliefs(predictor, None, [text], [64.0])[0]
+    assert scheduler.lapsd._states["r0"].belief == expected
+    assert expected is not None and expected.median > 1
+    assert scheduler.lapsd_beliefs.refused == {"off": 1}
+    # A huge prompt costs what its first MAX_PROMPT_CHARS characters do.
+    prefix = ("Answer yes or no: is the sea salty? " * 1000)[:MAX_PROMPT_CHARS]
+    scheduler.add_request(_prompt_request(prefix + "Then write an essay. " * 3000, "r1"))
+    assert scheduler.lapsd._states["r1"].belief == predict_beliefs(
+        predictor, None, [prefix], [64.0])[0]
+    # The predictor the config names must be the one it was tuned with.
+    copy = tmp_path / "model.skops"
+    copy.write_bytes(predictor_file.read_bytes())
+    changed = write_test_config(tmp_path / "changed.json", "lp-srpt", copy)
+    copy.write_bytes(predictor_file.read_bytes() + b"\0")
+    with pytest.raises(LapsdError, match="not the predictor the config was tuned with"):
+        make_scheduler(tokenized_model_dir, tokenizer=True,
+                       additional_config={"lapsd_config": str(changed)})
+    # Without the tokenizer there is no prompt text to predict from.
+    with pytest.raises(LapsdError, match="without --skip-tokenizer-init"):
+        make_scheduler(tokenized_model_dir, additional_config={"lapsd_config": str(config)})
+
+
+def test_a_server_without_the_predict_extra_says_which_to_install(
+        tokenized_model_dir: Path, tmp_path: Path, predictor_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    config = write_test_config(tmp_path / "lapsd-config.json", "lp-srpt", predictor_file)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "skops" else find_spec(name, *a))
+    with pytest.raises(LapsdError, match=r"needs the 'predict' extra .*lapsd\[predict\]"):
+        make_scheduler(tokenized_model_dir, tokenizer=True,
+                       additional_config={"lapsd_config": str(config)})
+
+
+def test_client_beliefs_need_an_explicit_opt_in_and_the_secret(
+        model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    scheduler = make_scheduler(model_dir, max_num_seqs=2, client_beliefs=False,
+                               lapsd_policy=create("lp-sjf"))
+    with caplog.at_level("WARNING", logger="lapsd.integrations.vllm"):
+        for r in requests([40, 10, 30, 20], medians=[400, 300, 20, 10]):
+            scheduler.add_request(r)
+    assert [r.message.count("client belief not taken") for r in caplog.records
+            if r.name == "lapsd.integrations.vllm"] == [1]
+    assert step(scheduler)[1] == ["r0", "r1"]  # signed or not, the claims are not taken
+    assert {s.belief.median for s in scheduler.lapsd._states.values()} == {16}
+    assert scheduler.lapsd_beliefs.refused == {"off": 4}
+    with pytest.raises(LapsdError, match="expected true or false"):
+        make_scheduler(model_dir, additional_config={CLIENT_BELIEFS_KEY: "yes"},
+                       lapsd_policy=create("lp-sjf"))
+    monkeypatch.delenv(SECRET_ENV)
+    with pytest.raises(LapsdError, match=f"set {SECRET_ENV}"):
+        make_scheduler(model_dir, lapsd_policy=create("lp-sjf"))
+    monkeypatch.setenv(SECRET_ENV, "short")
+    with pytest.raises(LapsdError, match="at least 32 random"):
+        make_scheduler(model_dir, lapsd_policy=create("lp-sjf"))
+
+
+def _signed_now(median: Any, sigma: Any, secret: str = SECRET, age_s: float = 0.0,
+                **changes: Any) -> dict[str, Any]:
+    """Xargs signed over any numbers (what a gateway holding ``secret`` could send)."""
+    from lapsd.integrations.priorities import _signature
+
+    issued = int(time.time() - age_s)
+    xargs = {"lapsd_median": median, "lapsd_sigma": sigma, "lapsd_belief_id": "b1",
+             "lapsd_issued_at": issued}
+    xargs["lapsd_signature"] = _signature(secret.encode(), "b1", issued, float(median),
+                                          float(sigma))
+    return {**xargs, **changes}
+
+
+@pytest.mark.parametrize(("xargs", "kind"), [
+    ({"lapsd_median": float("nan"), "lapsd_sigma": 0.5}, "unsigned"),
+    ({"lapsd_median": "abc", "lapsd_sigma": "abc"}, "unsigned"),
+    ({"lapsd_median": 1}, "unsigned"),
+    (_signed_now(400, 0.5, lapsd_median=1), "bad signature"),
+    (_signed_now(1, 0.5, secret="a-forger's-guess-of-the-secret-0123"), "bad signature"),
+    (_signed_now(1, 0.5, lapsd_signature="0" * 64), "bad signature"),
+    (_signed_now(float("nan"), 0.5), "invalid"),
+    (_signed_now(float("inf"), 0.5), "invalid"),
+    (_signed_now(-3, 0.5), "invalid"),
+    (_signed_now(1e300, 0.5), "invalid"),
+    (_signed_now(5, 1e300), "invalid"),
+    (_signed_now(5, 0.5, lapsd_median="abc"), "invalid"),
+    (_signed_now(5, 0.5, lapsd_median=None), "invalid"),
+    (_signed_now(5, 0.5, age_s=3600), "expired"),
+])
+def test_a_bad_client_belief_falls_back_to_the_servers_own(model_dir: Path, xargs: dict,
+                                                           kind: str) -> None:
+    scheduler = make_scheduler(model_dir, max_num_seqs=2, lapsd_policy=create("lp-srpt"))
+    bad, good = requests([8, 8], max_tokens=12, xargs=[xargs, sign_belief(SECRET, 5, 0.5)])
+    scheduler.add_request(bad)
+    scheduler.add_request(good)
+    assert scheduler.lapsd._states["r0"].belief.median == 12  # no predictor: max_tokens
+    assert scheduler.lapsd._states["r1"].belief.median == 5  # a valid one is taken
+    assert scheduler.lapsd_beliefs.refused == {kind: 1}
+    run_to_completion(scheduler)
+
+
+def test_a_signed_belief_is_taken_once(model_dir: Path) -> None:
+    scheduler = make_scheduler(model_dir, lapsd_policy=create("lp-srpt"))
+    signed = sign_belief(SECRET, 5, 0.5)
+    for r in requests([8, 8], max_tokens=12, xargs=[signed, dict(signed)]):
+        scheduler.add_request(r)
+    assert [scheduler.lapsd._states[r].belief.median for r in ("r0", "r1")] == [5, 12]
+    assert scheduler.lapsd_beliefs.refused == {"replayed": 1}
