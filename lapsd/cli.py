@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lapsd import __version__
 from lapsd.errors import LapsdError
@@ -33,6 +33,18 @@ def _load_predictor(path: Path, repredict_every: int | None) -> tuple[Any, Any]:
     return predictor_source(predictor), updates
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr, like every other user error.
+
+    argparse prints the whole usage before its message; here the message names the option, the
+    value and where the usage is (``--help``). Subcommand parsers inherit the class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``lapsd`` parser."""
     from lapsd.collect.cli import register as register_collect
@@ -41,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lapsd.replay.cli import register as register_replay
     from lapsd.tune.cli import register as register_tune
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lapsd",
         description="Schedule speculative-decoding LLM requests: collect traces, train a length "
                     "predictor, replay schedulers, tune and export a scheduler config.",
