@@ -2,7 +2,9 @@
 
 Storage
     By default a journal file (``study.journal``) in the output folder: append-only, safe for
-    several processes on one machine, and resumable. With ``--storage postgresql://...`` the
+    several processes on one machine, and resumable. Its writers lock it with ``flock``, which
+    the kernel releases when a writer dies (:mod:`lapsd.tune.journal`), so a killed run leaves
+    no lock for the next one to wait on. With ``--storage postgresql://...`` the
     study lives in Optuna's RDB storage, with heartbeats: a trial whose worker stops beating for
     ``grace`` seconds is failed and re-enqueued with the same parameters
     (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`, Optuna 5's name for the
@@ -58,6 +60,7 @@ from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.base import Policy
 from lapsd.tune.context import TuneContext, TuneSpec, load_context
 from lapsd.tune.defaults import DEFAULT_GRACE, DEFAULT_HEARTBEAT
+from lapsd.tune.journal import JournalFlock, recover_journal
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)
@@ -92,7 +95,7 @@ class StorageSpec:
     def open(self) -> BaseStorage:
         """The Optuna storage."""
         if self.url is None:
-            return JournalStorage(JournalFileBackend(self.journal))
+            return JournalStorage(JournalFileBackend(self.journal, JournalFlock(self.journal)))
         # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; lapsd depends on psycopg2.
         url = re.sub(r"^postgresql://", "postgresql+psycopg2://", self.url)
         return RDBStorage(
@@ -273,7 +276,15 @@ def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
 
 
 def prepare_study(job: StudyJob) -> optuna.Study:
-    """Create or resume the study: check its settings, fail stale trials, enqueue retries."""
+    """Create or resume the study: check its settings, fail stale trials, enqueue retries.
+
+    With the journal, the caller must be the only process using it (a tuning run holds its
+    output folder's lock): a killed run's leftovers are repaired and its running trials failed.
+    Each repair is reported as a warning.
+    """
+    if not job.storage.shared:
+        for message in recover_journal(job.storage.journal):
+            warnings.warn(message, stacklevel=2)
     storage = job.storage.open()
     study = optuna.create_study(study_name=job.study, storage=storage,
                                 directions=job.spec.directions, load_if_exists=True,
