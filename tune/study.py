@@ -23,7 +23,9 @@ Exact count
 Resumption
     Before workers start, :func:`prepare_study` re-enqueues failed trials that have no retry yet
     (a Ctrl-C fails the running trial). With the journal, the output folder is locked for the
-    run, so a trial still ``RUNNING`` at start belongs to a killed run: it is failed and retried.
+    run and worker processes die with the process that started them (:func:`die_with_parent`),
+    so a trial still ``RUNNING`` at start belongs to a killed run whose processes are all gone:
+    it is failed and retried (with a warning), and no trial is computed by two runs at once.
 
 Sampling
     TPE, seeded: worker ``w`` uses seed ``seed + w + 7919 * n`` (``n``: trials already in the
@@ -34,9 +36,14 @@ Sampling
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing as mp
+import os
 import re
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -301,11 +308,14 @@ def prepare_study(job: StudyJob) -> optuna.Study:
         raise LapsdError(f"study {job.study!r} in {job.storage.describe()} was made with other "
                          f"settings ({', '.join(changed)} differ); use another --out or --study")
     trials = study.get_trials(deepcopy=False)
-    if not job.storage.shared:
-        for t in trials:
-            if t.state == TrialState.RUNNING:
-                study.tell(t.number, state=TrialState.FAIL)
+    stale = [] if job.storage.shared else [t for t in trials if t.state == TrialState.RUNNING]
+    if stale:
+        for t in stale:
+            study.tell(t.number, state=TrialState.FAIL)
         trials = study.get_trials(deepcopy=False)
+        warnings.warn(f"study {job.study!r}: trial(s) {', '.join(str(t.number) for t in stale)} "
+                      "were left running by an earlier run that was killed; marked failed, and "
+                      "retried with the same parameters", stacklevel=2)
     retried = _retried_numbers(trials)
     for t in trials:
         if (t.state == TrialState.FAIL and t.user_attrs.get("lapsd") != SURPLUS
@@ -333,7 +343,7 @@ def run_job(job: StudyJob, workers: int = 1,
             raise KeyboardInterrupt  # work() returns early only when interrupted
         return study
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=work, args=(job, w), daemon=True) for w in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(job, w), daemon=True) for w in range(workers)]
     for p in procs:
         p.start()
     try:
@@ -361,6 +371,45 @@ def run_job(job: StudyJob, workers: int = 1,
                            f"{failed}); {finished} of {job.n_trials} trials finished; re-run the "
                            "same command to continue")
     return study
+
+
+def _worker(job: StudyJob, worker: int) -> None:
+    """A worker process of :func:`run_job`."""
+    die_with_parent()
+    work(job, worker)
+
+
+#: ``prctl`` option: the signal this process gets when its parent ends (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """End this process (SIGKILL) when the process that started it ends, however it ends.
+
+    For a :mod:`multiprocessing` child: a worker that outlived a killed parent would keep
+    writing the study, unseen, while a re-run retries the trial it computes. On Linux the kernel
+    sends the signal (``PR_SET_PDEATHSIG``; the parent is the thread that started the child,
+    so start workers from a thread that outlives them); elsewhere a thread waits on the
+    parent's sentinel, a pipe that closes when the parent ends. Nothing happens in a process
+    that :mod:`multiprocessing` did not start.
+    """
+    parent = mp.parent_process()
+    if parent is None:
+        return
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
+        if not parent.is_alive():  # it ended before the request took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+
+    def watch() -> None:
+        parent.join()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def progress_of(study: optuna.Study) -> tuple[int, float | None]:

@@ -15,13 +15,14 @@ import optuna
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from lapsd.tune.context import TuneSpec
 from lapsd.tune.defaults import JOURNAL_FILE
 from lapsd.tune.study import StorageSpec, StudyJob, prepare_study
 
 from .conftest import check_accounted
-from .test_resume import HELD, TARGET, hooked, start_held, study_of, tune_command
+from .test_resume import HELD, TARGET, finished, hooked, start_held, study_of, tune_command
 
 #: Optuna's own lock of a journal (what lapsd used before it locked with flock).
 OPTUNA_LOCK = JOURNAL_FILE + ".lock"
@@ -121,3 +122,120 @@ def test_a_killed_run_that_left_optunas_lock_resumes_at_once_with_one_line(
     assert "Traceback" not in rerun.stderr
     assert not os.path.lexists(out / OPTUNA_LOCK)
     check_accounted(study_of(out), TARGET)
+
+
+#: The process tests find a command's processes in /proc.
+PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                          reason="finds a command's processes in Linux's /proc")
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent's pid (/proc), or ``None`` once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = stat[1]
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [c for c, p in parents.items() if p == parent]
+        found += children
+        todo += children
+    return found
+
+
+def _assert_gone(pids: list[int], within_s: float) -> None:
+    """Every process of ``pids`` ends (or is a zombie no one reaped) within ``within_s``."""
+
+    def alive(pid: int) -> bool:
+        stat = _stat(pid)
+        return stat is not None and stat[0] != "Z"
+
+    deadline = time.monotonic() + within_s
+    while survivors := [pid for pid in pids if alive(pid)]:
+        if time.monotonic() > deadline:
+            for pid in survivors:
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"processes {survivors} survived their killed parent")
+        time.sleep(0.05)
+
+
+@PROC
+@pytest.mark.parametrize("platform", ["linux", "other"])
+def test_a_worker_dies_with_its_killed_parent(tmp_path: Path, platform: str) -> None:
+    if platform == "linux" and sys.platform != "linux":
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    script, ready = tmp_path / "parent.py", tmp_path / "ready"
+    script.write_text(f"""
+import multiprocessing as mp, sys, time
+from pathlib import Path
+
+from lapsd.tune.study import die_with_parent
+
+
+def child():
+    if {platform!r} != "linux":
+        sys.platform = "other"  # the watchdog thread, as on macOS
+    die_with_parent()
+    Path({str(ready)!r}).touch()
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    mp.get_context("spawn").Process(target=child).start()
+    time.sleep(600)
+""")
+    parent = subprocess.Popen([sys.executable, str(script)])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert parent.poll() is None and time.monotonic() < deadline, "no child started"
+            time.sleep(0.02)
+        children = _descendants(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert children
+    _assert_gone(children, within_s=10)
+
+
+def _complete(out: Path) -> int:
+    return len(study_of(out).get_trials(states=(TrialState.COMPLETE,)))
+
+
+@PROC
+def test_killed_run_with_workers_leaves_none_and_resumes_to_the_exact_count(
+        tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env, first = hooked(tmp_path, "first", HELD)
+    proc = start_held(tune_command(out, "--workers", "2"), env, first, holding=2)
+    workers = _descendants(proc.pid)
+    proc.kill()  # the parent alone, as an OOM killer or `kill -9 PID` would
+    proc.wait(timeout=60)
+    _assert_gone(workers, within_s=10)
+    # Each trial the first run computed was recorded, and nothing writes the journal any more.
+    computed_first = len(list(first.glob("trial-*")))
+    assert computed_first == _complete(out) == finished(out) >= HELD
+    size = (out / JOURNAL_FILE).stat().st_size
+    time.sleep(1)
+    assert (out / JOURNAL_FILE).stat().st_size == size
+
+    env, second = hooked(tmp_path, "second", 10**6)
+    rerun = subprocess.run(tune_command(out, "--workers", "2"), capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    notes = [line for line in _stderr_lines(rerun.stderr) if "warning" in line]
+    assert len(notes) == 1 and "left running by an earlier run" in notes[0], rerun.stderr
+    study = study_of(out)
+    check_accounted(study, TARGET)
+    # No trial computed twice: each score computed by either run is one complete trial.
+    assert computed_first + len(list(second.glob("trial-*"))) == _complete(out)
