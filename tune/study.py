@@ -61,7 +61,7 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from lapsd.errors import LapsdError
+from lapsd.errors import LapsdError, require_extra
 from lapsd.replay.policies import REGISTRY, construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.base import Policy
@@ -100,15 +100,30 @@ class StorageSpec:
     grace: int = DEFAULT_GRACE
 
     def open(self) -> BaseStorage:
-        """The Optuna storage."""
+        """The Optuna storage.
+
+        Raises
+        ------
+        LapsdError
+            When the URL is not usable (:func:`check_storage`) or its database refuses the
+            connection.
+        """
         if self.url is None:
             return JournalStorage(JournalFileBackend(self.journal, JournalFlock(self.journal)))
-        # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; lapsd depends on psycopg2.
-        url = re.sub(r"^postgresql://", "postgresql+psycopg2://", self.url)
-        return RDBStorage(
-            url, heartbeat_interval=self.heartbeat, grace_period=self.grace,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
-        )
+        from sqlalchemy.exc import OperationalError
+
+        check_storage(self.url)
+        try:
+            return RDBStorage(
+                _driver_url(self.url), heartbeat_interval=self.heartbeat,
+                grace_period=self.grace,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+            )
+        except OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise LapsdError(f"--storage {self.describe()!r}: cannot use the database "
+                             f"({reason}); check the host, port, user, password and database "
+                             "name") from None
 
     @property
     def shared(self) -> bool:
@@ -117,10 +132,53 @@ class StorageSpec:
 
     def describe(self) -> str:
         """The storage without credentials, for provenance."""
-        if self.url is None:
-            return f"journal:{self.journal}"
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        return f"journal:{self.journal}" if self.url is None else _redacted(self.url)
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its user and password."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
+def _driver_url(url: str) -> str:
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; lapsd depends on psycopg2.
+    return re.sub(r"^postgresql://", "postgresql+psycopg2://", url)
+
+
+def check_storage(url: str) -> None:
+    """Check a ``--storage`` URL without connecting: its syntax, database and driver.
+
+    Cheap enough to call before any work (it imports at most the database's driver).
+
+    Raises
+    ------
+    LapsdError
+        When the URL does not parse, names a database SQLAlchemy does not know, or its driver
+        is not installed (for PostgreSQL: the ``postgres`` extra).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    shown = _redacted(url)
+    try:
+        parsed = make_url(_driver_url(url))
+        dialect = parsed.get_dialect()
+    except (ArgumentError, ValueError) as exc:
+        raise LapsdError(f"--storage {shown!r} is not a usable database URL ({exc}); expected "
+                         "e.g. postgresql://user:password@host:5432/database") from None
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
+        try:
+            require_extra("postgres", "psycopg2")
+        except LapsdError as exc:
+            raise LapsdError(f"--storage {shown!r}: {exc}") from None
+        return
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise LapsdError(f"--storage {shown!r}: the {parsed.get_driver_name()} driver of "
+                         f"{parsed.get_backend_name()} is not installed ({exc}); install it, "
+                         "or use postgresql://") from None
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from lapsd.cli import main
+from lapsd.errors import LapsdError
 from lapsd.tune.context import TuneSpec
 from lapsd.tune.defaults import JOURNAL_FILE
-from lapsd.tune.study import StorageSpec, StudyJob, prepare_study
+from lapsd.tune.study import StorageSpec, StudyJob, check_storage, prepare_study
 
-from .conftest import check_accounted
+from .conftest import TINY_ARGS, TRACE, WHAT_IF, check_accounted
 from .test_resume import HELD, TARGET, finished, hooked, start_held, study_of, tune_command
 
 #: Optuna's own lock of a journal (what lapsd used before it locked with flock).
@@ -239,3 +243,64 @@ def test_killed_run_with_workers_leaves_none_and_resumes_to_the_exact_count(
     check_accounted(study, TARGET)
     # No trial computed twice: each score computed by either run is one complete trial.
     assert computed_first + len(list(second.glob("trial-*"))) == _complete(out)
+
+
+_PSYCOPG2 = "postgresql://lapsd:secret@db.example:5432/lapsd"
+
+#: (--storage, what the one line says, psycopg2 importable).
+BAD_STORAGE = [
+    ("nonsense", "not a usable database URL", True),
+    ("", "not a usable database URL", True),
+    ("postgres://lapsd:secret@host/db", "not a usable database URL", True),
+    ("postgresql://lapsd:secret@host:port/db", "not a usable database URL", True),
+    ("nosuchdb+x://lapsd:secret@host/db", "not a usable database URL", True),
+    ("postgresql+psycopg://lapsd:secret@host/db", "driver of postgresql is not installed",
+     True),
+    ("mysql+nosuchdriver://lapsd:secret@host/db", "not a usable database URL", True),
+    (_PSYCOPG2, "pip install 'lapsd[postgres]'", False),
+    ("postgresql+psycopg2://lapsd:secret@host/db", "pip install 'lapsd[postgres]'", False),
+    ("postgresql://lapsd:secret@127.0.0.1:1/lapsd", "cannot use the database", True),
+]
+
+
+@pytest.mark.parametrize(("url", "says", "psycopg2"), BAD_STORAGE)
+def test_an_unusable_storage_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch, url: str, says: str,
+                                         psycopg2: bool) -> None:
+    if psycopg2:
+        pytest.importorskip("psycopg2", reason="the postgres extra is not installed")
+    else:
+        monkeypatch.setitem(sys.modules, "psycopg2", None)  # import psycopg2 fails
+    out = tmp_path / "run"
+    out.mkdir()
+    kept = out / "kept.txt"
+    kept.write_text("before")
+    before = kept.stat().st_mtime_ns
+
+    code = main(["tune", str(TRACE), "--out", str(out), "--storage", url, "--trials", "2",
+                 "--bands", "none", "--policies", "laps-sd", "--predictions", WHAT_IF,
+                 *TINY_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    # The what-if notice is printed first, as in every run with --predictions oracle.
+    lines = [line for line in _stderr_lines(err) if not line.startswith(f"predictions {WHAT_IF}")]
+    assert len(lines) == 1 and "--storage" in lines[0] and says in lines[0], err
+    assert "Traceback" not in err and "secret" not in err
+    assert kept.read_text() == "before" and kept.stat().st_mtime_ns == before
+
+
+def test_check_storage_needs_no_connection() -> None:
+    check_storage(_PSYCOPG2)  # db.example does not resolve; nothing connects
+    check_storage("sqlite:///study.db")
+
+
+_SCHEMES = st.sampled_from(["postgresql", "postgresql+psycopg2", "postgres", "sqlite",
+                            "mysql", "", "http", "postgresql+"])
+
+
+@given(st.one_of(st.text(), st.builds("{}://{}".format, _SCHEMES, st.text())))
+def test_check_storage_accepts_or_says_one_line(url: str) -> None:
+    try:
+        check_storage(url)
+    except LapsdError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("--storage ")
