@@ -2,7 +2,9 @@
 
 Storage
     By default a journal file (``study.journal``) in the output folder: append-only, safe for
-    several processes on one machine, and resumable. With ``--storage postgresql://...`` the
+    several processes on one machine, and resumable. Its writers lock it with ``flock``, which
+    the kernel releases when a writer dies (:mod:`lapsd.tune.journal`), so a killed run leaves
+    no lock for the next one to wait on. With ``--storage postgresql://...`` the
     study lives in Optuna's RDB storage, with heartbeats: a trial whose worker stops beating for
     ``grace`` seconds is failed and re-enqueued with the same parameters
     (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`, Optuna 5's name for the
@@ -21,7 +23,9 @@ Exact count
 Resumption
     Before workers start, :func:`prepare_study` re-enqueues failed trials that have no retry yet
     (a Ctrl-C fails the running trial). With the journal, the output folder is locked for the
-    run, so a trial still ``RUNNING`` at start belongs to a killed run: it is failed and retried.
+    run and worker processes die with the process that started them (:func:`die_with_parent`),
+    so a trial still ``RUNNING`` at start belongs to a killed run whose processes are all gone:
+    it is failed and retried (with a warning), and no trial is computed by two runs at once.
 
 Sampling
     TPE, seeded: worker ``w`` uses seed ``seed + w + 7919 * n`` (``n``: trials already in the
@@ -32,9 +36,14 @@ Sampling
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing as mp
+import os
 import re
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -52,12 +61,13 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from lapsd.errors import LapsdError
+from lapsd.errors import LapsdError, require_extra
 from lapsd.replay.policies import REGISTRY, construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.base import Policy
 from lapsd.tune.context import TuneContext, TuneSpec, load_context
 from lapsd.tune.defaults import DEFAULT_GRACE, DEFAULT_HEARTBEAT
+from lapsd.tune.journal import JournalFlock, recover_journal
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)
@@ -90,15 +100,30 @@ class StorageSpec:
     grace: int = DEFAULT_GRACE
 
     def open(self) -> BaseStorage:
-        """The Optuna storage."""
+        """The Optuna storage.
+
+        Raises
+        ------
+        LapsdError
+            When the URL is not usable (:func:`check_storage`) or its database refuses the
+            connection.
+        """
         if self.url is None:
-            return JournalStorage(JournalFileBackend(self.journal))
-        # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; lapsd depends on psycopg2.
-        url = re.sub(r"^postgresql://", "postgresql+psycopg2://", self.url)
-        return RDBStorage(
-            url, heartbeat_interval=self.heartbeat, grace_period=self.grace,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
-        )
+            return JournalStorage(JournalFileBackend(self.journal, JournalFlock(self.journal)))
+        from sqlalchemy.exc import OperationalError
+
+        check_storage(self.url)
+        try:
+            return RDBStorage(
+                _driver_url(self.url), heartbeat_interval=self.heartbeat,
+                grace_period=self.grace,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+            )
+        except OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise LapsdError(f"--storage {self.describe()!r}: cannot use the database "
+                             f"({reason}); check the host, port, user, password and database "
+                             "name") from None
 
     @property
     def shared(self) -> bool:
@@ -107,10 +132,53 @@ class StorageSpec:
 
     def describe(self) -> str:
         """The storage without credentials, for provenance."""
-        if self.url is None:
-            return f"journal:{self.journal}"
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        return f"journal:{self.journal}" if self.url is None else _redacted(self.url)
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its user and password."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
+def _driver_url(url: str) -> str:
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; lapsd depends on psycopg2.
+    return re.sub(r"^postgresql://", "postgresql+psycopg2://", url)
+
+
+def check_storage(url: str) -> None:
+    """Check a ``--storage`` URL without connecting: its syntax, database and driver.
+
+    Cheap enough to call before any work (it imports at most the database's driver).
+
+    Raises
+    ------
+    LapsdError
+        When the URL does not parse, names a database SQLAlchemy does not know, or its driver
+        is not installed (for PostgreSQL: the ``postgres`` extra).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    shown = _redacted(url)
+    try:
+        parsed = make_url(_driver_url(url))
+        dialect = parsed.get_dialect()
+    except (ArgumentError, ValueError) as exc:
+        raise LapsdError(f"--storage {shown!r} is not a usable database URL ({exc}); expected "
+                         "e.g. postgresql://user:password@host:5432/database") from None
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
+        try:
+            require_extra("postgres", "psycopg2")
+        except LapsdError as exc:
+            raise LapsdError(f"--storage {shown!r}: {exc}") from None
+        return
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise LapsdError(f"--storage {shown!r}: the {parsed.get_driver_name()} driver of "
+                         f"{parsed.get_backend_name()} is not installed ({exc}); install it, "
+                         "or use postgresql://") from None
 
 
 @dataclass(frozen=True)
@@ -273,7 +341,15 @@ def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
 
 
 def prepare_study(job: StudyJob) -> optuna.Study:
-    """Create or resume the study: check its settings, fail stale trials, enqueue retries."""
+    """Create or resume the study: check its settings, fail stale trials, enqueue retries.
+
+    With the journal, the caller must be the only process using it (a tuning run holds its
+    output folder's lock): a killed run's leftovers are repaired and its running trials failed.
+    Each repair is reported as a warning.
+    """
+    if not job.storage.shared:
+        for message in recover_journal(job.storage.journal):
+            warnings.warn(message, stacklevel=2)
     storage = job.storage.open()
     study = optuna.create_study(study_name=job.study, storage=storage,
                                 directions=job.spec.directions, load_if_exists=True,
@@ -290,11 +366,14 @@ def prepare_study(job: StudyJob) -> optuna.Study:
         raise LapsdError(f"study {job.study!r} in {job.storage.describe()} was made with other "
                          f"settings ({', '.join(changed)} differ); use another --out or --study")
     trials = study.get_trials(deepcopy=False)
-    if not job.storage.shared:
-        for t in trials:
-            if t.state == TrialState.RUNNING:
-                study.tell(t.number, state=TrialState.FAIL)
+    stale = [] if job.storage.shared else [t for t in trials if t.state == TrialState.RUNNING]
+    if stale:
+        for t in stale:
+            study.tell(t.number, state=TrialState.FAIL)
         trials = study.get_trials(deepcopy=False)
+        warnings.warn(f"study {job.study!r}: trial(s) {', '.join(str(t.number) for t in stale)} "
+                      "were left running by an earlier run that was killed; marked failed, and "
+                      "retried with the same parameters", stacklevel=2)
     retried = _retried_numbers(trials)
     for t in trials:
         if (t.state == TrialState.FAIL and t.user_attrs.get("lapsd") != SURPLUS
@@ -322,7 +401,7 @@ def run_job(job: StudyJob, workers: int = 1,
             raise KeyboardInterrupt  # work() returns early only when interrupted
         return study
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=work, args=(job, w), daemon=True) for w in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(job, w), daemon=True) for w in range(workers)]
     for p in procs:
         p.start()
     try:
@@ -350,6 +429,45 @@ def run_job(job: StudyJob, workers: int = 1,
                            f"{failed}); {finished} of {job.n_trials} trials finished; re-run the "
                            "same command to continue")
     return study
+
+
+def _worker(job: StudyJob, worker: int) -> None:
+    """A worker process of :func:`run_job`."""
+    die_with_parent()
+    work(job, worker)
+
+
+#: ``prctl`` option: the signal this process gets when its parent ends (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """End this process (SIGKILL) when the process that started it ends, however it ends.
+
+    For a :mod:`multiprocessing` child: a worker that outlived a killed parent would keep
+    writing the study, unseen, while a re-run retries the trial it computes. On Linux the kernel
+    sends the signal (``PR_SET_PDEATHSIG``; the parent is the thread that started the child,
+    so start workers from a thread that outlives them); elsewhere a thread waits on the
+    parent's sentinel, a pipe that closes when the parent ends. Nothing happens in a process
+    that :mod:`multiprocessing` did not start.
+    """
+    parent = mp.parent_process()
+    if parent is None:
+        return
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
+        if not parent.is_alive():  # it ended before the request took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+
+    def watch() -> None:
+        parent.join()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def progress_of(study: optuna.Study) -> tuple[int, float | None]:
