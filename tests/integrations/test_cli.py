@@ -52,3 +52,12 @@ def test_bad_levels_and_servers_are_one_line(srpt_config: Path, tmp_path: Path,
     with pytest.raises(SystemExit):
         main(["export-priorities", "--config", str(srpt_config), "--server", "tgi",
               "--out", str(tmp_path / "y")])
+
+
+def test_force_onto_a_file_leaves_no_hidden_copy(srpt_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "map"
+    out.write_text("an old file\n")
+    assert main(["export-priorities", "--config", str(srpt_config), "--server", "vllm",
+                 "--out", str(out), "--force"]) == 0
+    assert (out / "priority-map.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["map"]  # no .map.old-PID beside it
