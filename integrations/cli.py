@@ -15,8 +15,7 @@ import numpy as np
 from rich.table import Table
 
 from lapsd.console import add_json, console, emit, out
-from lapsd.errors import LapsdError
-from lapsd.io import atomic_dir
+from lapsd.io import atomic_dir, check_output
 
 SERVER_NAMES = ("vllm", "sglang", "trtllm")
 
@@ -24,13 +23,18 @@ SERVER_NAMES = ("vllm", "sglang", "trtllm")
 def cmd_export_priorities(args: argparse.Namespace) -> int:
     """``lapsd export-priorities``."""
     from lapsd.integrations.priorities import PriorityMapper, check_max_tokens
+    from lapsd.replay.config import config_predictor, config_traces, load_config
 
     if args.max_new_tokens is not None:
         check_max_tokens(args.max_new_tokens, "--max-new-tokens")
-    if args.out.exists() and not args.force:
-        raise LapsdError(f"{args.out} exists; pass --force to replace it")
+    check_output(args.out, "--out", folder=True, force=args.force)
+    config = load_config(args.config)
+    # The config's own files, found beside it and checked against their recorded hashes.
+    predictor = (config_predictor(args.config, args.predictor, config)
+                 if config.scheduler().needs_prediction else None)
     mapper = PriorityMapper.from_config(
-        args.config, args.server, predictor=args.predictor, calibration=args.calibration,
+        args.config, args.server, predictor=predictor,
+        calibration=args.calibration or config_traces(args.config, config),
         levels=args.levels, target_model=args.target_model,
         max_new_tokens=args.max_new_tokens)
     with atomic_dir(args.out, overwrite=args.force) as tmp:
@@ -114,6 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serving cap on output tokens (default: the calibration traces' cap; a "
                         "request's own max_tokens overrides it)")
     p.add_argument("--out", type=Path, required=True, help="folder to write")
-    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out (folder or file)")
     add_json(p, "the export summary")
     p.set_defaults(func=cmd_export_priorities)

@@ -61,7 +61,13 @@ import numpy as np
 from lapsd import __version__
 from lapsd.errors import LapsdError, require_extra
 from lapsd.io import atomic_write_text, dumps, read_json, sha256_file
-from lapsd.replay.config import LapsdConfig, PolicySection, load_config
+from lapsd.replay.config import (
+    LapsdConfig,
+    PolicySection,
+    config_predictor,
+    config_traces,
+    load_config,
+)
 from lapsd.replay.engine import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import Policy, RequestInfo
@@ -358,15 +364,17 @@ class PriorityMapper:
         """
         spec = server_spec(server)
         cfg = load_config(config)
+        # A config given as an object has no folder: its paths are relative to the working one.
+        origin = Path("lapsd-config.json") if isinstance(config, LapsdConfig) else Path(config)
         section = cfg.policy
         probe = section.build()
         if cfg.prediction.what_if and probe.needs_prediction:
             warnings.warn(f"the config was tuned with {cfg.prediction.source}, a what-if of "
                           "predictions a server cannot have; its parameters may not suit the "
                           "real predictor", stacklevel=2)
-        predictor_obj, predictor_ref = _predictor(cfg, predictor, probe.needs_prediction)
-        traces = [Path(t) for t in calibration] if calibration else [
-            Path(ref.path) for ref in cfg.provenance.traces]
+        predictor_obj, predictor_ref = _predictor(origin, cfg, predictor, probe.needs_prediction)
+        traces = ([Path(t) for t in calibration] if calibration
+                  else config_traces(origin, cfg))
         prompts, tokens, targets, caps = _calibration_prompts(traces, probe.needs_prediction)
         target = target_model or (targets[0] if len(targets) == 1 else None)
         cap = (check_max_tokens(max_new_tokens, "max_new_tokens") if max_new_tokens is not None
@@ -551,8 +559,8 @@ def _load_predictor(path: Path) -> Any:
     return load_predictor(path)
 
 
-def _predictor(cfg: LapsdConfig, given: str | Path | Any | None, needed: bool,
-               ) -> tuple[Any | None, dict[str, str] | None]:
+def _predictor(config: str | Path, cfg: LapsdConfig, given: str | Path | Any | None,
+               needed: bool) -> tuple[Any | None, dict[str, str] | None]:
     """The predictor object and its file reference (``None`` when the policy needs none)."""
     if not needed:
         return None, None
@@ -561,15 +569,18 @@ def _predictor(cfg: LapsdConfig, given: str | Path | Any | None, needed: bool,
             raise LapsdError(f"policy {cfg.policy.name!r} ranks requests by a length prediction "
                              f"and the config's predictions came from {cfg.prediction.source!r}"
                              ", not a predictor file: pass --predictor model.skops")
-        return config_predictor(cfg)
+        return load_config_predictor(config, cfg)
     if isinstance(given, str | Path):
         path = Path(given)
         return _load_predictor(path), {"path": str(path), "sha256": sha256_file(path)}
     return given, None
 
 
-def config_predictor(cfg: LapsdConfig) -> tuple[Any, dict[str, str]]:
-    """The predictor the config names, and its file reference, checked against its sha256.
+def load_config_predictor(config: str | Path, cfg: LapsdConfig) -> tuple[Any, dict[str, str]]:
+    """The predictor the config at ``config`` names, and its file reference.
+
+    Found beside the config (or, for older configs, relative to the working directory) and
+    checked against the sha256 the config records, by :func:`lapsd.replay.config.config_predictor`.
 
     Raises
     ------
@@ -577,16 +588,11 @@ def config_predictor(cfg: LapsdConfig) -> tuple[Any, dict[str, str]]:
         When the config names no predictor, the file is missing or not a predictor, or its
         sha256 is not the one the config records (it was retrained or replaced since).
     """
-    ref = cfg.prediction.predictor
-    if ref is None:
+    path = config_predictor(config, None, cfg)
+    if path is None:
         raise LapsdError(f"the config's predictions came from {cfg.prediction.source!r}, not a "
                          "predictor file")
-    path = Path(ref.path)
-    if path.is_file() and (digest := sha256_file(path)) != ref.sha256:
-        raise LapsdError(f"{path}: not the predictor the config was tuned with (sha256 "
-                         f"{digest[:12]}..., the config records {ref.sha256[:12]}...); tune the "
-                         "config again with this predictor, or restore the original file")
-    return _load_predictor(path), {"path": str(path), "sha256": ref.sha256}
+    return _load_predictor(path), {"path": str(path), "sha256": sha256_file(path)}
 
 
 def _calibration_prompts(traces: Sequence[Path], need_text: bool,

@@ -58,7 +58,7 @@ from lapsd.integrations.priorities import (
     XARG_SIGNATURE,
     BeliefRefused,
     BeliefVerifier,
-    config_predictor,
+    load_config_predictor,
     predict_beliefs,
 )
 from lapsd.replay.config import load_config
@@ -197,7 +197,7 @@ def lapsd_from_vllm_config(vllm_config: Any, policy: Policy[Any] | None = None,
         return policy, ServerBeliefs(verifier=verifier)
     from vllm.tokenizers.registry import cached_tokenizer_from_config
 
-    predictor, _ = config_predictor(cfg)
+    predictor, _ = load_config_predictor(path, cfg)
     return policy, ServerBeliefs(predictor, cached_tokenizer_from_config(
         vllm_config.model_config), verifier)
 

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from lapsd import __version__
 from lapsd.errors import LapsdError
+from lapsd.io import check_output
 
 
 def _load_predictor(path: Path, repredict_every: int | None) -> tuple[Any, Any]:
@@ -80,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = show_warning
     try:
+        if getattr(args, "json", None) is not None:
+            check_output(args.json, "--json")  # before the work whose result it would hold
         return int(args.func(args) or 0)
     except LapsdError as exc:
         console.print(f"[bold red]lapsd {args.command}: error:[/] {escape(str(exc))}",

@@ -3,6 +3,11 @@
 Writers never leave a half-written file or folder behind: content goes to a temporary name in
 the destination's folder and is renamed into place, so a reader sees the old version or the new
 one, and a crash keeps the old one. Files get the permissions a plain ``open()`` would give.
+
+An output path that cannot be written (a folder where a file goes, a path under a file, a
+read-only folder) is a :class:`~lapsd.errors.LapsdError` naming the path and why:
+:func:`check_output` says so before a command starts its work, and the writers say so should
+the path change meanwhile.
 """
 
 from __future__ import annotations
@@ -30,23 +35,88 @@ def _umask() -> int:
     return mask
 
 
+def _blocked(dest: Path) -> str | None:
+    """Why nothing can be created at ``dest`` (an ancestor is a file, or read-only), or ``None``.
+
+    Looks at the nearest existing ancestor: the folders below it would be created.
+    """
+    folder = dest.absolute().parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {folder} is not writable"
+    return None
+
+
+def _unwritable(dest: Path, exc: OSError) -> LapsdError:
+    """The one-line error of an output that failed with ``exc``."""
+    why = _blocked(dest) or ("it is a folder" if dest.is_dir() else exc.strerror or str(exc))
+    return LapsdError(f"cannot write {dest}: {why}; choose another path")
+
+
+def check_output(path: Path | str, flag: str, *, folder: bool = False,
+                 force: bool = True) -> None:
+    """Refuse, before any work, an output path that cannot be written.
+
+    Parameters
+    ----------
+    path
+        Where the command will write (``-`` is standard output, always writable).
+    flag
+        The option that named it (``--out``, ``--json``), for the message.
+    folder
+        Whether a folder is written there (else a file, which an existing folder blocks).
+    force
+        Whether an existing ``path`` may be replaced (``--force``).
+
+    Raises
+    ------
+    LapsdError
+        With ``flag``, the path, why, and what to do.
+    """
+    if str(path) == STDOUT and not folder:
+        return
+    dest = Path(path)
+    if os.path.lexists(dest):
+        if not force:
+            raise LapsdError(f"{flag} {dest} exists; pass --force to replace it")
+        if not folder and dest.is_dir():
+            raise LapsdError(f"{flag} {dest} is a folder; name a file to write")
+    why = _blocked(dest)
+    if why is not None:
+        raise LapsdError(f"{flag} {dest}: {why}; choose another path")
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """A temporary file path beside ``path``; renamed to ``path`` when the block succeeds.
 
     For writers that need a path of their own (Parquet, skops). On an exception the temporary
     file is removed and ``path`` is left as it was.
+
+    Raises
+    ------
+    LapsdError
+        When ``path`` cannot be written (see :func:`check_output`).
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise _unwritable(dest, exc) from None
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        # mkstemp makes the file private; give it the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, dest)
+        try:
+            # mkstemp makes the file private; give it the permissions a plain open() would.
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise _unwritable(dest, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -58,33 +128,59 @@ def atomic_write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text)
 
 
+def _remove(path: Path) -> None:
+    """Delete a file, a link or a folder tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 @contextmanager
 def atomic_dir(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``path``; it replaces ``path`` when the block succeeds.
 
+    With ``overwrite``, whatever is at ``path`` (a folder or a file) is moved aside just before
+    the rename and deleted after it.
+
     Raises
     ------
     LapsdError
-        When ``path`` exists and ``overwrite`` is false.
+        When ``path`` exists and ``overwrite`` is false, or it cannot be written.
     """
     dest = Path(path)
-    if dest.exists() and not overwrite:
+    if os.path.lexists(dest) and not overwrite:
         raise LapsdError(f"{dest} exists; pass --force (overwrite=True) to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as exc:
+        raise _unwritable(dest, exc) from None
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            if os.path.lexists(dest):
+                os.replace(dest, old)
+                try:
+                    os.replace(tmp, dest)
+                except OSError:
+                    os.replace(old, dest)
+                    raise
+            else:
+                os.replace(tmp, dest)
+        except OSError as exc:
+            raise _unwritable(dest, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if os.path.lexists(old):
+        try:
+            _remove(old)
+        except OSError as exc:
+            raise LapsdError(f"wrote {dest}, but could not delete the replaced copy {old} "
+                             f"({exc.strerror}); delete it by hand") from None
 
 
 def dumps(payload: Any) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from lapsd.errors import LapsdError
-from lapsd.io import sha256_file
+from lapsd.io import check_output, sha256_file
 from lapsd.predict.continuation import continuation_beliefs
 from lapsd.predict.cues import CUE_NAMES, cue_features
 from lapsd.predict.model import LengthPredictor
@@ -29,11 +29,12 @@ _ASKED_ITEMS = CUE_NAMES.index("asked_items")
 
 
 def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | None = None,
-                   target_model: str | None = None) -> Path:
+                   target_model: str | None = None, *, overwrite: bool = False) -> Path:
     """Add ``predicted_tokens`` and ``predicted_tokens_p90`` to a trace's requests.
 
     Writes ``out`` (default: ``trace_dir`` in place) atomically: a reader sees the old trace or
-    the new one, never a mix. Existing prediction columns are replaced. ``target_model``
+    the new one, never a mix. An existing ``out`` other than ``trace_dir`` is replaced only with
+    ``overwrite``. Existing prediction columns are replaced. ``target_model``
     selects a per-model calibration (it must exist in the predictor); by default each request's
     own target model is used where the predictor is calibrated for it.
 
@@ -42,8 +43,12 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
     TraceError
         When the trace is unusable or a request has no prompt text.
     LapsdError
-        When the predictor cannot be loaded or ``target_model`` has no calibration.
+        When the predictor cannot be loaded, ``target_model`` has no calibration, or ``out``
+        exists (without ``overwrite``) or cannot be written.
     """
+    dest = Path(out) if out is not None else Path(trace_dir)
+    same = dest.resolve() == Path(trace_dir).resolve()
+    check_output(dest, "--out", folder=True, force=overwrite or same)
     predictor = load_predictor(model)
     trace = read_trace(trace_dir)
     req = trace.requests
@@ -65,9 +70,7 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
     manifest = dict(trace.manifest)
     manifest["predictions"] = {"model": str(model), "sha256": sha256_file(model),
                                "target_model": target_model or predictor.default_target}
-    dest = Path(out) if out is not None else Path(trace_dir)
-    same = dest.resolve() == Path(trace_dir).resolve()
-    return write_trace(Trace(requests, trace.rounds, manifest), dest, overwrite=same)
+    return write_trace(Trace(requests, trace.rounds, manifest), dest, overwrite=overwrite or same)
 
 
 def _log_beliefs(predictor: LengthPredictor, prompts: Sequence[str],

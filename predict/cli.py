@@ -17,6 +17,7 @@ from rich.table import Table
 
 from lapsd.console import add_json, emit, out
 from lapsd.errors import require_extra
+from lapsd.io import check_output
 
 _COLUMNS = (("mae_tokens", "MAE tok", "{:.1f}"), ("median_rel_error", "med rel err", "{:.3f}"),
             ("spearman", "Spearman", "{:.3f}"), ("kendall_tau", "Kendall τ", "{:.3f}"),
@@ -105,6 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="predictor file (.skops)")
     p.add_argument("trace", metavar="TRACE_DIR")
     p.add_argument("--out", help="write the result here instead of in place")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out (folder or file)")
     p.add_argument("--target-model", help="use this model's calibration (default: each "
                                           "request's own target model where calibrated)")
     p.set_defaults(func=_needs_extra(cmd_apply))
@@ -141,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``lapsd predict train``."""
     from lapsd.predict.train import train_predictor
 
+    check_output(args.out, "--out")
     with out.status("training"):
         predictor = train_predictor(_load(args), args.out, target_model=args.target_model,
                                     cv_folds=args.cv_folds, seed=args.seed, **_fit(args))
@@ -248,6 +252,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from lapsd.predict.persist import load_predictor, save_predictor
     from lapsd.predict.train import calibrate_predictor
 
+    check_output(args.out, "--out")
     predictor = calibrate_predictor(load_predictor(args.model), _load(args), args.target_model)
     save_predictor(predictor, args.out)
     cal = predictor.calibration
@@ -262,6 +267,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """``lapsd predict apply``."""
     from lapsd.predict.apply import apply_to_trace
 
-    dest = apply_to_trace(args.model, args.trace, args.out, args.target_model)
+    dest = apply_to_trace(args.model, args.trace, args.out, args.target_model,
+                          overwrite=args.force)
     out.print(f"wrote predicted_tokens and predicted_tokens_p90 to {dest}")
     return 0

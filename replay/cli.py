@@ -14,6 +14,7 @@ from rich.table import Table
 
 from lapsd.console import add_json, add_switch_cost, console, emit, out
 from lapsd.errors import LapsdError
+from lapsd.io import check_output
 from lapsd.replay.policies.params import parse_assignments
 
 
@@ -54,6 +55,7 @@ def cmd_import_specbench(args: argparse.Namespace) -> int:
     from lapsd.replay.importers.specbench import MAX_COUNT, import_specbench
     from lapsd.replay.trace import write_trace
 
+    check_output(args.out, "--out", folder=True, force=args.force)
     k: int | str | None = "infer"
     if args.k == "variable":
         k = None
@@ -117,8 +119,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     params = parse_assignments(args.set, names)
     factories = registry_factories(names, arrays.scale, params)
+    predictor = args.predictor
     if args.config:
-        from lapsd.replay.config import load_config
+        from lapsd.replay.config import config_predictor, load_config
 
         config = load_config(args.config)
         if config.policy.name in params:
@@ -128,6 +131,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         factories[config.policy.name] = config.scheduler
         if config.policy.name not in names:
             names.append(config.policy.name)
+        if args.predictions is None:  # else the what-if or column asked for
+            predictor = config_predictor(args.config, predictor, config)
     factories = {n: factories[n] for n in names}
     from lapsd.replay.batch import BatchCost
 
@@ -138,15 +143,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     updates = None
     if args.repredict_every is not None and args.repredict_every < 1:
         raise LapsdError(f"--repredict-every must be >= 1 (rounds), got {args.repredict_every}")
-    if args.repredict_every is not None and not args.predictor:
+    if args.repredict_every is not None and not predictor:
         raise LapsdError("--repredict-every needs --predictor: re-predictions come from a model "
                          "that reads the output so far")
-    if args.predictor:
-        predictions, updates = args.load_predictor(args.predictor, args.repredict_every)
-        label = f"predictor {args.predictor}" + (
+    if predictor:
+        predictions, updates = args.load_predictor(predictor, args.repredict_every)
+        label = f"predictor {predictor}" + (
             f", re-predicted every {args.repredict_every} rounds" if updates else "")
     needs = any(REGISTRY[n].needs_prediction for n in names if n in REGISTRY) or args.config
-    if not args.predictor:
+    if not predictor:
         if needs and not args.predictions and arrays.predicted is None:
             wanting = [n for n in names if n in REGISTRY and REGISTRY[n].needs_prediction]
             raise LapsdError(
@@ -207,7 +212,8 @@ def register(subparsers: argparse._SubParsersAction, *,
     q.add_argument("--draft-model", help="draft model name (default: the model_id)")
     q.add_argument("--max-token-mismatch", type=int, default=0,
                    help="tolerated difference between accept lengths and new_tokens per turn")
-    q.add_argument("--force", action="store_true", help="replace an existing trace folder")
+    q.add_argument("--force", action="store_true",
+                   help="replace an existing --out (folder or file)")
     add_json(q, "the import report")
     q.set_defaults(func=cmd_import_specbench)
 
@@ -230,12 +236,15 @@ def register(subparsers: argparse._SubParsersAction, *,
                                          "without --predictor) or oracle:sigma=S[,seed=N] (a "
                                          "what-if: true length x noise, never the default)")
     p.add_argument("--predictor", type=Path, help="a trained predictor (.skops) for the "
-                                                  "length-aware policies")
+                                                  "length-aware policies (default with "
+                                                  "--config: the config's own)")
     p.add_argument("--repredict-every", type=int, metavar="N",
                    help="with --predictor: re-predict a running request's length every N rounds "
                         "from its output so far")
     p.add_argument("--config", type=Path,
-                   help="lapsd-config.json: its policy replaces the registry one of that name")
+                   help="lapsd-config.json: its policy replaces the registry one of that name; "
+                        "its predictor (checked against the sha256 it records) predicts unless "
+                        "--predictions says otherwise")
     p.add_argument("--batch-size", type=int, default=1, metavar="B",
                    help="requests per step (continuous batching; default 1)")
     p.add_argument("--cost-table", type=Path,

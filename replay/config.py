@@ -31,6 +31,12 @@ Fields of version 2:
     With a second objective: every Pareto-optimal trial.
 ``provenance``
     Trace hashes, workloads, studies, search spaces, lapsd version, date.
+
+The files a config names (its predictor, its traces) are recorded relative to the config's own
+folder, so that a run folder can move and be used from anywhere: :func:`config_predictor` and
+:func:`config_traces` find them and check them against their recorded hashes. Configs of
+earlier lapsd versions recorded them relative to the working directory they were made in;
+that place is tried second, and the hash decides between the two.
 ``heldout``
     Held-out metrics of the exported scheduler beside every baseline, and the verdict.
 """
@@ -38,6 +44,7 @@ Fields of version 2:
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -48,7 +55,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lapsd.errors import LapsdError
-from lapsd.io import atomic_write_text
+from lapsd.io import atomic_write_text, sha256_file
 from lapsd.replay.policies import REGISTRY, construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand, check_bands
 from lapsd.replay.policies.base import Policy
@@ -373,6 +380,88 @@ def scheduler_factory(source: str | Path | Mapping[str, Any] | LapsdConfig,
                       ) -> Callable[[], Policy[Any]]:
     """A zero-argument builder of fresh schedulers from a config (read and checked once)."""
     return load_config(source).scheduler
+
+
+def relative_to_config(path: str | Path, config: str | Path) -> str:
+    """``path`` as a config written to ``config`` records it: relative to the config's folder."""
+    return os.path.relpath(Path(path).absolute(), Path(config).absolute().parent)
+
+
+def _locate(ref: FileRef, config: str | Path, digest: Callable[[Path], str], what: str,
+            fix: str) -> Path:
+    """The file ``ref`` of the config at ``config`` names, with the hash it records.
+
+    Tried relative to the config's folder, then (configs of earlier lapsd versions) to the
+    working directory; the recorded hash picks the one meant.
+
+    Raises
+    ------
+    ConfigError
+        When neither exists, or what exists is not the file the config was made with (``fix``
+        says what to do instead).
+    """
+    places = list(dict.fromkeys([Path(config).parent / ref.path, Path(ref.path)]))
+    found: dict[Path, str | None] = {}
+    for place in places:
+        if place.exists():
+            try:
+                found[place] = digest(place)
+            except OSError:
+                found[place] = None  # not the kind of file the config names
+    for place, got in found.items():
+        if got == ref.sha256:
+            return place
+    if not found:
+        raise ConfigError(f"{what} {ref.path} of {config} not found (looked in "
+                          f"{', '.join(map(str, places))}); {fix}")
+    place, got = next(iter(found.items()))
+    raise ConfigError(f"{what} {place} is not the one {config} was made with (sha256 "
+                      f"{(got or 'unreadable')[:12]}, the config records {ref.sha256[:12]}); "
+                      f"{fix}")
+
+
+def config_predictor(config: str | Path, given: str | Path | None = None,
+                     cfg: LapsdConfig | None = None) -> Path | None:
+    """The predictor file to run the config at ``config`` with.
+
+    ``given`` (a ``--predictor``) when the config records none; else the config's own, or
+    ``given`` when it is that very file (same sha256). ``cfg``: the config, when already read.
+
+    Raises
+    ------
+    ConfigError
+        When the config's predictor is missing or changed, or ``given`` is another one: a
+        scheduler is only trusted with the predictor it was tuned with.
+    """
+    cfg = cfg or load_config(config)
+    ref = cfg.prediction.predictor
+    if ref is None:
+        return None if given is None else Path(given)
+    fix = "restore the predictor the config was tuned with, or tune a new config (lapsd tune)"
+    if given is None:
+        return _locate(ref, config, sha256_file, "predictor", fix)
+    got = sha256_file(given) if Path(given).is_file() else "missing"
+    if got != ref.sha256:
+        raise ConfigError(f"--predictor {given} is not the predictor {config} was tuned with "
+                          f"(sha256 {got[:12]}, the config records {ref.sha256[:12]}); leave "
+                          "--predictor out to use the config's own, or " + fix)
+    return Path(given)
+
+
+def config_traces(config: str | Path, cfg: LapsdConfig | None = None) -> list[Path]:
+    """The trace folders the config at ``config`` was tuned on, checked against their hashes.
+
+    Raises
+    ------
+    ConfigError
+        When one is missing or changed.
+    """
+    from lapsd.replay.trace import trace_digest
+
+    cfg = cfg or load_config(config)
+    return [_locate(ref, config, trace_digest, "trace",
+                    "pass the traces to use instead (--calibration TRACE_DIR)")
+            for ref in cfg.provenance.traces]
 
 
 def policy_section(name: str, params: PolicyParams | None) -> dict[str, Any]:

@@ -50,7 +50,11 @@ def _positive(text: str) -> int:
 
 
 class _Bar:
-    """A rich progress bar per study with the best objective value so far."""
+    """A rich progress bar per study with the best objective value so far.
+
+    It shows from the first report on, so that a run refused by its checks prints only the
+    error.
+    """
 
     def __init__(self) -> None:
         from rich.progress import TextColumn
@@ -61,6 +65,8 @@ class _Bar:
         self.tasks: dict[str, Any] = {}
 
     def __call__(self, label: str, done: int, total: int, best: float | None) -> None:
+        if not self.tasks:
+            self.progress.start()
         if label not in self.tasks:
             self.tasks[label] = self.progress.add_task(label, total=total, best="-")
         self.progress.update(self.tasks[label], completed=done,
@@ -99,8 +105,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     bar = _Bar()
-    with bar.progress:
+    try:
         summary = run_tune(spec, opts, bar)
+    finally:
+        if bar.tasks:
+            bar.progress.stop()
 
     def show() -> None:
         _print_summary(summary)

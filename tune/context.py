@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -121,6 +122,11 @@ class TuneSpec:
         out["predictor"] = (sha256_file(self.predictor)
                             if self.predictions == "predictor" and self.predictor else None)
         return out
+
+
+def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between two fingerprints, sorted."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 @dataclass

@@ -33,20 +33,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from optuna.storages import BaseStorage
+
 from lapsd import __version__
 from lapsd.errors import LapsdError
-from lapsd.io import atomic_write_text, sha256_file
+from lapsd.io import atomic_write_text, check_output, sha256_file
 from lapsd.replay.config import (
     ACCEPTANCE_STATISTIC,
     VERSION,
     LapsdConfig,
     policy_section,
+    relative_to_config,
     write_config,
 )
 from lapsd.replay.matrix import PolicyFactory
 from lapsd.replay.policies.params import PolicyParams
 from lapsd.replay.trace import trace_digest
-from lapsd.tune.context import TRAINED, TuneContext, TuneSpec, load_context, split
+from lapsd.tune.context import (
+    TRAINED,
+    TuneContext,
+    TuneSpec,
+    changed_settings,
+    load_context,
+    prediction_sources,
+    split,
+)
 from lapsd.tune.defaults import (
     CONFIG_FILE,
     DEFAULT_BAND_LIMITS,
@@ -59,6 +70,7 @@ from lapsd.tune.defaults import (
     PREDICTOR_FILE,
 )
 from lapsd.tune.heldout import (
+    HELDOUT_SEEDS,
     STATIC,
     baseline_factories,
     compare,
@@ -71,6 +83,7 @@ from lapsd.tune.study import (
     StudyJob,
     banded_policy,
     best_trial,
+    check_settings,
     run_job,
     trial_policy,
 )
@@ -148,39 +161,129 @@ def _locked(out: Path) -> Iterator[None]:
         yield
 
 
+def _stamp(spec: TuneSpec) -> dict[str, Any]:
+    """What a trained predictor's card records of the run it was trained for."""
+    return json.loads(json.dumps(replace(spec, predictor=None).fingerprint()))
+
+
+def _kept_predictor(spec: TuneSpec, out: Path) -> bool:
+    """Whether ``out`` holds the predictor trained for ``spec`` (by an earlier, resumed run).
+
+    Raises
+    ------
+    LapsdError
+        When it holds one trained for other settings: the config beside it names that one.
+    """
+    from lapsd.predict.persist import load_predictor
+
+    path = out / PREDICTOR_FILE
+    if not path.is_file():
+        return False
+    old = load_predictor(path).card.get("lapsd_tune")
+    if old == _stamp(spec):
+        return True
+    changed = ("it was not trained by lapsd tune" if not isinstance(old, dict) else
+               f"{', '.join(changed_settings(old, _stamp(spec)))} differ")
+    raise LapsdError(f"{path} was trained for a run with other settings ({changed}); use "
+                     "another --out (this run would replace it)")
+
+
 def train_predictor(spec: TuneSpec, out: Path) -> TuneSpec:
     """Train the predictor on the tuning split's prompts (all traces), saved in ``out``.
 
     A predictor already there from an earlier run of the same spec is kept, so that a resumed
-    run tunes with the very predictor it started with. Returns the spec that uses it.
+    run tunes with the very predictor it started with; one of another spec is refused (see
+    :func:`_kept_predictor`). Returns the spec that uses it.
     """
-    from lapsd.predict.persist import load_predictor, save_predictor
+    from lapsd.predict.persist import save_predictor
     from lapsd.predict.train import fit_on_arrays
 
     path = out / PREDICTOR_FILE
-    stamp = json.loads(json.dumps(replace(spec, predictor=None).fingerprint()))
-    if path.is_file() and load_predictor(path).card.get("lapsd_tune") == stamp:
+    if _kept_predictor(spec, out):
         return replace(spec, predictor=str(path))
     _, tune_sets, _ = split(spec)
     predictor = fit_on_arrays([a for _, a in tune_sets], seed=spec.seed)
-    predictor.card["lapsd_tune"] = stamp
+    predictor.card["lapsd_tune"] = _stamp(spec)
     predictor.card["trained_on"] = ("the tuning split of " + ", ".join(spec.traces)
                                     + f" (holdout {spec.holdout}, seed {spec.seed})")
     save_predictor(predictor, path)
     return replace(spec, predictor=str(path))
 
 
-def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
-             ) -> dict[str, Any]:
-    """Tune the family, compare on held-out data, export; return a summary (also as files)."""
-    start = time.perf_counter()
-    _, tune_sets, _ = split(spec)  # the traces read and split: checked before anything is written
+def check_run(spec: TuneSpec, opts: RunOptions) -> None:
+    """Check everything a run needs before it trains or writes anything.
+
+    The output folder can be written; the traces read and split; the workloads can be made;
+    a given predictor loads; the storage opens; and whatever an earlier run left in the folder
+    or the storage (studies, the trained predictor) was made with these settings, so that a
+    refused run changes nothing.
+
+    Raises
+    ------
+    LapsdError
+        Naming the first problem.
+    """
+    check_output(opts.out, "--out", folder=True)
+    if opts.out.exists() and not opts.out.is_dir():
+        raise LapsdError(f"--out {opts.out} is a file; name a folder for the run")
+    _, tune_sets, _ = split(spec)
     if (spec.predictions == TRAINED and spec.repredict_every is not None
             and not any(r for _, a in tune_sets for r in a.responses)):
         raise LapsdError(
             "--repredict-every: the tuning traces keep no response text, so the predictor "
             "trained on them could not re-predict; use traces that keep it (lapsd collect, "
             "Spec-Bench answers) or a predictor trained on text (--predictor)")
+    spec.suite.workloads()
+    spec.suite.with_seeds(HELDOUT_SEEDS).workloads()
+    if spec.predictions == "predictor":
+        prediction_sources(spec)  # the file loads, and re-predicts if asked to
+    if opts.storage_url is not None or (opts.out / JOURNAL_FILE).is_file():
+        studies = {s.study_name: s.user_attrs.get("lapsd_settings")
+                   for s in open_storage(opts.storage).get_all_studies()}
+        for job in _jobs(spec, opts):
+            check_settings(job, studies.get(job.study))
+    if spec.predictions == TRAINED:
+        _kept_predictor(spec, opts.out)
+
+
+def open_storage(storage: StorageSpec) -> BaseStorage:
+    """Open the studies' storage, or say in one line why it cannot be (without credentials)."""
+    import sqlalchemy.exc
+
+    try:
+        return storage.open()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if storage.url:
+            why = why.replace(storage.url, storage.describe())
+        raise LapsdError(f"--storage {storage.describe()}: cannot open it ({why}); give a "
+                         "database URL that is reachable, e.g. postgresql://user:pass@host/db"
+                         ) from None
+
+
+def _member_job(spec: TuneSpec, opts: RunOptions, policy: str, n_trials: int = 1) -> StudyJob:
+    return StudyJob(spec, opts.storage, f"{opts.study}-{policy}", n_trials, policy=policy)
+
+
+def _band_job(spec: TuneSpec, opts: RunOptions, band: int,
+              fixed: tuple[dict[str, Any], ...] = ()) -> StudyJob:
+    return StudyJob(spec, opts.storage, f"{opts.study}-laps-sd-band{band}", opts.band_trials,
+                    policy="laps-sd", band=band, band_limits=opts.band_limits, fixed=fixed)
+
+
+def _jobs(spec: TuneSpec, opts: RunOptions) -> list[StudyJob]:
+    """Every study a run may use (band studies only when LAPS-SD is searched)."""
+    jobs = [_member_job(spec, opts, p) for p in spec.policies]
+    if "laps-sd" in spec.policies and opts.band_limits:
+        jobs += [_band_job(spec, opts, b) for b in range(len(opts.band_limits) + 1)]
+    return jobs
+
+
+def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
+             ) -> dict[str, Any]:
+    """Tune the family, compare on held-out data, export; return a summary (also as files)."""
+    start = time.perf_counter()
+    check_run(spec, opts)
     with _locked(opts.out):
         if spec.predictions == TRAINED:
             if progress is not None:
@@ -240,11 +343,10 @@ def _tune_member(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, policy: str
     """Run the study of one family member (one trial when it has no parameters)."""
     space = ctx.space(policy)
     n = opts.n_trials if space is not None and space.dims else 1
-    name = f"{opts.study}-{policy}"
-    job = StudyJob(spec, opts.storage, name, n, policy=policy)
-    study = run_job(job, opts.workers, _bind(progress, name, n))
+    job = _member_job(spec, opts, policy, n)
+    study = run_job(job, opts.workers, _bind(progress, job.study, n))
     best = best_trial(study)
-    return Member(policy, name, best.number, n, best.values[0], dict(best.params))
+    return Member(policy, job.study, best.number, n, best.values[0], dict(best.params))
 
 
 def _tune_bands(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, winner: Member,
@@ -255,10 +357,9 @@ def _tune_bands(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, winner: Memb
     sets = [dict(winner.params) for _ in range(len(opts.band_limits) + 1)]
     value = None
     for b in range(len(sets)):
-        name = f"{winner.study}-band{b}"
-        job = StudyJob(spec, opts.storage, name, opts.band_trials, policy="laps-sd", band=b,
-                       band_limits=opts.band_limits, fixed=tuple(sets))
-        best = best_trial(run_job(job, opts.workers, _bind(progress, name, opts.band_trials)))
+        job = _band_job(spec, opts, b, tuple(sets))
+        best = best_trial(run_job(job, opts.workers,
+                                  _bind(progress, job.study, opts.band_trials)))
         sets[b] = dict(best.params)
         value = best.values[0]
     limits = opts.band_limits
@@ -292,6 +393,7 @@ def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Me
             ) -> LapsdConfig:
     space = ctx.space(winner.policy)
     study_summary = heldout["summary"]
+    config_file = opts.out / CONFIG_FILE
     cfg: dict[str, Any] = {
         "version": VERSION,
         "policy": policy_section(winner.policy, _params(ctx, winner.policy, winner.params)),
@@ -299,7 +401,8 @@ def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Me
             "source": "predictor" if spec.uses_predictor else spec.predictions,
             "what_if": spec.what_if,
             "predictor": (None if not spec.uses_predictor or spec.predictor is None else
-                          {"path": str(spec.predictor), "sha256": sha256_file(spec.predictor)}),
+                          {"path": relative_to_config(spec.predictor, config_file),
+                           "sha256": sha256_file(spec.predictor)}),
             "repredict_every": spec.repredict_every,
         },
         "switch_cost": {"model": "c0 + c1 * context_tokens", "c0_s": spec.c0,
@@ -309,7 +412,8 @@ def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Me
             "parameters": policy_section(m.policy, _params(ctx, m.policy, m.params))["parameters"],
             "heldout_norm_mean": study_summary[_label(m)]["norm_mean"]} for m in members},
         "provenance": {
-            "traces": [{"path": str(t), "sha256": trace_digest(t)} for t in spec.traces],
+            "traces": [{"path": relative_to_config(t, config_file), "sha256": trace_digest(t)}
+                       for t in spec.traces],
             "workloads": [w.text for w in spec.suite.workloads()],
             "holdout_fraction": spec.holdout,
             "study": winner.study,

@@ -65,7 +65,7 @@ from lapsd.errors import LapsdError, require_extra
 from lapsd.replay.policies import REGISTRY, construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.base import Policy
-from lapsd.tune.context import TuneContext, TuneSpec, load_context
+from lapsd.tune.context import TuneContext, TuneSpec, changed_settings, load_context
 from lapsd.tune.defaults import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from lapsd.tune.journal import JournalFlock, recover_journal
 
@@ -340,6 +340,23 @@ def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     return done
 
 
+def job_settings(job: StudyJob) -> dict[str, Any]:
+    """What must not change between runs of ``job``'s study, as the storage keeps it."""
+    # Through JSON, as the storage keeps it (tuples become lists).
+    return json.loads(json.dumps({**job.spec.fingerprint(), "policy": job.policy,
+                                  "band": job.band, "band_limits": list(job.band_limits)}))
+
+
+def check_settings(job: StudyJob, old: Mapping[str, Any] | None) -> None:
+    """Refuse to continue a study made with settings ``old`` (``None``: a new study)."""
+    if old is None:
+        return
+    changed = changed_settings(old, job_settings(job))
+    if changed:
+        raise LapsdError(f"study {job.study!r} in {job.storage.describe()} was made with other "
+                         f"settings ({', '.join(changed)} differ); use another --out or --study")
+
+
 def prepare_study(job: StudyJob) -> optuna.Study:
     """Create or resume the study: check its settings, fail stale trials, enqueue retries.
 
@@ -354,17 +371,10 @@ def prepare_study(job: StudyJob) -> optuna.Study:
     study = optuna.create_study(study_name=job.study, storage=storage,
                                 directions=job.spec.directions, load_if_exists=True,
                                 sampler=_sampler(job, 0), pruner=_pruner(job))
-    # Through JSON, as the storage keeps it (tuples become lists).
-    fingerprint = json.loads(json.dumps({**job.spec.fingerprint(), "policy": job.policy,
-                                         "band": job.band,
-                                         "band_limits": list(job.band_limits)}))
     old = study.user_attrs.get("lapsd_settings")
+    check_settings(job, old)
     if old is None:
-        study.set_user_attr("lapsd_settings", fingerprint)
-    elif old != fingerprint:
-        changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        raise LapsdError(f"study {job.study!r} in {job.storage.describe()} was made with other "
-                         f"settings ({', '.join(changed)} differ); use another --out or --study")
+        study.set_user_attr("lapsd_settings", job_settings(job))
     trials = study.get_trials(deepcopy=False)
     stale = [] if job.storage.shared else [t for t in trials if t.state == TrialState.RUNNING]
     if stale:

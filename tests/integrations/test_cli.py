@@ -68,3 +68,12 @@ def test_a_bad_max_new_tokens_is_one_line_and_changes_nothing(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"--max-new-tokens {float(value)!r}: expected" in err and "finite number >= 1" in err
     assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in out.iterdir()} == before
+
+
+def test_force_onto_a_file_leaves_no_hidden_copy(srpt_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "map"
+    out.write_text("an old file\n")
+    assert main(["export-priorities", "--config", str(srpt_config), "--server", "vllm",
+                 "--out", str(out), "--force"]) == 0
+    assert (out / "priority-map.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["map"]  # no .map.old-PID beside it
