@@ -91,6 +91,7 @@ class TuneSpec:
         if self.repredict_every is not None and not self.uses_predictor:
             raise LapsdError("--repredict-every needs a predictor (trained or --predictor): "
                              "re-predictions come from a model reading the output so far")
+        SwitchCost(self.c0, self.c1)  # refuses non-finite or negative costs, in one line
 
     @property
     def uses_predictor(self) -> bool:

@@ -33,8 +33,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from optuna.storages import BaseStorage
-
 from lapsd import __version__
 from lapsd.errors import LapsdError
 from lapsd.io import atomic_write_text, check_output, sha256_file
@@ -239,26 +237,11 @@ def check_run(spec: TuneSpec, opts: RunOptions) -> None:
         prediction_sources(spec)  # the file loads, and re-predicts if asked to
     if opts.storage_url is not None or (opts.out / JOURNAL_FILE).is_file():
         studies = {s.study_name: s.user_attrs.get("lapsd_settings")
-                   for s in open_storage(opts.storage).get_all_studies()}
+                   for s in opts.storage.open().get_all_studies()}
         for job in _jobs(spec, opts):
             check_settings(job, studies.get(job.study))
     if spec.predictions == TRAINED:
         _kept_predictor(spec, opts.out)
-
-
-def open_storage(storage: StorageSpec) -> BaseStorage:
-    """Open the studies' storage, or say in one line why it cannot be (without credentials)."""
-    import sqlalchemy.exc
-
-    try:
-        return storage.open()
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if storage.url:
-            why = why.replace(storage.url, storage.describe())
-        raise LapsdError(f"--storage {storage.describe()}: cannot open it ({why}); give a "
-                         "database URL that is reachable, e.g. postgresql://user:pass@host/db"
-                         ) from None
 
 
 def _member_job(spec: TuneSpec, opts: RunOptions, policy: str, n_trials: int = 1) -> StudyJob:

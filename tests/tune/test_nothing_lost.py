@@ -79,9 +79,10 @@ def test_a_predictor_of_other_settings_is_never_replaced(moved: Path,
 
 
 BAD_TUNE = [
-    (["--storage", "nosuch://x"], "--storage nosuch://x: cannot open it"),
-    (["--storage", "sqlite:////nonexistent-folder/x.db"], "--storage sqlite:"),
-    (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "--storage postgresql://127.0.0.1"),
+    (["--storage", "nosuch://x"], "--storage 'nosuch://x' is not a usable database URL"),
+    (["--storage", "sqlite:////nonexistent-folder/x.db"], "--storage 'sqlite:"),
+    (["--storage", "postgresql://u:secret@127.0.0.1:1/db"],
+     "--storage 'postgresql://127.0.0.1:1/db': cannot use the database"),
     (["--loads", "-1"], "--loads: -1.0 is not usable"),
     (["--loads", "0"], "--loads: 0.0"),
     (["--loads", "nan"], "--loads: nan"),
