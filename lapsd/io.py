@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -50,6 +51,19 @@ def _blocked(dest: Path) -> str | None:
     return None
 
 
+def _special(dest: Path) -> bool:
+    """Whether ``dest`` is neither a regular file nor a folder: a device, a pipe, a socket.
+
+    Such a path (``/dev/null``, ``/dev/stdout``, a shell's ``>(...)``) is written into, never
+    renamed over or moved aside: replacing ``/dev/null`` with a file breaks the whole machine.
+    """
+    try:
+        mode = dest.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def _unwritable(dest: Path, exc: OSError) -> LapsdError:
     """The one-line error of an output that failed with ``exc``."""
     why = _blocked(dest) or ("it is a folder" if dest.is_dir() else exc.strerror or str(exc))
@@ -79,7 +93,9 @@ def check_output(path: Path | str, flag: str, *, folder: bool = False,
     if str(path) == STDOUT and not folder:
         return
     dest = Path(path)
-    if os.path.lexists(dest):
+    if folder and _special(dest):
+        raise LapsdError(f"{flag} {dest} is a device or a pipe, not a folder; name a folder")
+    if os.path.lexists(dest) and not _special(dest):
         if not force:
             raise LapsdError(f"{flag} {dest} exists; pass --force to replace it")
         if not folder and dest.is_dir():
@@ -99,9 +115,13 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     Raises
     ------
     LapsdError
-        When ``path`` cannot be written (see :func:`check_output`).
+        When ``path`` cannot be written (see :func:`check_output`), or is a device or a pipe
+        (:func:`atomic_write_text` writes text into those).
     """
     dest = Path(path)
+    if _special(dest):
+        raise LapsdError(f"cannot write {dest}: it is a device or a pipe, and this output must "
+                         "be a file; choose a file path")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -123,8 +143,16 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
+    """Write a text file atomically; into a device or a pipe (``/dev/null``), directly."""
+    dest = Path(path)
+    if _special(dest):
+        try:
+            with dest.open("w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise _unwritable(dest, exc) from None
+        return
+    with atomic_path(dest) as tmp:
         tmp.write_text(text)
 
 
@@ -149,6 +177,9 @@ def atomic_dir(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
         When ``path`` exists and ``overwrite`` is false, or it cannot be written.
     """
     dest = Path(path)
+    if _special(dest):
+        raise LapsdError(f"cannot write a folder at {dest}: it is a device or a pipe; choose "
+                         "another path")
     if os.path.lexists(dest) and not overwrite:
         raise LapsdError(f"{dest} exists; pass --force (overwrite=True) to replace it")
     try:

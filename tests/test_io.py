@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,29 @@ def test_check_output_refuses_an_existing_folder_output_without_force(tmp_path: 
     check_output("-", "--json")
     with pytest.raises(LapsdError, match=r"^--out .* exists; pass --force to replace it$"):
         check_output(tmp_path, "--out", folder=True, force=False)
+
+
+def test_a_pipe_or_device_output_is_written_into_never_replaced(tmp_path: Path) -> None:
+    """``--json /dev/null`` as root once replaced the machine's /dev/null with a file."""
+    import stat
+    import threading
+
+    from lapsd.io import atomic_dir, atomic_path, check_output, write_json
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    check_output(fifo, "--json", force=False)  # a pipe is written into, not "replaced"
+    write_json(fifo, {"a": 1})
+    reader.join(timeout=10)
+    assert json.loads(got[0]) == {"a": 1}
+    with pytest.raises(LapsdError, match="device or a pipe"):
+        check_output(fifo, "--out", folder=True)
+    with pytest.raises(LapsdError, match="device or a pipe"), atomic_path(fifo):
+        pass
+    with pytest.raises(LapsdError, match="device or a pipe"), atomic_dir(fifo, overwrite=True):
+        pass
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]

@@ -231,7 +231,7 @@ def test_a_config_whose_predictor_changed_is_refused(tmp_path: Path, predictor_f
     copy.write_bytes(predictor_file.read_bytes())
     cfg = write_test_config(tmp_path / "c.json", "lp-srpt", copy)
     copy.write_bytes(predictor_file.read_bytes() + b"\0")
-    with pytest.raises(LapsdError, match="is not the one .* was made with"):
+    with pytest.raises(LapsdError, match=r"is not the one .* was made with"):
         PriorityMapper.from_config(cfg, "vllm")
 
 

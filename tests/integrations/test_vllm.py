@@ -335,7 +335,7 @@ def test_the_server_predicts_from_the_prompt_and_ignores_client_claims(
     copy.write_bytes(predictor_file.read_bytes())
     changed = write_test_config(tmp_path / "changed.json", "lp-srpt", copy)
     copy.write_bytes(predictor_file.read_bytes() + b"\0")
-    with pytest.raises(LapsdError, match="is not the one .* was made with"):
+    with pytest.raises(LapsdError, match=r"is not the one .* was made with"):
         make_scheduler(tokenized_model_dir, tokenizer=True,
                        additional_config={"lapsd_config": str(changed)})
     # Without the tokenizer there is no prompt text to predict from.
