@@ -242,10 +242,17 @@ def make_predictions(source: PredictionSource, arrays: TraceArrays, index: np.nd
                              "add one with `lapsd predict apply` (a what-if instead: "
                              "oracle:sigma=...)")
         p50 = arrays.predicted[index]
+        missing = np.flatnonzero(np.isnan(p50))
+        if missing.size:
+            raise LapsdError(f"predictions 'column': {missing.size} requests have no "
+                             f"predicted_tokens (null), e.g. "
+                             f"{arrays.request_ids[index[missing[0]]]!r}; fill the column "
+                             "for every request with `lapsd predict apply`")
         p90 = arrays.predicted_p90[index] if arrays.predicted_p90 is not None else None
-        return [LengthPrediction.from_quantiles(float(p50[i]),
-                                                None if p90 is None else float(p90[i]),
-                                                arrays.max_new_tokens)
+        return [LengthPrediction.from_quantiles(
+                    float(p50[i]),
+                    None if p90 is None or np.isnan(p90[i]) else float(p90[i]),
+                    arrays.max_new_tokens)
                 for i in range(index.size)]
     raise LapsdError(f"unknown prediction source {source!r}: expected 'oracle:sigma=S', "
                      "'column', or a predictor model (--predictor)")

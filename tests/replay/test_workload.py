@@ -55,3 +55,22 @@ def test_noisy_oracle_predictions(eagle_arrays):
     assert ratio.std() == pytest.approx(0.5, rel=0.15)
     with pytest.raises(ValueError, match="no predicted_tokens column"):
         make_predictions("column", eagle_arrays, index)
+
+
+def test_column_predictions_refuse_a_request_without_one(eagle_arrays):
+    """A null predicted_tokens is no prediction: it once became a NaN rank, silently."""
+    from dataclasses import replace
+
+    n = eagle_arrays.n_requests
+    predicted = np.full(n, 100.0)
+    p90 = np.full(n, 300.0)
+    p90[2] = np.nan  # a missing p90 only drops the spread
+    arrays = replace(eagle_arrays, predicted=predicted, predicted_p90=p90)
+    index = np.arange(n)
+    beliefs = make_predictions("column", arrays, index)
+    assert beliefs[2].median == beliefs[0].median == 100.0
+    assert all(np.isfinite(b.sigma) for b in beliefs)
+    predicted[5] = np.nan
+    with pytest.raises(ValueError, match=r"1 requests have no predicted_tokens \(null\)"):
+        make_predictions("column", arrays, index)
+    assert len(make_predictions("column", arrays, index[:5])) == 5
