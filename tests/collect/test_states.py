@@ -9,14 +9,24 @@ round; collections, resumes and merges carry the states table; bad options are o
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import polars as pl
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from lapsd.cli import main  # noqa: E402
 from lapsd.collect.engine import Generation, SpeculativeEngine  # noqa: E402
 from lapsd.collect.models import layers_draft  # noqa: E402
+from lapsd.collect.prompts import encode, load_prompts  # noqa: E402
+from lapsd.collect.run import CollectConfig, chunk_dirs, collect, merge  # noqa: E402
 from lapsd.collect.states import StatesSpec, quarter_points  # noqa: E402
+from lapsd.errors import LapsdError  # noqa: E402
+from lapsd.replay.trace import STATES_FILE, read_states, read_trace  # noqa: E402
 from tests.collect.conftest import tiny_llama  # noqa: E402
+from tests.replay.test_bad_input import one_line_error  # noqa: E402
 
 HIDDEN = 32  # tiny_llama's
 #: Chosen layers of the 4-layer model: the decode layer below, at and above a layers:2 split
@@ -140,3 +150,200 @@ def test_quarter_points() -> None:
     assert StatesSpec((8, 15, 23), 16, 1).decode_layer == 15
     assert StatesSpec((8, 15), 16, 1).decode_layer == 8
 
+
+# ------------------------------------------------------------------------------ collections
+def _cfg(tiny_dir: Path, prompts: Path, out: Path, **kw) -> CollectConfig:
+    base = dict(target=tiny_dir, draft="layers:2", prompts=prompts, out=out, k=3,
+                max_new_tokens=14, device="cpu", dtype="float32", chunk_size=2,
+                states="1,3,4", states_every=3)
+    base.update(kw)
+    return CollectConfig(**base)
+
+
+def _quiet(*_: object) -> None:
+    pass
+
+
+def _sorted(df: pl.DataFrame) -> pl.DataFrame:
+    return df.sort("request_id", "kind", "layer", "generated_tokens")
+
+
+def test_collect_records_the_models_states(tiny_dir, prompts_file, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    from lapsd.collect.models import load_model
+
+    path = collect(_cfg(tiny_dir, prompts_file, tmp_path / "s"), log=_quiet)
+    plain = read_trace(collect(_cfg(tiny_dir, prompts_file, tmp_path / "p", states=None,
+                                    states_every=None), log=_quiet))
+    trace, states = read_trace(path), read_states(path)
+    assert states is not None and (path / STATES_FILE).is_file()
+    assert read_states(tmp_path / "p") is None
+    # recording changes no token and no round
+    assert trace.requests["response"].equals(plain.requests["response"])
+    cols = ["request_id", "round", "drafted", "accepted", "emitted", "context_tokens",
+            "response_chars"]
+    assert trace.rounds.select(cols).equals(plain.rounds.select(cols))
+    block = trace.manifest["states"]
+    assert {k: block[k] for k in ("layers", "decode_layer", "every", "hidden_size", "dtype",
+                                  "saturated")} == {
+        "layers": [1, 3, 4], "decode_layer": 3, "every": 3, "hidden_size": HIDDEN,
+        "dtype": "float16", "saturated": 0}
+    assert states.schema["state"] == pl.Array(pl.Float16, HIDDEN)
+    # the stored values: the model's own over the request's final sequence, within float16
+    model = load_model(tiny_dir, dtype="float32", device="cpu").model
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    eng = SpeculativeEngine(model, draft=layers_draft(model, 2), k=3, eos_ids={2})
+    for prompt in load_prompts(prompts_file):
+        ids = encode(tok, prompt.text)
+        g = eng.generate(ids, 14)
+        hidden, p = reference(model, ids, g), len(ids)
+        mine = states.filter(pl.col("request_id") == prompt.request_id)
+        assert (mine["kind"] != "decode").sum() == 6
+        for kind, layer, t, vec in mine.select("kind", "layer", "generated_tokens",
+                                               "state").iter_rows():
+            h = hidden[layer][0]
+            want = {"prompt_last": h[p - 1], "prompt_mean": h[:p].mean(0)}.get(kind, h[p + t - 1])
+            np.testing.assert_allclose(np.asarray(vec, np.float32), want.numpy(), rtol=2e-3,
+                                       atol=2e-3)
+        decode = mine.filter(pl.col("kind") == "decode")["generated_tokens"].to_list()
+        assert set(range(3, len(g.tokens), 3)) <= set(decode)
+
+
+def test_resume_and_merge_keep_the_states(tiny_dir, prompts_file, tmp_path,
+                                          monkeypatch) -> None:
+    whole = read_states(collect(_cfg(tiny_dir, prompts_file, tmp_path / "whole"), log=_quiet))
+    assert whole is not None
+    out = tmp_path / "run"
+    real = SpeculativeEngine.generate
+    calls = {"n": 0}
+
+    def dying(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # Ctrl-C during the 4th request
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(SpeculativeEngine, "generate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        collect(_cfg(tiny_dir, prompts_file, out, chunk_size=5), log=_quiet)
+    monkeypatch.setattr(SpeculativeEngine, "generate", real)
+    assert [read_states(c).height for c in chunk_dirs(out)] == [
+        whole.filter(pl.col("request_id").is_in(["100", "101", "102"])).height]
+    resumed = read_states(collect(_cfg(tiny_dir, prompts_file, out, resume=True), log=_quiet))
+    assert resumed is not None and _sorted(resumed).equals(_sorted(whole))
+    for i in range(2):
+        collect(_cfg(tiny_dir, prompts_file, tmp_path / f"s{i}", shard=(i, 2)), log=_quiet)
+    merged = read_trace(merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "all"))
+    assert merged.states is not None and _sorted(merged.states).equals(_sorted(whole))
+    assert merged.manifest["states"]["saturated"] == 0
+
+
+@pytest.mark.parametrize("states", ["1,3,4", None])
+def test_publish_replaces_the_states_table(tiny_dir, prompts_file, tmp_path, states) -> None:
+    """A collection folder's top-level trace is its chunks' merge: their states, or none."""
+    out = tmp_path / "run"
+    every = None if states is None else 3
+    collect(_cfg(tiny_dir, prompts_file, out, limit=2, states=states, states_every=every),
+            log=_quiet)
+    (out / STATES_FILE).write_bytes(b"stale")  # as a killed publish or another tool left it
+    collect(_cfg(tiny_dir, prompts_file, out, limit=3, resume=True, states=states,
+                 states_every=every), log=_quiet)
+    found = read_states(out)
+    assert (found is None) == (states is None) and read_trace(out).n_requests == 3
+
+
+# ------------------------------------------------------------------------------ bad inputs
+def collect_argv(tiny_dir: Path, prompts: Path, out: Path, *extra: str) -> list[str]:
+    return ["collect", "--target", str(tiny_dir), "--draft", "layers:2", "--prompts",
+            str(prompts), "--out", str(out), "--k", "3", "--max-new-tokens", "6", "--device",
+            "cpu", "--limit", "2", *extra]
+
+
+BAD_OPTIONS = [
+    (["--states", "x"], "expected distinct layer numbers"),
+    (["--states", ""], "expected distinct layer numbers"),
+    (["--states", "0"], "expected distinct layer numbers"),
+    (["--states", "-1"], "expected distinct layer numbers"),
+    (["--states", "2,2"], "expected distinct layer numbers"),
+    (["--states", "1,,2"], "expected distinct layer numbers"),
+    (["--states", "auto,1"], "expected distinct layer numbers"),
+    (["--states", "1.5"], "expected distinct layer numbers"),
+    (["--states", "5"], "layer 5 is past the target's 4 layers"),
+    (["--states", "1,2,99999999999999999999"], "past the target's 4 layers"),
+    (["--states", "--states-every", "0"], "--states-every must be >= 1"),
+    (["--states", "1", "--states-every", "-3"], "--states-every must be >= 1"),
+    (["--states-every", "3"], "states are recorded only with --states"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_OPTIONS)
+def test_bad_states_options(tiny_dir, prompts_file, tmp_path, capsys, extra, message) -> None:
+    out = tmp_path / "o"
+    line = one_line_error(collect_argv(tiny_dir, prompts_file, out, *extra), capsys,
+                          tiny_dir, prompts_file)
+    assert message in line and not out.exists()
+
+
+def test_states_every_not_a_number(tiny_dir, prompts_file, tmp_path, capsys) -> None:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # argparse's own check
+        main(collect_argv(tiny_dir, prompts_file, tmp_path / "o", "--states", "--states-every",
+                          "x"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "--states-every" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_live_states_options(tiny_dir, prompts_file, tmp_path, capsys) -> None:
+    out = tmp_path / "live"
+    line = one_line_error(["live", "--target", str(tiny_dir), "--draft", "layers:2",
+                           "--prompts", str(prompts_file), "--workload", "burst:n=2",
+                           "--policy", "fcfs", "--out", str(out), "--states", "0"],
+                          capsys, tiny_dir, prompts_file)
+    assert "expected distinct layer numbers" in line and not out.exists()
+
+
+def test_resume_or_merge_with_other_states_is_refused(tiny_dir, prompts_file, tmp_path,
+                                                      capsys) -> None:
+    out, plain = tmp_path / "run", tmp_path / "plain"
+    collect(_cfg(tiny_dir, prompts_file, out, limit=2), log=_quiet)
+    collect(_cfg(tiny_dir, prompts_file, plain, shard=(2, 3), states=None,
+                 states_every=None), log=_quiet)
+    for extra, message in [(["--states", "1,2"], "states.decode_layer is 3 in"),
+                           (["--states", "1,3,4", "--states-every", "5"], "states.every is 3 in"),
+                           ([], "states is 'recorded' in"), (["--k", "2"], "k is 3 in")]:
+        line = one_line_error(collect_argv(tiny_dir, prompts_file, out, "--resume", "--limit",
+                                           "3", *extra), capsys, out)
+        assert "--resume" in line and message in line
+    line = one_line_error(["merge", str(out), str(plain), "--out", str(tmp_path / "m")],
+                          capsys, out, plain)
+    assert "states is 'recorded' in the first part and 'none' here" in line
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(LapsdError, match="states"):
+        merge([plain, out], tmp_path / "m2")
+
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_live_records_the_collections_states(tiny_dir, prompts_file, tmp_path, batch) -> None:
+    """``lapsd live --states``: the states of a collection of the same prompts, batched too."""
+    from lapsd.collect.live import LiveConfig, serve
+
+    collected = read_states(collect(_cfg(tiny_dir, prompts_file, tmp_path / "c"), log=_quiet))
+    serve(LiveConfig(target=tiny_dir, draft="layers:2", prompts=prompts_file,
+                     workload="burst:n=4", out=tmp_path / "live", policy="fcfs", k=3,
+                     max_new_tokens=14, device="cpu", dtype="float32", warmup=1,
+                     batch_size=batch, states="1,3,4", states_every=3), log=_quiet)
+    live = read_states(tmp_path / "live" / "trace")
+    assert collected is not None and live is not None
+    assert read_trace(tmp_path / "live" / "trace").manifest["states"]["layers"] == [1, 3, 4]
+    live = live.with_columns(pl.col("request_id").str.split(":").list.get(1))
+    keys = ["request_id", "kind", "layer", "generated_tokens"]
+    both = _sorted(live).join(collected, on=keys, how="left", suffix="_c")
+    assert live.height > 4 * 6 and both["state_c"].null_count() == 0
+    assert set(_sorted(live).select(keys).iter_rows()) == set(
+        collected.filter(pl.col("request_id").is_in(live["request_id"].implode()))
+        .select(keys).iter_rows())
+    np.testing.assert_allclose(np.asarray(both["state"].to_numpy(), np.float32),
+                               np.asarray(both["state_c"].to_numpy(), np.float32), atol=2e-3)
