@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
+from lapsd.collect.states import AUTO, DEFAULT_EVERY
 from lapsd.console import add_json, console, emit, out, progress
 from lapsd.errors import LapsdError, require_extra
 
@@ -40,6 +41,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (with the request id)")
     p.add_argument("--no-chat-template", dest="chat", action="store_false",
                    help="feed the prompt text as is")
+    p.add_argument("--states", nargs="?", const=AUTO, metavar="LAYERS",
+                   help="record the target's hidden states (a states.parquet side table): at "
+                        "the prompt's end at these layers (comma-separated, 1..L; without "
+                        f"LAYERS: {AUTO}, the quarter points L/4, L/2, 3L/4) and every "
+                        "--states-every generated tokens at the middle one; off by default")
+    p.add_argument("--states-every", type=int, metavar="G",
+                   help=f"generated tokens between decode states (default {DEFAULT_EVERY})")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -181,6 +189,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
         temperature=args.temperature, shard=parse_shard(args.shard), limit=args.limit,
         seed=args.seed, chunk_size=args.chunk_size, resume=args.resume, chat=args.chat,
+        states=args.states, states_every=args.states_every,
     )
     path = collect(cfg, log=console.print)
     out.print(f"trace written to {path}")
@@ -241,6 +250,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         seed=args.seed, kv_budget_tokens=args.kv_budget_tokens, batch_size=args.batch_size,
         warmup=args.warmup,
         capacity_from=args.capacity_from, time_scale=args.time_scale, force=args.force,
+        states=args.states, states_every=args.states_every,
     )
     bar = progress()
     task = None

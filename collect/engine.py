@@ -34,6 +34,10 @@ Batches (static path): :meth:`SpeculativeEngine.step_batch` runs one round of ea
 sessions in one drafting and one verification pass, each session in a row of the working cache
 (:meth:`SpeculativeEngine.place`). Each session drafts, accepts and appends exactly as it would
 alone, so its greedy tokens and rounds are those of its batch-1 run.
+
+Hidden states (``states``): every path records the target's states that
+:mod:`lapsd.collect.states` describes, from the passes it runs anyway (the prefill, now over the
+whole prompt, and the verifications), into the :class:`Generation`'s ``states``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from torch import nn
 from typing_extensions import override
 
 from lapsd.collect.models import DraftSpec, cache_arg
+from lapsd.collect.states import RequestStates, StatesSpec
 from lapsd.collect.static import StaticRunner, supports
 
 
@@ -160,6 +165,7 @@ class Generation:
     prefill_s: float | None
     total_s: float
     rounds: list[RoundRecord] = field(default_factory=list)
+    states: RequestStates | None = None
 
 
 # ------------------------------------------------------------------------------------ drafters
@@ -285,11 +291,14 @@ class SpeculativeEngine:
     static
         Take the static-cache path (:mod:`lapsd.collect.static`) where it applies; ``False`` forces
         the DynamicCache loop (for comparisons).
+    states
+        The target's hidden states to record (:mod:`lapsd.collect.states`), or ``None``.
     """
 
     def __init__(self, target: Any, *, draft: Any = None, ngram: int = 0,
                  k: int = 4, eos_ids: set[int] | None = None, temperature: float = 0.0,
-                 device: torch.device | str = "cpu", static: bool = True) -> None:
+                 device: torch.device | str = "cpu", static: bool = True,
+                 states: StatesSpec | None = None) -> None:
         if (draft is None) == (ngram == 0):
             raise ValueError("give exactly one of draft (a model) or ngram (N >= 1)")
         if k < 1:
@@ -301,6 +310,7 @@ class SpeculativeEngine:
         self.eos_ids = set(eos_ids or ())
         self.temperature = temperature
         self.device = torch.device(device)
+        self.states = states
         split = 0 if draft is None else shared_layers(target, draft)
         self.static_split = split if (static and temperature <= 0 and supports(target)
                                       and (draft is None or split > 0)) else None
@@ -345,7 +355,7 @@ class SpeculativeEngine:
     def _static_runner(self) -> StaticRunner | None:
         if self.static_split is not None and self.runner is None:
             self.runner = StaticRunner(self.target, self.static_split, self.k, rows=self.rows,
-                                       sizes=self.sizes)
+                                       sizes=self.sizes, states=self.states)
         return self.runner
 
     @torch.inference_mode()
@@ -493,6 +503,9 @@ class Session(ABC):
         self.offloaded = False
         self._prefill_marks: tuple[Any, Any] = (None, None)
         self._t_start = time.perf_counter()
+        #: With states: the prompt's (from the prefill) and the decode ones kept so far.
+        self._prompt_states: torch.Tensor | None = None
+        self._decode_states: list[tuple[int, torch.Tensor]] = []
 
     # ----------------------------------------------------------------------------- state
     @property
@@ -564,10 +577,35 @@ class Session(ABC):
         self._commit(n, new, accepted, d)
         record = RoundRecord(d, accepted, len(new), n, (*marks, self.clock.mark()))
         self.rounds.append(record)
+        if self.engine.states is not None:
+            self._keep_states(n, min(accepted, len(new)), self.engine.states.every)
         if finish == "stop" or self.produced >= self.max_new_tokens:
             self.finish_reason = finish
             self._release()
         return record
+
+    def _keep_states(self, n: int, fed: int, every: int) -> None:
+        """Keep the decode states of the round just verified at context ``n``.
+
+        Its positions ``n - 1 .. n - 1 + fed`` hold tokens of the sequence (the pending token,
+        ``fed`` accepted drafts kept); generated token ``g`` sits at ``len(prompt) + g - 1``.
+        """
+        p = len(self.prompt)
+        first = max(every, -(-(n - p) // every) * every)
+        wanted = list(range(first, n - p + fed + 1, every))
+        if wanted:
+            states = self._round_states([p + g - n for g in wanted])
+            self._decode_states.extend(zip(wanted, states, strict=True))
+
+    def _recorded(self) -> RequestStates | None:
+        """The request's states in host memory (``None``: none recorded)."""
+        spec = self.engine.states
+        if spec is None or self._prompt_states is None:
+            return None
+        decode = (torch.stack([v for _, v in self._decode_states]) if self._decode_states
+                  else torch.zeros((0, spec.hidden_size)))
+        return RequestStates(self._prompt_states.float().cpu(),
+                             [g for g, _ in self._decode_states], decode.float().cpu())
 
     def cancel(self) -> None:
         """Drop the request where it stands and free its cache (nothing more runs)."""
@@ -596,7 +634,8 @@ class Session(ABC):
         for r in self.rounds:
             r.resolve(self.clock)
         return Generation(len(self.prompt), self.tokens[len(self.prompt):],
-                          self.finish_reason or "length", self.prefill_s, total_s, self.rounds)
+                          self.finish_reason or "length", self.prefill_s, total_s, self.rounds,
+                          self._recorded())
 
     # ------------------------------------------------------------------------- residency
     @torch.inference_mode()
@@ -637,6 +676,10 @@ class Session(ABC):
         """Update the caches with the kept tokens."""
 
     @abstractmethod
+    def _round_states(self, index: list[int]) -> torch.Tensor:
+        """The last verification's decode-layer states at these of its positions (m, H)."""
+
+    @abstractmethod
     def _undo(self, n: int) -> None:
         """Forget a :meth:`probe` round at context ``n``."""
 
@@ -670,13 +713,22 @@ class DynamicSession(Session):
         self.drafter: ModelDrafter | NgramDrafter = (
             ModelDrafter(engine.draft) if engine.ngram is None else engine.ngram)
         self.cache: Any = None
+        self._verified: torch.Tensor | None = None
 
     def _prefill(self) -> None:
         from transformers import DynamicCache
 
-        target, n = self.engine.target, len(self.prompt)
+        target, n, spec = self.engine.target, len(self.prompt), self.engine.states
         self.cache = DynamicCache(config=target.config)
-        if n > 1:
+        if spec is not None:  # the whole prompt, then the cache without its last token
+            hidden = target(input_ids=self.seq[:, :n], **cache_arg(target, self.cache),
+                            use_cache=True, logits_to_keep=1,
+                            output_hidden_states=True).hidden_states
+            crop_cache(self.cache, n - 1)
+            self._prompt_states = torch.stack([
+                torch.stack((hidden[layer][0, n - 1].float(), hidden[layer][0].float().mean(0)))
+                for layer in spec.layers])
+        elif n > 1:
             target(input_ids=self.seq[:, : n - 1], **cache_arg(target, self.cache),
                    use_cache=True, logits_to_keep=1)
         self.drafter.reset(self.seq, n)
@@ -686,8 +738,12 @@ class DynamicSession(Session):
         drafts, q = self._draft(n, d, exact)
         d = int(drafts.numel())
         m1 = self.clock.mark()
-        logits = engine.target(input_ids=self.seq[:, n - 1:n + d],
-                               **cache_arg(engine.target, self.cache), use_cache=True).logits[0]
+        out = engine.target(input_ids=self.seq[:, n - 1:n + d],
+                            **cache_arg(engine.target, self.cache), use_cache=True,
+                            output_hidden_states=engine.states is not None)
+        logits = out.logits[0]
+        if engine.states is not None:
+            self._verified = out.hidden_states[engine.states.decode_layer][0]
         m2 = self.clock.mark()
         accepted, proposed = engine._accept(logits, drafts, q, self.gen)  # noqa: SLF001
         return d, accepted, proposed, m1, m2
@@ -710,6 +766,10 @@ class DynamicSession(Session):
         self.seq[0, n:n + len(new)] = torch.tensor(new, dtype=torch.long)
         crop_cache(self.cache, n + len(new) - 1)
         self.drafter.commit(n, accepted, max(drafted, 1))
+
+    def _round_states(self, index: list[int]) -> torch.Tensor:
+        assert self._verified is not None  # a verification ran with states on
+        return self._verified[index]
 
     def _undo(self, n: int) -> None:
         crop_cache(self.cache, n - 1)
@@ -763,7 +823,11 @@ class StaticSession(Session):
 
     def _prefill(self) -> None:
         assert self.row is not None  # prefill() activates first
-        self.runner.prefill(self.prompt[:-1], self.row)
+        if self.engine.states is None:
+            self.runner.prefill(self.prompt[:-1], self.row)
+        else:  # the whole prompt (its states), the cache without its last token
+            self.runner.prefill(self.prompt, self.row, keep=len(self.prompt) - 1)
+            self._prompt_states = self.runner.prompt_states.clone()
 
     def _step(self, n: int, d: int, exact: bool = False) -> StepResult:
         [(d, accepted, proposed)], m1, m2 = _static_round(
@@ -774,6 +838,10 @@ class StaticSession(Session):
     def _commit(self, n: int, new: list[int], accepted: int, drafted: int) -> None:
         # No cropping: positions past the kept tokens are masked until they are overwritten.
         pass
+
+    def _round_states(self, index: list[int]) -> torch.Tensor:
+        assert self.row is not None  # the round ran in this row
+        return self.runner.decode_states[self.row, index]
 
     @override
     def _undo(self, n: int) -> None:
@@ -892,14 +960,14 @@ def eos_ids_of(model: nn.Module, tokenizer: Any) -> set[int]:
 
 
 def build_engine(target: nn.Module, spec: DraftSpec, draft_model: nn.Module | None, *, k: int,
-                 eos_ids: set[int], temperature: float, device: torch.device | str
-                 ) -> SpeculativeEngine:
+                 eos_ids: set[int], temperature: float, device: torch.device | str,
+                 states: StatesSpec | None = None) -> SpeculativeEngine:
     """An engine for a parsed draft spec (``draft_model`` for ``model`` drafts)."""
     from lapsd.collect.models import layers_draft
 
     if spec.kind == "ngram":
         return SpeculativeEngine(target, ngram=spec.n, k=k, eos_ids=eos_ids,
-                                 temperature=temperature, device=device)
+                                 temperature=temperature, device=device, states=states)
     draft = layers_draft(target, spec.n) if spec.kind == "layers" else draft_model
     return SpeculativeEngine(target, draft=draft, k=k, eos_ids=eos_ids, temperature=temperature,
-                             device=device)
+                             device=device, states=states)

@@ -60,7 +60,8 @@ finished and marks the run interrupted)::
     DIR/trace/             a lapsd trace of the finished requests, in arrival order (request
                            ids "00017:PROMPT_ID"; round_s as above, draft_s/verify_s from the
                            engine; manifest: timing "measured_per_round", the collector block,
-                           and a "live" block)
+                           and a "live" block; with --states, the target's hidden states as a
+                           collection records them, :mod:`lapsd.collect.states`)
     DIR/schedule.parquet   one row per round, in the order they ran: step, batch (requests in
                            the step; at batch sizes above one a step's rows are its members,
                            best-ranked first, and its idle, switch and scheduler times are on
@@ -105,12 +106,13 @@ from typing import Any, cast
 import numpy as np
 import polars as pl
 
+from lapsd.collect.states import StatesSpec, check_options
 from lapsd.errors import LapsdError, require_extra
 from lapsd.io import atomic_dir, read_json, sha256_file, write_json
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies import create
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo, TraceScale
-from lapsd.replay.trace import Trace, make_trace, new_manifest, read_trace
+from lapsd.replay.trace import Trace, new_manifest, read_trace
 from lapsd.replay.workload import WorkloadSpec, draw_arrivals, parse_workload
 
 logger = logging.getLogger(__name__)
@@ -151,6 +153,8 @@ class LiveConfig:
     capacity_from: Path | None = None
     time_scale: float = 1.0
     force: bool = False
+    states: str | None = None
+    states_every: int | None = None
 
 
 @dataclass
@@ -261,6 +265,7 @@ def check(cfg: LiveConfig) -> _Plan:
         if cfg.oracle_trace is None:
             raise LapsdError("--predictions oracle:... needs the true lengths: pass "
                              "--oracle-trace TRACE_DIR")
+    check_options(cfg.states, cfg.states_every)
     problems = [
         (cfg.k < 1 or cfg.max_new_tokens < 1, "--k and --max-new-tokens must be >= 1"),
         (not cfg.time_scale > 0, f"--time-scale must be > 0, got {cfg.time_scale}"),
@@ -636,10 +641,12 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
         request_seed,
         resolve_device,
         resolve_dtype,
+        states_spec,
     )
 
     plan = check(cfg)
     spec, tok = check_models(cfg.target, cfg.draft)
+    states = states_spec(cfg.target, cfg.states, cfg.states_every)
     prompts = load_prompts(cfg.prompts)
     prior = read_info(cfg.capacity_from) if cfg.capacity_from is not None else None
     _, index = draw_arrivals(plan.spec, 1.0, len(prompts))  # which prompts: independent of the mean
@@ -668,7 +675,7 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
     engine, target, collector = loaded or load_engine(
         cfg.target, spec, tok, k=cfg.k, dtype=dtype, device=device,
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-        chat=cfg.chat)
+        chat=cfg.chat, states=states)
     collector = {**collector, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
     try:
         working = engine.reserve(peak, batch=cfg.batch_size)
@@ -759,7 +766,8 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
                              "boundary; switches and idle time excluded"
                              + ("; at batch sizes above one, of the step the round ran in"
                                 if cfg.batch_size > 1 else "")})
-        _write(cfg, info, _trace(reqs, tok, target.name, spec.name, cfg.k, manifest),
+        _write(cfg, info, _trace(reqs, tok, target.name, spec.name, cfg.k, manifest,
+                                 engine.states),
                server.rows, _request_rows(reqs, quantiles))
         log(f"live run written to {cfg.out}")
     if interrupted:
@@ -830,9 +838,9 @@ def summarize_run(server: _Server, reqs: list[_Request], interrupted: bool) -> d
 
 
 def _trace(reqs: list[_Request], tok: Any, target: str, draft: str, k: int,
-           manifest: dict[str, Any]) -> Trace:
+           manifest: dict[str, Any], states: StatesSpec | None) -> Trace:
     """The trace of the finished requests (round_s: the server time of each round)."""
-    from lapsd.collect.run import response_text, rows
+    from lapsd.collect.run import collection_trace, response_text
 
     items = []
     for r in reqs:
@@ -844,9 +852,7 @@ def _trace(reqs: list[_Request], tok: Any, target: str, draft: str, k: int,
             rounds=[dataclasses.replace(rec, round_s=ns / NS_PER_S)
                     for rec, ns in zip(g.rounds, r.round_ns, strict=True)])
         items.append((dataclasses.replace(r.prompt, request_id=r.rid), g, *response_text(tok, g)))
-    req, rnd = rows(items, target, draft, k, source="lapsd-live")
-    return make_trace(pl.DataFrame(req, infer_schema_length=None),
-                      pl.DataFrame(rnd, infer_schema_length=None), manifest)
+    return collection_trace(items, manifest, target, draft, k, states, source="lapsd-live")
 
 
 def _request_rows(reqs: list[_Request], quantiles: list[tuple[float, float | None]] | None

@@ -163,6 +163,15 @@ def load_tokenizer(path: Path) -> Any:
     return tok
 
 
+def load_config(path: Path) -> Any:
+    """The config of a HF folder or GGUF file (no weights are read)."""
+    from transformers import AutoConfig
+
+    if path.is_dir():
+        return AutoConfig.from_pretrained(path)
+    return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+
+
 def load_model(path: Path, *, dtype: str, device: str) -> LoadedModel:
     """Load a causal LM from a HF folder or a GGUF file.
 

@@ -3,6 +3,7 @@
 Output layout of ``--out DIR``: ``DIR`` is the trace (``lapsd inspect DIR`` reads it)::
 
     DIR/requests.parquet, rounds.parquet, manifest.json   the merged trace, rewritten at the end
+    DIR/states.parquet        with --states: the target's hidden states (lapsd.collect.states)
     DIR/.chunks/s0of1-00000/  complete trace folders, one per chunk, each written atomically
     DIR/errors.jsonl          requests that failed (out of memory), one JSON object a line
 
@@ -24,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lapsd.collect import states as hidden
 from lapsd.errors import LapsdError
 from lapsd.replay.trace import (
     MANIFEST_FILE,
     REQUESTS_FILE,
     ROUNDS_FILE,
+    STATES_FILE,
     Trace,
     TraceError,
     make_trace,
@@ -42,7 +45,7 @@ logger = logging.getLogger(__name__)
 CHUNKS = ".chunks"
 ERRORS = "errors.jsonl"
 #: What a collection folder may hold besides its chunks and errors: the merged trace.
-TRACE_FILES = (REQUESTS_FILE, ROUNDS_FILE, MANIFEST_FILE)
+TRACE_FILES = (REQUESTS_FILE, ROUNDS_FILE, STATES_FILE, MANIFEST_FILE)
 
 
 @dataclass
@@ -64,6 +67,8 @@ class CollectConfig:
     chunk_size: int = 25
     resume: bool = False
     chat: bool = True
+    states: str | None = None
+    states_every: int | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -82,10 +87,10 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def preflight(cfg: CollectConfig) -> tuple[Any, list[Any], Any]:
-    """Checks that need no weights: paths, prompt file, draft vocabulary.
+def preflight(cfg: CollectConfig) -> tuple[Any, list[Any], Any, hidden.StatesSpec | None]:
+    """Checks that need no weights: paths, prompt file, draft vocabulary, states' layers.
 
-    Returns ``(draft_spec, prompts_to_run, target_tokenizer)``.
+    Returns ``(draft_spec, prompts_to_run, target_tokenizer, states)``.
     """
     from lapsd.collect.prompts import load_prompts, select
 
@@ -93,7 +98,19 @@ def preflight(cfg: CollectConfig) -> tuple[Any, list[Any], Any]:
     if cfg.k < 1 or cfg.max_new_tokens < 1:
         raise LapsdError("--k and --max-new-tokens must be >= 1")
     spec, tok = check_models(cfg.target, cfg.draft)
-    return spec, prompts, tok
+    return spec, prompts, tok, states_spec(cfg.target, cfg.states, cfg.states_every)
+
+
+def states_spec(target: Path, layers: str | None, every: int | None
+                ) -> hidden.StatesSpec | None:
+    """``--states`` and ``--states-every`` for ``target`` (its config is read, no weights)."""
+    from lapsd.collect.models import load_config
+
+    hidden.check_options(layers, every)
+    if layers is None:
+        return None
+    config = load_config(target)
+    return hidden.resolve(layers, every, config.num_hidden_layers, config.hidden_size)
 
 
 def check_models(target: Path, draft: str) -> tuple[Any, Any]:
@@ -148,7 +165,7 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
 
     from lapsd.collect.prompts import encode
 
-    spec, prompts, tok = preflight(cfg)
+    spec, prompts, tok, states = preflight(cfg)
     out = cfg.out
     if chunk_dirs(out) and not cfg.resume:
         raise LapsdError(f"{out} already holds chunks: pass --resume to continue that run "
@@ -160,15 +177,19 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
         raise LapsdError(f"{out} is not a collection folder (it holds {', '.join(foreign[:3])}"
                          f"{' ...' if len(foreign) > 3 else ''}); choose a new or empty --out")
     done = done_ids(out) if cfg.resume else set()
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if done:
+        _check_resumable(out, {"collector": {"target": cfg.target.name, "draft": spec.name,
+                                             "k": cfg.k, "dtype": dtype,
+                                             "temperature": cfg.temperature}}, states)
     todo = [p for p in prompts if p.request_id not in done]
     log(f"{len(prompts)} prompts in shard {cfg.shard[0]}/{cfg.shard[1]}, {len(done)} done, "
         f"{len(todo)} to run")
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
     engine, target, collector = load_engine(
         cfg.target, spec, tok, k=cfg.k, dtype=dtype, device=device,
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-        chat=cfg.chat)
+        chat=cfg.chat, states=states)
     manifest = new_manifest(
         timing="measured_per_round", sources=[cfg.prompts],
         response_offsets="exact: decoded text length after each round",
@@ -182,7 +203,8 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
         if not buffer:
             return
         name = f"s{cfg.shard[0]}of{cfg.shard[1]}-{seq:05d}"
-        write_chunk(buffer, manifest, out / CHUNKS / name, target.name, spec.name, cfg.k)
+        write_chunk(buffer, manifest, out / CHUNKS / name, target.name, spec.name, cfg.k,
+                    engine.states)
         seq += 1
         buffer = []
 
@@ -210,10 +232,12 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
 
 def load_engine(target_path: Path, spec: Any, tok: Any, *, k: int, dtype: str, device: str,
                 temperature: float, max_new_tokens: int, seed: int, chat: bool,
+                states: hidden.StatesSpec | None = None,
                 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load the models and build the engine: ``(engine, target, collector block)``.
 
     The collector block is what a trace manifest records of the run (``manifest["collector"]``).
+    ``states``: the hidden states the engine records (:func:`states_spec`).
     """
     import torch
 
@@ -226,7 +250,7 @@ def load_engine(target_path: Path, spec: Any, tok: Any, *, k: int, dtype: str, d
         draft_model = load_model(spec.model_path, dtype=dtype, device=device)
     engine = build_engine(target.model, spec, draft_model.model if draft_model else None,
                           k=k, eos_ids=eos_ids_of(target.model, tok),
-                          temperature=temperature, device=device)
+                          temperature=temperature, device=device, states=states)
     collector = {
         "target": target.name, "target_sha256": target.info["sha256"],
         "draft": spec.name, "draft_sha256": draft_model.info["sha256"] if draft_model else None,
@@ -297,14 +321,26 @@ def rows(items: list[tuple[Any, Any, str, list[int]]], target: str, draft: str, 
 
 
 def write_chunk(items: list[tuple[Any, Any, str, list[int]]], manifest: dict[str, Any],
-                dest: Path, target: str, draft: str, k: int) -> Path:
+                dest: Path, target: str, draft: str, k: int,
+                states: hidden.StatesSpec | None = None) -> Path:
     """Write one chunk as a complete trace folder (atomic: renamed into place when done)."""
+    return write_trace(collection_trace(items, manifest, target, draft, k, states), dest)
+
+
+def collection_trace(items: list[tuple[Any, Any, str, list[int]]], manifest: dict[str, Any],
+                     target: str, draft: str, k: int, states: hidden.StatesSpec | None,
+                     source: str = "lapsd-collect") -> Trace:
+    """The trace of (prompt, generation, text, per-round offsets) items, with their states."""
     import polars as pl
 
-    req, rnd = rows(items, target, draft, k)
-    trace = make_trace(pl.DataFrame(req, infer_schema_length=None),
-                       pl.DataFrame(rnd, infer_schema_length=None), manifest)
-    return write_trace(trace, dest)
+    req, rnd = rows(items, target, draft, k, source)
+    table = None
+    if states is not None:
+        table, block = hidden.table(((prompt.request_id, g.states) for prompt, g, *_ in items
+                                     if g.states is not None), states)
+        manifest = {**manifest, "states": block}
+    return make_trace(pl.DataFrame(req, infer_schema_length=None),
+                      pl.DataFrame(rnd, infer_schema_length=None), manifest, table)
 
 
 def merge(sources: list[Path], out: Path, *, overwrite: bool = False) -> Path:
@@ -335,7 +371,7 @@ def merged(sources: list[Path]) -> Trace:
     if not parts:
         raise TraceError("nothing to merge: no chunks found", path=sources[0])
     owner: dict[str, Path] = {}
-    reqs, rnds = [], []
+    reqs, rnds, states = [], [], []
     manifest: dict[str, Any] | None = None
     for part in parts:
         t = read_trace(part)
@@ -350,12 +386,17 @@ def merged(sources: list[Path]) -> Trace:
             _check_compatible(manifest, t.manifest, part)
         reqs.append(t.requests)
         rnds.append(t.rounds)
+        if t.states is not None:
+            states.append((t.states, t.manifest["states"]["saturated"]))
     assert manifest is not None
     manifest["merged_from"] = [str(p) for p in parts]
     if "collector" in manifest:
         manifest["collector"] = {**manifest["collector"], "shard": None}
+    if states:  # every part has them (_check_compatible)
+        manifest["states"] = {**manifest["states"], "saturated": sum(n for _, n in states)}
     return make_trace(pl.concat(reqs, how="diagonal_relaxed"),
-                      pl.concat(rnds, how="diagonal_relaxed"), manifest)
+                      pl.concat(rnds, how="diagonal_relaxed"), manifest,
+                      pl.concat([df for df, _ in states]) if states else None)
 
 
 def publish(trace: Trace, out: Path) -> Path:
@@ -364,16 +405,58 @@ def publish(trace: Trace, out: Path) -> Path:
 
     staged = write_trace(trace, out / ".merged", overwrite=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
-    for name in (REQUESTS_FILE, ROUNDS_FILE, MANIFEST_FILE):
-        os.replace(staged / name, out / name)
+    for name in TRACE_FILES:  # the manifest last
+        if (staged / name).exists():
+            os.replace(staged / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
     staged.rmdir()
     return out
 
 
+def _check_resumable(out: Path, manifest: dict[str, Any],
+                     states: hidden.StatesSpec | None) -> None:
+    """Refuse to ``--resume`` with a setup that the chunks in ``out`` were not collected with.
+
+    ``manifest``: what the run's manifest will say (its ``collector`` block's setup keys).
+    """
+    planned = manifest if states is None else {
+        **manifest, "states": states.manifest_block(hidden.stored_dtype(), 0)}
+    differs = _difference(read_trace(chunk_dirs(out)[0]).manifest, planned)
+    if differs is not None:
+        key, chunks, here = differs
+        raise LapsdError(f"--resume: {key} is {chunks!r} in {out}'s chunks and {here!r} with "
+                         "these options; resume with the options that wrote them, or choose "
+                         "another --out")
+
+
+def _states_setup(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """What a part's states were recorded with (``None``: no states)."""
+    block = manifest.get("states")
+    return None if block is None else {k: v for k, v in block.items() if k != "saturated"}
+
+
 def _check_compatible(a: dict[str, Any], b: dict[str, Any], where: Path) -> None:
+    differs = _difference(a, b)
+    if differs is not None:
+        key, first, here = differs
+        raise TraceError(f"cannot merge: {key} is {first!r} in the first part and {here!r} "
+                         "here", path=where)
+
+
+def _difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first setup key two parts' manifests disagree on, with both values (``None``: none).
+
+    The collector's target, draft, k, dtype and temperature, and the states recorded.
+    """
     ca, cb = a.get("collector", {}), b.get("collector", {})
     for key in ("target", "draft", "k", "dtype", "temperature"):
         if ca.get(key) != cb.get(key):
-            raise TraceError(f"cannot merge: {key} is {ca.get(key)!r} in the first part and "
-                             f"{cb.get(key)!r} here", path=where)
+            return key, ca.get(key), cb.get(key)
+    sa, sb = _states_setup(a), _states_setup(b)
+    if sa is None or sb is None:
+        return None if sa is sb else ("states", "none" if sa is None else "recorded",
+                                      "none" if sb is None else "recorded")
+    return next(((f"states.{k}", sa.get(k), sb.get(k)) for k in sorted({*sa, *sb})
+                 if sa.get(k) != sb.get(k)), None)
 

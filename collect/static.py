@@ -35,16 +35,29 @@ step's ``d`` tokens (prompt lookup found fewer, or the token budget is near) are
 the target computes for a row's first ``d_row + 1`` positions depends on that row's slots up to
 them only, so its verdicts are those of the row run alone, and the padding's cache entries lie
 past its kept tokens, masked until overwritten. Batch size one is the first row.
+
+Hidden states (``states``, :mod:`lapsd.collect.states`). The steps write the chosen layers'
+outputs into buffers of their own as they pass them: the prefill step the prompt's last token
+and its mean (over the first :attr:`StaticRunner.prompt_len` positions, a device tensor, so
+one captured step serves every prompt length of its bucket), the draft and verify steps every
+position's state at the decode layer. The values come from the same kernels either way; the
+host reads only the positions it keeps.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from lapsd.collect.states import StatesSpec
+
+#: Called with ``(l, x)`` after the ``l``-th layer of a pass: the layer's output (see _layers).
+Tap = Callable[[int, torch.Tensor], None]
 
 # rope types whose inverse frequencies are fixed at load time (no data-dependent update)
 _STATIC_ROPE = {"default", "linear", "llama3"}
@@ -77,15 +90,24 @@ class StaticRunner:
         Requests a step can run together (the largest batch).
     sizes
         The batch sizes to build steps for (default: every one up to ``rows``).
+    states
+        Hidden states to record (module docstring), or ``None``.
 
     Attributes
     ----------
     owners
         The request whose cache each row holds (set by the caller; ``None``: none).
+    prompt_states
+        With ``states``: the last prefill's states, ``[j, 0]`` at the prompt's last token and
+        ``[j, 1]`` its mean, at layer ``states.layers[j]`` (float32).
+    decode_states
+        With ``states``: the last draft and verify steps' states at ``states.decode_layer``,
+        ``[row, i]`` at the row's ``i``-th position fed (the pending token, then the drafts).
     """
 
     def __init__(self, model: Any, split: int, k: int, capacity: int = 512,
-                 rows: int = 1, sizes: tuple[int, ...] | None = None) -> None:
+                 rows: int = 1, sizes: tuple[int, ...] | None = None,
+                 states: StatesSpec | None = None) -> None:
         # transformers' modules: their attributes (config, layers, ...) are not typed by nn.Module.
         self.model: Any = model
         self.base: Any = model.model
@@ -111,6 +133,15 @@ class StaticRunner:
         self.out = torch.zeros((rows, 2 * k + 1), dtype=torch.long, device=self.device)
         self.hidden = torch.zeros((rows, k + 1, self.cfg.hidden_size), dtype=self.dtype,
                                   device=self.device)
+        self.states = states
+        # (empty buffers without states)
+        n_layers, n_rows = (0, 0) if states is None else (len(states.layers), rows)
+        self.prompt_states = torch.zeros((n_layers, 2, self.cfg.hidden_size),
+                                         dtype=torch.float32, device=self.device)
+        self.decode_states = torch.zeros((n_rows, k + 1, self.cfg.hidden_size),
+                                         dtype=self.dtype, device=self.device)
+        #: Positions of the prompt the last prefill ran (for the prompt states' mean).
+        self.prompt_len = torch.ones((), dtype=torch.long, device=self.device)
         self.capacity = 0
         self.owners: list[object | None] = [None] * rows
         self._alloc(capacity)
@@ -170,11 +201,12 @@ class StaticRunner:
 
     # --------------------------------------------------------------------------------- model
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, lo: int, hi: int,
-                rows: slice, cache: torch.Tensor | None = None) -> torch.Tensor:
+                rows: slice, cache: torch.Tensor | None = None, tap: Tap | None = None
+                ) -> torch.Tensor:
         """Layers ``lo..hi-1`` on hidden states ``x`` (b, T, H) at positions ``pos`` (b, T).
 
         Row ``i`` of ``x`` reads and writes row ``rows.start + i`` of ``cache`` (default: the
-        working cache).
+        working cache). ``tap(i + 1, x)`` is called after layer ``i``.
         """
         kv = self.kv if cache is None else cache
         b, t = pos.shape
@@ -206,7 +238,35 @@ class StaticRunner:
             o = o.view(b, -1, t, self.head_dim).transpose(1, 2).reshape(b, t, -1)
             x = x + att.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if tap is not None:
+                tap(i + 1, x)
         return x
+
+    def _state(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """``hidden_states[layer]`` as Hugging Face has it: the last layer's after the norm."""
+        return self.base.norm(x) if layer == len(self.layers) else x
+
+    def _prompt_tap(self, layer: int, x: torch.Tensor) -> None:
+        """Keep ``layer``'s state at the prompt's last token and its mean (x: (1, T, H))."""
+        assert self.states is not None
+        if layer not in self.states.layers:
+            return
+        j, n = self.states.layers.index(layer), self.prompt_len
+        h = self._state(layer, x)[0].float()
+        self.prompt_states[j, 0] = h.index_select(0, (n - 1).view(1))[0]
+        valid = (self.slots[:h.shape[0]] < n)[:, None]
+        self.prompt_states[j, 1] = torch.where(valid, h, 0.0).sum(0) / n
+
+    def _decode_tap(self, b: int, start: int) -> Tap | None:
+        """A tap keeping the decode layer's states of ``b`` rows at positions from ``start``."""
+        if self.states is None:
+            return None
+        layer = self.states.decode_layer
+
+        def tap(i: int, x: torch.Tensor) -> None:
+            if i == layer:
+                self.decode_states[:b, start:start + x.shape[1]] = self._state(layer, x)
+        return tap
 
     def _argmax(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.base.norm(x)).argmax(-1)
@@ -214,14 +274,15 @@ class StaticRunner:
     def _prefill_step(self, t: int) -> None:
         """The first ``t`` tokens of ``prompt`` into the staging cache's positions ``0..t-1``."""
         self._layers(self.base.embed_tokens(self.prompt[None, :t]), self.slots[None, :t], 0,
-                     len(self.layers), slice(0, 1), self.staging)
+                     len(self.layers), slice(0, 1), self.staging,
+                     None if self.states is None else self._prompt_tap)
 
     def _draft_step(self, b: int, d: int) -> None:
         """Draft ``d`` tokens after each of the first ``b`` rows' pending token."""
         p, toks = self.inp[:b, :1], self.inp[:b, 1:]
         for i in range(d):
             x = self._layers(self.base.embed_tokens(toks[:, i:i + 1]), p + i, 0, self.split,
-                             slice(0, b))
+                             slice(0, b), tap=self._decode_tap(b, i))
             self.hidden[:b, i:i + 1] = x
             toks[:, i + 1:i + 2] = self._argmax(x)
 
@@ -232,22 +293,30 @@ class StaticRunner:
         toks = self.inp[:b, 1:d + 2]
         if self.split:
             x = self._layers(self.base.embed_tokens(toks[:, d:]), pos[:, d:], 0, self.split,
-                             rows)
+                             rows, tap=self._decode_tap(b, d))
             self.hidden[:b, d:d + 1] = x
-            x = self._layers(self.hidden[:b, :d + 1], pos, self.split, len(self.layers), rows)
+            x = self._layers(self.hidden[:b, :d + 1], pos, self.split, len(self.layers), rows,
+                             tap=self._decode_tap(b, 0))
         else:
-            x = self._layers(self.base.embed_tokens(toks), pos, 0, len(self.layers), rows)
+            x = self._layers(self.base.embed_tokens(toks), pos, 0, len(self.layers), rows,
+                             tap=self._decode_tap(b, 0))
         self.out[:b, :d] = toks[:, 1:]
         self.out[:b, d:2 * d + 1] = self._argmax(x)
 
     # ----------------------------------------------------------------------------- interface
-    def prefill(self, ids: list[int], row: int = 0) -> None:
-        """Fill slots ``0..len(ids)-1`` of ``row`` in every layer (through the staging cache)."""
+    def prefill(self, ids: list[int], row: int = 0, keep: int | None = None) -> None:
+        """Run ``ids`` through the staging cache; fill slots ``0..keep-1`` of ``row``.
+
+        ``keep`` defaults to all of ``ids``; with states, :attr:`prompt_states` are ``ids``'.
+        """
         n = len(ids)
+        keep = n if keep is None else keep
         if n:
             self.prompt[:n].copy_(torch.tensor(ids, dtype=torch.long), non_blocking=True)
+            if self.states is not None:
+                self.prompt_len.fill_(n)
             self.steps[("prefill", 1, -(-n // PREFILL_BUCKET) * PREFILL_BUCKET)]()
-            self.kv[:, :, row, :, :n].copy_(self.staging[:, :, 0, :, :n])
+            self.kv[:, :, row, :, :keep].copy_(self.staging[:, :, 0, :, :keep])
 
     def start_round(self, rounds: list[tuple[int, int, list[int]]]) -> None:
         """Set each of the first ``len(rounds)`` rows' pending position, token and drafts.

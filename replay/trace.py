@@ -9,10 +9,19 @@ Layout of a trace folder::
     requests.parquet   one row per request
     rounds.parquet     one row per speculative-decoding round
     manifest.json      schema version, units, provenance, how times were obtained
+    states.parquet     optional: the target's hidden states (``lapsd collect --states``)
 
 A request's ``prefill_s`` is apart from its rounds' ``round_s`` (a collection times them apart),
 unless the manifest says ``"round_s_includes_prefill": true`` (a live server's trace: its round 0
 is the server time from the request's start, prefill included).
+
+The states table (:data:`STATE_COLUMNS`) has one row per recorded hidden state: ``request_id``,
+``kind`` (``prompt_last``: at the prompt's last token; ``prompt_mean``: the mean over the
+prompt's tokens; ``decode``: at a generated token), ``layer`` (``hidden_states[layer]`` of Hugging
+Face's ``output_hidden_states``), ``generated_tokens`` (0 for prompt kinds; for ``decode`` the
+generated token's number, a multiple of ``every``) and ``state``, the vector (a fixed-size list
+of float16 or float32). The manifest's ``states`` block (:data:`STATES_BLOCK`) describes it;
+a trace has both or neither. :mod:`lapsd.collect.states` records them.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from lapsd import __version__
@@ -37,6 +47,31 @@ SCHEMA_VERSION = 1
 REQUESTS_FILE = "requests.parquet"
 ROUNDS_FILE = "rounds.parquet"
 MANIFEST_FILE = "manifest.json"
+STATES_FILE = "states.parquet"
+
+#: Version of the states table and the manifest's ``states`` block.
+STATES_SCHEMA_VERSION = 1
+#: What a state row is (the ``kind`` column).
+STATE_KINDS = ("prompt_last", "prompt_mean", "decode")
+#: Element types of the ``state`` vectors (the block's ``dtype``).
+STATE_DTYPES = ("float16", "float32")
+#: The states table's columns but ``state``, an ``Array(dtype, hidden_size)``.
+STATE_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
+    "request_id": (pl.String(), False),
+    "kind": (pl.String(), False),
+    "layer": (pl.Int64(), False),
+    "generated_tokens": (pl.Int64(), False),
+}
+#: The manifest's ``states`` block: key -> what its value must be.
+STATES_BLOCK = {
+    "schema_version": f"{STATES_SCHEMA_VERSION}",
+    "layers": "a list of ascending distinct integers >= 1",
+    "decode_layer": "one of the layers",
+    "every": "an integer >= 1",
+    "hidden_size": "an integer >= 1",
+    "dtype": " or ".join(STATE_DTYPES),
+    "saturated": "an integer >= 0 (values clipped to float16's range)",
+}
 
 def prefill_in_rounds(manifest: dict[str, Any]) -> bool:
     """Whether a trace's first rounds already hold the prefill (module docstring).
@@ -141,15 +176,17 @@ class TraceError(LapsdError):
 
 @dataclass
 class Trace:
-    """An in-memory trace: the two tables and the manifest.
+    """An in-memory trace: the two tables, the manifest and the optional states table.
 
     ``requests`` and ``rounds`` follow :data:`REQUEST_COLUMNS` and :data:`ROUND_COLUMNS`;
-    ``rounds`` is sorted by ``request_id`` order of ``requests`` then ``round``.
+    ``rounds`` is sorted by ``request_id`` order of ``requests`` then ``round``. ``states``
+    (:data:`STATE_COLUMNS`) is there when the manifest has a ``states`` block.
     """
 
     requests: pl.DataFrame
     rounds: pl.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
+    states: pl.DataFrame | None = None
 
     @property
     def n_requests(self) -> int:
@@ -207,11 +244,13 @@ def _conform(df: pl.DataFrame, columns: dict[str, tuple[pl.DataType, bool]],
     return df.select(exprs)
 
 
-def make_trace(requests: pl.DataFrame, rounds: pl.DataFrame, manifest: dict[str, Any]) -> Trace:
+def make_trace(requests: pl.DataFrame, rounds: pl.DataFrame, manifest: dict[str, Any],
+               states: pl.DataFrame | None = None) -> Trace:
     """Build a validated :class:`Trace` from rows produced by a collector or importer.
 
     Missing nullable columns are added as nulls; ``n_rounds`` and ``output_tokens`` may be left
-    out of ``requests`` and are then derived from ``rounds``.
+    out of ``requests`` and are then derived from ``rounds``. ``states``: the states table
+    (with the manifest's ``states`` block).
     """
     derived = rounds.group_by("request_id").agg(
         pl.len().cast(pl.Int64).alias("_n"), pl.col("emitted").sum().cast(pl.Int64).alias("_out")
@@ -226,7 +265,7 @@ def make_trace(requests: pl.DataFrame, rounds: pl.DataFrame, manifest: dict[str,
         _conform(requests, REQUEST_COLUMNS, OPTIONAL_REQUEST_COLUMNS),
         _sort_rounds(_conform(rounds, ROUND_COLUMNS, OPTIONAL_ROUND_COLUMNS),
                      requests["request_id"]),
-        manifest,
+        manifest, states,
     )
     validate(trace)
     return trace
@@ -401,6 +440,103 @@ def validate(trace: Trace, where: Path | str | None = None) -> None:
             f"schema_version {trace.manifest.get('schema_version')!r} is not supported "
             f"(this lapsd reads version {SCHEMA_VERSION})", path=base / MANIFEST_FILE,
         )
+    _check_states(trace, base)
+
+
+def _states_block(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The manifest's ``states`` block, each key checked against :data:`STATES_BLOCK`."""
+    block = manifest["states"]
+    if not isinstance(block, dict):
+        raise TraceError(f"states must be a JSON object, got {block!r}; fix it or re-collect "
+                         "with --states", path=path)
+
+    def whole(value: Any, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    layers = block.get("layers")
+    good = {
+        "schema_version": whole(block.get("schema_version"), 1)
+        and block["schema_version"] == STATES_SCHEMA_VERSION,
+        "layers": isinstance(layers, list) and bool(layers)
+        and all(whole(x, 1) for x in layers) and layers == sorted(set(layers)),
+        "decode_layer": isinstance(layers, list) and whole(block.get("decode_layer"), 1)
+        and block.get("decode_layer") in layers,
+        "every": whole(block.get("every"), 1),
+        "hidden_size": whole(block.get("hidden_size"), 1),
+        "dtype": block.get("dtype") in STATE_DTYPES,
+        "saturated": whole(block.get("saturated"), 0),
+    }
+    for key, ok in good.items():
+        if not ok:
+            raise TraceError(f"states.{key} must be {STATES_BLOCK[key]}, got "
+                             f"{block.get(key)!r}; fix it or re-collect with --states",
+                             path=path)
+    if block["dtype"] == "float16" and not hasattr(pl, "Float16"):
+        raise TraceError(f"the states are float16, which polars {pl.__version__} cannot "
+                         "read; upgrade polars", path=path)
+    return block
+
+
+def _check_states(trace: Trace, base: Path) -> None:
+    """The states table and the manifest's block agree, and every row is usable."""
+    path = base / STATES_FILE
+    if "states" not in trace.manifest:
+        if trace.states is not None:
+            raise TraceError("a states table but no 'states' block in the manifest (layers, "
+                             "every, hidden size, dtype); re-collect with --states or delete "
+                             "the table", path=path)
+        return
+    block = _states_block(trace.manifest, base / MANIFEST_FILE)
+    df = trace.states
+    if df is None:
+        raise TraceError("missing: the manifest's 'states' block describes a states table; "
+                         "restore it, or remove the block", path=path)
+    inner = pl.Float16() if block["dtype"] == "float16" else pl.Float32()
+    _check_schema(df, {**STATE_COLUMNS, "state": (pl.Array(inner, block["hidden_size"]),
+                                                  False)}, path)
+    layers, every = block["layers"], block["every"]
+    decode = pl.col("kind") == "decode"
+    req = trace.requests.select("request_id", "output_tokens")
+    checks = [
+        ("kind", ~pl.col("kind").is_in(list(STATE_KINDS)), f"kind must be one of {STATE_KINDS}"),
+        ("layer", ~pl.col("layer").is_in(layers), f"layer must be one of {layers}"),
+        ("layer", decode & (pl.col("layer") != block["decode_layer"]),
+         f"decode states are at layer {block['decode_layer']} (decode_layer)"),
+        ("generated_tokens", ~decode & (pl.col("generated_tokens") != 0),
+         "prompt states have generated_tokens 0"),
+        ("generated_tokens", decode & ((pl.col("generated_tokens") < 1)
+                                       | (pl.col("generated_tokens") % every != 0)),
+         f"decode states are at generated token multiples of every={every}"),
+        ("request_id", ~pl.col("request_id").is_in(req["request_id"].implode()),
+         "a state of no request of the trace"),
+        ("request_id", ~pl.struct("request_id", "kind", "layer",
+                                  "generated_tokens").is_first_distinct(),
+         "the same state twice (request_id, kind, layer, generated_tokens)"),
+    ]
+    for column, mask, message in checks:
+        row = _first_bad(df, mask)
+        if row is not None:
+            raise TraceError(f"{message}, got {df[column][row]!r}; fix or drop this row",
+                             path=path, column=column, row=row)
+    joined = df.join(req, on="request_id", how="left", maintain_order="left")
+    row = _first_bad(joined, decode & (pl.col("generated_tokens") > pl.col("output_tokens")))
+    if row is not None:
+        raise TraceError(f"a decode state at generated token {df['generated_tokens'][row]} "
+                         "is past its request's output_tokens; fix or drop this row",
+                         path=path, column="generated_tokens", row=row)
+    counts = req.join(df.filter(~decode).group_by("request_id").len(), on="request_id",
+                      how="left", maintain_order="left")
+    row = _first_bad(counts, pl.col("len").fill_null(0) != 2 * len(layers))
+    if row is not None:
+        raise TraceError(f"request {counts['request_id'][row]!r} has "
+                         f"{counts['len'].fill_null(0)[row]} prompt states, not "
+                         f"{2 * len(layers)} (prompt_last and prompt_mean at layers {layers}); "
+                         "re-collect it", path=path, column="kind")
+    bad = ~np.isfinite(df["state"].to_numpy()).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise TraceError("a state vector holds a null, NaN or infinite value; re-collect it",
+                         path=path, column="state", row=row)
 
 
 def read_trace(path: Path | str) -> Trace:
@@ -427,14 +563,35 @@ def read_trace(path: Path | str) -> Trace:
         p = base / name
         if not p.exists():
             raise TraceError("missing table", path=p)
-        try:
-            tables.append(pl.read_parquet(p))
-        except Exception as exc:  # polars raises several error types for corrupt files
-            raise TraceError(f"cannot read Parquet ({type(exc).__name__}: {exc}); the file is "
-                             "corrupt or not Parquet: re-create it", path=p) from None
-    trace = Trace(tables[0], tables[1], manifest)
+        tables.append(_read_table(p))
+    states = None
+    if (base / STATES_FILE).exists():
+        states = _read_table(base / STATES_FILE)
+    trace = Trace(tables[0], tables[1], manifest, states)
     validate(trace, base)
     return trace
+
+
+def _read_table(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises several error types for corrupt files
+        reason = " ".join(str(exc).split())  # one line
+        raise TraceError(f"cannot read Parquet ({type(exc).__name__}: {reason}); the file is "
+                         "corrupt or not Parquet: re-create it", path=path) from None
+
+
+def read_states(path: Path | str) -> pl.DataFrame | None:
+    """The validated states table of a trace folder (:data:`STATE_COLUMNS`); ``None``: none.
+
+    The manifest's ``states`` block says what it holds (layers, every, hidden size, dtype).
+
+    Raises
+    ------
+    TraceError
+        As :func:`read_trace`, and when the states table or its block is malformed.
+    """
+    return read_trace(path).states
 
 
 def write_trace(trace: Trace, path: Path | str, *, overwrite: bool = False) -> Path:
@@ -446,6 +603,8 @@ def write_trace(trace: Trace, path: Path | str, *, overwrite: bool = False) -> P
     with atomic_dir(path, overwrite=overwrite) as tmp:
         trace.requests.write_parquet(tmp / REQUESTS_FILE)
         trace.rounds.write_parquet(tmp / ROUNDS_FILE)
+        if trace.states is not None:
+            trace.states.write_parquet(tmp / STATES_FILE)
         (tmp / MANIFEST_FILE).write_text(json.dumps(trace.manifest, indent=2) + "\n")
     return Path(path)
 
