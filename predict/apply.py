@@ -6,6 +6,7 @@ re-predictions while requests run; both take a predictor file or a predictor in 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from lapsd.predict.model import LengthPredictor
 from lapsd.predict.persist import load_predictor
 from lapsd.replay.engine import TraceArrays, Updates
 from lapsd.replay.estimate import LengthPrediction
-from lapsd.replay.trace import Trace, TraceError, read_trace, write_trace
+from lapsd.replay.trace import TraceError, read_trace, write_trace
 from lapsd.replay.workload import PredictionSource, UpdateSource
 
 _ASKED_ITEMS = CUE_NAMES.index("asked_items")
@@ -70,7 +71,9 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
     manifest = dict(trace.manifest)
     manifest["predictions"] = {"model": str(model), "sha256": sha256_file(model),
                                "target_model": target_model or predictor.default_target}
-    return write_trace(Trace(requests, trace.rounds, manifest), dest, overwrite=overwrite or same)
+    # replace: every other part of the trace (its rounds, a states table) goes along unchanged.
+    return write_trace(dataclasses.replace(trace, requests=requests, manifest=manifest), dest,
+                       overwrite=overwrite or same)
 
 
 def _log_beliefs(predictor: LengthPredictor, prompts: Sequence[str],

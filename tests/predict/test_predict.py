@@ -96,6 +96,17 @@ def test_apply_writes_columns_and_sources(model_file: Path, predictor: LengthPre
         assert all(b.cap == arrays.max_new_tokens for b in beliefs)
 
 
+def test_apply_keeps_a_traces_hidden_states(model_file: Path, trace_dir: Path,
+                                           tmp_path: Path) -> None:
+    from tests.replay.test_states import with_states
+
+    src = write_trace(with_states(read_trace(trace_dir)), tmp_path / "states")
+    out = read_trace(apply_to_trace(model_file, src, tmp_path / "with_pred"))
+    assert out.states is not None and out.states.equals(read_trace(src).states)
+    assert out.manifest["states"] == read_trace(src).manifest["states"]
+    assert "predicted_tokens" in out.requests.columns
+
+
 def test_sources_refuse_a_predictor_without_text_and_traces_without_prompts(
         trace_dir: Path, tmp_path: Path, model_file: Path) -> None:
     from lapsd.predict.train import fit_predictor
