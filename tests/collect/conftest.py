@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,23 @@ def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if _sha(dest) != GGUF_SHA256:
         pytest.fail(f"{dest}: sha256 differs from the published one")
     return dest
+
+
+def interrupt_request(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[], None]:
+    """Make the engine raise KeyboardInterrupt (Ctrl-C) in its ``at``-th request.
+
+    Returns what undoes it, for the same test to go on (a resume, say).
+    """
+    from lapsd.collect.engine import SpeculativeEngine
+
+    real = SpeculativeEngine.generate
+    calls = {"n": 0}
+
+    def dying(self: Any, *a: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(SpeculativeEngine, "generate", dying)
+    return lambda: monkeypatch.setattr(SpeculativeEngine, "generate", real)

@@ -16,7 +16,7 @@ from lapsd.collect.prompts import PromptError, load_prompts, parse_shard, select
 from lapsd.collect.run import CollectConfig, chunk_dirs, collect, merge  # noqa: E402
 from lapsd.errors import LapsdError  # noqa: E402
 from lapsd.replay.trace import TraceError, read_trace  # noqa: E402
-from tests.collect.conftest import tiny_llama  # noqa: E402
+from tests.collect.conftest import interrupt_request, tiny_llama  # noqa: E402
 
 
 def _greedy(model, prompt: list[int], n: int) -> list[int]:
@@ -179,21 +179,12 @@ def test_collect_writes_valid_trace(tiny_dir, prompts_file, tmp_path) -> None:
 def test_resume_after_kill_neither_duplicates_nor_drops(tiny_dir, prompts_file, tmp_path,
                                                         monkeypatch) -> None:
     out = tmp_path / "run"
-    real = SpeculativeEngine.generate
-    calls = {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # Ctrl-C during the 4th request
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(SpeculativeEngine, "generate", dying)
+    undo = interrupt_request(monkeypatch, 4)  # Ctrl-C during the 4th request
     with pytest.raises(KeyboardInterrupt):
         collect(_cfg(tiny_dir, prompts_file, out, chunk_size=5), log=lambda *_: None)
     # the 3 finished requests were flushed although the chunk was not full
     assert [read_trace(c).n_requests for c in chunk_dirs(out)] == [3]
-    monkeypatch.setattr(SpeculativeEngine, "generate", real)
+    undo()
     with pytest.raises(LapsdError, match="--resume"):
         collect(_cfg(tiny_dir, prompts_file, out), log=lambda *_: None)
     path = collect(_cfg(tiny_dir, prompts_file, out, resume=True), log=lambda *_: None)

@@ -25,7 +25,7 @@ from lapsd.collect.run import CollectConfig, chunk_dirs, collect, merge  # noqa:
 from lapsd.collect.states import StatesSpec, quarter_points  # noqa: E402
 from lapsd.errors import LapsdError  # noqa: E402
 from lapsd.replay.trace import STATES_FILE, read_states, read_trace  # noqa: E402
-from tests.collect.conftest import tiny_llama  # noqa: E402
+from tests.collect.conftest import interrupt_request, tiny_llama  # noqa: E402
 from tests.replay.test_bad_input import one_line_error  # noqa: E402
 
 HIDDEN = 32  # tiny_llama's
@@ -215,19 +215,10 @@ def test_resume_and_merge_keep_the_states(tiny_dir, prompts_file, tmp_path,
     whole = read_states(collect(_cfg(tiny_dir, prompts_file, tmp_path / "whole"), log=_quiet))
     assert whole is not None
     out = tmp_path / "run"
-    real = SpeculativeEngine.generate
-    calls = {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # Ctrl-C during the 4th request
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(SpeculativeEngine, "generate", dying)
+    undo = interrupt_request(monkeypatch, 4)  # Ctrl-C during the 4th request
     with pytest.raises(KeyboardInterrupt):
         collect(_cfg(tiny_dir, prompts_file, out, chunk_size=5), log=_quiet)
-    monkeypatch.setattr(SpeculativeEngine, "generate", real)
+    undo()
     assert [read_states(c).height for c in chunk_dirs(out)] == [
         whole.filter(pl.col("request_id").is_in(["100", "101", "102"])).height]
     resumed = read_states(collect(_cfg(tiny_dir, prompts_file, out, resume=True), log=_quiet))
