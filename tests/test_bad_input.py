@@ -8,7 +8,6 @@ over malformed values); this table is the product-wide sweep, one line per kind 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from one_line import snapshot
 
 from lapsd.cli import main
 
@@ -221,17 +221,12 @@ CASES = [
 ]
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(case: Case, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     if case.make is not None:
         case.make(tmp_path)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     argv = case.argv.format(t=tmp_path, trace=TRACE).split()
     try:
         status = main(argv)
@@ -241,4 +236,4 @@ def test_bad_input_is_one_line_and_changes_nothing(case: Case, tmp_path: Path,
     lines = [line for line in err.splitlines() if line.strip() and "warning:" not in line]
     assert status == 2, f"exit {status}: {err[-400:]}"
     assert len(lines) == 1 and "error" in lines[0], err
-    assert _snapshot(tmp_path) == before, "a file was changed or left behind"
+    assert snapshot(tmp_path) == before, "a file was changed or left behind"

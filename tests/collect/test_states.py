@@ -17,6 +17,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from one_line import one_line_error  # noqa: E402
+
 from lapsd.cli import main  # noqa: E402
 from lapsd.collect.engine import Generation, SpeculativeEngine  # noqa: E402
 from lapsd.collect.models import layers_draft  # noqa: E402
@@ -26,7 +28,6 @@ from lapsd.collect.states import StatesSpec, quarter_points  # noqa: E402
 from lapsd.errors import LapsdError  # noqa: E402
 from lapsd.replay.trace import STATES_FILE, read_states, read_trace  # noqa: E402
 from tests.collect.conftest import interrupt_request, tiny_llama  # noqa: E402
-from tests.replay.test_bad_input import one_line_error  # noqa: E402
 
 HIDDEN = 32  # tiny_llama's
 #: Chosen layers of the 4-layer model: the decode layer below, at and above a layers:2 split

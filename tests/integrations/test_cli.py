@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from one_line import snapshot
 
 from lapsd.cli import main
 from lapsd.integrations.priorities import PriorityMapper
@@ -61,13 +62,13 @@ def test_a_bad_max_new_tokens_is_one_line_and_changes_nothing(
     out = tmp_path / "v"
     out.mkdir()
     (out / "keep.txt").write_text("before")
-    before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in out.iterdir()}
+    before = snapshot(out)
     assert main(["export-priorities", "--config", str(srpt_config), "--server", "vllm",
                  f"--max-new-tokens={value}", "--out", str(out), "--force"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"--max-new-tokens {float(value)!r}: expected" in err and "finite number >= 1" in err
-    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in out.iterdir()} == before
+    assert snapshot(out) == before
 
 
 def test_force_onto_a_file_leaves_no_hidden_copy(srpt_config: Path, tmp_path: Path) -> None:

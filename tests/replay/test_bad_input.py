@@ -20,40 +20,15 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from one_line import one_line_error
 from sim_reference import synthetic_trace
 
-from lapsd.cli import main
 from lapsd.replay.config import ACCEPTANCE_STATISTIC
 from lapsd.replay.policies.laps_sd import LapsSDParams
 from lapsd.replay.trace import MANIFEST_FILE, REQUESTS_FILE, ROUNDS_FILE, write_trace
 
 #: Hypothesis examples share the function's tmp_path and capsys (each resets what it uses).
 EXAMPLES = settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-# ------------------------------------------------------------------ the check every case makes
-def snapshot(*paths: Path) -> dict[str, tuple[bytes, int]]:
-    """Bytes and modification time of every file at or under ``paths``."""
-    files = {}
-    for path in paths:
-        for f in [path] if path.is_file() else sorted(path.rglob("*")):
-            if f.is_file():
-                files[str(f)] = (f.read_bytes(), f.stat().st_mtime_ns)
-    return files
-
-
-def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], *watched: Path) -> str:
-    """Run ``lapsd argv``; assert a one-line exit-2 error that changed none of ``watched``."""
-    capsys.readouterr()
-    before = snapshot(*watched)
-    status = main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, f"exit {status} for {argv}; stderr: {err!r}"
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert snapshot(*watched) == before
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

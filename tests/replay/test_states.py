@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from one_line import one_line_error
 from sim_reference import synthetic_trace
 
 from lapsd.replay.trace import (
@@ -30,7 +31,7 @@ from lapsd.replay.trace import (
     read_trace,
     write_trace,
 )
-from tests.replay.test_bad_input import EXAMPLES, edit_manifest, one_line_error
+from tests.replay.test_bad_input import EXAMPLES, edit_manifest
 
 LAYERS, EVERY, HIDDEN = [2, 4], 4, 8
 NAN, INF = math.nan, math.inf
