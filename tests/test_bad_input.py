@@ -100,6 +100,8 @@ class Case:
 
 
 REPLAY = f"replay {{trace}} --policies fcfs,lp-srpt --predictions {ORACLE} --workload {SMALL}"
+#: ``replay --config`` with the config file named after it.
+CONFIG = f"replay {{trace}} --workload {SMALL} --config {{t}}/"
 CASES = [
     # Traces: values no real run has.
     Case("inspect-round-s-inf", "inspect {t}/bad",
@@ -162,17 +164,12 @@ CASES = [
     Case("replay-json-is-a-folder", REPLAY + " --json {t}"),
     Case("replay-json-under-a-file", REPLAY + " --json {t}/afile/out.json", _a_file),
     # Configs a server or replay loads.
-    Case("config-sup1-huge", "replay {trace} --workload " + SMALL + " --config {t}/config.json",
-         _config(prior_tokens=1e308)),
-    Case("config-prior-inf", "replay {trace} --workload " + SMALL + " --config {t}/config.json",
-         _config(prior_tokens="__INF__")),
-    Case("config-switch-weight-bool", "replay {trace} --workload " + SMALL +
-         " --config {t}/config.json", _config(switch_weight=True)),
-    Case("config-unknown-param", "replay {trace} --workload " + SMALL +
-         " --config {t}/config.json", _config(nosuch=1.0)),
-    Case("config-not-json", "replay {trace} --workload " + SMALL + " --config {t}/c.json",
-         _file("c.json", "{")),
-    Case("config-missing", "replay {trace} --workload " + SMALL + " --config {t}/none.json"),
+    Case("config-prior-tokens-huge", CONFIG + "config.json", _config(prior_tokens=1e308)),
+    Case("config-prior-inf", CONFIG + "config.json", _config(prior_tokens="__INF__")),
+    Case("config-switch-weight-bool", CONFIG + "config.json", _config(switch_weight=True)),
+    Case("config-unknown-param", CONFIG + "config.json", _config(nosuch=1.0)),
+    Case("config-not-json", CONFIG + "c.json", _file("c.json", "{")),
+    Case("config-missing", CONFIG + "none.json"),
     # Import.
     Case("import-accept-lengths-huge", "import specbench {t}/answers.jsonl --out {t}/trace",
          _specbench),
