@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="run at most this many prompts (after sharding)")
     p.add_argument("--chunk-size", type=int, default=25, help="requests per written chunk")
     p.add_argument("--resume", action="store_true", help="continue a run in OUT")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="run up to B requests per step (greedy, static path), a new one joining "
+                        "as one finishes; each round's round_s is then the engine's batch-1 "
+                        "time at its draft count and context, profiled at the start (manifest "
+                        "round_profile), and the measured step is kept as batch and step_s "
+                        "(default 1: every round timed as it runs)")
     p.set_defaults(func=cmd_collect)
 
     p = subparsers.add_parser(
@@ -189,7 +195,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
         temperature=args.temperature, shard=parse_shard(args.shard), limit=args.limit,
         seed=args.seed, chunk_size=args.chunk_size, resume=args.resume, chat=args.chat,
-        states=args.states, states_every=args.states_every,
+        states=args.states, states_every=args.states_every, batch_size=args.batch_size,
     )
     path = collect(cfg, log=console.print)
     out.print(f"trace written to {path}")

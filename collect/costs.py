@@ -1,13 +1,15 @@
-"""The switch-cost model ``c0 + c1 * context_tokens``: least-squares fits and cost tables.
+"""Cost models read from profiles: switch costs ``c0 + c1 * context_tokens`` and round times.
 
 ``lapsd collect-profile`` writes a cost table (JSON, ``kind: lapsd-cost-table``); its
 ``switch_fit`` is the cost of swapping a request's KV cache to host memory and back, and its
 ``resident_fit`` that of switching between requests whose caches both stay on the device.
-``lapsd validate`` fits the same model to the switches a live run measured. No torch here.
+``lapsd validate`` fits the same model to the switches a live run measured. A batched
+collection times its rounds as at batch size one with :func:`profiled_round`. No torch here.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Sequence
@@ -39,6 +41,28 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
         c1 = sum(a * b for a, b in zip(x, y, strict=True)) / sum(a * a for a in x)
         return {"c0": 0.0, "c1": max(c1, 0.0)}
     return {"c0": my - c1 * mx, "c1": c1}
+
+
+def profiled_round(profile: Sequence[dict[str, Any]], drafted: int, context: int
+                   ) -> tuple[float, float, float]:
+    """``(draft_s, verify_s, round_s)`` of a batch-1 round, from profile rows.
+
+    The rows (``drafted``, ``context``, the three times: a cost table's ``rounds``) with the
+    round's drafted count are interpolated linearly in context, and held flat beyond the
+    profiled contexts.
+    """
+    rows = sorted((r["context"], r["draft_s"], r["verify_s"], r["round_s"]) for r in profile
+                  if r["drafted"] == drafted)
+    if not rows:
+        raise LapsdError(f"the round profile has no rounds that drafted {drafted} tokens")
+    i = bisect.bisect_left([c for c, *_ in rows], context)
+    if i == 0 or i == len(rows):
+        _, *times = rows[min(i, len(rows) - 1)]
+        return times[0], times[1], times[2]
+    (c0, *t0), (c1, *t1) = rows[i - 1], rows[i]
+    w = (context - c0) / (c1 - c0)
+    a, b, c = (x + w * (y - x) for x, y in zip(t0, t1, strict=True))
+    return a, b, c
 
 
 def read_cost_table(path: Path | str) -> dict[str, Any]:

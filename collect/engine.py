@@ -144,6 +144,10 @@ class RoundRecord:
     draft_s: float | None = None
     verify_s: float | None = None
     round_s: float | None = None
+    #: Requests in the step that ran the round, and the step's measured time where a batched
+    #: collection re-times ``round_s`` as at batch size one (``lapsd collect --batch-size``).
+    batch: int = 1
+    step_s: float | None = None
 
     def resolve(self, clock: Clock) -> None:
         """Turn the marks into times (after ``clock.sync()``); a second call does nothing."""

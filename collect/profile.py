@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from lapsd.collect.costs import TABLE_KIND, TABLE_VERSION, fit_line
-from lapsd.collect.engine import Clock, RoundRecord, Session, timing_clock
+from lapsd.collect.engine import Clock, RoundRecord, Session, SpeculativeEngine, timing_clock
 from lapsd.io import write_json
 
 
@@ -71,22 +71,11 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
     except ValueError as exc:
         raise LapsdError(f"collect-profile --batches: {exc}") from None
     clock = timing_clock(torch.device(dev))
-    vocab = int(target.model.config.vocab_size)
-    gen = torch.Generator().manual_seed(0)
-
-    def session(length: int) -> Session:
-        prompt = torch.randint(0, vocab, (length,), generator=gen).tolist()
-        s = engine.start(prompt, 1)
-        s.prefill()
-        return s
-
+    session = _random_sessions(engine)
     rounds, swaps, resident, batch = [], [], [], []
     for ctx in contexts:
         s = session(ctx + 1)  # ctx cached positions and the pending token
-        for d in range(k + 1):
-            records = _probed(functools.partial(s.probe, d), clock, repeats)
-            rounds.append({"batch": 1, "context": ctx, "capacity": cap,
-                           "drafted": records[-1].drafted, **_medians(records)})
+        rounds.extend(_rounds(s, clock, repeats, cap))
         swaps.append(_swap(clock, s, repeats))
         resident.append(_resident(clock, s, session(2), repeats))
         s.cancel()
@@ -114,6 +103,52 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
     }
     write_json(out, table)
     return table
+
+
+def batch_one_rounds(engine: SpeculativeEngine, longest: int, repeats: int
+                     ) -> list[dict[str, Any]]:
+    """Profile the engine's batch-1 rounds at contexts up to ``longest`` in its working cache.
+
+    The contexts double from 64 and end at ``longest``; at each, rounds with exactly ``d = 0..k``
+    drafts (rows as the cost table's ``rounds``). A batched collection times its rounds with
+    these (:func:`lapsd.collect.costs.profiled_round`): the cache's capacity, which a static
+    round's cost follows, is the one it collects with.
+    """
+    cap = engine.runner.capacity if engine.runner is not None else None
+    contexts = [c for c in (64 * 2 ** i for i in range(32)) if c < longest] + [max(longest, 2)]
+    clock = timing_clock(engine.device)
+    session = _random_sessions(engine)
+    rows = []
+    for ctx in contexts:
+        s = session(ctx + 1)
+        rows.extend(_rounds(s, clock, repeats, cap))
+        s.cancel()
+    return rows
+
+
+def _random_sessions(engine: SpeculativeEngine) -> Callable[[int], Session]:
+    """A maker of prefilled one-token sessions over seeded random prompts of a given length."""
+    vocab = int(engine.target.config.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+
+    def session(length: int) -> Session:
+        prompt = torch.randint(0, vocab, (length,), generator=gen).tolist()
+        s = engine.start(prompt, 1)
+        s.prefill()
+        return s
+
+    return session
+
+
+def _rounds(s: Session, clock: Clock, repeats: int, capacity: int | None
+            ) -> list[dict[str, Any]]:
+    """Rows of ``s``'s rounds with exactly ``d = 0..k`` drafts at its context."""
+    rows = []
+    for d in range(s.engine.k + 1):
+        records = _probed(functools.partial(s.probe, d), clock, repeats)
+        rows.append({"batch": 1, "context": s.cached, "capacity": capacity,
+                     "drafted": records[-1].drafted, **_medians(records)})
+    return rows
 
 
 def _probed(probe: Callable[[], RoundRecord], clock: Clock, repeats: int) -> list[RoundRecord]:

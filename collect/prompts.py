@@ -2,7 +2,9 @@
 
 Each line is a JSON object. The prompt text is taken from the first present key of
 ``prompt``, ``text``, ``instruction`` or ``turns`` (Spec-Bench: the first turn); the id from
-``id``, ``question_id`` or ``request_id`` (else the line number); ``category`` is kept when present.
+``id``, ``question_id`` or ``request_id`` (else the line number); ``category`` is kept when present,
+and ``dataset`` (the prompt set a line comes from, for files that mix sets) names the set, else
+the file's folder does.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ def load_prompts(path: Path | str) -> list[Prompt]:
         if rid in seen:
             raise PromptError(f"{where}: id {rid!r} already used on line {seen[rid]}")
         seen[rid] = lineno
-        category = obj.get("category")
-        prompts.append(Prompt(rid, text, None if category is None else str(category), dataset))
+        category, own = obj.get("category"), obj.get("dataset")
+        if own is not None and (not isinstance(own, str) or not own.strip()):
+            raise PromptError(f"{where}: 'dataset' must be a non-empty string, got {own!r}")
+        prompts.append(Prompt(rid, text, None if category is None else str(category),
+                              own or dataset))
     if not prompts:
         raise PromptError(f"{path}: no prompts")
     return prompts

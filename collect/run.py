@@ -20,7 +20,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class CollectConfig:
     chat: bool = True
     states: str | None = None
     states_every: int | None = None
+    batch_size: int = 1
 
 
 def resolve_device(device: str) -> str:
@@ -97,6 +98,11 @@ def preflight(cfg: CollectConfig) -> tuple[Any, list[Any], Any, hidden.StatesSpe
     prompts = select(load_prompts(cfg.prompts), shard=cfg.shard, limit=cfg.limit)
     if cfg.k < 1 or cfg.max_new_tokens < 1:
         raise LapsdError("--k and --max-new-tokens must be >= 1")
+    if cfg.batch_size < 1:
+        raise LapsdError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.batch_size > 1 and cfg.temperature > 0:
+        raise LapsdError(f"--batch-size {cfg.batch_size} needs greedy decoding (--temperature 0): "
+                         "batched steps run the static path, which samples nothing")
     spec, tok = check_models(cfg.target, cfg.draft)
     return spec, prompts, tok, states_spec(cfg.target, cfg.states, cfg.states_every)
 
@@ -161,8 +167,6 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
     ``log`` receives progress lines (default: the ``lapsd.collect`` logger, level INFO).
     """
     log = log or logger.info
-    import torch
-
     from lapsd.collect.prompts import encode
 
     spec, prompts, tok, states = preflight(cfg)
@@ -180,7 +184,8 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if done:
-        _check_resumable(out, {"collector": {"target": cfg.target.name, "draft": spec.name,
+        _check_resumable(out, {"timing": _timing(cfg.batch_size),
+                               "collector": {"target": cfg.target.name, "draft": spec.name,
                                              "k": cfg.k, "dtype": dtype,
                                              "temperature": cfg.temperature}}, states)
     todo = [p for p in prompts if p.request_id not in done]
@@ -190,11 +195,20 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
         cfg.target, spec, tok, k=cfg.k, dtype=dtype, device=device,
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
         chat=cfg.chat, states=states)
+    encoded = [(p, encode(tok, p.text, chat=cfg.chat)) for p in todo]
+    profile = None
+    if cfg.batch_size > 1:
+        profile = _reserve_batched(engine, encoded, cfg)
+        log(f"batch-1 rounds profiled at {len(profile) // (cfg.k + 1)} contexts; collecting "
+            f"{cfg.batch_size} requests at a time")
     manifest = new_manifest(
-        timing="measured_per_round", sources=[cfg.prompts],
+        timing=_timing(cfg.batch_size),
+        sources=[cfg.prompts],
         response_offsets="exact: decoded text length after each round",
-        collector={**collector, "shard": list(cfg.shard)},
+        collector={**collector, "shard": list(cfg.shard), "batch_size": cfg.batch_size},
     )
+    if profile is not None:
+        manifest["round_profile"] = profile
     seq = len(chunk_dirs(out))
     buffer: list[tuple[Any, Any, str, list[int]]] = []
 
@@ -208,26 +222,97 @@ def collect(cfg: CollectConfig, *, log: Callable[[str], Any] | None = None) -> P
         seq += 1
         buffer = []
 
+    runs = (_one_at_a_time(engine, encoded, cfg, out, log) if profile is None
+            else _batched(engine, encoded, cfg, profile))
     try:
-        for i, prompt in enumerate(todo):
-            ids = encode(tok, prompt.text, chat=cfg.chat)
-            try:
-                result = engine.generate(ids, cfg.max_new_tokens,
-                                         seed=request_seed(cfg.seed, prompt.request_id))
-            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-                _log_error(out, prompt.request_id, len(ids), exc)
-                log(f"request {prompt.request_id}: out of memory ({len(ids)} prompt tokens), "
-                    "skipped")
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
+        for finished, (prompt, result) in enumerate(runs, 1):
             buffer.append((prompt, result, *response_text(tok, result)))
             if len(buffer) >= cfg.chunk_size:
                 flush()
-                log(f"{len(done) + i + 1}/{len(prompts)} requests written")
+                log(f"{len(done) + finished}/{len(prompts)} requests written")
     finally:
         flush()  # also on Ctrl-C: what is done is kept
     return publish(merged([out]), out)
+
+
+def _timing(batch_size: int) -> str:
+    """How a collection at ``batch_size`` times its rounds (the manifest's ``timing``)."""
+    return "measured_per_round" if batch_size == 1 else "profiled_per_round"
+
+
+def _one_at_a_time(engine: Any, encoded: list[tuple[Any, list[int]]], cfg: CollectConfig,
+                   out: Path, log: Callable[[str], Any]) -> Iterator[tuple[Any, Any]]:
+    """Run each request alone, its rounds timed as they run: ``(prompt, generation)``.
+
+    A request that runs out of memory is logged to ``errors.jsonl`` and skipped.
+    """
+    import torch
+
+    for prompt, ids in encoded:
+        try:
+            result = engine.generate(ids, cfg.max_new_tokens,
+                                     seed=request_seed(cfg.seed, prompt.request_id))
+        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            _log_error(out, prompt.request_id, len(ids), exc)
+            log(f"request {prompt.request_id}: out of memory ({len(ids)} prompt tokens), "
+                "skipped")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        yield prompt, result
+
+
+def _reserve_batched(engine: Any, encoded: list[tuple[Any, list[int]]], cfg: CollectConfig
+                     ) -> list[dict[str, Any]]:
+    """Size the working cache for ``--batch-size`` rows and profile its batch-1 rounds.
+
+    Returns the profile (:func:`lapsd.collect.profile.batch_one_rounds`) that times the
+    batched collection's rounds as if each had run alone.
+    """
+    from lapsd.collect.profile import batch_one_rounds
+
+    longest = max((len(ids) for _, ids in encoded), default=1)
+    try:
+        capacity = engine.reserve(longest + cfg.max_new_tokens + cfg.k + 1, batch=cfg.batch_size)
+    except ValueError as exc:
+        raise LapsdError(f"--batch-size {cfg.batch_size}: {exc}") from None
+    return batch_one_rounds(engine, capacity - cfg.k - 2, repeats=10)
+
+
+def _batched(engine: Any, encoded: list[tuple[Any, list[int]]], cfg: CollectConfig,
+             profile: list[dict[str, Any]]) -> Iterator[tuple[Any, Any]]:
+    """Run up to ``cfg.batch_size`` requests per step, a new one joining as one finishes.
+
+    Every round keeps the step it ran in (``batch``: its size; ``step_s``: its measured time)
+    and gets the time it takes alone (``round_s``, ``draft_s``, ``verify_s``) from ``profile``
+    at its drafted count and context, so the trace replays as a batch-1 collection would.
+    Yields ``(prompt, generation)`` in the order requests finish.
+    """
+    from lapsd.collect.costs import profiled_round
+
+    waiting = iter(encoded)
+    running: list[tuple[Any, Any]] = []
+    while True:
+        while len(running) < cfg.batch_size and (nxt := next(waiting, None)) is not None:
+            running.append((nxt[0], engine.start(nxt[1], cfg.max_new_tokens)))
+        if not running:
+            return
+        sessions = [s for _, s in running]
+        records = engine.step_batch(sessions)
+        for r in records:
+            r.batch = len(sessions)
+        still = []
+        for prompt, session in running:
+            if not session.done:
+                still.append((prompt, session))
+                continue
+            result = session.result()
+            for r in result.rounds:
+                r.step_s = r.round_s
+                r.draft_s, r.verify_s, r.round_s = profiled_round(profile, r.drafted,
+                                                                  r.context_tokens)
+            yield prompt, result
+        running = still
 
 
 def load_engine(target_path: Path, spec: Any, tok: Any, *, k: int, dtype: str, device: str,
@@ -316,6 +401,7 @@ def rows(items: list[tuple[Any, Any, str, list[int]]], target: str, draft: str, 
                 "accepted": r.accepted, "emitted": r.emitted, "draft_s": r.draft_s,
                 "verify_s": r.verify_s, "round_s": r.round_s, "context_tokens": r.context_tokens,
                 "response_chars": chars,
+                **({} if r.step_s is None else {"batch": r.batch, "step_s": r.step_s}),
             })
     return req, rnd
 
@@ -447,8 +533,11 @@ def _check_compatible(a: dict[str, Any], b: dict[str, Any], where: Path) -> None
 def _difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """The first setup key two parts' manifests disagree on, with both values (``None``: none).
 
-    The collector's target, draft, k, dtype and temperature, and the states recorded.
+    How round times were obtained, the collector's target, draft, k, dtype and temperature,
+    and the states recorded.
     """
+    if a.get("timing") != b.get("timing"):
+        return "timing", a.get("timing"), b.get("timing")
     ca, cb = a.get("collector", {}), b.get("collector", {})
     for key in ("target", "draft", "k", "dtype", "temperature"):
         if ca.get(key) != cb.get(key):

@@ -121,9 +121,13 @@ ROUND_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
 
 #: Optional round columns: ``response_chars``, the length in characters of the request's
 #: ``response`` after the round (to cut the text at a round; the manifest's
-#: ``response_offsets`` says whether they are exact or estimated).
+#: ``response_offsets`` says whether they are exact or estimated); ``batch`` and ``step_s``,
+#: the size and measured time of the batched step that ran the round, in a collection whose
+#: ``round_s`` is profiled (timing ``profiled_per_round``).
 OPTIONAL_ROUND_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
     "response_chars": (pl.Int64(), True),
+    "batch": (pl.Int64(), True),
+    "step_s": (pl.Float64(), True),
 }
 
 UNITS = {
@@ -135,10 +139,13 @@ UNITS = {
     "verify_s": "seconds",
     "round_s": "seconds",
     "context_tokens": "tokens",
+    "step_s": "seconds",
 }
 
-#: How round times were obtained (``manifest["timing"]``).
-TIMING_MODES = ("measured_per_round", "per_turn_mean", "synthetic")
+#: How round times were obtained (``manifest["timing"]``). ``profiled_per_round``: a batched
+#: collection's rounds, each timed by the collecting engine's batch-1 profile (the manifest's
+#: ``round_profile``) at its drafted count and context.
+TIMING_MODES = ("measured_per_round", "profiled_per_round", "per_turn_mean", "synthetic")
 
 
 class TraceError(LapsdError):

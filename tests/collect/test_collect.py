@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -176,6 +177,59 @@ def test_collect_writes_valid_trace(tiny_dir, prompts_file, tmp_path) -> None:
     assert set(t.requests["category"].to_list()) == {"qa", "writing"}
 
 
+@pytest.mark.parametrize("draft", ["layers:2", "ngram:2"])
+def test_batched_collection_equals_one_at_a_time(tiny_dir, prompts_file, tmp_path,
+                                                 draft: str) -> None:
+    """``--batch-size``: the same tokens and rounds as a batch-1 collection (float32); each
+    round timed by the run's batch-1 profile, the measured step kept beside it."""
+    opts = dict(draft=draft, max_new_tokens=20, states="auto", states_every=4)
+    alone = read_trace(collect(_cfg(tiny_dir, prompts_file, tmp_path / "one", **opts),
+                               log=lambda *_: None))
+    path = collect(_cfg(tiny_dir, prompts_file, tmp_path / "b4", batch_size=4, **opts),
+                   log=lambda *_: None)
+    batched = read_trace(path)
+    cols = ["request_id", "round", "drafted", "accepted", "emitted", "context_tokens"]
+    assert batched.rounds.sort("request_id", "round")[cols].equals(
+        alone.rounds.sort("request_id", "round")[cols])
+    by_id = pl.col("request_id")
+    assert batched.requests.sort(by_id)["response"].equals(alone.requests.sort(by_id)["response"])
+    assert batched.states is not None and alone.states is not None
+    key = ["request_id", "kind", "layer", "generated_tokens"]
+    a, b = batched.states.sort(key), alone.states.sort(key)
+    assert a[key].equals(b[key])
+    assert np.allclose(np.stack(a["state"].to_numpy()), np.stack(b["state"].to_numpy()),
+                       atol=2e-3)
+    m = batched.manifest
+    assert m["timing"] == "profiled_per_round" and m["collector"]["batch_size"] == 4
+    profile = m["round_profile"]
+    assert {r["drafted"] for r in profile} == set(range(4))
+    assert all(r["round_s"] > 0 for r in profile)
+    # every round: the profile's time at its draft count and context; its step measured
+    from lapsd.collect.costs import profiled_round
+
+    r = batched.rounds
+    assert r["batch"].min() >= 1 and r["batch"].max() == 4 and r["step_s"].min() > 0
+    for row in r.sample(10, seed=0).iter_rows(named=True):
+        assert row["round_s"] == pytest.approx(
+            profiled_round(profile, row["drafted"], row["context_tokens"])[2])
+    assert alone.manifest["timing"] == "measured_per_round" and "batch" not in alone.rounds.columns
+    with pytest.raises(LapsdError, match="greedy"):
+        collect(_cfg(tiny_dir, prompts_file, tmp_path / "t", batch_size=2, temperature=0.5),
+                log=lambda *_: None)
+
+
+def test_profiled_round_interpolates_in_context() -> None:
+    from lapsd.collect.costs import profiled_round
+
+    rows = [{"drafted": d, "context": c, "draft_s": 0.0, "verify_s": t, "round_s": t + d}
+            for d in (0, 1) for c, t in ((100, 1.0), (300, 3.0))]
+    assert profiled_round(rows, 1, 200) == pytest.approx((0.0, 2.0, 3.0))
+    assert profiled_round(rows, 0, 50) == (0.0, 1.0, 1.0)  # held flat outside
+    assert profiled_round(rows, 0, 900) == (0.0, 3.0, 3.0)
+    with pytest.raises(LapsdError, match="drafted 2"):
+        profiled_round(rows, 2, 100)
+
+
 def test_resume_after_kill_neither_duplicates_nor_drops(tiny_dir, prompts_file, tmp_path,
                                                         monkeypatch) -> None:
     out = tmp_path / "run"
@@ -256,6 +310,18 @@ def test_bad_prompt_file_names_the_line(tmp_path) -> None:
     p.write_text('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n')
     with pytest.raises(PromptError, match="already used on line 1"):
         load_prompts(p)
+    p.write_text('{"prompt": "a", "dataset": ""}\n')
+    with pytest.raises(PromptError, match=r":1: 'dataset' must be a non-empty string"):
+        load_prompts(p)
+
+
+def test_prompt_sets_mixed_in_one_file(tmp_path) -> None:
+    """A line's own ``dataset`` names its set; lines without one take the folder's name."""
+    p = tmp_path / "mixed" / "q.jsonl"
+    p.parent.mkdir()
+    p.write_text('{"id": "a", "prompt": "x", "dataset": "alpaca_eval"}\n'
+                 '{"id": "b", "prompt": "y"}\n')
+    assert [q.dataset for q in load_prompts(p)] == ["alpaca_eval", "mixed"]
 
 
 def test_bad_specs(tmp_path, tiny_dir, prompts_file) -> None:

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Long-output collections of SmolLM2-135M-Instruct on one GPU (issue 22, section 1):
+# max_new_tokens 1024, natural stops, every prompt set in ../shared/data, ngram:4 (with hidden
+# states) and layers:28, batched (--batch-size), plus batch-1 samples that check the profiled
+# round times and measure what recording states costs.
+#
+# Usage: bash bench/collect_long.sh prep      here, first (needs ../shared): fills .carry/, .whl/
+#        then on the GPU machine, back to back (it keeps its disk ~30 s between calls):
+#        bash bench/collect_long.sh 1          carry .carry/smollm2-a .whl/a
+#        bash bench/collect_long.sh 2          carry .carry/smollm2-b .carry/wheels .whl/b
+#                                              .carry/src .carry/long; starts the jobs, waits
+#        bash bench/collect_long.sh wait       waits for the jobs (call again while they run)
+#        bash bench/collect_long.sh pack       the traces into $OUT (states split in 15 MiB parts)
+# Environment: B (batch size, 64), LIMIT (prompts per collection, all), SAMPLE (every SAMPLE-th
+# prompt for the batch-1 samples, 63), DEADLINE_S (seconds a call waits, 540).
+set -u
+stage=$1
+T0=$(date +%s)
+R=$PWD
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:/tmp/tree
+M=${M:-$HOME/m/SmolLM2-135M-Instruct.Q4_1.gguf}
+P=${P:-$R/.carry/long/prompts.jsonl}
+W=${W:-/tmp/work}
+B=${B:-64}
+SAMPLE=${SAMPLE:-63}
+NEW=${NEW:-1024}
+mkdir -p "$W"
+elapsed() { echo $(( $(date +%s) - T0 )); }
+tree() {  # the installed layout (lapsd.replay = replay/, ...) as links, from the carried commit
+  rm -rf /tmp/tree && mkdir -p /tmp/tree/lapsd
+  for f in "$R"/.carry/src/lapsd/*.py; do ln -s "$f" "/tmp/tree/lapsd/$(basename "$f")"; done
+  for d in replay predict tune collect integrations; do ln -s "$R/.carry/src/$d" "/tmp/tree/lapsd/$d"; done
+}
+lapsd() { python3 -P -m lapsd "$@"; }
+collect() {  # NAME DRAFT [options]
+  local name=$1 draft=$2
+  shift 2
+  echo "== $name ($draft $*) from $(elapsed) s"
+  lapsd collect --target "$M" --draft "$draft" --prompts "$P" --max-new-tokens "$NEW" \
+    --chunk-size 100 --out "$W/$name" ${LIMIT:+--limit $LIMIT} "$@" 2>&1 \
+    | grep -v -E "it/s|^\s*$"
+  echo "== $name done at $(elapsed) s"
+}
+wait_jobs() {
+  local deadline=${DEADLINE_S:-540}
+  while [ ! -f "$W/jobs.done" ] && [ "$(elapsed)" -lt "$deadline" ]; do sleep 5; done
+  tail -n 25 "$W/jobs.log"
+  [ -f "$W/jobs.done" ] && echo "jobs finished" || echo "jobs still running at $(elapsed) s"
+}
+
+case $stage in
+prep)  # here
+  bash ../shared/tools/smollm2-for-device.sh .carry
+  dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$@"; }
+  dl .whl/a polars==2.1.0 polars-runtime-32==2.1.0
+  dl .whl/b pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
+  mkdir -p .carry/long
+  .venv/bin/python bench/long_prompts.py ../shared/data .carry/long/prompts.jsonl
+  rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
+  ;;
+1)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$R"/.whl/a/*.whl || exit 1
+  mkdir -p ~/m && cp "$R"/.carry/smollm2-a/part ~/m/a
+  nvidia-smi -L
+  python3 -c 'import torch, transformers, polars; print(torch.__version__, transformers.__version__, polars.__version__, torch.cuda.get_device_name(0))'
+  ;;
+2)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || exit 1
+  [ -f ~/m/a ] && cat ~/m/a "$R"/.carry/smollm2-b/part > "$M" && rm ~/m/a
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
+  tree
+  python3 -P -c 'import lapsd.collect.run, pydantic, polars; print("imports ok")' || exit 1
+  rm -f "$W/jobs.done"
+  setsid nohup bash "$R/bench/collect_long.sh" jobs > "$W/jobs.log" 2>&1 < /dev/null &
+  wait_jobs
+  ;;
+jobs)  # in the background (started by stage 2); order: what matters most first
+  tree
+  collect coll-ngram4 ngram:4 --batch-size "$B" --states --states-every 32
+  collect one-ngram4 ngram:4 --shard "0/$SAMPLE"
+  collect one-ngram4-states ngram:4 --shard "0/$SAMPLE" --states --states-every 16
+  collect coll-layers28 layers:28 --batch-size "$B"
+  collect one-layers28 layers:28 --shard "0/$(( SAMPLE * 2 ))"
+  touch "$W/jobs.done"
+  ;;
+wait)
+  wait_jobs
+  ;;
+pack)
+  tree
+  cd "$W" || exit 1
+  for d in coll-ngram4 coll-layers28 one-ngram4 one-ngram4-states one-layers28; do
+    [ -d "$d" ] || continue
+    lapsd merge "$d" --out "m-$d" --force > /dev/null || { echo "merge of $d failed"; continue; }
+    [ -f "m-$d/states.parquet" ] && mv "m-$d/states.parquet" "states-$d.parquet"
+  done
+  tar -czf "$OUT/traces.tar.gz" m-* jobs.log
+  for s in states-*.parquet; do
+    [ -f "$s" ] && split -b 15M -d "$s" "$OUT/$s.part"
+  done
+  ls -la "$OUT"
+  ;;
+esac
+echo "stage $stage took $(elapsed) s"
