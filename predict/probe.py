@@ -396,7 +396,7 @@ def _fit_stage(X: np.ndarray, y_log: np.ndarray, n_states: int, censored: np.nda
     name, alpha = HEADS[best]
     pipeline = Pipeline([("features", _projection(n_states, X.shape[1], y.size, seed)),
                          ("head", _head(name, alpha, seed))]).fit(X, y)
-    offset = float(np.median(y[free] - best_oof[free]))
+    offset = float(np.median(y - best_oof))  # censored targets imputed: every example counts
     labels = [f"{n}(alpha={a:g})" if a is not None else n for n, a in HEADS]
     return _Fit(pipeline, labels[best], best_oof + offset, offset,
                 {lab: float(v) for lab, v in zip(labels, mse, strict=True)})
