@@ -21,6 +21,7 @@ from lapsd.predict.continuation import continuation_beliefs
 from lapsd.predict.cues import CUE_NAMES, cue_features
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.persist import load_predictor
+from lapsd.predict.probe import ProbePredictor, from_trace, load_any
 from lapsd.replay.engine import TraceArrays, Updates
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.trace import TraceError, read_trace, write_trace
@@ -37,20 +38,26 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
     the new one, never a mix. An existing ``out`` other than ``trace_dir`` is replaced only with
     ``overwrite``. Existing prediction columns are replaced. ``target_model``
     selects a per-model calibration (it must exist in the predictor); by default each request's
-    own target model is used where the predictor is calibrated for it.
+    own target model is used where the predictor is calibrated for it. A probe
+    (:mod:`lapsd.predict.probe`) predicts from the trace's hidden states at admission, which
+    must be the kind it was trained on; it has one calibration (no ``target_model``).
 
     Raises
     ------
     TraceError
         When the trace is unusable or a request has no prompt text.
     LapsdError
-        When the predictor cannot be loaded, ``target_model`` has no calibration, or ``out``
-        exists (without ``overwrite``) or cannot be written.
+        When the predictor cannot be loaded, ``target_model`` has no calibration (or is given
+        with a probe), a probe's states do not match the trace's, or ``out`` exists (without
+        ``overwrite``) or cannot be written.
     """
     dest = Path(out) if out is not None else Path(trace_dir)
     same = dest.resolve() == Path(trace_dir).resolve()
     check_output(dest, "--out", folder=True, force=overwrite or same)
-    predictor = load_predictor(model)
+    predictor = load_any(model)
+    if isinstance(predictor, ProbePredictor) and target_model is not None:
+        raise LapsdError(f"{model} is a probe, calibrated for the target whose states it reads "
+                         f"({predictor.card['features']['target']}); leave --target-model out")
     trace = read_trace(trace_dir)
     req = trace.requests
     prompts = req["prompt"].to_list()
@@ -59,18 +66,24 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
         raise TraceError(f"{len(missing)} of {len(prompts)} requests have no prompt text, so "
                          "nothing can be predicted for them; re-import the trace with prompts",
                          path=Path(trace_dir), column="prompt", row=missing[0])
-    if target_model is not None:
-        predictor.calibration.resolve(target_model, strict=True)
-    models = ([target_model] * len(prompts) if target_model is not None
-              else req["target_model"].to_list())
-    mu, sigma = _log_beliefs(predictor, prompts, models)
+    if isinstance(predictor, ProbePredictor):
+        mu, sigma = predictor.log_beliefs(from_trace(trace, trace_dir))
+    else:
+        if target_model is not None:
+            predictor.calibration.resolve(target_model, strict=True)
+        models = ([target_model] * len(prompts) if target_model is not None
+                  else req["target_model"].to_list())
+        mu, sigma = _log_beliefs(predictor, prompts, models)
     p50 = np.maximum(np.exp(mu), 1.0)
     p90 = np.maximum(np.exp(mu + 1.2815515655446004 * sigma), p50)
     requests = req.with_columns(pl.Series("predicted_tokens", p50, pl.Float64),
                                 pl.Series("predicted_tokens_p90", p90, pl.Float64))
     manifest = dict(trace.manifest)
     manifest["predictions"] = {"model": str(model), "sha256": sha256_file(model),
-                               "target_model": target_model or predictor.default_target}
+                               "target_model": target_model or (
+                                   predictor.card["features"]["target"]
+                                   if isinstance(predictor, ProbePredictor)
+                                   else predictor.default_target)}
     # replace: every other part of the trace (its rounds, a states table) goes along unchanged.
     return write_trace(dataclasses.replace(trace, requests=requests, manifest=manifest), dest,
                        overwrite=overwrite or same)

@@ -1,7 +1,8 @@
 """``lapsd predict`` subcommands: train, eval, cv, calibrate, apply.
 
 The commands only parse arguments and print; the work is done by functions that tests call
-directly (:func:`lapsd.predict.train.train_predictor`,
+directly (:func:`lapsd.predict.train.train_predictor`, :func:`lapsd.predict.probe.fit_probe`,
+:func:`lapsd.predict.probe.evaluate_probe`,
 :func:`lapsd.predict.evaluate.evaluate_predictor`, :func:`lapsd.predict.evaluate.cross_validate`,
 :func:`lapsd.predict.evaluate.cross_model`, :func:`lapsd.predict.evaluate.cross_dataset`,
 :func:`lapsd.predict.train.calibrate_predictor`,
@@ -16,7 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from lapsd.console import add_json, emit, out
-from lapsd.errors import require_extra
+from lapsd.errors import LapsdError, require_extra
 from lapsd.io import check_output
 
 _COLUMNS = (("mae_tokens", "MAE tok", "{:.1f}"), ("median_rel_error", "med rel err", "{:.3f}"),
@@ -63,16 +64,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a predictor on every target model's answers",
                        description="Train one predictor on all the data's target models "
                                    "(pooled, a verbosity offset per model), calibrated per "
-                                   "model, with a re-predictor when the data keeps the text.")
+                                   "model, with a re-predictor when the data keeps the text. "
+                                   "With --probe: a probe of the target's hidden states, from "
+                                   "traces collected with --states.")
     _add_data_args(p, target_help="the model beliefs are calibrated for by default (default: "
                                   "the only model, or pooled)")
     p.add_argument("--out", required=True, help="predictor file to write (.skops)")
     p.add_argument("--cv-folds", type=int, default=5,
                    help="folds of the cross-fitting whose out-of-fold metrics the card records")
+    p.add_argument("--probe", action="store_true",
+                   help="train a hidden-state probe (--data: traces with states; for a server "
+                        "that runs the target, e.g. `lapsd live --states`)")
+    p.add_argument("--cues", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --probe: also read the prompt's instruction cues (default: on)")
     _add_fit_args(p)
     p.set_defaults(func=_needs_extra(cmd_train))
 
-    p = sub.add_parser("eval", help="evaluate a trained predictor against the baselines")
+    p = sub.add_parser("eval", help="evaluate a trained predictor against the baselines (a "
+                                    "probe: at admission and on the remaining length)")
     p.add_argument("--model", required=True, help="predictor file (.skops)")
     _add_data_args(p, target_help="evaluate this model's answers with its own calibration "
                                   "(default: the predictor's target model)")
@@ -113,19 +122,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_needs_extra(cmd_apply))
 
 
-def metrics_table(title: str, result: dict[str, Any]) -> Table:
-    """A rich table of one evaluation (rows: model and baselines)."""
+def rows_table(title: str, rows: dict[str, dict[str, Any]], first: str = "system") -> Table:
+    """A rich table of metrics (:func:`lapsd.predict.evaluate.metrics`), one row per entry."""
     table = Table(title=title)
-    table.add_column("system")
+    table.add_column(first)
     for _, header, _ in _COLUMNS:
         table.add_column(header, justify="right")
+    for name, row in rows.items():
+        table.add_row(name, *("–" if row.get(key) is None else fmt.format(row[key])
+                              for key, _, fmt in _COLUMNS))
+    return table
+
+
+def metrics_table(title: str, result: dict[str, Any]) -> Table:
+    """A rich table of one evaluation (rows: model and baselines)."""
     from lapsd.predict.evaluate import SYSTEMS
 
-    for system in SYSTEMS:
-        row = result[system]
-        table.add_row(system, *("–" if row.get(key) is None else fmt.format(row[key])
-                                for key, _, fmt in _COLUMNS))
-    return table
+    return rows_table(title, {system: result[system] for system in SYSTEMS})
 
 
 def _load(args: argparse.Namespace, paths: list[str] | None = None,
@@ -140,11 +153,22 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
     return {"embeddings": args.embeddings, "tfidf": args.tfidf}
 
 
+#: Options of prompt-only training that a probe does not take.
+_NOT_PROBE = (("questions", "--questions"), ("tokenizer", "--tokenizer"),
+              ("target_model", "--target-model"), ("embeddings", "--embeddings"),
+              ("tfidf", "--tfidf"))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``lapsd predict train``."""
     from lapsd.predict.train import train_predictor
 
     check_output(args.out, "--out")
+    if args.probe:
+        return _train_probe(args)
+    if not args.cues:
+        raise LapsdError("--no-cues applies to --probe only (the prompt-only predictor always "
+                         "reads the cues)")
     with out.status("training"):
         predictor = train_predictor(_load(args), args.out, target_model=args.target_model,
                                     cv_folds=args.cv_folds, seed=args.seed, **_fit(args))
@@ -162,6 +186,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_probe(args: argparse.Namespace) -> int:
+    from lapsd.predict.probe import fit_probe, load_state_data, save_probe
+
+    given = [flag for attr, flag in _NOT_PROBE if getattr(args, attr) not in (None, False)]
+    if given:
+        raise LapsdError(f"--probe trains on traces with hidden states and takes no "
+                         f"{', '.join(given)}: leave {'them' if len(given) > 1 else 'it'} out")
+    data = load_state_data(args.data)
+    with out.status("training the probe"):
+        probe = fit_probe(data, folds=args.cv_folds, seed=args.seed, cues=args.cues)
+    save_probe(probe, args.out)
+    card, cal = probe.card, probe.calibration
+    out.print(f"wrote {args.out}: probe of {card['features']['target']} (layers "
+              f"{card['features']['layers']}, decode layer {card['features']['decode_layer']}, "
+              f"hidden size {card['features']['hidden_size']}); {card['n_train']} requests "
+              f"({card['n_censored']} at the cap); admission head "
+              f"{card['metrics']['admission_head']}, sigma {cal['sigma']:.3f}; re-predictor: "
+              f"{card['metrics'].get('decode_head', 'none (too few decode states)')}; "
+              f"{card['train_seconds']} s")
+    return 0
+
+
 def seen_warning(seen: dict[str, Any]) -> str | None:
     """The warning for evaluated prompts the predictor was trained on, or ``None``."""
     if not seen["seen"]:
@@ -173,9 +219,11 @@ def seen_warning(seen: dict[str, Any]) -> str | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``lapsd predict eval``."""
     from lapsd.predict.evaluate import evaluate_predictor
-    from lapsd.predict.persist import load_predictor
+    from lapsd.predict.probe import ProbePredictor, load_any
 
-    predictor = load_predictor(args.model)
+    predictor = load_any(args.model)
+    if isinstance(predictor, ProbePredictor):
+        return _eval_probe(args, predictor)
     data = _load(args)
     target = args.target_model or predictor.default_target
     if args.target_model:
@@ -194,6 +242,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   "the training data")
 
     emit(args.json, {"model": args.model, "card": _card_summary(predictor.card),
+                     "result": result}, show)
+    return 0
+
+
+def _eval_probe(args: argparse.Namespace, probe: Any) -> int:
+    from lapsd.predict.probe import evaluate_probe, load_state_data
+
+    given = [flag for attr, flag in _NOT_PROBE[:3] if getattr(args, attr) is not None]
+    if given:
+        raise LapsdError(f"{args.model} is a probe: it is evaluated on traces with hidden "
+                         f"states and takes no {', '.join(given)}")
+    data = load_state_data(args.data)
+    probe.check(data)
+    result = evaluate_probe(probe, data)
+
+    def show() -> None:
+        rows = {"admission": result["admission"],
+                **{f"remaining after {t}": r for t, r in result["remaining"].items()}}
+        out.print(rows_table(f"{args.model} (probe) on {len(data)} requests", rows))
+        warning = seen_warning(result["seen_prompts"])
+        if warning:
+            out.print(f"[yellow]warning: {warning}[/yellow]")
+
+    emit(args.json, {"model": args.model, "card": _card_summary(probe.card),
                      "result": result}, show)
     return 0
 

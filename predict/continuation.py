@@ -90,7 +90,8 @@ def text_features(texts: Sequence[str | None], generated: np.ndarray,
     return out
 
 
-def _band(generated: np.ndarray) -> np.ndarray:
+def band(generated: np.ndarray) -> np.ndarray:
+    """The band of :data:`SIGMA_BANDS` of each ``generated`` (0: up to the first edge)."""
     return np.searchsorted(np.asarray(SIGMA_BANDS), generated, side="left")
 
 
@@ -181,9 +182,9 @@ class ContinuationModel(RegressorMixin, BaseEstimator):
             if n_groups < 2:
                 oof = self.booster_.predict(X)
         resid = y - oof
-        band = _band(generated)
+        bands = band(generated)
         pooled = conformal_sigma(resid - resid.mean())
-        self.sigmas_ = [conformal_sigma(resid[band == b]) if np.sum(band == b) >= 30 else pooled
+        self.sigmas_ = [conformal_sigma(resid[bands == b]) if np.sum(bands == b) >= 30 else pooled
                         for b in range(len(SIGMA_BANDS) + 1)]
         return self
 
@@ -194,7 +195,7 @@ class ContinuationModel(RegressorMixin, BaseEstimator):
 
     def sigma(self, generated: np.ndarray) -> np.ndarray:
         """The calibrated spread at ``generated`` tokens."""
-        return np.asarray(self.sigmas_)[_band(np.asarray(generated))]
+        return np.asarray(self.sigmas_)[band(np.asarray(generated))]
 
 
 def continuation_beliefs(model: ContinuationModel, mu: np.ndarray, sigma: np.ndarray,

@@ -22,9 +22,11 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lapsd.errors import LapsdError
 from lapsd.predict.data import LengthData
+from lapsd.replay.estimate import LengthPrediction
 
 if TYPE_CHECKING:
     from lapsd.predict.model import LengthPredictor
+    from lapsd.predict.probe import ProbePredictor
 
 #: Upper edges (tokens) of the length buckets for bucket accuracy: <=64, <=128, ..., >1024.
 BUCKET_EDGES = (64, 128, 256, 512, 1024)
@@ -116,6 +118,21 @@ def metrics(true_tokens: np.ndarray, p50: np.ndarray, p90: np.ndarray | None = N
     return out
 
 
+def belief_metrics(beliefs: Sequence[LengthPrediction], true_tokens: np.ndarray,
+                   generated: int = 0) -> dict[str, float | None]:
+    """:func:`metrics` of beliefs as the policies read them, on the length still to come.
+
+    Each belief's median and 0.1/0.9 quantiles of ``L - generated`` given ``L > generated``
+    (capped, at least one token) against ``true_tokens - generated``; ``generated = 0`` is the
+    whole output.
+    """
+    def q(level: float) -> np.ndarray:
+        return np.array([b.quantile_remaining(generated, level) for b in beliefs])
+
+    true = np.asarray(true_tokens, dtype=np.float64) - generated
+    return metrics(true, q(0.5), q(0.9), q(0.1))
+
+
 def _quantiles(predictor: LengthPredictor, prompts: Sequence[str], target: str | None,
                cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Median, 0.1 and 0.9 quantiles of the capped beliefs."""
@@ -138,7 +155,8 @@ def score_predictor(predictor: LengthPredictor, data: LengthData,
             "length": metrics(data.output_tokens, base["length"])}
 
 
-def seen_prompts(predictor: LengthPredictor, prompts: Sequence[str]) -> dict[str, Any]:
+def seen_prompts(predictor: LengthPredictor | ProbePredictor, prompts: Sequence[str],
+                 ) -> dict[str, Any]:
     """How many of ``prompts`` (distinct texts) the predictor was trained on (model card)."""
     from lapsd.predict.persist import prompt_hashes
 
@@ -286,7 +304,6 @@ def remaining_metrics(predictor: LengthPredictor, data: LengthData,
     """
     from lapsd.predict.continuation import continuation_beliefs, cut_text
     from lapsd.predict.cues import CUE_NAMES, cue_features
-    from lapsd.replay.estimate import LengthPrediction
 
     if predictor.continuation is None:
         raise LapsdError("this predictor has no re-predictor (its training data had no text)")

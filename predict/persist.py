@@ -1,11 +1,13 @@
 """Saving and loading predictors: skops files with an explicit trusted-type list and a model card.
 
 A predictor file is a skops archive (never pickle) holding a dict with ``format``
-(:data:`FORMAT`), ``format_version`` (:data:`FORMAT_VERSION`), the model card and the
-calibration as JSON, the trained length model, re-predictor and baseline, and the training
-mean. Loading first lists the file's types without building any object; a file with types
-outside :data:`TRUSTED_TYPES`, a skops file that is not a lapsd predictor, or another format
-version (an older lapsd's file included) is refused with a message saying how to retrain.
+(:data:`FORMAT`), ``format_version`` (:data:`FORMAT_VERSION`), ``kind`` (absent: the
+prompt-only predictor; :data:`PROBE_KIND`: the hidden-state probe of
+:mod:`lapsd.predict.probe`), the model card and the calibration as JSON, and the kind's fitted
+parts (the prompt-only predictor's length model, re-predictor, baseline and training mean).
+Loading first lists the file's types without building any object; a file with types outside
+:data:`TRUSTED_TYPES`, a skops file that is not a lapsd predictor, or another format version
+(an older lapsd's file included) is refused with a message saying how to retrain.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from lapsd.predict.calibrate import Calibration
 from lapsd.predict.model import LengthPredictor
 
 FORMAT = "lapsd-predictor"
+#: ``kind`` of a hidden-state probe's file (:mod:`lapsd.predict.probe`).
+PROBE_KIND = "probe"
 #: 3: pooled length model with calibration and re-predictor (2: TF-IDF quantile stack).
 FORMAT_VERSION = 3
 #: Module prefixes of lapsd 0.1's predictor types (before the ``lapsd.`` namespace).
@@ -74,25 +78,30 @@ def new_card(**fields: Any) -> dict[str, Any]:
             "libraries": library_versions(), **fields}
 
 
+def write_payload(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write a predictor file's payload, with the format and its version, atomically.
+
+    A temporary file in the same folder, then a rename.
+    """
+    with atomic_path(path) as tmp:
+        sio.dump({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+    return Path(path)
+
+
 def save_predictor(predictor: LengthPredictor, path: str | Path) -> Path:
     """Write a predictor atomically (temporary file in the same folder, then rename)."""
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    return write_payload({
         "card": json.dumps(predictor.card, sort_keys=True),
         "calibration": json.dumps(predictor.calibration.to_dict(), sort_keys=True),
         "model": predictor.model,
         "continuation": predictor.continuation,
         "length_baseline": predictor.length_baseline,
         "train_mean_tokens": float(predictor.train_mean_tokens),
-    }
-    with atomic_path(path) as tmp:
-        sio.dump(payload, tmp)
-    return Path(path)
+    }, path)
 
 
-def load_predictor(path: str | Path) -> LengthPredictor:
-    """Load a predictor written by :func:`save_predictor`.
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """The payload of a predictor file of any kind, checked before any object is built.
 
     Raises
     ------
@@ -129,7 +138,27 @@ def load_predictor(path: str | Path) -> LengthPredictor:
     if got != FORMAT_VERSION:
         raise LapsdError(f"{p} is a lapsd predictor of format version {got}, but this lapsd "
                          f"reads version {FORMAT_VERSION}: {_RETRAIN}")
+    return payload
+
+
+def predictor_from_payload(payload: dict[str, Any]) -> LengthPredictor:
+    """The prompt-only predictor of a payload read by :func:`read_payload`."""
     return LengthPredictor(payload["model"],
                            Calibration.from_dict(json.loads(payload["calibration"])),
                            payload["continuation"], payload["length_baseline"],
                            float(payload["train_mean_tokens"]), json.loads(payload["card"]))
+
+
+def load_predictor(path: str | Path) -> LengthPredictor:
+    """Load a prompt-only predictor written by :func:`save_predictor`.
+
+    Raises
+    ------
+    LapsdError
+        As :func:`read_payload`, and for a probe's file (it needs hidden states).
+    """
+    payload = read_payload(path)
+    if payload.get("kind") == PROBE_KIND:
+        raise LapsdError(f"{path} is a hidden-state probe: it predicts from traces with states "
+                         "(`lapsd predict eval/apply` take it), not from prompts alone")
+    return predictor_from_payload(payload)
