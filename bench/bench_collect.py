@@ -63,9 +63,9 @@ def bare_steps(eng: SpeculativeEngine, k: int, repeats: int = 50) -> tuple[float
 def main() -> None:
     """Run the comparison and print its table."""
     from lapsd.collect.engine import build_engine, eos_ids_of
+    from lapsd.collect.loading import resolve_device
     from lapsd.collect.models import layers_draft, load_model, parse_draft
     from lapsd.collect.prompts import encode, load_prompts
-    from lapsd.collect.run import resolve_device
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--target", type=Path, required=True)

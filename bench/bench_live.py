@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from lapsd.collect.live import LiveConfig, read_info, serve
-from lapsd.collect.run import check_models, load_engine, resolve_device, resolve_dtype
+from lapsd.collect.loading import check_models, load_engine, resolve_device, resolve_dtype
 
 
 def main() -> None:

@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from lapsd.predict.evaluate import seen_prompts
 from lapsd.predict.persist import load_predictor
+from lapsd.predict.split import seen_prompts
 from lapsd.replay.engine import TraceArrays
 from lapsd.replay.matrix import registry_factories
 from lapsd.replay.trace import read_trace

@@ -48,8 +48,9 @@ import numpy as np
 
 from lapsd.predict.apply import predictor_source, update_source
 from lapsd.predict.data import LengthData, load_data
-from lapsd.predict.evaluate import cross_dataset, metrics, remaining_metrics, unseen_training
+from lapsd.predict.evaluate import cross_dataset, remaining_metrics, unseen_training
 from lapsd.predict.features import embeddings_available
+from lapsd.predict.metrics import metrics
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.train import fit_on_arrays, fit_predictor
 from lapsd.replay.engine import TraceArrays

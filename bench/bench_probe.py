@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import ConstantInputWarning
 
-from lapsd.predict.evaluate import belief_metrics, normalize_prompt
+from lapsd.predict.metrics import belief_metrics
 from lapsd.predict.probe import StateData, evaluate_probe, fit_probe, load_state_data
+from lapsd.predict.split import normalize_prompt
 from lapsd.predict.train import fit_predictor
 
 #: MT-bench's categories, inside Spec-Bench's questions.

@@ -628,21 +628,15 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
 
     ``log`` receives progress lines (default: this module's logger); ``progress(finished, n)``
     is called when serving starts and whenever a request finishes. ``loaded`` is an engine
-    from :func:`lapsd.collect.run.load_engine` for ``cfg``'s target, draft, k, dtype, device and
+    from :func:`lapsd.collect.loading.load_engine` for ``cfg``'s target, draft, k, dtype, device and
     temperature, kept across runs (a benchmark's matrix loads the models once). On Ctrl-C
     (KeyboardInterrupt) the requests that had finished are written, the run is marked
     interrupted, and the interrupt is raised again.
     """
     log = log or logger.info
+    from lapsd.collect.loading import check_models, load_engine, resolve_device, resolve_dtype
     from lapsd.collect.prompts import encode, load_prompts
-    from lapsd.collect.run import (
-        check_models,
-        load_engine,
-        request_seed,
-        resolve_device,
-        resolve_dtype,
-        states_spec,
-    )
+    from lapsd.collect.run import request_seed, states_spec
 
     plan = check(cfg)
     spec, tok = check_models(cfg.target, cfg.draft)

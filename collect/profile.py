@@ -50,8 +50,8 @@ def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repea
             device: str, dtype: str, out: Path, capacity: int | None = None,
             batches: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """Measure and write the cost table; returns it."""
+    from lapsd.collect.loading import load_engine, resolve_device, resolve_dtype
     from lapsd.collect.models import load_tokenizer, parse_draft
-    from lapsd.collect.run import load_engine, resolve_device, resolve_dtype
     from lapsd.errors import LapsdError
 
     if not contexts or min(contexts) < 2 or repeats < 1 or k < 1:

@@ -123,7 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def rows_table(title: str, rows: dict[str, dict[str, Any]], first: str = "system") -> Table:
-    """A rich table of metrics (:func:`lapsd.predict.evaluate.metrics`), one row per entry."""
+    """A rich table of metrics (:func:`lapsd.predict.metrics.metrics`), one row per entry."""
     table = Table(title=title)
     table.add_column(first)
     for _, header, _ in _COLUMNS:

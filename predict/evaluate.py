@@ -1,136 +1,35 @@
-"""Honest evaluation: splits by prompt text, unseen prompt sets, ranking, error and coverage.
+"""Honest evaluation of the prompt-only predictor: by prompt, across models and prompt sets.
 
-Every split groups examples by their prompt text, so the same prompt is never on both sides, also
-when several target models answered it. :func:`cross_dataset` goes further: it trains on whole
-prompt sets and evaluates on another set, after removing from training every prompt that also
-appears in the evaluated set (MT-bench's 80 questions are inside Spec-Bench's 480): the number
-removed is reported. Each result is reported next to two baselines fitted in the same run on the
-same training data: ``mean`` (the training mean for every request) and ``length`` (log output
-length linear in log prompt characters). Ranking metrics of the constant ``mean`` baseline are
-undefined and reported as ``None``.
+Every split groups examples by their prompt (:mod:`lapsd.predict.split`), so the same prompt is
+never on both sides, also when several target models answered it. :func:`cross_dataset` goes
+further: it trains on whole prompt sets and evaluates on another set, after removing from
+training every prompt that also appears in the evaluated set (MT-bench's 80 questions are inside
+Spec-Bench's 480): the number removed is reported. Each result is reported next to two baselines
+fitted in the same run on the same training data: ``mean`` (the training mean for every
+request) and ``length`` (log output length linear in log prompt characters). Ranking metrics of
+the constant ``mean`` baseline are undefined and reported as ``None``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from scipy.stats import kendalltau, spearmanr
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lapsd.errors import LapsdError
+from lapsd.predict.continuation import continuation_beliefs, cut_text
+from lapsd.predict.cues import CUE_NAMES, cue_features
 from lapsd.predict.data import LengthData
+from lapsd.predict.metrics import metrics
+from lapsd.predict.model import LengthPredictor
+from lapsd.predict.split import normalize_prompt, prompt_folds, seen_prompts
+from lapsd.predict.train import fit_predictor
 from lapsd.replay.estimate import LengthPrediction
 
-if TYPE_CHECKING:
-    from lapsd.predict.model import LengthPredictor
-    from lapsd.predict.probe import ProbePredictor
-
-#: Upper edges (tokens) of the length buckets for bucket accuracy: <=64, <=128, ..., >1024.
-BUCKET_EDGES = (64, 128, 256, 512, 1024)
 SYSTEMS = ("model", "mean", "length")
 _Z90 = 1.2815515655446004
-
-
-def normalize_prompt(prompt: str) -> str:
-    """The form prompts are compared in: stripped, whitespace runs as one space."""
-    return " ".join(prompt.split())
-
-
-def prompt_groups(prompts: Sequence[str]) -> np.ndarray:
-    """Group ids by prompt text (:func:`normalize_prompt`), so equal prompts share a group."""
-    ids: dict[str, int] = {}
-    return np.array([ids.setdefault(normalize_prompt(p), len(ids)) for p in prompts],
-                    dtype=np.int64)
-
-
-def prompt_split(prompts: Sequence[str], test_size: float = 0.2, seed: int = 0,
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """One train/test split with no prompt text on both sides."""
-    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-    train, test = next(splitter.split(prompts, groups=prompt_groups(prompts)))
-    return train, test
-
-
-def source_groups(prompts: Sequence[str], categories: Sequence[str | None],
-                  n_splits: int) -> np.ndarray:
-    """Group ids by prompt source (category) where that makes ``n_splits`` folds, else by prompt.
-
-    Folds that hold out whole sources (alpaca_eval's five prompt collections, Spec-Bench's
-    categories) measure errors on prompts unlike the training ones, which is what a predictor
-    meets on another prompt set; equal prompts always share a source's group.
-    """
-    known = [c for c in categories if c]
-    if len(known) < len(categories) or len(set(known)) < n_splits:
-        return prompt_groups(prompts)
-    by_prompt: dict[str, str] = {}
-    for p, c in zip(prompts, categories, strict=True):
-        by_prompt.setdefault(normalize_prompt(p), str(c))
-    names = [by_prompt[normalize_prompt(p)] for p in prompts]
-    ids: dict[str, int] = {}
-    return np.array([ids.setdefault(n, len(ids)) for n in names], dtype=np.int64)
-
-
-def prompt_folds(prompts: Sequence[str], n_splits: int = 5, seed: int = 0,
-                 groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K folds by prompt text (shuffled groups), or by the given ``groups``."""
-    groups = prompt_groups(prompts) if groups is None else groups
-    n_groups = int(groups.max()) + 1 if groups.size else 0
-    if n_groups < n_splits:
-        raise LapsdError(f"{n_groups} distinct prompts or sources cannot make {n_splits} folds: "
-                         "use fewer folds (--cv-folds) or more data")
-    kfold = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return list(kfold.split(prompts, groups=groups))
-
-
-def _rank_stat(value: float) -> float | None:
-    return None if not np.isfinite(value) else float(value)
-
-
-def metrics(true_tokens: np.ndarray, p50: np.ndarray, p90: np.ndarray | None = None,
-            p10: np.ndarray | None = None) -> dict[str, float | None]:
-    """Error, ranking and coverage metrics of predictions against true output lengths.
-
-    Returns ``n``, ``mae_tokens``, ``median_rel_error`` (median of ``|pred - true| / true``),
-    ``spearman``, ``kendall_tau`` (tau-b), ``bucket_accuracy`` (same bucket of
-    :data:`BUCKET_EDGES`), given ``p90`` the ``p90_coverage`` (share of true lengths <= p90)
-    and given ``p10`` too the ``coverage_80`` (share within ``[p10, p90]``).
-    """
-    true = np.asarray(true_tokens, dtype=np.float64)
-    pred = np.asarray(p50, dtype=np.float64)
-    constant = true.size < 2 or np.ptp(pred) == 0.0
-    out: dict[str, float | None] = {
-        "n": float(true.size),
-        "mae_tokens": float(np.mean(np.abs(pred - true))),
-        "median_rel_error": float(np.median(np.abs(pred - true) / np.maximum(true, 1.0))),
-        "spearman": None if constant else _rank_stat(spearmanr(pred, true)[0]),
-        "kendall_tau": None if constant else _rank_stat(kendalltau(pred, true)[0]),
-        "bucket_accuracy": float(np.mean(np.digitize(pred, BUCKET_EDGES, right=True)
-                                         == np.digitize(true, BUCKET_EDGES, right=True))),
-    }
-    if p90 is not None:
-        out["p90_coverage"] = float(np.mean(true <= np.asarray(p90)))
-        if p10 is not None:
-            out["coverage_80"] = float(np.mean((true >= np.asarray(p10))
-                                               & (true <= np.asarray(p90))))
-    return out
-
-
-def belief_metrics(beliefs: Sequence[LengthPrediction], true_tokens: np.ndarray,
-                   generated: int = 0) -> dict[str, float | None]:
-    """:func:`metrics` of beliefs as the policies read them, on the length still to come.
-
-    Each belief's median and 0.1/0.9 quantiles of ``L - generated`` given ``L > generated``
-    (capped, at least one token) against ``true_tokens - generated``; ``generated = 0`` is the
-    whole output.
-    """
-    def q(level: float) -> np.ndarray:
-        return np.array([b.quantile_remaining(generated, level) for b in beliefs])
-
-    true = np.asarray(true_tokens, dtype=np.float64) - generated
-    return metrics(true, q(0.5), q(0.9), q(0.1))
 
 
 def _quantiles(predictor: LengthPredictor, prompts: Sequence[str], target: str | None,
@@ -153,18 +52,6 @@ def score_predictor(predictor: LengthPredictor, data: LengthData,
     return {"model": metrics(data.output_tokens, p50, p90, p10),
             "mean": metrics(data.output_tokens, base["mean"]),
             "length": metrics(data.output_tokens, base["length"])}
-
-
-def seen_prompts(predictor: LengthPredictor | ProbePredictor, prompts: Sequence[str],
-                 ) -> dict[str, Any]:
-    """How many of ``prompts`` (distinct texts) the predictor was trained on (model card)."""
-    from lapsd.predict.persist import prompt_hashes
-
-    trained = set(predictor.card.get("train_prompt_hashes", []))
-    distinct = sorted({p.strip() for p in prompts})
-    seen = sum(h in trained for h in prompt_hashes(distinct))
-    return {"seen": seen, "distinct": len(distinct),
-            "share": seen / len(distinct) if distinct else 0.0, "known": bool(trained)}
 
 
 def evaluate_predictor(predictor: LengthPredictor, data: LengthData,
@@ -207,8 +94,6 @@ def cross_validate(data: LengthData, n_splits: int = 5, seed: int = 0, **fit: An
     ``fit`` is passed to :func:`lapsd.predict.train.fit_predictor` (``embeddings=``,
     ``folds=`` of its own cross-fitting, model settings).
     """
-    from lapsd.predict.train import fit_predictor
-
     fit.setdefault("folds", 3)
     parts = []
     for train, test in prompt_folds(data.prompts, n_splits, seed):
@@ -225,8 +110,6 @@ def cross_model(data: LengthData, held_out: str, n_splits: int = 5, seed: int = 
     the test rows are ``held_out``'s answers to the test prompts, so neither the model nor the
     prompt was seen in training (the pooled calibration is used).
     """
-    from lapsd.predict.train import fit_predictor
-
     if held_out not in data.models:
         raise LapsdError(f"held-out model {held_out!r} is not in the data ({data.models})")
     others = [i for i, m in enumerate(data.target_models) if m != held_out]
@@ -266,8 +149,6 @@ def cross_dataset(train: LengthData, evaluated: LengthData, *, seed: int = 0,
     LapsdError
         When nothing is left to train on.
     """
-    from lapsd.predict.train import fit_predictor
-
     kept, dropped = unseen_training(train, evaluated.prompts)
     if len(kept) == 0:
         raise LapsdError("every training prompt is also in the evaluated set: nothing unseen "
@@ -302,9 +183,6 @@ def remaining_metrics(predictor: LengthPredictor, data: LengthData,
     LapsdError
         When the predictor has no re-predictor.
     """
-    from lapsd.predict.continuation import continuation_beliefs, cut_text
-    from lapsd.predict.cues import CUE_NAMES, cue_features
-
     if predictor.continuation is None:
         raise LapsdError("this predictor has no re-predictor (its training data had no text)")
     mu, sigma = predictor.log_beliefs(data.prompts, target_model)

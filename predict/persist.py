@@ -13,11 +13,9 @@ Loading first lists the file's types without building any object; a file with ty
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import platform
 import zipfile
-from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,9 @@ from lapsd.predict.model import LengthPredictor
 FORMAT = "lapsd-predictor"
 #: ``kind`` of a hidden-state probe's file (:mod:`lapsd.predict.probe`).
 PROBE_KIND = "probe"
-#: 3: pooled length model with calibration and re-predictor (2: TF-IDF quantile stack).
-FORMAT_VERSION = 3
+#: 4: training prompts hashed in their normalised form (:func:`lapsd.predict.split.prompt_hashes`);
+#: 3: pooled length model with calibration and re-predictor; 2: TF-IDF quantile stack.
+FORMAT_VERSION = 4
 #: Module prefixes of lapsd 0.1's predictor types (before the ``lapsd.`` namespace).
 _OLD_MODULES = ("predict.",)
 #: Types only older predictor formats hold, with their format version.
@@ -64,11 +63,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def prompt_hashes(prompts: Sequence[str]) -> list[str]:
-    """Short SHA-256 digests of stripped prompt texts (to detect train/test overlap later)."""
-    return [hashlib.sha256(p.strip().encode()).hexdigest()[:16] for p in prompts]
 
 
 def new_card(**fields: Any) -> dict[str, Any]:

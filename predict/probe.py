@@ -19,7 +19,7 @@ Re-prediction after ``t`` generated tokens
     (:data:`~lapsd.predict.continuation.SIGMA_BANDS`), where errors differ most.
 
 Both heads are chosen by cross-validation among :data:`HEADS` on folds that hold out whole
-prompt sources where there are enough (:func:`~lapsd.predict.evaluate.source_groups`), on the
+prompt sources where there are enough (:func:`~lapsd.predict.split.source_groups`), on the
 training data only. The same out-of-fold predictions calibrate the spreads (split-conformal,
 :func:`~lapsd.predict.calibrate.conformal_sigma`), so intervals are sized for prompts unlike
 the training ones; the admission model's out-of-fold beliefs are also what the re-predictor
@@ -65,21 +65,21 @@ from lapsd.predict.calibrate import LEVEL, conformal_sigma
 from lapsd.predict.continuation import SIGMA_BANDS, band
 from lapsd.predict.cues import cue_features
 from lapsd.predict.data import LengthData, check_prompts
-from lapsd.predict.evaluate import (
-    belief_metrics,
-    prompt_folds,
-    prompt_groups,
-    seen_prompts,
-    source_groups,
-)
+from lapsd.predict.metrics import belief_metrics
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.persist import (
     PROBE_KIND,
     new_card,
     predictor_from_payload,
-    prompt_hashes,
     read_payload,
     write_payload,
+)
+from lapsd.predict.split import (
+    prompt_folds,
+    prompt_groups,
+    prompt_hashes,
+    seen_prompts,
+    source_groups,
 )
 from lapsd.replay.engine import output_cap
 from lapsd.replay.estimate import LengthPrediction

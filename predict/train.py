@@ -28,21 +28,22 @@ from lapsd.predict.calibrate import Calibration
 from lapsd.predict.continuation import ContinuationModel, design, training_cuts
 from lapsd.predict.cues import CUE_NAMES, cue_features
 from lapsd.predict.data import LengthData, from_arrays
-from lapsd.predict.evaluate import (
-    metrics,
-    prompt_folds,
-    prompt_groups,
-    seen_prompts,
-    source_groups,
-)
 from lapsd.predict.features import embeddings_available
+from lapsd.predict.metrics import metrics
 from lapsd.predict.model import (
     LengthModel,
     LengthPredictor,
     build_length_baseline,
     log_target,
 )
-from lapsd.predict.persist import new_card, prompt_hashes, save_predictor
+from lapsd.predict.persist import new_card, save_predictor
+from lapsd.predict.split import (
+    prompt_folds,
+    prompt_groups,
+    prompt_hashes,
+    seen_prompts,
+    source_groups,
+)
 from lapsd.replay.engine import TraceArrays
 
 #: Fewest examples a predictor trains on.
@@ -90,7 +91,7 @@ def fit_predictor(data: LengthData, *, folds: int = 5, seed: int = 0,
         ``None``: the only model of the data, or pooled when there are several.
     by_source
         Hold out whole prompt sources (categories) in the cross-fitting when there are enough
-        of them (:func:`~lapsd.predict.evaluate.source_groups`): wider, more honest spreads for
+        of them (:func:`~lapsd.predict.split.source_groups`): wider, more honest spreads for
         other prompt sets; ``False`` holds out prompts.
     card
         Extra model-card fields.

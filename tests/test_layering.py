@@ -4,7 +4,7 @@ Layers, lowest first: the root helpers (``lapsd.errors``, ``lapsd.io``, ``lapsd.
 ``lapsd.replay``, ``lapsd.predict``, then ``lapsd.tune``, ``lapsd.collect`` and
 ``lapsd.integrations`` (which may use both below them, not each other), and the root command
 ``lapsd.cli`` above all. No package imports another package's ``cli`` module. Every import
-counts, also one inside a function.
+counts, also one inside a function, and no module imports itself through others (a cycle).
 """
 
 from __future__ import annotations
@@ -87,6 +87,63 @@ def test_imports_follow_the_data_flow(module: str) -> None:
         elif other != layer and other != "lapsd" and name.split(".")[-1] == "cli":
             bad.append(f"{name} (another package's CLI)")
     assert not bad, f"{module} imports " + "; ".join(sorted(bad))
+
+
+def _module_edges(path: Path) -> set[str]:
+    """lapsd modules ``path`` imports, at module level or in a function (``TYPE_CHECKING`` too).
+
+    ``from a.b import c`` is an edge to ``a.b.c`` when that is a module, else to ``a.b``.
+    """
+    out = set()
+    for name in _imports(path):
+        if name in MODULES:
+            out.add(name)
+        elif name.rpartition(".")[0] in MODULES:
+            out.add(name.rpartition(".")[0])
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module, or with a self-import."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1 or v in graph[v]:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    """No module reaches itself through imports (a registry below the policies, not above)."""
+    graph = {m: _module_edges(path) - {m} for m, path in MODULES.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
 
 
 @pytest.mark.parametrize("name", ["replay", "predict", "tune", "collect", "integrations"])

@@ -1,7 +1,8 @@
 """Split a trace's requests into a tuning set and a held-out set by prompt.
 
-A prompt's side is decided by a hash of the prompt text (and a seed), not by position: every
-request with the same prompt lands on the same side, in every trace. The example traces share
+A prompt's side is decided by a hash of the prompt (its normalised text,
+:func:`lapsd.predict.split.normalize_prompt`, and a seed), not by position: every request with
+the same prompt lands on the same side, in every trace. The example traces share
 their Spec-Bench prompts, so tuning on several of them never leaks a held-out prompt. Requests
 without a prompt are keyed by their request id.
 """
@@ -13,6 +14,7 @@ import hashlib
 import numpy as np
 
 from lapsd.errors import LapsdError
+from lapsd.predict.split import normalize_prompt
 from lapsd.replay.engine import TraceArrays
 
 
@@ -32,7 +34,7 @@ def split_by_prompt(arrays: TraceArrays, holdout: float = 0.3, seed: int = 0,
     """
     if not 0 < holdout < 1:
         raise LapsdError(f"holdout must be in (0, 1), got {holdout}")
-    keys = [p if p is not None else f"id:{rid}"
+    keys = [normalize_prompt(p) if p is not None else f"id:{rid}"
             for p, rid in zip(arrays.prompts, arrays.request_ids, strict=True)]
     held = np.array([_unit_hash(k, seed) < holdout for k in keys], dtype=bool)
     tune_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)

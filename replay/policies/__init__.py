@@ -1,6 +1,7 @@
 """Scheduling policies, one module each, behind :class:`~lapsd.replay.policies.base.Policy`.
 
-Policies register themselves by name; :func:`create` builds one with its parameters::
+Policies register themselves by name (:mod:`lapsd.replay.policies.registry`); :func:`create`
+builds one with its parameters::
 
     from lapsd.replay.policies import create
     policy = create("laps-sd", K=4, M=2.0)
@@ -8,90 +9,8 @@ Policies register themselves by name; :func:`create` builds one with its paramet
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import fields
-from typing import Any, TypeVar, cast
-
-from lapsd.errors import LapsdError
-from lapsd.replay.policies.base import (
-    Policy,
-    RequestInfo,
-    RequestState,
-    Rounds,
-    TraceScale,
-)
-from lapsd.replay.policies.params import ParamsError
-
-REGISTRY: dict[str, type[Policy[Any]]] = {}
-
-P = TypeVar("P", bound=Policy[Any])
-
-
-def register(cls: type[P]) -> type[P]:
-    """Class decorator: make a policy available under ``cls.name``."""
-    if cls.name in REGISTRY:
-        raise TypeError(f"policy name {cls.name!r} is registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def available() -> list[str]:
-    """Registered policy names."""
-    return list(REGISTRY)
-
-
-def parameters(name: str) -> list[str]:
-    """Names of the settable parameters of a policy."""
-    params = getattr(_lookup(name), "Params", None)
-    return [f.name for f in fields(params)] if params is not None else []
-
-
-def _lookup(name: str) -> type[Policy[Any]]:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise LapsdError(f"unknown policy {name!r}; available: {', '.join(REGISTRY)}") from None
-
-
-def create(name: str, scale: TraceScale | None = None, **params: Any) -> Policy[Any]:
-    """Build a registered policy.
-
-    Parameters
-    ----------
-    name
-        Registry name (``fcfs``, ``las``, ``mlfq``, ``lp-sjf``, ``lp-srpt``, ``srpt-oracle``,
-        ``laps-sd``, ``gittins``, ``static-priority``).
-    scale
-        Typical round time and tokens per round of the workload; sets the defaults of
-        scale-dependent parameters (queue thresholds) that are not given.
-    **params
-        Parameters of the policy's ``Params`` dataclass.
-    """
-    cls = _lookup(name)
-    params_cls = getattr(cls, "Params", None)
-    if params_cls is None:
-        if params:
-            raise ParamsError(f"policy {name!r} takes no parameters (got {sorted(params)})")
-        return cls()
-    try:
-        params_obj = params_cls.with_defaults(scale or TraceScale(), **params)
-    except ParamsError as exc:
-        raise ParamsError(f"policy {name!r}: {exc}; its parameters: "
-                          f"{', '.join(parameters(name))}") from None
-    return construct(name, params_obj)
-
-
-def construct(name: str, params: Any = None) -> Policy[Any]:
-    """A policy from its registry name and its parameters object (``None``: it takes none)."""
-    cls = _lookup(name)
-    if params is None:
-        return cls()
-    # A policy with a Params class takes its parameters as the one constructor argument.
-    return cast(Callable[[Any], Policy[Any]], cls)(params)
-
-
 # Importing the modules registers them.
-from lapsd.replay.policies import (  # noqa: E402
+from lapsd.replay.policies import (
     fcfs,
     gittins,
     laps_sd,
@@ -101,6 +20,21 @@ from lapsd.replay.policies import (  # noqa: E402
     mlfq,
     srpt_oracle,
     static_priority,
+)
+from lapsd.replay.policies.base import (
+    Policy,
+    RequestInfo,
+    RequestState,
+    Rounds,
+    TraceScale,
+)
+from lapsd.replay.policies.registry import (
+    REGISTRY,
+    available,
+    construct,
+    create,
+    parameters,
+    register,
 )
 
 __all__ = [

@@ -27,7 +27,6 @@ from pydantic.dataclasses import dataclass
 
 from lapsd.replay import kernels
 from lapsd.replay.lognormal import gittins_table
-from lapsd.replay.policies import register
 from lapsd.replay.policies.base import (
     NS_PER_S,
     Policy,
@@ -44,6 +43,7 @@ from lapsd.replay.policies.params import (
     Tunable,
     build,
 )
+from lapsd.replay.policies.registry import register
 
 #: The largest finite ``prior_tokens``: already the typical cost alone for any real request
 #: (larger ones overflow the ranks' float arithmetic; ``inf`` says it directly).

@@ -30,7 +30,6 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from lapsd.replay import kernels
-from lapsd.replay.policies import register
 from lapsd.replay.policies.base import (
     UNIT_FIELD,
     Policy,
@@ -48,6 +47,7 @@ from lapsd.replay.policies.params import (
     Tunable,
     Unit,
 )
+from lapsd.replay.policies.registry import register
 
 
 @dataclass(frozen=True, config=PARAMS_CONFIG)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic.dataclasses import dataclass
 
-from lapsd.replay.policies import register
 from lapsd.replay.policies.base import UNIT_FIELD, Policy, RequestState, Rounds
 from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Unit
+from lapsd.replay.policies.registry import register
 
 
 @dataclass(frozen=True, config=PARAMS_CONFIG)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing_extensions import override
 
-from lapsd.replay.policies import register
 from lapsd.replay.policies.base import Policy, RequestInfo, RequestState, Rounds, prediction_of
+from lapsd.replay.policies.registry import register
 
 
 @register

@@ -8,8 +8,8 @@ so an under-predicted request can be overtaken instead of holding the server.
 from __future__ import annotations
 
 from lapsd.replay import kernels
-from lapsd.replay.policies import register
 from lapsd.replay.policies.base import Policy, RequestInfo, RequestState, Rounds, prediction_of
+from lapsd.replay.policies.registry import register
 
 _NO_RIVAL = (0.0, 0)
 

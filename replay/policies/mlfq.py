@@ -16,7 +16,6 @@ import numpy as np
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from lapsd.replay.policies import register
 from lapsd.replay.policies.base import (
     UNIT_FIELD,
     Policy,
@@ -33,6 +32,7 @@ from lapsd.replay.policies.params import (
     Tunable,
     Unit,
 )
+from lapsd.replay.policies.registry import register
 
 
 @dataclass(frozen=True, config=PARAMS_CONFIG)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing_extensions import override
 
-from lapsd.replay.policies import register
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestId, RequestState, Rounds
+from lapsd.replay.policies.registry import register
 
 
 @register

@@ -35,7 +35,6 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
-from lapsd.replay.policies import REGISTRY, construct, register
 from lapsd.replay.policies.base import (
     _AHEAD_OF_ALL,
     Policy,
@@ -45,6 +44,7 @@ from lapsd.replay.policies.base import (
     TraceScale,
 )
 from lapsd.replay.policies.params import PARAMS_CONFIG, ParamsError, PolicyParams, Tunable, build
+from lapsd.replay.policies.registry import REGISTRY, construct, register
 
 #: Policies whose admission rank cannot be a static priority.
 _NOT_WRAPPABLE = {"static-priority": "it is already a static priority",

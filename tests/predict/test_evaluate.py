@@ -9,14 +9,9 @@ from hypothesis import strategies as st
 
 from lapsd.predict.cli import seen_warning
 from lapsd.predict.data import LengthData
-from lapsd.predict.evaluate import (
-    metrics,
-    normalize_prompt,
-    prompt_folds,
-    prompt_split,
-    source_groups,
-    unseen_training,
-)
+from lapsd.predict.evaluate import unseen_training
+from lapsd.predict.metrics import metrics
+from lapsd.predict.split import normalize_prompt, prompt_folds, prompt_split, source_groups
 
 _POOL = [f"prompt {i}" for i in range(12)] + ["  prompt 1 ", "prompt\n2"]
 prompt_lists = st.lists(st.sampled_from(_POOL), min_size=6, max_size=60)

@@ -10,8 +10,9 @@ import pytest
 from lapsd.predict.calibrate import SHRINK, Calibration, conformal_sigma
 from lapsd.predict.cues import CUE_NAMES, cue_row
 from lapsd.predict.data import LengthData
-from lapsd.predict.evaluate import prompt_split, score_predictor
+from lapsd.predict.evaluate import score_predictor
 from lapsd.predict.model import LengthPredictor
+from lapsd.predict.split import prompt_split
 from lapsd.predict.train import calibrate_predictor, fit_on_arrays, fit_predictor
 from lapsd.replay.engine import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
