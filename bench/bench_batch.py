@@ -53,8 +53,10 @@ from bench_replay import best_of  # noqa: E402  (bench/ is the script's folder)
 from sim_reference import reference_simulate  # noqa: E402
 from spec_reference import make, spec_simulate_batched  # noqa: E402
 
-from lapsd.replay.batch import BatchCost, simulate_batched  # noqa: E402
-from lapsd.replay.engine import SimResult, TraceArrays, Workload, simulate  # noqa: E402
+from lapsd.replay.arrays import TraceArrays  # noqa: E402
+from lapsd.replay.batch import simulate_batched  # noqa: E402
+from lapsd.replay.costs import BatchCost  # noqa: E402
+from lapsd.replay.engine import SimResult, simulate  # noqa: E402
 from lapsd.replay.estimate import LengthPrediction  # noqa: E402
 from lapsd.replay.matrix import (  # noqa: E402
     Case,
@@ -71,6 +73,7 @@ from lapsd.replay.policies.params import tunables  # noqa: E402
 from lapsd.replay.trace import read_trace  # noqa: E402
 from lapsd.replay.workload import (  # noqa: E402
     PredictionSource,
+    Workload,
     WorkloadSpec,
     build_workload,
     parse_workload,

@@ -54,7 +54,7 @@ import numpy as np
 
 from lapsd.predict.persist import load_predictor
 from lapsd.predict.split import seen_prompts
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.matrix import registry_factories
 from lapsd.replay.trace import read_trace
 from lapsd.tune.context import TRAINED, TuneSpec, load_context

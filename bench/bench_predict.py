@@ -53,7 +53,7 @@ from lapsd.predict.features import embeddings_available
 from lapsd.predict.metrics import metrics
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.train import fit_on_arrays, fit_predictor
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.importers.specbench import import_specbench
 from lapsd.replay.matrix import Case, registry_factories, replay_matrix

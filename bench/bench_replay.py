@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
 from sim_reference import reference_simulate  # noqa: E402
 
-from lapsd.replay.engine import TraceArrays, simulate  # noqa: E402
+from lapsd.replay.arrays import TraceArrays  # noqa: E402
+from lapsd.replay.engine import simulate  # noqa: E402
 from lapsd.replay.policies import available, create  # noqa: E402
 from lapsd.replay.trace import read_trace  # noqa: E402
 from lapsd.replay.workload import build_workload  # noqa: E402

@@ -302,7 +302,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         model = SwitchModel("table", table=args.cost_table)
     else:
         model = SwitchModel()
-    from lapsd.replay.batch import BatchCost
+    from lapsd.replay.costs import BatchCost
 
     cost = None if args.batch_cost is None else BatchCost.from_profile(args.batch_cost)
     result = validate(args.runs, model, rounds_from=args.rounds_from, cost=cost)

@@ -308,7 +308,7 @@ class _Request:
 def _oracle(path: Path, prompt_ids: list[str], cfg: LiveConfig, seed: int
             ) -> tuple[list[float], list[LengthPrediction] | None]:
     """True service times and (``--predictions oracle:...``) noisy-oracle predictions."""
-    from lapsd.replay.engine import TraceArrays
+    from lapsd.replay.arrays import TraceArrays
     from lapsd.replay.workload import make_predictions
 
     trace = read_trace(path)

@@ -9,7 +9,7 @@ warm-up rounds, with the engine's clock (CUDA events on a GPU, ``perf_counter`` 
 ``batches`` (static path): the same for a step of ``b`` requests of that context, each drafting
 ``k`` (:meth:`~lapsd.collect.engine.SpeculativeEngine.probe_batch`, the step ``lapsd live
 --batch-size`` runs), one ``batch`` row per size: the table
-:meth:`lapsd.replay.batch.BatchCost.from_profile` reads for replays at batch sizes above one.
+:meth:`lapsd.replay.costs.BatchCost.from_profile` reads for replays at batch sizes above one.
 
 On the static path a round's attention reads the whole working cache, so its cost follows the
 cache's *capacity* more than the context: each row gives both. ``capacity`` defaults to the
@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from lapsd.collect.costs import TABLE_KIND, TABLE_VERSION, fit_line
 from lapsd.collect.engine import Clock, RoundRecord, Session, SpeculativeEngine, timing_clock
 from lapsd.io import write_json
+from lapsd.replay.costs import TABLE_KIND, TABLE_VERSION, fit_line
 
 
 def profile(target_path: Path, draft: str, *, k: int, contexts: list[int], repeats: int,
@@ -111,7 +111,7 @@ def batch_one_rounds(engine: SpeculativeEngine, longest: int, repeats: int
 
     The contexts double from 64 and end at ``longest``; at each, rounds with exactly ``d = 0..k``
     drafts (rows as the cost table's ``rounds``). A batched collection times its rounds with
-    these (:func:`lapsd.collect.costs.profiled_round`): the cache's capacity, which a static
+    these (:func:`lapsd.replay.costs.profiled_round`): the cache's capacity, which a static
     round's cost follows, is the one it collects with.
     """
     cap = engine.runner.capacity if engine.runner is not None else None

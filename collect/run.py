@@ -246,7 +246,7 @@ def _batched(engine: Any, encoded: list[tuple[Any, list[int]]], cfg: CollectConf
     at its drafted count and context, so the trace replays as a batch-1 collection would.
     Yields ``(prompt, generation)`` in the order requests finish.
     """
-    from lapsd.collect.costs import profiled_round
+    from lapsd.replay.costs import profiled_round
 
     waiting = iter(encoded)
     running: list[tuple[Any, Any]] = []

@@ -53,13 +53,22 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from lapsd.collect.costs import TABLE_KIND, TABLE_VERSION, fit_line, read_cost_table
 from lapsd.collect.live import LiveRun, read_live
 from lapsd.errors import LapsdError
-from lapsd.replay.batch import BatchCost, simulate_batched
-from lapsd.replay.engine import SwitchCost, TraceArrays, Workload, simulate
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.batch import simulate_batched
+from lapsd.replay.costs import (
+    TABLE_KIND,
+    TABLE_VERSION,
+    BatchCost,
+    SwitchCost,
+    fit_line,
+    read_cost_table,
+)
+from lapsd.replay.engine import simulate
 from lapsd.replay.policies.base import NS_PER_S
 from lapsd.replay.trace import number, read_trace
+from lapsd.replay.workload import Workload
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ import numpy as np
 from lapsd import __version__
 from lapsd.errors import LapsdError, require_extra
 from lapsd.io import atomic_write_text, dumps, read_json, sha256_file
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.config import (
     LapsdConfig,
     PolicySection,
@@ -68,7 +69,6 @@ from lapsd.replay.config import (
     config_traces,
     load_config,
 )
-from lapsd.replay.engine import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import Policy, RequestInfo
 from lapsd.replay.trace import read_trace

@@ -22,10 +22,10 @@ from lapsd.predict.cues import CUE_NAMES, cue_features
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.persist import load_predictor
 from lapsd.predict.probe import ProbePredictor, from_trace, load_any
-from lapsd.replay.engine import TraceArrays, Updates
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.trace import TraceError, read_trace, write_trace
-from lapsd.replay.workload import PredictionSource, UpdateSource
+from lapsd.replay.workload import PredictionSource, Updates, UpdateSource
 
 _ASKED_ITEMS = CUE_NAMES.index("asked_items")
 

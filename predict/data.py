@@ -40,7 +40,7 @@ import numpy as np
 
 from lapsd.errors import LapsdError
 from lapsd.io import read_jsonl, sha256_file
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.trace import MANIFEST_FILE, Trace, TraceError, read_trace, trace_digest
 
 CHARS_PER_TOKEN = 3.7

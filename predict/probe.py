@@ -81,7 +81,7 @@ from lapsd.predict.split import (
     seen_prompts,
     source_groups,
 )
-from lapsd.replay.engine import output_cap
+from lapsd.replay.arrays import output_cap
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.lognormal import conditional_mean
 from lapsd.replay.trace import Trace, TraceError, read_trace, trace_digest

@@ -44,7 +44,7 @@ from lapsd.predict.split import (
     seen_prompts,
     source_groups,
 )
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 
 #: Fewest examples a predictor trains on.
 MIN_EXAMPLES = 10

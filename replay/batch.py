@@ -25,25 +25,14 @@ completion times.
 
 from __future__ import annotations
 
-import json
-import math
-from bisect import bisect_right
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
 from lapsd.errors import LapsdError
-from lapsd.replay.engine import (
-    RequestColumns,
-    SimResult,
-    SwitchCost,
-    TraceArrays,
-    Updates,
-    Workload,
-    check_span,
-)
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.costs import BatchCost, SwitchCost
+from lapsd.replay.engine import RequestColumns, SimResult, check_span
 from lapsd.replay.policies.base import (
     NS_PER_S,
     Policy,
@@ -52,86 +41,7 @@ from lapsd.replay.policies.base import (
     RequestInfo,
     Rounds,
 )
-
-
-@dataclass(frozen=True)
-class BatchCost:
-    """How much longer a batched SD step takes than a batch-1 round.
-
-    ``slowdown[i]`` is the step time at batch size ``batch_sizes[i]`` over that at batch size
-    one (piecewise linear in between, constant past the last); a table fitted to a live server
-    (:meth:`from_profile`) is over the members' collected rounds instead, so its first entry may
-    exceed 1. Measured by ``lapsd
-    collect-profile`` on the GPU; an imported trace, which only knows batch-1 rounds, gets that
-    shape scaled to its own round times (``source`` says which table).
-    """
-
-    batch_sizes: tuple[int, ...] = (1,)
-    slowdown: tuple[float, ...] = (1.0,)
-    source: str = "flat: every batch as fast as one request (no table given)"
-
-    def __post_init__(self) -> None:
-        """Check the table."""
-        if (len(self.batch_sizes) != len(self.slowdown) or not self.batch_sizes
-                or self.batch_sizes[0] != 1 or list(self.batch_sizes) != sorted(
-                    set(self.batch_sizes)) or not all(0 < s < math.inf for s in self.slowdown)):
-            raise LapsdError("batch cost table: batch sizes must start at 1 and increase, with "
-                             f"one finite positive slowdown each; got sizes {self.batch_sizes}, "
-                             f"slowdowns {self.slowdown}")
-
-    def factor(self, b: int) -> float:
-        """The slowdown of a step of ``b`` requests."""
-        sizes = self.batch_sizes
-        if b >= sizes[-1]:
-            return self.slowdown[-1]
-        i = bisect_right(sizes, b) - 1
-        lo, hi = sizes[i], sizes[i + 1]
-        t = (b - lo) / (hi - lo)
-        return self.slowdown[i] * (1 - t) + self.slowdown[i + 1] * t
-
-    @classmethod
-    def from_profile(cls, path: str | Path) -> BatchCost:
-        """The shape of a cost table's ``batch`` rows.
-
-        A ``collect-profile --batches`` table gives step times, divided here by batch size
-        one's at the same context. A table fitted to a live server's steps (``lapsd
-        fit-batch-cost``, ``"batch_unit": "collected_round"``) gives the slowdown itself, over
-        the members' collected batch-1 rounds, so its batch size one may be above 1 (the
-        server's own work per step).
-        """
-        p = Path(path)
-        try:
-            table = json.loads(p.read_text())
-            rows = table["batch"]
-            by_b: dict[int, list[float]] = {}
-            if table.get("batch_unit") == "collected_round":
-                for r in rows:
-                    by_b[int(r["batch"])] = [_positive(r, "slowdown")]
-            else:
-                base = {r["context"]: _positive(r, "round_s") for r in rows if r["batch"] == 1}
-                for r in rows:
-                    if r["context"] in base:
-                        by_b.setdefault(int(r["batch"]), []).append(
-                            _positive(r, "round_s") / base[r["context"]])
-        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-            raise LapsdError(f"{p}: not a cost table with batch rows ({exc}); write one with "
-                             "`lapsd collect-profile`") from None
-        sizes = tuple(sorted(by_b))
-        try:
-            return cls(sizes, tuple(float(np.mean(by_b[b])) for b in sizes),
-                       f"{p.name}: {table.get('gpu') or table.get('device')}, "
-                       f"{table.get('target')} / {table.get('draft')}")
-        except LapsdError as exc:
-            raise LapsdError(f"{p}: {exc}") from None
-
-
-def _positive(row: dict[str, Any], key: str) -> float:
-    """``row[key]``, a finite number > 0 (a cost table's time or slowdown)."""
-    value = row[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            0 < value < math.inf):
-        raise ValueError(f"row {row}: {key} must be a finite number > 0, got {value!r}")
-    return float(value)
+from lapsd.replay.workload import Updates, Workload
 
 
 def simulate_batched(arrays: TraceArrays, workload: Workload, policy: Policy[Any], batch: int,
@@ -257,7 +167,6 @@ def simulate_batched(arrays: TraceArrays, workload: Workload, policy: Policy[Any
         last = chosen
     return SimResult.of(arrays, workload, policy, completion, preemptions=preemptions,
                         switch_ns=switch_ns, decisions=steps, estimates=estimates)
-
 
 
 def _next_update(updates: Updates, done: int) -> int | None:

@@ -108,7 +108,8 @@ def metrics_table(metrics: list, title: str) -> Table:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``lapsd replay``."""
-    from lapsd.replay.engine import SwitchCost, TraceArrays
+    from lapsd.replay.arrays import TraceArrays
+    from lapsd.replay.costs import SwitchCost
     from lapsd.replay.matrix import Server, build_cases, registry_factories, replay_matrix
     from lapsd.replay.policies import REGISTRY
     from lapsd.replay.trace import read_trace
@@ -134,7 +135,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.predictions is None:  # else the what-if or column asked for
             predictor = config_predictor(args.config, predictor, config)
     factories = {n: factories[n] for n in names}
-    from lapsd.replay.batch import BatchCost
+    from lapsd.replay.costs import BatchCost
 
     if args.batch_size < 1:
         raise LapsdError(f"--batch-size must be >= 1, got {args.batch_size}")

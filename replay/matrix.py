@@ -12,14 +12,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lapsd.replay.batch import BatchCost, simulate_batched
-from lapsd.replay.engine import SimResult, SwitchCost, TraceArrays, Workload, simulate
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.batch import simulate_batched
+from lapsd.replay.costs import BatchCost, SwitchCost
+from lapsd.replay.engine import SimResult, simulate
 from lapsd.replay.metrics import Metrics, summarize_result
 from lapsd.replay.policies import create
 from lapsd.replay.policies.base import Policy, TraceScale
 from lapsd.replay.workload import (
     PredictionSource,
     UpdateSource,
+    Workload,
     WorkloadSpec,
     build_workload,
 )

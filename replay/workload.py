@@ -27,10 +27,44 @@ from typing import Any
 import numpy as np
 
 from lapsd.errors import LapsdError
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.clock import NS_PER_S, check_horizon
-from lapsd.replay.engine import TraceArrays, Updates, Workload
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.importers.arrivals import read_arrivals
+
+#: Re-predictions of one arriving request: ``(rounds run, new prediction)`` pairs, the rounds
+#: increasing; each applies after that many of the request's rounds.
+Updates = list[tuple[int, LengthPrediction]]
+
+
+@dataclass
+class Workload:
+    """Which trace requests arrive when, and what the schedulers are told of their length.
+
+    Parameters
+    ----------
+    name
+        The workload string it was built from.
+    arrival_ns
+        Sorted arrival times (integer nanoseconds).
+    index
+        For each arriving request, the trace request it replays.
+    predictions
+        For each arriving request, its length prediction (``None`` where no policy needs one).
+    updates
+        For each arriving request, its re-predictions (``None``: predictions never change).
+    """
+
+    name: str
+    arrival_ns: np.ndarray
+    index: np.ndarray
+    predictions: list[LengthPrediction] | None = None
+    updates: list[Updates] | None = None
+
+    def __len__(self) -> int:
+        """The number of arriving requests."""
+        return int(self.index.size)
+
 
 KINDS = ("burst", "poisson", "gamma", "trace")
 #: The most requests a workload replays (beyond, a replay's arrays outgrow a machine's memory).

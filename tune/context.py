@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from lapsd.errors import LapsdError
 from lapsd.io import sha256_file
-from lapsd.replay.engine import SwitchCost, TraceArrays
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.costs import SwitchCost
 from lapsd.replay.matrix import build_cases
 from lapsd.replay.policies import REGISTRY
 from lapsd.replay.policies.base import TraceScale

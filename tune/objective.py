@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 
-from lapsd.replay.engine import SwitchCost
+from lapsd.replay.costs import SwitchCost
 from lapsd.replay.matrix import Case, PolicyFactory, Server, replay_matrix
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from lapsd.errors import LapsdError
 from lapsd.predict.split import normalize_prompt
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 
 
 def _unit_hash(key: str, seed: int) -> float:

@@ -205,7 +205,7 @@ def test_batched_collection_equals_one_at_a_time(tiny_dir, prompts_file, tmp_pat
     assert {r["drafted"] for r in profile} == set(range(4))
     assert all(r["round_s"] > 0 for r in profile)
     # every round: the profile's time at its draft count and context; its step measured
-    from lapsd.collect.costs import profiled_round
+    from lapsd.replay.costs import profiled_round
 
     r = batched.rounds
     assert r["batch"].min() >= 1 and r["batch"].max() == 4 and r["step_s"].min() > 0
@@ -219,7 +219,7 @@ def test_batched_collection_equals_one_at_a_time(tiny_dir, prompts_file, tmp_pat
 
 
 def test_profiled_round_interpolates_in_context() -> None:
-    from lapsd.collect.costs import profiled_round
+    from lapsd.replay.costs import profiled_round
 
     rows = [{"drafted": d, "context": c, "draft_s": 0.0, "verify_s": t, "round_s": t + d}
             for d in (0, 1) for c, t in ((100, 1.0), (300, 3.0))]
@@ -356,10 +356,9 @@ def test_draft_vocab_must_match(tiny_dir, prompts_file, tmp_path) -> None:
 @pytest.mark.parametrize("draft", ["layers:2", "ngram:2"])
 def test_profile_cost_table(tiny_dir, tmp_path, draft: str) -> None:
     """The engine's own path, d = 0..k drafts per context, swaps, resident switches, fits."""
-    from lapsd.collect.costs import read_cost_table
     from lapsd.collect.profile import profile
     from lapsd.errors import LapsdError
-    from lapsd.replay.batch import BatchCost
+    from lapsd.replay.costs import BatchCost, read_cost_table
 
     table = profile(tiny_dir, draft, k=2, contexts=[8, 16], repeats=1, device="cpu",
                     dtype="float32", out=tmp_path / "cost.json", batches=(3, 2))

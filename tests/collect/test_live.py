@@ -19,13 +19,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lapsd.collect import live  # noqa: E402
-from lapsd.collect.costs import fit_line  # noqa: E402
 from lapsd.collect.engine import SpeculativeEngine  # noqa: E402
 from lapsd.collect.live import LiveConfig, LiveRun, read_live, serve  # noqa: E402
 from lapsd.collect.models import layers_draft  # noqa: E402
 from lapsd.collect.run import CollectConfig, collect  # noqa: E402
 from lapsd.collect.validate import SwitchModel, compare, validate  # noqa: E402
 from lapsd.errors import LapsdError  # noqa: E402
+from lapsd.replay.costs import fit_line  # noqa: E402
 from lapsd.replay.policies.base import Policy, RequestInfo  # noqa: E402
 from lapsd.replay.trace import read_trace  # noqa: E402
 from tests.collect.conftest import tiny_llama  # noqa: E402
@@ -391,8 +391,8 @@ def test_a_config_with_a_real_predictor(runs, tiny_dir, prompts_file, tmp_path,
     the replay of the run reproduces its order of completion."""
     from lapsd.predict.persist import save_predictor
     from lapsd.predict.train import fit_on_arrays
+    from lapsd.replay.arrays import TraceArrays
     from lapsd.replay.config import policy_section, write_config
-    from lapsd.replay.engine import TraceArrays
     from lapsd.replay.policies.gittins import GittinsParams
 
     real = TraceArrays.from_trace(read_trace(examples_dir / "smollm2-layers-28"))
@@ -620,7 +620,7 @@ def test_validate_predicts_a_batched_run_from_a_collection(runs, batched, capsys
     """--rounds-from: the batch-1 collection's rounds (same prompts and draft) with a batch
     cost; the greedy rounds are the run's, only their times differ."""
     from lapsd.cli import main
-    from lapsd.replay.batch import BatchCost
+    from lapsd.replay.costs import BatchCost
 
     run = read_live(batched["las"])
     flat = compare(run, rounds_from=runs["oracle"])
@@ -637,7 +637,7 @@ def test_fit_batch_cost_to_a_batched_run(runs, batched, tmp_path) -> None:
     """The slowdown at b is the run's time in steps of b over the collection's prediction."""
     from lapsd.cli import main
     from lapsd.collect.validate import fit_batch_cost
-    from lapsd.replay.batch import BatchCost
+    from lapsd.replay.costs import BatchCost
 
     run = read_live(batched["las"])
     assert main(["fit-batch-cost", str(batched["las"]), "--rounds-from", str(runs["oracle"]),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from lapsd.replay.engine import SwitchCost, TraceArrays, Workload
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.costs import SwitchCost
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo
 from lapsd.replay.trace import Trace, make_trace, new_manifest
+from lapsd.replay.workload import Workload
 
 
 def reference_simulate(arrays: TraceArrays, workload: Workload, policy: Policy,

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lapsd.replay.engine import SwitchCost, TraceArrays, Workload
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.costs import SwitchCost
 from lapsd.replay.estimate import LengthPrediction
+from lapsd.replay.workload import Workload
 
 NS = 1_000_000_000
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from lapsd.io import sha256_file
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.config import policy_section, write_config
-from lapsd.replay.engine import TraceArrays
 from lapsd.replay.policies import create
 from lapsd.replay.trace import read_trace, trace_digest
 

@@ -34,8 +34,8 @@ from lapsd.integrations.priorities import (
     _signature,
     sign_belief,
 )
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.config import PolicySection, policy_section
-from lapsd.replay.engine import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies import create
 from lapsd.replay.policies.base import RequestInfo

@@ -12,7 +12,7 @@ from lapsd.predict.continuation import TEXT_NAMES, text_row
 from lapsd.predict.data import LengthData
 from lapsd.predict.evaluate import remaining_metrics
 from lapsd.predict.model import LengthPredictor
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.trace import Trace
 
 

@@ -16,7 +16,7 @@ from lapsd.predict.data import (
     load_data,
     load_token_counter,
 )
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.trace import Trace
 
 from .conftest import ECOMMERCE, MTBENCH, QUESTIONS, SPECBENCH

@@ -14,7 +14,7 @@ from lapsd.predict.evaluate import score_predictor
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.split import prompt_split
 from lapsd.predict.train import calibrate_predictor, fit_on_arrays, fit_predictor
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.trace import read_trace
 

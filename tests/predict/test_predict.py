@@ -15,7 +15,7 @@ from lapsd.predict.apply import apply_to_trace, predictor_source, update_source
 from lapsd.predict.data import LengthData, load_data
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.persist import FORMAT, FORMAT_VERSION, load_predictor
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.trace import TraceError, read_trace, write_trace
 

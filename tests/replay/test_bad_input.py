@@ -275,7 +275,8 @@ def test_mooncake_arrivals_with_bad_timestamps(good_trace, tmp_path, capsys):
 
 # ------------------------------------------------------------------ cost tables
 def cost_table(rows: list[dict[str, Any]], **extra: Any) -> str:
-    return json.dumps({"gpu": "X", "target": "t", "draft": "d", "batch": rows, **extra})
+    return json.dumps({"kind": "lapsd-cost-table", "version": 2, "gpu": "X", "target": "t",
+                       "draft": "d", "batch": rows, **extra})
 
 
 COST_CASES = [

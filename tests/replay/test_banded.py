@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from sim_reference import reference_simulate, synthetic_trace
 
 from lapsd.errors import LapsdError
-from lapsd.replay.engine import TraceArrays, simulate
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.engine import simulate
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.laps_sd import LapsSDParams
 from lapsd.replay.workload import build_workload

@@ -13,8 +13,10 @@ from sim_reference import synthetic_trace
 from spec_reference import make, spec_simulate_batched
 
 from lapsd.errors import LapsdError
-from lapsd.replay.batch import BatchCost, simulate_batched
-from lapsd.replay.engine import SwitchCost, TraceArrays, simulate
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.batch import simulate_batched
+from lapsd.replay.costs import BatchCost, SwitchCost
+from lapsd.replay.engine import simulate
 from lapsd.replay.policies import available, create
 from lapsd.replay.workload import build_workload
 
@@ -88,7 +90,8 @@ def test_cost_table_is_checked_and_read(tmp_path):
     with pytest.raises(LapsdError, match="start at 1"):
         BatchCost((2, 4), (1.0, 1.2))
     table = tmp_path / "cost.json"
-    table.write_text('{"gpu": "X", "target": "t", "draft": "d", "batch": ['
+    table.write_text('{"kind": "lapsd-cost-table", "version": 2, "gpu": "X", "target": "t", '
+                     '"draft": "d", "batch": ['
                      '{"batch": 1, "context": 128, "round_s": 0.01},'
                      '{"batch": 4, "context": 128, "round_s": 0.015}]}')
     cost = BatchCost.from_profile(table)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.config import (
     ACCEPTANCE_STATISTIC,
     SCHEMA_PATH,
@@ -23,7 +24,7 @@ from lapsd.replay.config import (
     schema_text,
     write_config,
 )
-from lapsd.replay.engine import TraceArrays, simulate
+from lapsd.replay.engine import simulate
 from lapsd.replay.policies import construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.gittins import GittinsParams

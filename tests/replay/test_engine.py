@@ -8,7 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_reference import random_updates, reference_simulate, synthetic_trace
 
-from lapsd.replay.engine import SwitchCost, TraceArrays, simulate
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.costs import SwitchCost
+from lapsd.replay.engine import simulate
 from lapsd.replay.policies import available, create
 from lapsd.replay.workload import build_workload
 

@@ -69,7 +69,8 @@ def test_a_bad_turn_drops_that_turn_only(shared_data, tmp_path) -> None:
 def test_adaptive_draft_length_is_recorded_as_variable(shared_data, tmp_path) -> None:
     """HF assisted generation drafts a variable number of tokens: k and drafted stay null, and
     every statistic (inspect, LAPS-SD's estimate) is still defined."""
-    from lapsd.replay.engine import TraceArrays, simulate
+    from lapsd.replay.arrays import TraceArrays
+    from lapsd.replay.engine import simulate
     from lapsd.replay.policies import create
     from lapsd.replay.trace import summarize
     from lapsd.replay.workload import build_workload

@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 from sim_reference import random_updates, synthetic_trace
 from spec_reference import make, spec_simulate, spec_simulate_batched
 
-from lapsd.replay.batch import BatchCost, simulate_batched
-from lapsd.replay.engine import SwitchCost, TraceArrays, simulate
+from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.batch import simulate_batched
+from lapsd.replay.costs import BatchCost, SwitchCost
+from lapsd.replay.engine import simulate
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies import create
 from lapsd.replay.policies.base import NS_PER_S, RequestInfo

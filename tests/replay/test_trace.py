@@ -115,7 +115,7 @@ def test_prefill_is_service_of_the_first_round(examples_dir: Path) -> None:
 
     import numpy as np
 
-    from lapsd.replay.engine import TraceArrays
+    from lapsd.replay.arrays import TraceArrays
 
     trace = read_trace(examples_dir / "smollm2-ngram4")
     arrays = TraceArrays.from_trace(trace)

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.config import load_config, scheduler_from_config
-from lapsd.replay.engine import TraceArrays, simulate
+from lapsd.replay.engine import simulate
 from lapsd.replay.policies import construct
 from lapsd.replay.policies.banded import BandedLapsSD
 from lapsd.replay.trace import read_trace

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lapsd.replay.engine import TraceArrays
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.trace import read_trace
 from lapsd.tune.split import split_by_prompt
 
