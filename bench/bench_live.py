@@ -27,8 +27,9 @@ import json
 import time
 from pathlib import Path
 
-from lapsd.collect.live import LiveConfig, read_info, serve
+from lapsd.collect.live import LiveConfig, serve
 from lapsd.collect.loading import check_models, load_engine, resolve_device, resolve_dtype
+from lapsd.replay.live_run import read_info
 
 
 def main() -> None:

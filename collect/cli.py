@@ -312,9 +312,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_fit_batch_cost(args: argparse.Namespace) -> int:
     """``lapsd fit-batch-cost``."""
-    from lapsd.collect.live import read_live
     from lapsd.collect.validate import fit_batch_cost
     from lapsd.io import write_json
+    from lapsd.replay.live_run import read_live
 
     table = fit_batch_cost([read_live(r) for r in args.runs], args.rounds_from)
     write_json(args.out, table)

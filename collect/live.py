@@ -54,42 +54,7 @@ KV caches
     swapped request comes back when it runs again. Switch times are measured per switch, on the
     host clock (the timeline) and on the engine's clock (CUDA events on a GPU).
 
-Output folder ``DIR`` (written at the end, atomically: complete or absent; Ctrl-C writes what had
-finished and marks the run interrupted)::
-
-    DIR/trace/             a lapsd trace of the finished requests, in arrival order (request
-                           ids "00017:PROMPT_ID"; round_s as above, draft_s/verify_s from the
-                           engine; manifest: timing "measured_per_round", the collector block,
-                           and a "live" block; with --states, the target's hidden states as a
-                           collection records them, :mod:`lapsd.collect.states`)
-    DIR/schedule.parquet   one row per round, in the order they ran: step, batch (requests in
-                           the step; at batch sizes above one a step's rows are its members,
-                           best-ranked first, and its idle, switch and scheduler times are on
-                           its first row, zero on the others), request_id, round,
-                           start_s/end_s (engine round start, boundary; seconds since the run
-                           started), round_s, engine_s, scheduler_s (policy calls since the last
-                           boundary), switch_s (host clock) and switch_device_s (engine clock)
-                           of the switch before the round (0 when the same request continues),
-                           switched (another request ran before; in a batch: it was not in
-                           the last step), preempted (and it had not finished),
-                           preempted_context (its context; in a batch: the step's preempted
-                           requests, their count in preemptions and contexts summed),
-                           swapped (host copies at this switch),
-                           evicted (requests swapped out for room), idle_s (before the
-                           round), context_tokens, admitted (requests admitted so far: those
-                           the policy knew of when it picked the round)
-    DIR/requests.parquet   one row per workload request, in arrival order: request_id,
-                           prompt_id, position, arrival_ns/arrival_s, first_run_s,
-                           finish_ns/finish_s, latency_s, prompt_tokens, output_tokens, rounds,
-                           service_s (its rounds' round_s), engine_s, prefill_s, preemptions,
-                           swaps (times swapped to host), oracle_service_s (srpt-oracle),
-                           prediction_* (every field of the request's LengthPrediction, to reuse
-                           it exactly) and prediction_p50/p90 (null: no prediction)
-    DIR/live.json          the run: policy (name, parameters and scale, or the config's path and
-                           sha256), workload, measured capacity, predictions source, the
-                           collector block (device, GPU, dtype, versions, engine path), switch
-                           statistics, scheduler overhead, latency, wall time
-    DIR/lapsd-config.json  with --config: the config as the run read it
+The output folder is a format of its own, read and written by :mod:`lapsd.replay.live_run`.
 """
 
 from __future__ import annotations
@@ -106,24 +71,21 @@ from typing import Any, cast
 import numpy as np
 import polars as pl
 
+from lapsd.collect.engine import Clock, timing_clock
+from lapsd.collect.loading import check_models, load_engine, resolve_device, resolve_dtype
+from lapsd.collect.prompts import encode, load_prompts
+from lapsd.collect.run import collection_trace, request_seed, response_text, states_spec
 from lapsd.collect.states import StatesSpec, check_options
 from lapsd.errors import LapsdError, require_extra
-from lapsd.io import atomic_dir, read_json, sha256_file, write_json
+from lapsd.io import sha256_file
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
-from lapsd.replay.policies import create
+from lapsd.replay.live_run import KIND, VERSION, policy_factory, read_info, scale_of, write_live
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo, TraceScale
 from lapsd.replay.trace import Trace, new_manifest, read_trace
-from lapsd.replay.workload import WorkloadSpec, draw_arrivals, parse_workload
+from lapsd.replay.workload import WorkloadSpec, draw_arrivals, make_predictions, parse_workload
 
 logger = logging.getLogger(__name__)
-
-TRACE_DIR = "trace"
-SCHEDULE_FILE = "schedule.parquet"
-REQUESTS_FILE = "requests.parquet"
-INFO_FILE = "live.json"
-CONFIG_COPY = "lapsd-config.json"
-KIND, VERSION = "lapsd-live", 1
-
 
 @dataclass
 class LiveConfig:
@@ -155,74 +117,6 @@ class LiveConfig:
     force: bool = False
     states: str | None = None
     states_every: int | None = None
-
-
-@dataclass
-class LiveRun:
-    """A live run's folder, read back (:func:`read_live`)."""
-
-    path: Path
-    info: dict[str, Any]
-    trace: Trace
-    schedule: pl.DataFrame
-    requests: pl.DataFrame
-
-    def predictions(self) -> list[LengthPrediction] | None:
-        """The predictions the scheduler was told, in arrival order (``None``: none)."""
-        names = [f.name for f in dataclasses.fields(LengthPrediction)]
-        if "prediction_" + names[0] not in self.requests.columns:
-            return None
-        cols = [self.requests[f"prediction_{n}"].to_list() for n in names]
-        return [LengthPrediction(**dict(zip(names, values, strict=True)))
-                for values in zip(*cols, strict=True)]
-
-    def policy_factory(self) -> Callable[[], Policy]:
-        """A builder of fresh schedulers like the one the run used."""
-        return policy_factory(self.info["policy"], scale_of(self.info), self.path)
-
-
-def scale_of(info: dict[str, Any]) -> TraceScale:
-    """The typical round a run's scheduler was built with (``live.json``'s ``scale``)."""
-    return TraceScale(**info["scale"])
-
-
-def policy_factory(section: dict[str, Any], scale: TraceScale, base: Path | None = None
-                   ) -> Callable[[], Policy]:
-    """Fresh schedulers from a ``policy`` section of ``live.json`` (or of a run being set up).
-
-    ``{"name", "parameters"}``: a registered policy (scale-dependent defaults from ``scale``);
-    ``{"config": {"path", "sha256"}}``: the config, read from ``base/lapsd-config.json`` when
-    ``base`` is given (a recorded run), checked against the recorded sha256.
-    """
-    from lapsd.replay.config import scheduler_factory
-
-    if "config" in section:
-        ref = section["config"]
-        path = Path(ref["path"]) if base is None else base / CONFIG_COPY
-        if "sha256" in ref and sha256_file(path) != ref["sha256"]:
-            raise LapsdError(f"{path}: the config changed since the run used it (sha256 differs)")
-        return scheduler_factory(path)
-    name, params = section["name"], dict(section.get("parameters") or {})
-    create(name, scale, **params)  # checked once, here
-    return lambda: create(name, scale, **params)
-
-
-def read_live(path: Path | str) -> LiveRun:
-    """Read a live run's folder.
-
-    Raises
-    ------
-    LapsdError
-        When it is not a complete live run folder.
-    """
-    base = Path(path)
-    info_path = base / INFO_FILE
-    info = read_json(info_path, missing=f"{base} is not a live run folder (no {INFO_FILE}; "
-                                        "write one with `lapsd live`)")
-    if info.get("kind") != KIND or info.get("version") != VERSION:
-        raise LapsdError(f"{info_path}: not a version-{VERSION} {KIND} file")
-    return LiveRun(base, info, read_trace(base / TRACE_DIR),
-                   pl.read_parquet(base / SCHEDULE_FILE), pl.read_parquet(base / REQUESTS_FILE))
 
 
 # ---------------------------------------------------------------------------------- set-up
@@ -308,9 +202,6 @@ class _Request:
 def _oracle(path: Path, prompt_ids: list[str], cfg: LiveConfig, seed: int
             ) -> tuple[list[float], list[LengthPrediction] | None]:
     """True service times and (``--predictions oracle:...``) noisy-oracle predictions."""
-    from lapsd.replay.arrays import TraceArrays
-    from lapsd.replay.workload import make_predictions
-
     trace = read_trace(path)
     collector = trace.manifest.get("collector", {})
     for key, mine in (("k", cfg.k), ("max_new_tokens", cfg.max_new_tokens)):
@@ -377,8 +268,6 @@ class _Server:
     def __init__(self, engine: Any, policy: Policy, requests: list[_Request], *,
                  max_new_tokens: int, seed: int, budget: int | None,
                  on_finish: Callable[[], None], batch: int = 1) -> None:
-        from lapsd.collect.engine import Clock, timing_clock
-
         self.engine, self.policy, self.requests = engine, policy, requests
         self.max_new_tokens, self.seed, self.budget = max_new_tokens, seed, budget
         self.batch = batch
@@ -403,8 +292,6 @@ class _Server:
 
     def _start(self, req: _Request) -> None:
         """Give ``req`` its engine session (when it first runs)."""
-        from lapsd.collect.run import request_seed
-
         if req.session is None:
             req.session = self.engine.start(req.ids, self.max_new_tokens,
                                             seed=request_seed(self.seed, req.prompt.request_id))
@@ -634,10 +521,6 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
     interrupted, and the interrupt is raised again.
     """
     log = log or logger.info
-    from lapsd.collect.loading import check_models, load_engine, resolve_device, resolve_dtype
-    from lapsd.collect.prompts import encode, load_prompts
-    from lapsd.collect.run import request_seed, states_spec
-
     plan = check(cfg)
     spec, tok = check_models(cfg.target, cfg.draft)
     states = states_spec(cfg.target, cfg.states, cfg.states_every)
@@ -760,22 +643,13 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
                              "boundary; switches and idle time excluded"
                              + ("; at batch sizes above one, of the step the round ran in"
                                 if cfg.batch_size > 1 else "")})
-        _write(cfg, info, _trace(reqs, tok, target.name, spec.name, cfg.k, manifest,
-                                 engine.states),
-               server.rows, _request_rows(reqs, quantiles))
+        write_live(cfg.out, info, _trace(reqs, tok, target.name, spec.name, cfg.k, manifest,
+                                         engine.states),
+                   server.rows, _request_rows(reqs, quantiles), config=cfg.config,
+                   overwrite=cfg.force)
         log(f"live run written to {cfg.out}")
     if interrupted:
         raise KeyboardInterrupt
-    return info
-
-
-def read_info(path: Path) -> dict[str, Any]:
-    """``live.json`` of a live run folder (for ``--capacity-from``)."""
-    p = Path(path) / INFO_FILE
-    info = read_json(p, missing=f"--capacity-from {path}: no {INFO_FILE} there (not a live run "
-                                f"folder)", what=f"--capacity-from {path}: ")
-    if info.get("kind") != KIND:
-        raise LapsdError(f"--capacity-from {path}: {p} is not a live run's {INFO_FILE}")
     return info
 
 
@@ -834,8 +708,6 @@ def summarize_run(server: _Server, reqs: list[_Request], interrupted: bool) -> d
 def _trace(reqs: list[_Request], tok: Any, target: str, draft: str, k: int,
            manifest: dict[str, Any], states: StatesSpec | None) -> Trace:
     """The trace of the finished requests (round_s: the server time of each round)."""
-    from lapsd.collect.run import collection_trace, response_text
-
     items = []
     for r in reqs:
         if r.finish_ns is None:
@@ -876,19 +748,3 @@ def _request_rows(reqs: list[_Request], quantiles: list[tuple[float, float | Non
             row["prediction_p50"], row["prediction_p90"] = quantiles[r.position]
         out.append(row)
     return pl.DataFrame(out, infer_schema_length=None)
-
-
-def _write(cfg: LiveConfig, info: dict[str, Any], trace: Trace, schedule: list[dict[str, Any]],
-           requests: pl.DataFrame) -> None:
-    """Write the run's folder atomically (module docstring)."""
-    import shutil
-
-    from lapsd.replay.trace import write_trace
-
-    with atomic_dir(cfg.out, overwrite=cfg.force) as tmp:
-        write_trace(trace, tmp / TRACE_DIR)
-        pl.DataFrame(schedule, infer_schema_length=None).write_parquet(tmp / SCHEDULE_FILE)
-        requests.write_parquet(tmp / REQUESTS_FILE)
-        if cfg.config is not None:
-            shutil.copyfile(cfg.config, tmp / CONFIG_COPY)
-        write_json(tmp / INFO_FILE, info)

@@ -1,6 +1,7 @@
 """``lapsd validate``: compare a live run with its replay, to see whether the replay predicts it.
 
-A live run (:mod:`lapsd.collect.live`) is replayed through :func:`lapsd.replay.engine.simulate`
+A live run (:mod:`lapsd.collect.live`; its folder read by :mod:`lapsd.replay.live_run`) is
+replayed through :func:`lapsd.replay.engine.simulate`
 (a run at batch size ``B > 1``: :func:`lapsd.replay.batch.simulate_batched` at ``B``, each step
 lasting the mean of its members' recorded rounds, i.e. the live step's time where the replay
 forms the same batch) with everything the run had: its recorded arrival times, its own trace
@@ -53,7 +54,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from lapsd.collect.live import LiveRun, read_live
 from lapsd.errors import LapsdError
 from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.batch import simulate_batched
@@ -66,6 +66,7 @@ from lapsd.replay.costs import (
     read_cost_table,
 )
 from lapsd.replay.engine import simulate
+from lapsd.replay.live_run import LiveRun, read_live
 from lapsd.replay.policies.base import NS_PER_S
 from lapsd.replay.trace import number, read_trace
 from lapsd.replay.workload import Workload

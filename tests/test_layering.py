@@ -178,6 +178,18 @@ def test_a_server_imports_no_tuner_predictor_or_torch(tmp_path: Path) -> None:
     assert loaded.strip() == "[]"
 
 
+def test_a_live_run_is_checked_without_torch(tmp_path: Path) -> None:
+    """`validate` and `fit-batch-cost` read a live run's folder on a machine without torch."""
+    text = _run(
+        "import sys\n"
+        "for m in ('torch', 'transformers'):\n"
+        "    sys.modules[m] = None\n"
+        "from lapsd.collect.validate import fit_batch_cost, validate\n"
+        "from lapsd.replay.live_run import read_live\n"
+        "print('read')\n", tmp_path)
+    assert text.strip() == "read"
+
+
 def test_the_command_parser_needs_none_of_the_extras(tmp_path: Path) -> None:
     """`lapsd --help` (and so `lapsd collect` on a GPU box) works without the extras."""
     text = _run(

@@ -20,12 +20,13 @@ torch = pytest.importorskip("torch")
 
 from lapsd.collect import live  # noqa: E402
 from lapsd.collect.engine import SpeculativeEngine  # noqa: E402
-from lapsd.collect.live import LiveConfig, LiveRun, read_live, serve  # noqa: E402
+from lapsd.collect.live import LiveConfig, serve  # noqa: E402
 from lapsd.collect.models import layers_draft  # noqa: E402
 from lapsd.collect.run import CollectConfig, collect  # noqa: E402
 from lapsd.collect.validate import SwitchModel, compare, validate  # noqa: E402
 from lapsd.errors import LapsdError  # noqa: E402
 from lapsd.replay.costs import fit_line  # noqa: E402
+from lapsd.replay.live_run import LiveRun, read_live  # noqa: E402
 from lapsd.replay.policies.base import Policy, RequestInfo  # noqa: E402
 from lapsd.replay.trace import read_trace  # noqa: E402
 from tests.collect.conftest import tiny_llama  # noqa: E402
