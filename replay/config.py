@@ -243,7 +243,7 @@ class LapsdConfig(_Strict):
 
     @model_validator(mode="after")
     def _bands_are_laps_sd(self) -> LapsdConfig:
-        if self.load_bands is not None and self.policy.name != "laps-sd":
+        if self.load_bands is not None and not REGISTRY[self.policy.name].load_bands:
             raise ValueError("load bands hold LAPS-SD parameters: the policy must be laps-sd")
         return self
 

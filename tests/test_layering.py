@@ -146,6 +146,22 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles(graph) == [["a", "b", "c"]]
 
 
+def test_no_code_outside_the_policies_branches_on_a_policy_name() -> None:
+    """A policy declares what it needs (class attributes); the rest asks it, never its name."""
+    from lapsd.replay.policies import REGISTRY
+
+    bad = []
+    for module, path in MODULES.items():
+        if module.startswith("lapsd.replay.policies"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [n.value for n in (node.left, *node.comparators)
+                         if isinstance(n, ast.Constant) and n.value in REGISTRY]
+                bad += [f"{module}:{node.lineno} compares with {n!r}" for n in names]
+    assert not bad
+
+
 @pytest.mark.parametrize("name", ["replay", "predict", "tune", "collect", "integrations"])
 def test_bare_folder_names_are_not_imported(name: str) -> None:
     """The folders install as ``lapsd.<name>``; a bare ``import replay`` would be a second copy."""

@@ -15,6 +15,7 @@ from lapsd.replay.costs import SwitchCost
 from lapsd.replay.matrix import build_cases
 from lapsd.replay.policies import REGISTRY
 from lapsd.replay.policies.base import TraceScale
+from lapsd.replay.policies.params import tunables
 from lapsd.replay.trace import read_trace, trace_digest
 from lapsd.replay.workload import PredictionSource, UpdateSource
 from lapsd.tune.defaults import DEFAULT_FAMILY
@@ -149,7 +150,8 @@ class TuneContext:
         params_cls = getattr(REGISTRY[policy], "Params", None)
         if params_cls is None:
             return None
-        given = {"c0": self.spec.c0, "c1": self.spec.c1} if policy == "gittins" else {}
+        given = {name: getattr(self.spec, t.switch_cost)
+                 for name, t in tunables(params_cls).items() if t.switch_cost is not None}
         return SearchSpace(params_cls, self.scale, given=given)
 
 

@@ -29,7 +29,8 @@ from lapsd.tune.context import TuneContext
 
 #: Seeds of the held-out workloads (the tuning suite uses small seeds).
 HELDOUT_SEEDS = (101, 102)
-#: The wrapper that fixes a policy's admission rank; a row of its own, not a baseline.
+#: The wrapper that fixes a policy's admission rank (it declares ``wraps_policy``): a row of its
+#: own, not a baseline.
 STATIC = "static-priority"
 
 
@@ -39,8 +40,8 @@ def baseline_factories(ctx: TuneContext, exclude: set[str]) -> dict[str, PolicyF
     And LAPS-SD with the paper's defaults. Scale-dependent defaults (queue bounds, quanta)
     use the tuned traces' typical round.
     """
-    out = registry_factories([n for n in REGISTRY if n not in exclude and n != STATIC],
-                             ctx.scale)
+    out = registry_factories([n for n in REGISTRY
+                              if n not in exclude and not REGISTRY[n].wraps_policy], ctx.scale)
     out["laps-sd (paper defaults)"] = registry_factories(["laps-sd"], ctx.scale)["laps-sd"]
     return out
 

@@ -44,7 +44,8 @@ from lapsd.replay.config import (
     relative_to_config,
     write_config,
 )
-from lapsd.replay.matrix import PolicyFactory
+from lapsd.replay.matrix import REFERENCE, PolicyFactory
+from lapsd.replay.policies import REGISTRY
 from lapsd.replay.policies.params import PolicyParams
 from lapsd.replay.trace import trace_digest
 from lapsd.tune.context import (
@@ -248,17 +249,18 @@ def _member_job(spec: TuneSpec, opts: RunOptions, policy: str, n_trials: int = 1
     return StudyJob(spec, opts.storage, f"{opts.study}-{policy}", n_trials, policy=policy)
 
 
-def _band_job(spec: TuneSpec, opts: RunOptions, band: int,
+def _band_job(spec: TuneSpec, opts: RunOptions, policy: str, band: int,
               fixed: tuple[dict[str, Any], ...] = ()) -> StudyJob:
-    return StudyJob(spec, opts.storage, f"{opts.study}-laps-sd-band{band}", opts.band_trials,
-                    policy="laps-sd", band=band, band_limits=opts.band_limits, fixed=fixed)
+    return StudyJob(spec, opts.storage, f"{opts.study}-{policy}-band{band}", opts.band_trials,
+                    policy=policy, band=band, band_limits=opts.band_limits, fixed=fixed)
 
 
 def _jobs(spec: TuneSpec, opts: RunOptions) -> list[StudyJob]:
-    """Every study a run may use (band studies only when LAPS-SD is searched)."""
+    """Every study a run may use (band studies of the searched policies that have load bands)."""
     jobs = [_member_job(spec, opts, p) for p in spec.policies]
-    if "laps-sd" in spec.policies and opts.band_limits:
-        jobs += [_band_job(spec, opts, b) for b in range(len(opts.band_limits) + 1)]
+    if opts.band_limits:
+        jobs += [_band_job(spec, opts, p, b) for p in spec.policies if REGISTRY[p].load_bands
+                 for b in range(len(opts.band_limits) + 1)]
     return jobs
 
 
@@ -334,33 +336,33 @@ def _tune_member(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, policy: str
 
 def _tune_bands(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, winner: Member,
                 progress: Progress | None) -> tuple[PolicyFactory | None, float | None]:
-    """Load bands of an exported LAPS-SD: their scheduler factory and tuning objective."""
-    if winner.policy != "laps-sd" or not opts.band_limits:
+    """Load bands of an exported policy that has them: their scheduler factory and objective."""
+    if not REGISTRY[winner.policy].load_bands or not opts.band_limits:
         return None, None
     sets = [dict(winner.params) for _ in range(len(opts.band_limits) + 1)]
     value = None
     for b in range(len(sets)):
-        job = _band_job(spec, opts, b, tuple(sets))
+        job = _band_job(spec, opts, winner.policy, b, tuple(sets))
         best = best_trial(run_job(job, opts.workers,
                                   _bind(progress, job.study, opts.band_trials)))
         sets[b] = dict(best.params)
         value = best.values[0]
     limits = opts.band_limits
-    return (lambda: banded_policy(ctx, limits, sets)), value
+    return (lambda: banded_policy(ctx, winner.policy, limits, sets)), value
 
 
 def _verdict(summary: dict[str, dict[str, float]], exported: str) -> str:
     """One line: whether the exported policy is the best on held-out data, and by how much."""
     mine = summary[exported]["norm_mean"]
     rivals = {n: m["norm_mean"] for n, m in summary.items()
-              if n != exported and n != "srpt-oracle"}
+              if n != exported and not (n in REGISTRY and REGISTRY[n].needs_oracle)}
     best_name = min(rivals, key=rivals.__getitem__)
     ratio = mine / rivals[best_name]
     if ratio <= 1.0:
-        return (f"{exported} is the best on held-out prompts: {mine:.3f} x srpt-oracle, "
+        return (f"{exported} is the best on held-out prompts: {mine:.3f} x {REFERENCE}, "
                 f"{(1 - ratio) * 100:.1f}% below the next best ({best_name}, "
                 f"{rivals[best_name]:.3f})")
-    return (f"WARNING: on held-out prompts {best_name} ({rivals[best_name]:.3f} x srpt-oracle) "
+    return (f"WARNING: on held-out prompts {best_name} ({rivals[best_name]:.3f} x {REFERENCE}) "
             f"beats the exported {exported} ({mine:.3f}) by {(ratio - 1) * 100:.1f}%; "
             f"{exported} was best on the tuning suite")
 
@@ -415,13 +417,13 @@ def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Me
                     "policies": study_summary, "exported": heldout["exported"],
                     "verdict": heldout["verdict"]},
     }
-    if winner.policy == "laps-sd":
+    if REGISTRY[winner.policy].uses_acceptance:
         cfg["acceptance_statistic"] = ACCEPTANCE_STATISTIC
     if bands is not None:
         banded = bands()
         cfg["load_bands"] = {"by": "waiting_requests",
                              "bands": [{"max_waiting": b.max_waiting,
-                                        "parameters": policy_section("laps-sd",
+                                        "parameters": policy_section(winner.policy,
                                                                      b.params)["parameters"]}
                                        for b in banded.bands]}  # type: ignore[attr-defined]
     if spec.second_objective and space is not None:

@@ -66,7 +66,7 @@ from lapsd.replay.policies import REGISTRY, construct
 from lapsd.replay.policies.banded import BandedLapsSD, LoadBand
 from lapsd.replay.policies.base import Policy
 from lapsd.tune.context import TuneContext, TuneSpec, changed_settings, load_context
-from lapsd.tune.defaults import DEFAULT_GRACE, DEFAULT_HEARTBEAT
+from lapsd.tune.defaults import DEFAULT_FAMILY, DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from lapsd.tune.journal import JournalFlock, recover_journal
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -186,7 +186,7 @@ class StudyJob:
     """One study of one family member, to run to ``n_trials`` finished trials.
 
     ``band`` is ``None`` for a single parameter set of ``policy``; otherwise the study tunes
-    that band of a :class:`BandedLapsSD` (``policy`` is ``laps-sd``) whose other bands use
+    that band of a :class:`BandedLapsSD` (``policy`` declares ``load_bands``) whose other bands use
     ``fixed`` (trial parameters per band) and whose limits are ``band_limits``. A policy
     without parameters has one trial: itself.
     """
@@ -195,7 +195,7 @@ class StudyJob:
     storage: StorageSpec
     study: str
     n_trials: int
-    policy: str = "laps-sd"
+    policy: str = DEFAULT_FAMILY[0]
     band: int | None = None
     band_limits: tuple[int, ...] = ()
     fixed: tuple[Mapping[str, Any], ...] = ()
@@ -210,11 +210,11 @@ class StudyJob:
         return {} if params_cls is None else default_trial_params(params_cls)
 
 
-def banded_policy(ctx: TuneContext, limits: tuple[int, ...],
+def banded_policy(ctx: TuneContext, policy: str, limits: tuple[int, ...],
                   trial_params: Sequence[Mapping[str, Any]]) -> BandedLapsSD:
-    """A :class:`BandedLapsSD` from per-band trial parameters."""
-    space = ctx.space("laps-sd")
-    assert space is not None
+    """A :class:`BandedLapsSD` from per-band trial parameters of ``policy`` (its ``load_bands``)."""
+    space = ctx.space(policy)
+    assert space is not None and REGISTRY[policy].load_bands
     maxes: list[int | None] = [*limits, None]
     return BandedLapsSD([LoadBand(m, space.to_params(p))
                          for m, p in zip(maxes, trial_params, strict=True)])
@@ -254,7 +254,7 @@ def _objective(job: StudyJob, ctx: TuneContext) -> Callable[[optuna.Trial], Any]
             sets[job.band] = dict(trial.params)
 
             def make() -> Policy[Any]:
-                return banded_policy(ctx, job.band_limits, sets)
+                return banded_policy(ctx, job.policy, job.band_limits, sets)
         mean, p99 = ctx.evaluator.score(make, trial if single else None)
         trial.set_user_attr("norm_mean", mean)
         trial.set_user_attr("norm_p99", p99)

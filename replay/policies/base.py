@@ -222,13 +222,26 @@ class Policy(ABC, Generic[S]):
     needs_prediction
         Whether :class:`RequestInfo` must carry a :class:`LengthPrediction`.
     needs_oracle
-        Whether :meth:`reveal` must be called with each request's true service time.
+        Whether :meth:`reveal` must be called with each request's true service time (an
+        oracle: a reference, not a baseline a server can run).
+    load_bands
+        Whether a config may set its parameters per load band
+        (:class:`~lapsd.replay.policies.banded.BandedLapsSD`).
+    uses_acceptance
+        Whether it reads the running acceptance statistic (a config that exports it records
+        the statistic's definition).
+    wraps_policy
+        Whether it serves another registered policy in another way (a held-out row of that
+        policy, not a baseline of its own).
     """
 
     name: ClassVar[str]
     preempts_on_arrival: ClassVar[bool] = True
     needs_prediction: ClassVar[bool] = False
     needs_oracle: ClassVar[bool] = False
+    load_bands: ClassVar[bool] = False
+    uses_acceptance: ClassVar[bool] = False
+    wraps_policy: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._states: dict[RequestId, S] = {}

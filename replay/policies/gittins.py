@@ -84,9 +84,9 @@ class GittinsParams(PolicyParams):
     prior_tokens: Annotated[float, Field(ge=0), AfterValidator(_finite_at_most_max_or_inf),
                             Tunable("tokens", 0.5, 256.0, log=True)] = 16.0
     c0: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False),
-                  Tunable("seconds per preemption", search=False)] = 0.0
+                  Tunable("seconds per preemption", search=False, switch_cost="c0")] = 0.0
     c1: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False),
-                  Tunable("seconds per context token", search=False)] = 0.0
+                  Tunable("seconds per context token", search=False, switch_cost="c1")] = 0.0
     switch_weight: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False),
                              Tunable("-", 0.0, 4.0)] = 1.0
 

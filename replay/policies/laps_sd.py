@@ -123,6 +123,8 @@ class LapsSD(Policy[_LapsState]):
 
     name = "laps-sd"
     needs_prediction = True
+    load_bands = True
+    uses_acceptance = True
     Params = LapsSDParams
 
     def __init__(self, params: LapsSDParams | None = None) -> None:

@@ -56,6 +56,9 @@ class Tunable:
         With ``rounds``: the default, in typical rounds.
     search
         Whether the tuner searches this parameter at all.
+    switch_cost
+        ``"c0"`` or ``"c1"``: the value is the deployment's switch cost of that name (the
+        tuning spec's), given to every trial rather than searched.
     """
 
     unit: str = "-"
@@ -65,6 +68,7 @@ class Tunable:
     rounds: bool = False
     default_rounds: float | None = None
     search: bool = True
+    switch_cost: Literal["c0", "c1"] | None = None
 
 
 #: The pydantic config of parameter dataclasses: unknown fields are errors, and values have

@@ -128,6 +128,7 @@ class StaticPriority(Policy[_StaticState]):
     # Every policy worth fixing at admission ranks by a length prediction; the others rank all
     # requests alike (arrival order).
     needs_prediction = True
+    wraps_policy = True
     Params = StaticPriorityParams
 
     def __init__(self, params: StaticPriorityParams | None = None) -> None:
