@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lapsd.console import add_json, add_switch_cost, console, emit, out
 from lapsd.errors import LapsdError, require_extra
@@ -18,6 +18,9 @@ from lapsd.tune.defaults import (
     DEFAULT_TRIALS,
 )
 from lapsd.tune.suite import Suite
+
+if TYPE_CHECKING:
+    from lapsd.tune.run import TuneResult
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -113,37 +116,37 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     def show() -> None:
         _print_summary(summary)
-        console.print(f"elapsed {summary['elapsed_s']:.1f} s; config {summary['config']}; "
-                      f"report {summary['report']}", highlight=False)
+        console.print(f"elapsed {summary.elapsed_s:.1f} s; config {summary.config}; "
+                      f"report {summary.report}", highlight=False)
 
-    emit(args.json, summary, show)
+    emit(args.json, summary.to_json(), show)
     return 0
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(summary: TuneResult) -> None:
     from rich.table import Table
 
-    source = summary["predictions"]
+    source = summary.predictions
     label = ("predictor trained on the tuning split" if source == "trained"
-             else f"predictor {summary['predictor']}" if source == "predictor"
+             else f"predictor {summary.predictor}" if source == "predictor"
              else f"{source}{' (a what-if, not a real predictor)' if 'oracle' in source else ''}")
-    table = Table(title=f"held-out prompts ({len(summary['heldout_workloads'])} workloads per "
+    table = Table(title=f"held-out prompts ({len(summary.heldout_workloads)} workloads per "
                         f"trace; predictions: {label})")
     for col in ("policy", "tuning obj", "mean s", "p99 s", "mean/srpt"):
         table.add_column(col, justify="left" if col == "policy" else "right")
-    tuning = summary["tuning_objective"]
-    for name, m in summary["heldout"].items():
-        mark = " <- exported" if name == summary["exported"] else ""
+    tuning = summary.tuning_objective
+    for name, m in summary.heldout.items():
+        mark = " <- exported" if name == summary.exported else ""
         table.add_row(name + mark, "-" if name not in tuning else f"{tuning[name]:.4f}",
-                      f"{m['mean_s']:.3f}", f"{m['p99_s']:.3f}", f"{m['norm_mean']:.3f}")
+                      f"{m.mean_s:.3f}", f"{m.p99_s:.3f}", f"{m.norm_mean:.3f}")
     out.print(table)
-    banded = summary["banded_objective"]
+    banded = summary.banded_objective
     if banded is not None:
         out.print(f"load bands: tuning objective {banded:.4f} "
-                  f"({'exported' if summary['bands_exported'] else 'not exported: no gain'})")
-    out.print(f"exported {summary['policy']}: {summary['parameters']}")
-    out.print(summary["verdict"],
-              style="bold yellow" if summary["verdict"].startswith("WARNING") else "bold green")
+                  f"({'exported' if summary.bands_exported else 'not exported: no gain'})")
+    out.print(f"exported {summary.policy}: {summary.parameters}")
+    out.print(str(summary.verdict),
+              style="bold green" if summary.verdict.exported_best else "bold yellow")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -10,13 +10,17 @@ online policy's row is what serving it through priorities alone loses.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lapsd.replay.config import HeldoutMetrics
 from lapsd.replay.matrix import (
+    REFERENCE,
     PolicyFactory,
     Server,
     build_cases,
@@ -32,6 +36,99 @@ HELDOUT_SEEDS = (101, 102)
 #: The wrapper that fixes a policy's admission rank (it declares ``wraps_policy``): a row of its
 #: own, not a baseline.
 STATIC = "static-priority"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How the exported policy fares on held-out prompts against the best baseline.
+
+    The baselines are every other held-out row a server can run (all but an oracle's).
+    """
+
+    exported: str
+    score: float
+    rival: str
+    rival_score: float
+
+    @classmethod
+    def of(cls, summary: Mapping[str, HeldoutMetrics], exported: str) -> Verdict:
+        """The verdict of a held-out summary (normalised mean latency per row)."""
+        rivals = {n: m.norm_mean for n, m in summary.items()
+                  if n != exported and not (n in REGISTRY and REGISTRY[n].needs_oracle)}
+        rival = min(rivals, key=rivals.__getitem__)
+        return cls(exported, summary[exported].norm_mean, rival, rivals[rival])
+
+    @property
+    def exported_best(self) -> bool:
+        """Whether no baseline beats the exported policy."""
+        return self.score / self.rival_score <= 1.0
+
+    def __str__(self) -> str:
+        """One line: whether the exported policy is the best, and by how much."""
+        ratio = self.score / self.rival_score
+        if self.exported_best:
+            return (f"{self.exported} is the best on held-out prompts: {self.score:.3f} x "
+                    f"{REFERENCE}, {(1 - ratio) * 100:.1f}% below the next best ({self.rival}, "
+                    f"{self.rival_score:.3f})")
+        return (f"WARNING: on held-out prompts {self.rival} ({self.rival_score:.3f} x "
+                f"{REFERENCE}) beats the exported {self.exported} ({self.score:.3f}) by "
+                f"{(ratio - 1) * 100:.1f}%; {self.exported} was best on the tuning suite")
+
+
+@dataclass
+class HeldoutResult:
+    """The held-out comparison (``heldout.json``).
+
+    Attributes
+    ----------
+    workloads, seeds
+        The held-out workload strings and their seeds.
+    requests
+        Held-out requests per trace.
+    rows
+        One :class:`~lapsd.replay.metrics.Metrics` dict per trace, workload and policy, with
+        ``kind``, ``load`` and ``burst``.
+    summary
+        Per policy row, the means over its rows.
+    latencies
+        Per policy row, the latencies (seconds) of all its held-out requests, for the CDF.
+    exported, verdict, tuning_objective
+        Set by the run: the exported row, its :class:`Verdict`, each tuned row's objective.
+    """
+
+    workloads: list[str]
+    seeds: list[int]
+    requests: dict[str, int]
+    rows: list[dict[str, Any]]
+    summary: dict[str, HeldoutMetrics]
+    latencies: dict[str, list[float]]
+    exported: str | None = None
+    verdict: Verdict | None = None
+    tuning_objective: dict[str, float] = field(default_factory=dict)
+
+    def export(self, exported: str, tuning_objective: dict[str, float]) -> None:
+        """Name the exported row; its verdict follows from the summary."""
+        self.exported, self.tuning_objective = exported, tuning_objective
+        self.verdict = Verdict.of(self.summary, exported)
+
+    def to_json(self) -> dict[str, Any]:
+        """``heldout.json``'s object."""
+        return {"workloads": self.workloads, "seeds": self.seeds, "requests": self.requests,
+                "rows": self.rows, "summary": {n: m.model_dump() for n, m in self.summary.items()},
+                "latencies": self.latencies, "exported": self.exported,
+                "verdict": None if self.verdict is None else str(self.verdict),
+                "tuning_objective": self.tuning_objective}
+
+    @classmethod
+    def read(cls, path: str | Path) -> HeldoutResult:
+        """Read ``heldout.json`` back (the verdict recomputed from its summary)."""
+        data = json.loads(Path(path).read_text())
+        summary = {n: HeldoutMetrics(**m) for n, m in data["summary"].items()}
+        exported = data.get("exported")
+        return cls(data["workloads"], data["seeds"], data["requests"], data["rows"], summary,
+                   data["latencies"], exported,
+                   None if exported is None else Verdict.of(summary, exported),
+                   data.get("tuning_objective") or {})
 
 
 def baseline_factories(ctx: TuneContext, exclude: set[str]) -> dict[str, PolicyFactory]:
@@ -59,17 +156,8 @@ def static_priority_factory(ctx: TuneContext, policy: str, params: PolicyParams 
         STATIC: {"policy": policy, "parameters": parameters, "preemptive": False}})[STATIC]
 
 
-def compare(ctx: TuneContext, policies: Mapping[str, PolicyFactory]) -> dict[str, Any]:
-    """Replay the held-out suite under each policy.
-
-    Returns
-    -------
-    dict
-        ``workloads``: the workload strings; ``rows``: one :class:`Metrics` dict per trace,
-        workload and policy (with ``kind``, ``load`` and ``burst``); ``summary``: per policy,
-        the means over rows of ``mean_s``, ``p99_s`` and ``norm_mean``; ``latencies``: per
-        policy, the latencies (seconds) of all its held-out requests, for the CDF.
-    """
+def compare(ctx: TuneContext, policies: Mapping[str, PolicyFactory]) -> HeldoutResult:
+    """Replay the held-out suite under each policy (no row exported yet)."""
     workloads = ctx.spec.suite.with_seeds(HELDOUT_SEEDS).workloads()
     # Traces outer, as the table reads: the case order only changes the row order.
     cases = [c for t in ctx.heldout_sets
@@ -85,11 +173,9 @@ def compare(ctx: TuneContext, policies: Mapping[str, PolicyFactory]) -> dict[str
     summary = {}
     for name in policies:
         mine = [r for r in rows if r["policy"] == name]
-        summary[name] = {
-            "mean_s": float(np.mean([r["mean"] for r in mine])),
-            "p99_s": float(np.mean([r["p99"] for r in mine])),
-            "norm_mean": float(np.mean([r["norm_mean"] for r in mine])),
-        }
-    return {"workloads": [w.text for w in workloads], "seeds": list(HELDOUT_SEEDS),
-            "requests": {t: a.n_requests for t, a in ctx.heldout_sets},
-            "rows": rows, "summary": summary, "latencies": latencies}
+        summary[name] = HeldoutMetrics(mean_s=float(np.mean([r["mean"] for r in mine])),
+                                       p99_s=float(np.mean([r["p99"] for r in mine])),
+                                       norm_mean=float(np.mean([r["norm_mean"] for r in mine])))
+    return HeldoutResult([w.text for w in workloads], list(HELDOUT_SEEDS),
+                         {t: a.n_requests for t, a in ctx.heldout_sets}, rows, summary,
+                         latencies)

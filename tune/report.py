@@ -18,8 +18,9 @@ import optuna
 import plotly.graph_objects as go
 
 from lapsd.io import atomic_write_text
-from lapsd.replay.config import LapsdConfig, load_config
+from lapsd.replay.config import HeldoutMetrics, LapsdConfig, load_config
 from lapsd.tune.defaults import CONFIG_FILE, HELDOUT_FILE, JOURNAL_FILE, REPORT_FILE
+from lapsd.tune.heldout import HeldoutResult
 from lapsd.tune.study import StorageSpec
 
 
@@ -79,39 +80,39 @@ def _vs_load(rows: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
-def _bars(summary: dict[str, dict[str, float]]) -> go.Figure:
+def _bars(summary: dict[str, HeldoutMetrics]) -> go.Figure:
     names = list(summary)
-    fig = go.Figure(go.Bar(x=names, y=[summary[n]["norm_mean"] for n in names],
-                           text=[f"{summary[n]['norm_mean']:.3f}" for n in names]))
+    fig = go.Figure(go.Bar(x=names, y=[summary[n].norm_mean for n in names],
+                           text=[f"{summary[n].norm_mean:.3f}" for n in names]))
     fig.update_layout(yaxis_title="mean latency / srpt-oracle (held-out mean)")
     return fig
 
 
-def _table(summary: dict[str, dict[str, float]], tuning: dict[str, float],
-           exported: str) -> str:
+def _table(summary: dict[str, HeldoutMetrics], tuning: dict[str, float],
+           exported: str | None) -> str:
     head = ("<tr><th>policy</th><th>tuning objective</th><th>mean s</th><th>p99 s</th>"
             "<th>mean / srpt-oracle</th></tr>")
     body = "".join(
         f"<tr><td>{'<b>' if n == exported else ''}{html.escape(n)}"
         f"{' (exported)</b>' if n == exported else ''}</td>"
         f"<td>{'-' if n not in tuning else format(tuning[n], '.4f')}</td>"
-        f"<td>{m['mean_s']:.3f}</td><td>{m['p99_s']:.3f}</td>"
-        f"<td>{m['norm_mean']:.3f}</td></tr>" for n, m in summary.items())
+        f"<td>{m.mean_s:.3f}</td><td>{m.p99_s:.3f}</td>"
+        f"<td>{m.norm_mean:.3f}</td></tr>" for n, m in summary.items())
     return f"<table>{head}{body}</table>"
 
 
 def render(out: Path, storage_url: str | None = None) -> str:
     """The report page of the run in ``out`` (reads its config, held-out file and study)."""
     cfg = load_config(out / CONFIG_FILE)
-    heldout = json.loads((out / HELDOUT_FILE).read_text())
+    heldout = HeldoutResult.read(out / HELDOUT_FILE)
     study = _study(out, cfg, storage_url)
     figs: list[tuple[str, go.Figure | str]] = []
     if study is not None:
         figs += _study_figures(study)
     figs += [
-        ("Held-out: mean latency / srpt-oracle", _bars(heldout["summary"])),
-        ("Held-out: latency CDF (all held-out workloads)", _cdf(heldout["latencies"])),
-        ("Held-out: mean latency vs load", _vs_load(heldout["rows"])),
+        ("Held-out: mean latency / srpt-oracle", _bars(heldout.summary)),
+        ("Held-out: latency CDF (all held-out workloads)", _cdf(heldout.latencies)),
+        ("Held-out: mean latency vs load", _vs_load(heldout.rows)),
     ]
     parts, plotlyjs = [], True
     for title, fig in figs:
@@ -142,11 +143,11 @@ def render(out: Path, storage_url: str | None = None) -> str:
         f"{band_note}",
         f"study {html.escape(prov.study)} ({html.escape(prov.storage or '')}), best "
         f"trial {prov.trial} of {prov.n_trials or '?'}",
-        f"held-out workloads: {html.escape(', '.join(heldout['workloads']))}",
+        f"held-out workloads: {html.escape(', '.join(heldout.workloads))}",
         f"created {html.escape(prov.created)} by lapsd {html.escape(prov.lapsd_version)}",
     ]
-    verdict = cfg.heldout.verdict or ""
-    colour = "#a60" if verdict.startswith("WARNING") else "#070"
+    verdict = "" if heldout.verdict is None else str(heldout.verdict)
+    colour = "#070" if heldout.verdict is None or heldout.verdict.exported_best else "#a60"
     items = "".join(f"<li>{n}</li>" for n in notes)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -156,7 +157,7 @@ def render(out: Path, storage_url: str | None = None) -> str:
         f"<h1>lapsd tuning report</h1><p style=\"color:{colour};font-weight:bold\">"
         f"{html.escape(verdict)}</p><ul>{items}</ul>"
         f"<h2>Held-out metrics</h2>"
-        f"{_table(heldout['summary'], heldout.get('tuning_objective', {}), heldout['exported'])}"
+        f"{_table(heldout.summary, heldout.tuning_objective, heldout.exported)}"
         f"{''.join(parts)}</body></html>\n"
     )
 

@@ -29,7 +29,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,13 @@ from lapsd.io import atomic_write_text, check_output, sha256_file
 from lapsd.replay.config import (
     ACCEPTANCE_STATISTIC,
     VERSION,
+    HeldoutMetrics,
     LapsdConfig,
     policy_section,
     relative_to_config,
     write_config,
 )
-from lapsd.replay.matrix import REFERENCE, PolicyFactory
+from lapsd.replay.matrix import PolicyFactory
 from lapsd.replay.policies import REGISTRY
 from lapsd.replay.policies.params import PolicyParams
 from lapsd.replay.trace import trace_digest
@@ -71,6 +72,8 @@ from lapsd.tune.defaults import (
 from lapsd.tune.heldout import (
     HELDOUT_SEEDS,
     STATIC,
+    HeldoutResult,
+    Verdict,
     baseline_factories,
     compare,
     static_label,
@@ -264,8 +267,53 @@ def _jobs(spec: TuneSpec, opts: RunOptions) -> list[StudyJob]:
     return jobs
 
 
+@dataclass
+class TuneResult:
+    """What a tuning run did (:func:`run_tune`; ``lapsd tune --json`` prints :meth:`to_json`).
+
+    Attributes
+    ----------
+    out, config, report
+        The run folder, its exported config and its report page.
+    predictor, predictions
+        The predictor file (``None``: none) and the predictions' source.
+    elapsed_s
+        Wall time of the run.
+    exported, verdict
+        The exported held-out row and how it fares against the best baseline.
+    policy, parameters
+        The exported policy and its parameters as the config holds them.
+    tuning_objective, banded_objective, bands_exported
+        Each tuned row's objective; with load bands, theirs and whether they were exported.
+    heldout, heldout_workloads
+        Per held-out row, its means; the held-out workloads.
+    """
+
+    out: str
+    config: str
+    report: str
+    predictor: str | None
+    predictions: str
+    elapsed_s: float
+    exported: str
+    verdict: Verdict
+    policy: str
+    parameters: dict[str, Any]
+    tuning_objective: dict[str, float]
+    banded_objective: float | None
+    bands_exported: bool
+    heldout: dict[str, HeldoutMetrics]
+    heldout_workloads: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON values (the verdict as its line)."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)},
+                "verdict": str(self.verdict),
+                "heldout": {n: m.model_dump() for n, m in self.heldout.items()}}
+
+
 def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
-             ) -> dict[str, Any]:
+             ) -> TuneResult:
     """Tune the family, compare on held-out data, export; return a summary (also as files)."""
     start = time.perf_counter()
     check_run(spec, opts)
@@ -297,26 +345,25 @@ def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
         if progress is not None:
             progress("held-out comparison", 1, 1, None)
         exported = f"{winner.policy} (banded)" if bands_kept else _label(winner)
-        verdict = _verdict(heldout["summary"], exported)
-        heldout["exported"], heldout["verdict"] = exported, verdict
-        heldout["tuning_objective"] = {_label(m): m.objective for m in members}
+        objectives = {_label(m): m.objective for m in members}
         if band_value is not None:
-            heldout["tuning_objective"][f"{winner.policy} (banded)"] = band_value
-        atomic_write_text(opts.out / HELDOUT_FILE, json.dumps(heldout) + "\n")
+            objectives[f"{winner.policy} (banded)"] = band_value
+        heldout.export(exported, objectives)
+        atomic_write_text(opts.out / HELDOUT_FILE, json.dumps(heldout.to_json()) + "\n")
 
         config = _config(spec, opts, ctx, members, winner, bands if bands_kept else None,
                          heldout)
         write_config(config, opts.out / CONFIG_FILE)
         report = write_report(opts.out, opts.storage_url)
-    return {
-        "out": str(opts.out), "config": str(opts.out / CONFIG_FILE), "report": str(report),
-        "predictor": spec.predictor, "predictions": spec.predictions,
-        "elapsed_s": time.perf_counter() - start, "exported": exported, "verdict": verdict,
-        "policy": winner.policy, "parameters": config.policy.parameters,
-        "tuning_objective": {_label(m): m.objective for m in members},
-        "banded_objective": band_value, "bands_exported": bands_kept,
-        "heldout": heldout["summary"], "heldout_workloads": heldout["workloads"],
-    }
+    assert heldout.verdict is not None
+    return TuneResult(
+        out=str(opts.out), config=str(opts.out / CONFIG_FILE), report=str(report),
+        predictor=spec.predictor, predictions=spec.predictions,
+        elapsed_s=time.perf_counter() - start, exported=exported, verdict=heldout.verdict,
+        policy=winner.policy, parameters=config.policy.parameters,
+        tuning_objective={_label(m): m.objective for m in members},
+        banded_objective=band_value, bands_exported=bands_kept,
+        heldout=heldout.summary, heldout_workloads=heldout.workloads)
 
 
 def _label(m: Member) -> str:
@@ -351,22 +398,6 @@ def _tune_bands(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, winner: Memb
     return (lambda: banded_policy(ctx, winner.policy, limits, sets)), value
 
 
-def _verdict(summary: dict[str, dict[str, float]], exported: str) -> str:
-    """One line: whether the exported policy is the best on held-out data, and by how much."""
-    mine = summary[exported]["norm_mean"]
-    rivals = {n: m["norm_mean"] for n, m in summary.items()
-              if n != exported and not (n in REGISTRY and REGISTRY[n].needs_oracle)}
-    best_name = min(rivals, key=rivals.__getitem__)
-    ratio = mine / rivals[best_name]
-    if ratio <= 1.0:
-        return (f"{exported} is the best on held-out prompts: {mine:.3f} x {REFERENCE}, "
-                f"{(1 - ratio) * 100:.1f}% below the next best ({best_name}, "
-                f"{rivals[best_name]:.3f})")
-    return (f"WARNING: on held-out prompts {best_name} ({rivals[best_name]:.3f} x {REFERENCE}) "
-            f"beats the exported {exported} ({mine:.3f}) by {(ratio - 1) * 100:.1f}%; "
-            f"{exported} was best on the tuning suite")
-
-
 def _params(ctx: TuneContext, policy: str, trial_params: dict[str, Any],
             ) -> PolicyParams | None:
     space = ctx.space(policy)
@@ -374,10 +405,10 @@ def _params(ctx: TuneContext, policy: str, trial_params: dict[str, Any],
 
 
 def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Member],
-            winner: Member, bands: PolicyFactory | None, heldout: dict[str, Any],
+            winner: Member, bands: PolicyFactory | None, heldout: HeldoutResult,
             ) -> LapsdConfig:
     space = ctx.space(winner.policy)
-    study_summary = heldout["summary"]
+    study_summary = {n: m.model_dump() for n, m in heldout.summary.items()}
     config_file = opts.out / CONFIG_FILE
     cfg: dict[str, Any] = {
         "version": VERSION,
@@ -413,9 +444,9 @@ def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Me
             "lapsd_version": __version__,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
-        "heldout": {"workloads": heldout["workloads"], "requests": heldout["requests"],
-                    "policies": study_summary, "exported": heldout["exported"],
-                    "verdict": heldout["verdict"]},
+        "heldout": {"workloads": heldout.workloads, "requests": heldout.requests,
+                    "policies": study_summary, "exported": heldout.exported,
+                    "verdict": str(heldout.verdict)},
     }
     if REGISTRY[winner.policy].uses_acceptance:
         cfg["acceptance_statistic"] = ACCEPTANCE_STATISTIC

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from lapsd.tune.context import TuneSpec
-from lapsd.tune.run import RunOptions, run_tune
+from lapsd.tune.run import RunOptions, TuneResult, run_tune
 from lapsd.tune.study import FINISHED, SURPLUS, _retried_numbers
 from lapsd.tune.suite import Suite
 
@@ -33,14 +32,14 @@ def tiny_spec() -> TuneSpec:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_spec: TuneSpec) -> dict[str, Any]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_spec: TuneSpec) -> TuneResult:
     """A finished run of three policies: 5 trials each (one for lp-srpt)."""
     out = tmp_path_factory.mktemp("tiny-run")
     return run_tune(tiny_spec, RunOptions(out=out, n_trials=5, band_limits=(4,), band_trials=2))
 
 
 @pytest.fixture(scope="session")
-def banded_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def banded_run(tmp_path_factory: pytest.TempPathFactory) -> TuneResult:
     """A finished LAPS-SD-only run with load bands: 5 trials, then 2 per band."""
     out = tmp_path_factory.mktemp("banded-run")
     spec = TuneSpec(traces=(str(TRACE),), suite=TINY_SUITE, predictions=WHAT_IF,

@@ -10,9 +10,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from lapsd.tune.run import TuneResult
 
 DASHBOARD = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
 
@@ -24,8 +25,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(DASHBOARD is None, reason="optuna-dashboard is not installed (dev extra)")
-def test_dashboard_lists_the_study(tiny_run: dict[str, Any]) -> None:
-    journal = Path(tiny_run["out"]) / "study.journal"
+def test_dashboard_lists_the_study(tiny_run: TuneResult) -> None:
+    journal = Path(tiny_run.out) / "study.journal"
     port = _free_port()
     proc = subprocess.Popen([DASHBOARD, str(journal), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

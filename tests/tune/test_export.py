@@ -16,6 +16,7 @@ from lapsd.replay.policies import construct
 from lapsd.replay.policies.banded import BandedLapsSD
 from lapsd.replay.trace import read_trace
 from lapsd.replay.workload import build_workload
+from lapsd.tune.run import TuneResult
 
 from .conftest import TRACE, WHAT_IF
 
@@ -26,13 +27,13 @@ def _schedule(policy: Any) -> np.ndarray:
     return simulate(arrays, workload, policy).completion_ns
 
 
-def test_the_best_member_on_the_tuning_suite_is_exported(tiny_run: dict[str, Any]) -> None:
-    cfg = load_config(tiny_run["config"])
+def test_the_best_member_on_the_tuning_suite_is_exported(tiny_run: TuneResult) -> None:
+    cfg = load_config(tiny_run.config)
     assert cfg.version == 2
     family = cfg.family
     assert family is not None and set(family) == {"laps-sd", "gittins", "lp-srpt"}
     best = min(family, key=lambda name: family[name].tuning_objective)
-    assert cfg.policy.name == best == tiny_run["policy"]
+    assert cfg.policy.name == best == tiny_run.policy
     assert family["lp-srpt"].trials == 1 and family["laps-sd"].trials == 5
     # The exported parameters replay the exported schedule.
     expected = _schedule(construct(cfg.policy.name, cfg.policy.params()))
@@ -42,8 +43,8 @@ def test_the_best_member_on_the_tuning_suite_is_exported(tiny_run: dict[str, Any
     assert cfg.prediction.predictor is None
 
 
-def test_heldout_compares_every_member_and_baseline(tiny_run: dict[str, Any]) -> None:
-    cfg = load_config(tiny_run["config"])
+def test_heldout_compares_every_member_and_baseline(tiny_run: TuneResult) -> None:
+    cfg = load_config(tiny_run.config)
     names = set(cfg.heldout.policies)
     assert {"laps-sd (tuned)", "gittins (tuned)", "lp-srpt", "srpt-oracle", "fcfs", "las",
             "mlfq", "lp-sjf", "laps-sd (paper defaults)"} <= names
@@ -51,23 +52,23 @@ def test_heldout_compares_every_member_and_baseline(tiny_run: dict[str, Any]) ->
     # The exported policy as a server's static priority has a row of its own.
     assert f"{cfg.policy.name} as static priority" in names
     verdict = cfg.heldout.verdict
-    assert verdict is not None and verdict == tiny_run["verdict"]
+    assert verdict is not None and verdict == str(tiny_run.verdict)
     summary = cfg.heldout.policies
     mine = summary[cfg.heldout.exported].norm_mean
     others = [m.norm_mean for n, m in summary.items()
               if n not in (cfg.heldout.exported, "srpt-oracle")]
     # The verdict says the truth about the held-out comparison.
     assert verdict.startswith("WARNING") == (mine > min(others))
-    heldout = json.loads((Path(tiny_run["out"]) / "heldout.json").read_text())
+    heldout = json.loads((Path(tiny_run.out) / "heldout.json").read_text())
     assert heldout["verdict"] == verdict
 
 
-def test_bands_are_tuned_for_laps_sd(banded_run: dict[str, Any]) -> None:
-    cfg = load_config(banded_run["config"])
+def test_bands_are_tuned_for_laps_sd(banded_run: TuneResult) -> None:
+    cfg = load_config(banded_run.config)
     assert cfg.policy.name == "laps-sd" and cfg.acceptance_statistic is not None
-    assert banded_run["banded_objective"] is not None
+    assert banded_run.banded_objective is not None
     assert "laps-sd (banded)" in cfg.heldout.policies
-    if banded_run["bands_exported"]:
+    if banded_run.bands_exported:
         assert isinstance(scheduler_from_config(cfg), BandedLapsSD)
     else:
         assert cfg.load_bands is None

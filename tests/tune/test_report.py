@@ -6,12 +6,12 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from lapsd.tune.report import write_report
+from lapsd.tune.run import TuneResult
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(n)), None)
@@ -36,8 +36,8 @@ def read_png(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def test_report_is_self_contained(tiny_run: dict[str, Any]) -> None:
-    page = Path(tiny_run["report"]).read_text()
+def test_report_is_self_contained(tiny_run: TuneResult) -> None:
+    page = Path(tiny_run.report).read_text()
     assert page.count("window.PlotlyConfig") == 1  # plotly.js inline, once
     assert "<script src=" not in page and "<link " not in page  # nothing fetched
     assert len(re.findall(r'class="plotly-graph-div"', page)) >= 5
@@ -45,8 +45,8 @@ def test_report_is_self_contained(tiny_run: dict[str, Any]) -> None:
 
 @pytest.mark.skipif(CHROMIUM is None,
                     reason="Chromium is not installed (Debian package `chromium`; CI installs it)")
-def test_report_renders_in_chromium(tiny_run: dict[str, Any], tmp_path: Path) -> None:
-    page = write_report(tiny_run["out"])
+def test_report_renders_in_chromium(tiny_run: TuneResult, tmp_path: Path) -> None:
+    page = write_report(tiny_run.out)
     n_plots = len(re.findall(r'class="plotly-graph-div"', page.read_text()))
 
     dom = _chromium(page, tmp_path / "profile-dom", "--dump-dom")
