@@ -19,6 +19,8 @@ class TraceArrays:
 
     Rounds of request ``i`` are ``offsets[i]:offsets[i+1]`` in the prefix-sum arrays ``cum``
     (``emitted``, ``drafted``, ``accepted``, ``ns``; each of length ``rounds + 1``).
+    ``beliefs`` (per round, ``(median, sigma)`` columns, NaN where none) are the re-predictions
+    the trace recorded (:data:`~lapsd.replay.trace.OPTIONAL_ROUND_COLUMNS`).
     ``responses`` and ``response_chars`` (per round, -1 where unknown) let a re-predictor see
     the text a request had produced after each round. ``max_new_tokens`` is the output cap the
     trace was produced under (``inf`` when unknown).
@@ -37,6 +39,7 @@ class TraceArrays:
     scale: TraceScale
     responses: list[str | None] = field(default_factory=list)
     response_chars: np.ndarray | None = None
+    beliefs: np.ndarray | None = None
     max_new_tokens: float = math.inf
     target_models: list[str | None] = field(default_factory=list)
 
@@ -88,6 +91,9 @@ class TraceArrays:
         has_pred = "predicted_tokens" in req.columns
         chars = (rnd["response_chars"].fill_null(-1).to_numpy().astype(np.int64)
                  if "response_chars" in rnd.columns else None)
+        beliefs = (rnd.select(pl.col("belief_median", "belief_sigma").cast(pl.Float64)
+                              .fill_null(np.nan)).to_numpy()
+                   if "belief_median" in rnd.columns else None)
         return cls(
             request_ids=req["request_id"].to_list(),
             offsets=offsets,
@@ -107,6 +113,7 @@ class TraceArrays:
             responses=(req["response"].to_list() if "response" in req.columns
                        else [None] * req.height),
             response_chars=chars,
+            beliefs=beliefs,
             max_new_tokens=output_cap(trace),
             target_models=req["target_model"].to_list(),
         )
@@ -139,6 +146,7 @@ class TraceArrays:
             scale=self.scale,
             responses=[self.responses[i] for i in pick],
             response_chars=None if self.response_chars is None else self.response_chars[rows],
+            beliefs=None if self.beliefs is None else self.beliefs[rows],
             max_new_tokens=self.max_new_tokens,
             target_models=[self.target_models[i] for i in pick],
         )

@@ -123,11 +123,17 @@ ROUND_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
 #: ``response`` after the round (to cut the text at a round; the manifest's
 #: ``response_offsets`` says whether they are exact or estimated); ``batch`` and ``step_s``,
 #: the size and measured time of the batched step that ran the round, in a collection whose
-#: ``round_s`` is profiled (timing ``profiled_per_round``).
+#: ``round_s`` is profiled (timing ``profiled_per_round``); ``belief_median`` and
+#: ``belief_sigma``, a re-prediction made after the round (a hidden-state probe's, ``lapsd
+#: predict apply``, or the live server's): the request's total-length belief from then on,
+#: ``LengthPrediction(belief_median, belief_sigma, max_new_tokens)``, null where it did not
+#: change. A replay delivers each to the policy after that round (:func:`recorded_updates`).
 OPTIONAL_ROUND_COLUMNS: dict[str, tuple[pl.DataType, bool]] = {
     "response_chars": (pl.Int64(), True),
     "batch": (pl.Int64(), True),
     "step_s": (pl.Float64(), True),
+    "belief_median": (pl.Float64(), True),
+    "belief_sigma": (pl.Float64(), True),
 }
 
 UNITS = {
@@ -140,6 +146,7 @@ UNITS = {
     "round_s": "seconds",
     "context_tokens": "tokens",
     "step_s": "seconds",
+    "belief_median": "tokens",
 }
 
 #: How round times were obtained (``manifest["timing"]``). ``profiled_per_round``: a batched
@@ -336,6 +343,9 @@ _ROUND_CHECKS = [
     ("accepted", pl.col("accepted") > pl.col("drafted"), "accepted > drafted (at most drafted)"),
     _count_below("context_tokens", 0),
     _time("round_s"), _time("draft_s"), _time("verify_s"),
+    ("belief_median", ~pl.col("belief_median").is_finite() | (pl.col("belief_median") <= 0),
+     "belief_median must be a finite number of tokens > 0"),
+    ("belief_sigma", _not_count("belief_sigma"), "belief_sigma must be a finite number >= 0"),
 ]
 _REQUEST_CHECKS = [
     _count_below("prompt_tokens", 0), _count_below("k", 0),
@@ -400,6 +410,16 @@ def validate(trace: Trace, where: Path | str | None = None) -> None:
             if row is not None:
                 raise TraceError(f"{message}, got {df[column][row]!r}; fix or drop this row",
                                  path=path, column=column, row=row)
+    has = [c for c in ("belief_median", "belief_sigma") if c in rnd.columns]
+    if has:
+        if len(has) == 1:
+            raise TraceError(f"{has[0]} without its pair: a belief needs both belief_median and "
+                             "belief_sigma", path=rd_path, column=has[0])
+        row = _first_bad(rnd, pl.col("belief_median").is_null() != pl.col("belief_sigma")
+                         .is_null())
+        if row is not None:
+            raise TraceError("belief_median and belief_sigma must be both set or both null",
+                             path=rd_path, column="belief_sigma", row=row)
     if not number(rnd["round_s"].sum()) > 0:
         raise TraceError("every round takes 0 s: the trace holds no timing (re-collect or "
                          "re-import it with round times)", path=rd_path, column="round_s")

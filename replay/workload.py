@@ -234,6 +234,34 @@ def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
     return workload
 
 
+def recorded_updates(arrays: TraceArrays, index: np.ndarray) -> list[Updates]:
+    """The re-predictions the trace recorded, for the trace requests ``index``.
+
+    An :data:`UpdateSource`. A belief on a request's round ``i`` (0-based; its
+    ``belief_median`` and ``belief_sigma``) was made after that round, so the policy hears it
+    after ``i + 1`` rounds, with the trace's cap.
+
+    Raises
+    ------
+    LapsdError
+        When the trace records none.
+    """
+    if arrays.beliefs is None:
+        raise LapsdError("the trace records no re-predictions (no belief_median/belief_sigma "
+                         "round columns): add a probe's with `lapsd predict apply PROBE` on a "
+                         "trace collected with --states, or use --repredict-every with a "
+                         "--predictor")
+    known = ~np.isnan(arrays.beliefs[:, 0])
+    per: dict[int, Updates] = {}
+    for i in np.unique(index).tolist():
+        lo = int(arrays.offsets[i])
+        rows = np.flatnonzero(known[lo:int(arrays.offsets[i + 1])])
+        per[i] = [(int(r) + 1, LengthPrediction(float(m), float(s), arrays.max_new_tokens))
+                  for r, (m, s) in zip(rows.tolist(), arrays.beliefs[lo + rows].tolist(),
+                                       strict=True)]
+    return [per[i] for i in np.asarray(index).tolist()]
+
+
 def _oracle_options(source: str, positional: list[str], options: dict[str, str],
                     ) -> tuple[float, int | None]:
     """``sigma`` and ``seed`` (``None``: the workload's) of an ``oracle:`` source."""
