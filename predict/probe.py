@@ -75,6 +75,7 @@ from lapsd.predict.persist import (
     write_payload,
 )
 from lapsd.predict.split import (
+    check_training,
     prompt_folds,
     prompt_groups,
     prompt_hashes,
@@ -548,12 +549,7 @@ def fit_probe(data: StateData, *, folds: int = 5, seed: int = 0, cues: bool = Tr
     LapsdError
         With fewer than :data:`MIN_EXAMPLES` requests or too few prompts for ``folds``.
     """
-    if len(data) < MIN_EXAMPLES:
-        raise LapsdError(f"only {len(data)} requests with states: a probe needs at least "
-                         f"{MIN_EXAMPLES} (a few hundred for useful rankings)")
-    if folds < 2:
-        raise LapsdError(f"folds={folds}: calibration needs out-of-fold predictions, use at "
-                         "least 2 folds (--cv-folds)")
+    check_training(len(data), MIN_EXAMPLES, folds, "requests with states")
     start = time.perf_counter()
     groups = source_groups(data.prompts, data.categories, folds)
     split = ("by prompt source (category)"

@@ -75,6 +75,16 @@ def prompt_folds(prompts: Sequence[str], n_splits: int = 5, seed: int = 0,
     return list(kfold.split(prompts, groups=groups))
 
 
+def check_training(n: int, least: int, folds: int, what: str) -> None:
+    """Refuse to train on fewer than ``least`` ``what`` or with fewer than 2 ``folds``."""
+    if n < least:
+        raise LapsdError(f"only {n} {what}: a predictor needs at least {least} (a few hundred "
+                         "for useful rankings)")
+    if folds < 2:
+        raise LapsdError(f"folds={folds}: calibration needs out-of-fold predictions, use at "
+                         "least 2 folds (--cv-folds)")
+
+
 def prompt_hashes(prompts: Sequence[str]) -> list[str]:
     """Short SHA-256 digests of the prompts' normalised texts (a model card's training prompts)."""
     return [hashlib.sha256(normalize_prompt(p).encode()).hexdigest()[:16] for p in prompts]

@@ -38,6 +38,7 @@ from lapsd.predict.model import (
 )
 from lapsd.predict.persist import new_card, save_predictor
 from lapsd.predict.split import (
+    check_training,
     prompt_folds,
     prompt_groups,
     prompt_hashes,
@@ -104,12 +105,7 @@ def fit_predictor(data: LengthData, *, folds: int = 5, seed: int = 0,
         With fewer than :data:`MIN_EXAMPLES` examples, fewer than 2 folds or too few prompts,
         or a ``target_model`` absent from the data.
     """
-    if len(data) < MIN_EXAMPLES:
-        raise LapsdError(f"only {len(data)} examples: a predictor needs at least "
-                         f"{MIN_EXAMPLES} (a few hundred for useful rankings)")
-    if folds < 2:
-        raise LapsdError(f"folds={folds}: calibration needs out-of-fold predictions, use at "
-                         "least 2 folds (--cv-folds)")
+    check_training(len(data), MIN_EXAMPLES, folds, "examples")
     if target_model is not None and target_model not in data.models:
         data.for_model(target_model)  # raises, naming the models present
     if embeddings is None:
