@@ -27,6 +27,7 @@ from typing import Any
 from lapsd.collect import states as hidden
 from lapsd.collect.loading import check_models, load_engine, resolve_device, resolve_dtype
 from lapsd.errors import LapsdError
+from lapsd.replay.costs import profiled_round
 from lapsd.replay.trace import (
     MANIFEST_FILE,
     REQUESTS_FILE,
@@ -246,8 +247,6 @@ def _batched(engine: Any, encoded: list[tuple[Any, list[int]]], cfg: CollectConf
     at its drafted count and context, so the trace replays as a batch-1 collection would.
     Yields ``(prompt, generation)`` in the order requests finish.
     """
-    from lapsd.replay.costs import profiled_round
-
     waiting = iter(encoded)
     running: list[tuple[Any, Any]] = []
     while True:

@@ -38,6 +38,11 @@ HELDOUT_SEEDS = (101, 102)
 STATIC = "static-priority"
 
 
+def summary_json(summary: Mapping[str, HeldoutMetrics]) -> dict[str, dict[str, Any]]:
+    """A held-out summary as JSON values (``heldout.json``, the config, ``tune --json``)."""
+    return {n: m.model_dump() for n, m in summary.items()}
+
+
 @dataclass(frozen=True)
 class Verdict:
     """How the exported policy fares on held-out prompts against the best baseline.
@@ -114,7 +119,7 @@ class HeldoutResult:
     def to_json(self) -> dict[str, Any]:
         """``heldout.json``'s object."""
         return {"workloads": self.workloads, "seeds": self.seeds, "requests": self.requests,
-                "rows": self.rows, "summary": {n: m.model_dump() for n, m in self.summary.items()},
+                "rows": self.rows, "summary": summary_json(self.summary),
                 "latencies": self.latencies, "exported": self.exported,
                 "verdict": None if self.verdict is None else str(self.verdict),
                 "tuning_objective": self.tuning_objective}

@@ -78,6 +78,7 @@ from lapsd.tune.heldout import (
     compare,
     static_label,
     static_priority_factory,
+    summary_json,
 )
 from lapsd.tune.report import write_report
 from lapsd.tune.study import (
@@ -309,7 +310,7 @@ class TuneResult:
         """The result as JSON values (the verdict as its line)."""
         return {**{f.name: getattr(self, f.name) for f in fields(self)},
                 "verdict": str(self.verdict),
-                "heldout": {n: m.model_dump() for n, m in self.heldout.items()}}
+                "heldout": summary_json(self.heldout)}
 
 
 def run_tune(spec: TuneSpec, opts: RunOptions, progress: Progress | None = None,
@@ -408,7 +409,7 @@ def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Me
             winner: Member, bands: PolicyFactory | None, heldout: HeldoutResult,
             ) -> LapsdConfig:
     space = ctx.space(winner.policy)
-    study_summary = {n: m.model_dump() for n, m in heldout.summary.items()}
+    study_summary = summary_json(heldout.summary)
     config_file = opts.out / CONFIG_FILE
     cfg: dict[str, Any] = {
         "version": VERSION,
