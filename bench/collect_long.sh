@@ -6,7 +6,9 @@
 #
 # Usage: bash bench/collect_long.sh prep      here, first (needs ../shared): fills .carry/, .whl/
 #        then on the GPU machine, back to back (it keeps its disk ~30 s between calls):
-#        bash bench/collect_long.sh 1          carry .carry/smollm2-a .whl/a
+#        bash bench/collect_long.sh 1          carry .carry/smollm2-a
+#        bash bench/collect_long.sh polars     carry .whl/a (the model half and polars' 54 MB
+#                                              runtime wheel do not fit one call's 64 MiB)
 #        bash bench/collect_long.sh 2          carry .carry/smollm2-b .carry/wheels .whl/b
 #                                              .carry/src .carry/long; starts the jobs, waits
 #        bash bench/collect_long.sh wait       waits for the jobs (call again while they run)
@@ -62,11 +64,14 @@ prep)  # here
   rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
   ;;
 1)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$R"/.whl/a/*.whl || exit 1
   mkdir -p ~/m && cp "$R"/.carry/smollm2-a/part ~/m/a
   nvidia-smi -L
-  python3 -c 'import torch, transformers, polars; print(torch.__version__, transformers.__version__, polars.__version__, torch.cuda.get_device_name(0))'
+  python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(0))'
+  ;;
+polars)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$R"/.whl/a/*.whl || exit 1
+  python3 -c 'import polars; print("polars", polars.__version__)'
   ;;
 2)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
