@@ -21,7 +21,7 @@ from lapsd.predict.continuation import continuation_beliefs
 from lapsd.predict.cues import CUE_NAMES, cue_features
 from lapsd.predict.model import LengthPredictor
 from lapsd.predict.persist import load_predictor
-from lapsd.predict.probe import ProbePredictor, from_trace, load_any
+from lapsd.predict.probe import ProbePredictor, ProbeUpdates, from_trace, load_any
 from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.trace import TraceError, read_trace, write_trace
@@ -40,7 +40,11 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
     selects a per-model calibration (it must exist in the predictor); by default each request's
     own target model is used where the predictor is calibrated for it. A probe
     (:mod:`lapsd.predict.probe`) predicts from the trace's hidden states at admission, which
-    must be the kind it was trained on; it has one calibration (no ``target_model``).
+    must be the kind it was trained on; it has one calibration (no ``target_model``). A probe
+    with a re-predictor also writes its beliefs while decoding as the rounds'
+    ``belief_median``/``belief_sigma`` (:func:`with_beliefs`; ``lapsd replay
+    --recorded-updates`` delivers them); another predictor drops such columns, as they were
+    not its own.
 
     Raises
     ------
@@ -66,8 +70,12 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
         raise TraceError(f"{len(missing)} of {len(prompts)} requests have no prompt text, so "
                          "nothing can be predicted for them; re-import the trace with prompts",
                          path=Path(trace_dir), column="prompt", row=missing[0])
+    rounds = trace.rounds.drop("belief_median", "belief_sigma", strict=False)
     if isinstance(predictor, ProbePredictor):
-        mu, sigma = predictor.log_beliefs(from_trace(trace, trace_dir))
+        data = from_trace(trace, trace_dir)
+        mu, sigma = predictor.log_beliefs(data)
+        if predictor.repredictor is not None and data.decode_owner.size:
+            rounds = with_beliefs(rounds, predictor.updates(data))
     else:
         if target_model is not None:
             predictor.calibration.resolve(target_model, strict=True)
@@ -83,10 +91,44 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
                                "target_model": target_model or (
                                    predictor.card["features"]["target"]
                                    if isinstance(predictor, ProbePredictor)
-                                   else predictor.default_target)}
+                                   else predictor.default_target),
+                               "updates": int(rounds.height - rounds["belief_median"].null_count())
+                               if "belief_median" in rounds.columns else 0}
     # replace: every other part of the trace (its rounds, a states table) goes along unchanged.
-    return write_trace(dataclasses.replace(trace, requests=requests, manifest=manifest), dest,
+    return write_trace(dataclasses.replace(trace, requests=requests, rounds=rounds,
+                                           manifest=manifest), dest,
                        overwrite=overwrite or same)
+
+
+def with_beliefs(rounds: pl.DataFrame, updates: Sequence[ProbeUpdates]) -> pl.DataFrame:
+    """``rounds`` with a probe's re-predictions as ``belief_median``/``belief_sigma``.
+
+    The state of generated token ``t`` is first computed by the verification that feeds it
+    (:mod:`lapsd.collect.states`): the round that drafted and accepted it, or, for a round's
+    last token, the next round. Either way it is the first round after which the request has
+    emitted more than ``t`` tokens, and the belief from that state goes on that round (the
+    replay hears it after the round). Where one round brings several states, the latest wins.
+    """
+    order = rounds.with_row_index("_row").sort("request_id", "round")
+    bounds = {rid: (lo, lo + n) for rid, lo, n in order.group_by(
+        "request_id", maintain_order=True).agg(pl.len().alias("n")).with_columns(
+        (pl.col("n").cum_sum() - pl.col("n")).alias("lo")).select(
+        "request_id", "lo", "n").iter_rows()}
+    emitted = order["emitted"].to_numpy().astype(np.int64)
+    rows = order["_row"].to_numpy()
+    median = np.full(rounds.height, np.nan)
+    sigma = np.full(rounds.height, np.nan)
+    for up in updates:
+        if up.request_id not in bounds or not up.generated.size:
+            continue
+        lo, hi = bounds[up.request_id]
+        after = np.cumsum(emitted[lo:hi])
+        at = np.searchsorted(after, up.generated, side="right")
+        keep = at < hi - lo  # a state needs a round that fed its token
+        median[rows[lo + at[keep]]] = up.median[keep]  # ascending t: the latest write wins
+        sigma[rows[lo + at[keep]]] = up.sigma[keep]
+    return rounds.with_columns(pl.Series("belief_median", median).fill_nan(None),
+                               pl.Series("belief_sigma", sigma).fill_nan(None))
 
 
 def _log_beliefs(predictor: LengthPredictor, prompts: Sequence[str],

@@ -108,12 +108,14 @@ def metrics_table(metrics: list, title: str) -> Table:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``lapsd replay``."""
+    import numpy as np
+
     from lapsd.replay.arrays import TraceArrays
     from lapsd.replay.costs import SwitchCost
     from lapsd.replay.matrix import Server, build_cases, registry_factories, replay_matrix
     from lapsd.replay.policies import REGISTRY
     from lapsd.replay.trace import read_trace
-    from lapsd.replay.workload import PredictionSource, parse_workload
+    from lapsd.replay.workload import PredictionSource, parse_workload, recorded_updates
 
     arrays = TraceArrays.from_trace(read_trace(args.trace))
     workloads = [parse_workload(w) for w in args.workload or ["burst:n=30"]]
@@ -147,10 +149,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.repredict_every is not None and not predictor:
         raise LapsdError("--repredict-every needs --predictor: re-predictions come from a model "
                          "that reads the output so far")
+    if args.recorded_updates and args.repredict_every is not None:
+        raise LapsdError("--recorded-updates and --repredict-every both re-predict: the first "
+                         "replays the beliefs the trace records, the second makes new ones "
+                         "with --predictor; pass one")
     if predictor:
         predictions, updates = args.load_predictor(predictor, args.repredict_every)
         label = f"predictor {predictor}" + (
             f", re-predicted every {args.repredict_every} rounds" if updates else "")
+    if args.recorded_updates:
+        if arrays.beliefs is None:
+            recorded_updates(arrays, np.zeros(0, np.int64))  # raises the one-line why and how
+        updates = recorded_updates
     needs = any(REGISTRY[n].needs_prediction for n in names if n in REGISTRY) or args.config
     if not predictor:
         if needs and not args.predictions and arrays.predicted is None:
@@ -162,6 +172,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "noisy true lengths")
         predictions = args.predictions or "column"
         label = predictions
+    if args.recorded_updates:
+        label += ", re-predicted as the trace records"
     cases = build_cases([(args.trace.name, arrays)], workloads,
                         predictions if needs else None, updates if needs else None)
     server = Server(SwitchCost(args.c0, args.c1), args.batch_size, cost, args.kv_tokens)
@@ -242,6 +254,11 @@ def register(subparsers: argparse._SubParsersAction, *,
     p.add_argument("--repredict-every", type=int, metavar="N",
                    help="with --predictor: re-predict a running request's length every N rounds "
                         "from its output so far")
+    p.add_argument("--recorded-updates", action="store_true",
+                   help="deliver the re-predictions the trace records (belief_median/"
+                        "belief_sigma, written by `lapsd predict apply PROBE` on a trace "
+                        "collected with --states) to the policies after the rounds that made "
+                        "them")
     p.add_argument("--config", type=Path,
                    help="lapsd-config.json: its policy replaces the registry one of that name; "
                         "its predictor (checked against the sha256 it records) predicts unless "

@@ -92,7 +92,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         traces=tuple(str(Path(t)) for t in args.traces), suite=suite, holdout=args.holdout,
         seed=args.seed, second_objective=args.second_objective, predictions=predictions,
         predictor=None if args.predictor is None else str(args.predictor),
-        repredict_every=args.repredict_every, c0=args.c0, c1=args.c1,
+        repredict_every=args.repredict_every, recorded_updates=args.recorded_updates,
+        c0=args.c0, c1=args.c1,
         policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
     )
     if spec.what_if:
@@ -196,6 +197,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repredict-every", type=_positive, metavar="N",
                    help="re-predict a running request's length every N rounds from its output "
                         "so far (needs a predictor)")
+    p.add_argument("--recorded-updates", action="store_true",
+                   help="with --predictions column: replay the re-predictions the traces "
+                        "record (a probe's, written by `lapsd predict apply PROBE`)")
     add_switch_cost(p)
     p.add_argument("--holdout", type=float, default=0.3,
                    help="fraction of prompts held out (default 0.3)")

@@ -17,7 +17,7 @@ from lapsd.replay.policies import REGISTRY
 from lapsd.replay.policies.base import TraceScale
 from lapsd.replay.policies.params import tunables
 from lapsd.replay.trace import read_trace, trace_digest
-from lapsd.replay.workload import PredictionSource, UpdateSource
+from lapsd.replay.workload import PredictionSource, UpdateSource, recorded_updates
 from lapsd.tune.defaults import DEFAULT_FAMILY
 from lapsd.tune.objective import Evaluator
 from lapsd.tune.space import SearchSpace, combined_scale
@@ -54,6 +54,9 @@ class TuneSpec:
         trained one is saved).
     repredict_every
         Rounds between re-predictions of a running request (``None``: none).
+    recorded_updates
+        Deliver the re-predictions the traces record (a probe's, ``lapsd predict apply``)
+        instead; with ``predictions="column"``, the same probe's admission beliefs.
     c0, c1
         Switch-cost model (seconds per preemption, per context token).
     policies
@@ -68,6 +71,7 @@ class TuneSpec:
     predictions: str = TRAINED
     predictor: str | None = None
     repredict_every: int | None = None
+    recorded_updates: bool = False
     c0: float = 0.0
     c1: float = 0.0
     policies: tuple[str, ...] = DEFAULT_FAMILY
@@ -93,6 +97,10 @@ class TuneSpec:
         if self.repredict_every is not None and not self.uses_predictor:
             raise LapsdError("--repredict-every needs a predictor (trained or --predictor): "
                              "re-predictions come from a model reading the output so far")
+        if self.recorded_updates and self.predictions != "column":
+            raise LapsdError("--recorded-updates replays a probe's beliefs from the traces: "
+                             "pass --predictions column, so that admission beliefs come from "
+                             "the same probe (`lapsd predict apply PROBE`)")
         SwitchCost(self.c0, self.c1)  # refuses non-finite or negative costs, in one line
 
     @property
@@ -124,6 +132,8 @@ class TuneSpec:
         # by its content.
         out["predictor"] = (sha256_file(self.predictor)
                             if self.predictions == "predictor" and self.predictor else None)
+        if not self.recorded_updates:
+            del out["recorded_updates"]  # so that studies from before the option resume
         return out
 
 
@@ -170,6 +180,8 @@ def split(spec: TuneSpec) -> tuple[list[tuple[str, TraceArrays]], list[tuple[str
 
 def prediction_sources(spec: TuneSpec) -> tuple[PredictionSource, UpdateSource | None]:
     """What the length-aware policies are told, and their re-predictions."""
+    if spec.recorded_updates:
+        return spec.predictions, recorded_updates
     if not spec.uses_predictor:
         return spec.predictions, None
     if spec.predictor is None or not Path(spec.predictor).is_file():

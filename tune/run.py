@@ -236,6 +236,12 @@ def check_run(spec: TuneSpec, opts: RunOptions) -> None:
             "--repredict-every: the tuning traces keep no response text, so the predictor "
             "trained on them could not re-predict; use traces that keep it (lapsd collect, "
             "Spec-Bench answers) or a predictor trained on text (--predictor)")
+    if spec.recorded_updates:
+        bare = [name for name, a in tune_sets if a.beliefs is None]
+        if bare:
+            raise LapsdError(f"--recorded-updates: trace {bare[0]} records no re-predictions "
+                             "(belief_median/belief_sigma); add a probe's with `lapsd predict "
+                             "apply PROBE` on a trace collected with --states")
     spec.suite.workloads()
     spec.suite.with_seeds(HELDOUT_SEEDS).workloads()
     if spec.predictions == "predictor":

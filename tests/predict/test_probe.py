@@ -239,7 +239,53 @@ def test_cli_train_eval_apply(train_dir: Path, test_dir: Path, tmp_path: Path,
     np.testing.assert_allclose(req["predicted_tokens"].to_numpy(), np.exp(mu))
     np.testing.assert_allclose(req["predicted_tokens_p90"].to_numpy(),
                                np.exp(mu + 1.2815515655446004 * sigma))
-    assert read_trace(tmp_path / "applied").states is not None
+    applied = read_trace(tmp_path / "applied")
+    assert applied.states is not None
+    # Re-predictions go on the first round after which more than t tokens are out.
+    ups = {u.request_id: u for u in probe.updates(from_trace(read_trace(test_dir), test_dir))}
+    rounds = applied.rounds.sort("request_id", "round")
+    written = 0
+    for (rid,), rows in rounds.group_by("request_id"):
+        after = np.cumsum(rows["emitted"].to_numpy())
+        expect: dict[int, tuple[float, float]] = {}
+        for t, m, sd in zip(ups[rid].generated.tolist(), ups[rid].median.tolist(),
+                            ups[rid].sigma.tolist(), strict=True):
+            r = int(np.argmax(after > t)) if (after > t).any() else None
+            if r is not None:
+                expect[r] = (m, sd)
+        got = {r: (m, sd) for r, m, sd in rows.select("round", "belief_median", "belief_sigma")
+               .iter_rows() if m is not None}
+        assert got.keys() == expect.keys()
+        for r, (m, sd) in got.items():
+            assert m == pytest.approx(expect[r][0]) and sd == pytest.approx(expect[r][1])
+        written += len(got)
+    assert written > 0 and applied.manifest["predictions"]["updates"] == written
+    capsys.readouterr()
+    means = {}
+    for extra in ([], ["--recorded-updates"]):
+        assert main(["replay", str(tmp_path / "applied"), "--policies", "fcfs,lp-srpt",
+                     "--workload", "poisson:n=60,load=0.9", *extra,
+                     "--json", str(tmp_path / "replay.json")]) == 0
+        replayed = json.loads((tmp_path / "replay.json").read_text())
+        means[bool(extra)] = {r["policy"]: r["mean"] for r in replayed["results"]}
+    assert "re-predicted as the trace records" in replayed["predictions"]
+    # FCFS reads no beliefs; lp-srpt ranks on the re-predictions.
+    assert means[True]["fcfs"] == means[False]["fcfs"]
+    assert means[True]["lp-srpt"] != means[False]["lp-srpt"]
+    assert main(["tune", str(tmp_path / "applied"), "--out", str(tmp_path / "run"),
+                 "--predictions", "column", "--recorded-updates", "--trials", "2",
+                 "--bands", "none", "--policies", "lp-srpt", "--bursts", "10", "--loads",
+                 "0.9", "--poisson-n", "60", "--seeds", "1"]) == 0
+    assert (tmp_path / "run" / "lapsd-config.json").is_file()
+    # A prompt-only predictor's predictions drop another predictor's re-predictions.
+    plain_model = tmp_path / "plain.skops"
+    assert main(["predict", "train", "--data", str(train_dir), "--out", str(plain_model)]) == 0
+    assert main(["predict", "apply", "--model", str(plain_model), str(tmp_path / "applied")]) == 0
+    again = read_trace(tmp_path / "applied")
+    assert "belief_median" not in again.rounds.columns
+    assert again.manifest["predictions"]["updates"] == 0
+    one_line_error(["replay", str(tmp_path / "applied"), "--recorded-updates"], capsys,
+                   "records no re-predictions", "lapsd predict apply PROBE")
 
 
 def test_cli_bad_input_is_one_line(train_dir: Path, tmp_path: Path,

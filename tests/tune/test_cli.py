@@ -41,3 +41,16 @@ def test_repredict_without_response_text_is_rejected_before_training(
     err = capsys.readouterr().err
     assert "--repredict-every" in err and "response text" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--recorded-updates"], "pass --predictions column"),
+    (["--recorded-updates", "--predictions", "column"], "records no re-predictions"),
+])
+def test_recorded_updates_need_a_probes_beliefs(tmp_path: Path, args: list[str], says: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tune", str(TRACE), "--out", str(tmp_path / "r"), *args,
+                 "--trials", "1", "--bands", "none"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
