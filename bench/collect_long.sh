@@ -14,7 +14,7 @@
 #        bash bench/collect_long.sh wait       waits for the jobs (call again while they run)
 #        bash bench/collect_long.sh pack       the traces into $OUT (states split in 15 MiB parts)
 # Environment: B (batch size, 64), LIMIT (prompts per collection, all), SAMPLE (every SAMPLE-th
-# prompt for the batch-1 samples, 63), DEADLINE_S (seconds a call waits, 540).
+# prompt for the batch-1 samples, 126), DEADLINE_S (seconds a call waits, 540).
 set -u
 stage=$1
 T0=$(date +%s)
@@ -25,7 +25,7 @@ M=${M:-$HOME/m/SmolLM2-135M-Instruct.Q4_1.gguf}
 P=${P:-$R/.carry/long/prompts.jsonl}
 W=${W:-/tmp/work}
 B=${B:-64}
-SAMPLE=${SAMPLE:-63}
+SAMPLE=${SAMPLE:-126}
 NEW=${NEW:-1024}
 mkdir -p "$W"
 elapsed() { echo $(( $(date +%s) - T0 )); }
