@@ -108,14 +108,17 @@ def metrics_table(metrics: list, title: str) -> Table:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``lapsd replay``."""
-    import numpy as np
-
     from lapsd.replay.arrays import TraceArrays
     from lapsd.replay.costs import SwitchCost
     from lapsd.replay.matrix import Server, build_cases, registry_factories, replay_matrix
     from lapsd.replay.policies import REGISTRY
     from lapsd.replay.trace import read_trace
-    from lapsd.replay.workload import PredictionSource, parse_workload, recorded_updates
+    from lapsd.replay.workload import (
+        PredictionSource,
+        check_recorded,
+        parse_workload,
+        recorded_updates,
+    )
 
     arrays = TraceArrays.from_trace(read_trace(args.trace))
     workloads = [parse_workload(w) for w in args.workload or ["burst:n=30"]]
@@ -158,8 +161,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         label = f"predictor {predictor}" + (
             f", re-predicted every {args.repredict_every} rounds" if updates else "")
     if args.recorded_updates:
-        if arrays.beliefs is None:
-            recorded_updates(arrays, np.zeros(0, np.int64))  # raises the one-line why and how
+        check_recorded(arrays)
         updates = recorded_updates
     needs = any(REGISTRY[n].needs_prediction for n in names if n in REGISTRY) or args.config
     if not predictor:

@@ -234,6 +234,15 @@ def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
     return workload
 
 
+def check_recorded(arrays: TraceArrays, what: str = "the trace") -> None:
+    """Refuse, in one line, ``arrays`` that record no re-predictions (``what`` names them)."""
+    if arrays.beliefs is None:
+        raise LapsdError(f"{what} records no re-predictions (no belief_median/belief_sigma "
+                         "round columns): add a probe's with `lapsd predict apply PROBE` on a "
+                         "trace collected with --states, or use --repredict-every with a "
+                         "--predictor")
+
+
 def recorded_updates(arrays: TraceArrays, index: np.ndarray) -> list[Updates]:
     """The re-predictions the trace recorded, for the trace requests ``index``.
 
@@ -244,13 +253,10 @@ def recorded_updates(arrays: TraceArrays, index: np.ndarray) -> list[Updates]:
     Raises
     ------
     LapsdError
-        When the trace records none.
+        When the trace records none (:func:`check_recorded`).
     """
-    if arrays.beliefs is None:
-        raise LapsdError("the trace records no re-predictions (no belief_median/belief_sigma "
-                         "round columns): add a probe's with `lapsd predict apply PROBE` on a "
-                         "trace collected with --states, or use --repredict-every with a "
-                         "--predictor")
+    check_recorded(arrays)
+    assert arrays.beliefs is not None
     known = ~np.isnan(arrays.beliefs[:, 0])
     per: dict[int, Updates] = {}
     for i in np.unique(index).tolist():

@@ -49,6 +49,7 @@ from lapsd.replay.matrix import PolicyFactory
 from lapsd.replay.policies import REGISTRY
 from lapsd.replay.policies.params import PolicyParams
 from lapsd.replay.trace import trace_digest
+from lapsd.replay.workload import check_recorded
 from lapsd.tune.context import (
     TRAINED,
     TuneContext,
@@ -237,11 +238,8 @@ def check_run(spec: TuneSpec, opts: RunOptions) -> None:
             "trained on them could not re-predict; use traces that keep it (lapsd collect, "
             "Spec-Bench answers) or a predictor trained on text (--predictor)")
     if spec.recorded_updates:
-        bare = [name for name, a in tune_sets if a.beliefs is None]
-        if bare:
-            raise LapsdError(f"--recorded-updates: trace {bare[0]} records no re-predictions "
-                             "(belief_median/belief_sigma); add a probe's with `lapsd predict "
-                             "apply PROBE` on a trace collected with --states")
+        for name, a in tune_sets:
+            check_recorded(a, f"--recorded-updates: trace {name}")
     spec.suite.workloads()
     spec.suite.with_seeds(HELDOUT_SEEDS).workloads()
     if spec.predictions == "predictor":
