@@ -106,7 +106,7 @@ def conditional_mean(median: float, sigma: float, cap: float, generated: float) 
     if math.isfinite(cap):
         inside -= math.exp(_log_upper_mean(median, sigma, cap) - log_den)
         inside += cap * math.exp(log_survival(median, sigma, cap) - log_den)
-    rem = inside - generated
+    rem = min(inside, cap) - generated  # a mean of min(X, cap) is at most cap, past rounding
     return rem if math.isfinite(rem) and rem > 1.0 else 1.0
 
 
