@@ -124,7 +124,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a parameter of --policy, e.g. laps-sd.K=6 (repeatable)")
     p.add_argument("--config", type=Path, help="lapsd-config.json: serve its scheduler")
     p.add_argument("--predictor", type=Path, help="a trained predictor (.skops) for the "
-                                                  "length-aware policies")
+                                                  "length-aware policies; a probe (`lapsd "
+                                                  "predict train --probe`) reads the target's "
+                                                  "states: each request is prefilled on "
+                                                  "arrival and re-predicted every G tokens "
+                                                  "(its layers and G unless --states says)")
     p.add_argument("--predictions", help="oracle:sigma=S[,seed=N]: a what-if from the true "
                                          "lengths of --oracle-trace (true length x noise)")
     p.add_argument("--oracle-trace", type=Path,

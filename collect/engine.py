@@ -601,6 +601,16 @@ class Session(ABC):
             states = self._round_states([p + g - n for g in wanted])
             self._decode_states.extend(zip(wanted, states, strict=True))
 
+    @property
+    def prompt_states(self) -> torch.Tensor | None:
+        """With states, after the prefill: ``(layers, 2, hidden)`` on the device (last, mean)."""
+        return self._prompt_states
+
+    @property
+    def decode_states(self) -> list[tuple[int, torch.Tensor]]:
+        """With states: ``(generated tokens, state)`` kept so far, ascending (do not modify)."""
+        return self._decode_states
+
     def _recorded(self) -> RequestStates | None:
         """The request's states in host memory (``None``: none recorded)."""
         spec = self.engine.states

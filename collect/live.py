@@ -16,6 +16,21 @@ The server
     produced and how long it took (``observe``; ``finish`` at its end). A request is a
     :class:`~lapsd.collect.engine.Session`, prefilled when it first runs (inside its round 0).
 
+A probe (``--predictor`` a :mod:`lapsd.predict.probe` file, batch size one)
+    The probe reads the target's own hidden states, so the server prefills each request as it
+    arrives (before it is admitted: its prompt states give the admission belief), and after
+    every round that brings a new decode state (every ``G`` generated tokens, the probe's
+    ``every`` unless ``--states-every`` says otherwise) re-predicts the request's length and
+    tells the policy (``update_prediction``), as TRAIL does. The trace records each
+    re-prediction on the round after which it was made (``belief_median``/``belief_sigma``,
+    as ``lapsd predict apply PROBE`` writes them on a collection), so a replay of the run
+    (``lapsd validate``, ``--recorded-updates``) tells its policy the same beliefs at the same
+    points. States reach the probe as the states table stores them (float16), so ``lapsd
+    predict apply PROBE`` on the run's trace gives the beliefs the run used. An arrival's
+    prefill is server time of the round in progress (``prefill_s`` in the schedule), not of
+    the arriving request's round 0; the probe's calls count as scheduler time (also reported on
+    their own in ``live.json``'s ``probe``).
+
 Time (integer nanoseconds of ``perf_counter_ns`` since the run started)
     Each round boundary is the instant the round's results are back (``end``); arrivals up to
     it are admitted there, as the replay admits them. The server's time is cut without gaps or
@@ -66,7 +81,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
@@ -75,7 +90,7 @@ from lapsd.collect.engine import Clock, timing_clock
 from lapsd.collect.loading import check_models, load_engine, resolve_device, resolve_dtype
 from lapsd.collect.prompts import encode, load_prompts
 from lapsd.collect.run import collection_trace, request_seed, response_text, states_spec
-from lapsd.collect.states import StatesSpec, check_options
+from lapsd.collect.states import StatesSpec, as_stored, check_options
 from lapsd.errors import LapsdError, require_extra
 from lapsd.io import sha256_file
 from lapsd.replay.arrays import TraceArrays
@@ -84,6 +99,10 @@ from lapsd.replay.live_run import KIND, VERSION, policy_factory, read_info, scal
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo, TraceScale
 from lapsd.replay.trace import Trace, new_manifest, read_trace
 from lapsd.replay.workload import WorkloadSpec, draw_arrivals, make_predictions, parse_workload
+
+if TYPE_CHECKING:
+    from lapsd.predict.model import LengthPredictor
+    from lapsd.predict.probe import ProbePredictor, RunningBelief
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +216,11 @@ class _Request:
     round_ns: list[int] = field(default_factory=list)
     engine_s: list[float] = field(default_factory=list)
     prefill_s: float | None = None
+    #: With a probe: the running belief, its re-predictions ``(round, median, sigma)`` and
+    #: the decode states it has read.
+    belief: RunningBelief | None = None
+    updates: list[tuple[int, float, float]] = field(default_factory=list)
+    states_read: int = 0
 
 
 def _oracle(path: Path, prompt_ids: list[str], cfg: LiveConfig, seed: int
@@ -222,16 +246,40 @@ def _oracle(path: Path, prompt_ids: list[str], cfg: LiveConfig, seed: int
     return service, preds
 
 
-def _predictor(path: Path, prompts: Sequence[Any], target_model: str, max_new_tokens: int,
+def _load_predictor(path: Path) -> tuple[LengthPredictor | None, ProbePredictor | None]:
+    """A predictor file: ``(prompt-only predictor, None)`` or ``(None, probe)``."""
+    require_extra("predict", "sklearn", "skops")
+    from lapsd.predict.probe import ProbePredictor, load_any
+
+    model = load_any(path)
+    return (None, model) if isinstance(model, ProbePredictor) else (model, None)
+
+
+def _probe_states(cfg: LiveConfig, probe: ProbePredictor) -> StatesSpec:
+    """The states a probe reads, checked against the target's config.
+
+    Its layers and ``every``, unless ``--states``/``--states-every`` say otherwise (the layers
+    must still be the probe's).
+    """
+    features = probe.card["features"]
+    layers = cfg.states or ",".join(map(str, features["layers"]))
+    states = states_spec(cfg.target, layers, cfg.states_every or int(features["every"]))
+    assert states is not None
+    from lapsd.predict.probe import check_features
+
+    check_features(features, {"layers": list(states.layers), "decode_layer": states.decode_layer,
+                              "hidden_size": states.hidden_size, "target": cfg.target.name},
+                   f"the probe {cfg.predictor}", "this server (--target, --states)")
+    return states
+
+
+def _predictor(predictor: LengthPredictor, prompts: Sequence[Any], target_model: str,
+               max_new_tokens: int,
                ) -> tuple[list[LengthPrediction], list[tuple[float, float | None]]]:
     """The predictor's beliefs and raw ``(p50, p90)`` for each prompt.
 
     Capped at ``max_new_tokens``, calibrated for the target model when the predictor knows it.
     """
-    require_extra("predict", "sklearn", "skops")
-    from lapsd.predict.persist import load_predictor
-
-    predictor = load_predictor(path)
     texts = [p.text for p in prompts]
     p50, p90 = predictor.predict_lengths(texts, target_model)
     beliefs = predictor.predictions(texts, target_model, cap=float(max_new_tokens))
@@ -249,7 +297,9 @@ def _prime(make_policy: Callable[[], Policy], reqs: list[_Request]) -> None:
     for i, r in enumerate(reqs[:2]):
         if policy.needs_oracle:
             policy.reveal(i, r.oracle_s or 0.0)
-        policy.admit(RequestInfo(i, 0.0, len(r.ids), r.prediction))
+        # a probe's requests are predicted on arrival: a stand-in belief compiles the same code
+        policy.admit(RequestInfo(i, 0.0, len(r.ids), r.prediction or LengthPrediction(64.0, 0.5)
+                                 if policy.needs_prediction else r.prediction))
     while (picked := policy.pick()) is not None:
         policy.observe(picked, 2, 4, 1, 0.01)
         policy.finish(picked)
@@ -267,8 +317,13 @@ class _Server:
 
     def __init__(self, engine: Any, policy: Policy, requests: list[_Request], *,
                  max_new_tokens: int, seed: int, budget: int | None,
-                 on_finish: Callable[[], None], batch: int = 1) -> None:
+                 on_finish: Callable[[], None], batch: int = 1,
+                 probe: ProbePredictor | None = None) -> None:
         self.engine, self.policy, self.requests = engine, policy, requests
+        self.probe = probe
+        self.probe_ns = 0  # the probe's calls (inside scheduler_ns)
+        self.probe_calls = 0
+        self.arrival_prefill_ns = 0  # prefills at arrival since the last boundary
         self.max_new_tokens, self.seed, self.budget = max_new_tokens, seed, budget
         self.batch = batch
         self.on_finish = on_finish
@@ -284,6 +339,8 @@ class _Server:
         policy, reqs = self.policy, self.requests
         while nxt < len(reqs) and reqs[nxt].arrival_ns <= boundary:
             r = reqs[nxt]
+            if self.probe is not None:
+                self._predict_on_arrival(r)
             if policy.needs_oracle:
                 policy.reveal(nxt, r.oracle_s or 0.0)
             policy.admit(RequestInfo(nxt, r.arrival_ns / NS_PER_S, len(r.ids), r.prediction))
@@ -296,6 +353,38 @@ class _Server:
             req.session = self.engine.start(req.ids, self.max_new_tokens,
                                             seed=request_seed(self.seed, req.prompt.request_id))
             self.active[req.position] = req
+
+    def _predict_on_arrival(self, req: _Request) -> None:
+        """Prefill ``req`` now and give it the probe's admission belief (module docstring)."""
+        from lapsd.predict.probe import RunningBelief
+
+        assert self.probe is not None
+        pc = time.perf_counter_ns
+        s0 = pc()
+        self._start(req)
+        req.session.prefill()
+        prompt = req.session.prompt_states.float().cpu().numpy()  # waits for the device
+        s1 = pc()
+        req.belief = RunningBelief.admit(self.probe, as_stored(prompt.reshape(-1)),
+                                         req.prompt.text, float(self.max_new_tokens))
+        req.prediction = req.belief.prediction
+        self.arrival_prefill_ns += s1 - s0
+        self.probe_ns += pc() - s1
+        self.probe_calls += 1
+
+    def _repredict(self, req: _Request) -> None:
+        """Tell the policy the probe's new belief if the last round brought a decode state."""
+        states = req.session.decode_states
+        if req.belief is None or len(states) == req.states_read:
+            return
+        s0 = time.perf_counter_ns()
+        req.states_read = len(states)
+        generated, state = states[-1]  # several in one round: the latest wins
+        belief = req.belief.update(as_stored(state.float().cpu().numpy()), generated)
+        self.policy.update_prediction(req.position, belief)
+        req.updates.append((len(req.round_ns) - 1, belief.median, belief.sigma))
+        self.probe_ns += time.perf_counter_ns() - s0
+        self.probe_calls += 1
 
     def _idle(self, nxt: int, boundary: int, t0: int) -> tuple[int, int]:
         """Wait for request ``nxt`` to arrive; its arrival is the new boundary: ``(it, idle)``."""
@@ -327,9 +416,10 @@ class _Server:
         try:
             while done < n:
                 ts = pc()
+                before = self.arrival_prefill_ns
                 nxt = self._admit(nxt, boundary)
                 picked = policy.pick()
-                pending_ns += pc() - ts
+                pending_ns += pc() - ts - (self.arrival_prefill_ns - before)
                 if picked is None:
                     boundary, idle_ns = self._idle(nxt, boundary, t0)
                     continue
@@ -352,10 +442,10 @@ class _Server:
                 end = pc() - t0
                 occupied = end - boundary - switch_ns
                 engine_s = record.round_s or 0.0
-                if not req.round_ns:  # round 0 holds the prefill
+                if not req.round_ns:  # round 0 holds the prefill, unless done at arrival
                     req.first_run_ns = start - t0
                     req.prefill_s = req.session.prefill_s
-                    engine_s += req.prefill_s or 0.0
+                    engine_s += 0.0 if req.belief is not None else req.prefill_s or 0.0
                 self.rows.append({
                     "step": len(self.rows), "batch": 1,
                     "request_id": req.rid, "round": len(req.round_ns),
@@ -368,17 +458,20 @@ class _Server:
                                           else None),
                     "preemptions": int(preempted),
                     "idle_s": idle_ns / NS_PER_S, "context_tokens": record.context_tokens,
-                    "admitted": nxt,
+                    "admitted": nxt, "prefill_s": self.arrival_prefill_ns / NS_PER_S,
                 })
                 req.round_ns.append(occupied)
                 req.engine_s.append(engine_s)
                 self.scheduler_ns += pending_ns
                 boundary, last, idle_ns = end, req, 0
+                self.arrival_prefill_ns = 0
                 ts = pc()
                 policy.observe(picked, record.emitted, record.drafted, record.accepted,
                                occupied / NS_PER_S)
                 if req.session.done:
                     policy.finish(picked)
+                else:
+                    self._repredict(req)
                 pending_ns = pc() - ts
                 if req.session.done:
                     done += self._finished(req, end)
@@ -450,6 +543,7 @@ class _Server:
                         "preemptions": len(preempted) if first else 0,
                         "idle_s": idle_ns / NS_PER_S if first else 0.0,
                         "context_tokens": record.context_tokens, "admitted": nxt,
+                        "prefill_s": 0.0,
                     })
                     req.round_ns.append(occupied)
                     req.engine_s.append(engine_s)
@@ -523,7 +617,16 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
     log = log or logger.info
     plan = check(cfg)
     spec, tok = check_models(cfg.target, cfg.draft)
-    states = states_spec(cfg.target, cfg.states, cfg.states_every)
+    predictor, probe = (_load_predictor(cfg.predictor) if cfg.predictor is not None
+                        else (None, None))
+    if probe is not None:
+        if cfg.batch_size > 1 or cfg.kv_budget_tokens is not None:
+            raise LapsdError(f"--predictor {cfg.predictor} is a probe, which prefills each "
+                             "request on arrival to read its states: it runs at --batch-size 1 "
+                             "without --kv-budget-tokens")
+        states: StatesSpec | None = _probe_states(cfg, probe)
+    else:
+        states = states_spec(cfg.target, cfg.states, cfg.states_every)
     prompts = load_prompts(cfg.prompts)
     prior = read_info(cfg.capacity_from) if cfg.capacity_from is not None else None
     _, index = draw_arrivals(plan.spec, 1.0, len(prompts))  # which prompts: independent of the mean
@@ -543,9 +646,8 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
         oracle_s, preds = _oracle(cfg.oracle_trace, pids, cfg, plan.spec.seed)
         if preds is not None:
             quantiles = [(p.median, None) for p in preds]
-    if cfg.predictor is not None:
-        preds, quantiles = _predictor(cfg.predictor, chosen, cfg.target.name,
-                                      cfg.max_new_tokens)
+    if predictor is not None:
+        preds, quantiles = _predictor(predictor, chosen, cfg.target.name, cfg.max_new_tokens)
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -597,7 +699,8 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
             progress(finished, n)
 
     server = _Server(engine, policy, reqs, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                     budget=cfg.kv_budget_tokens, on_finish=on_finish, batch=cfg.batch_size)
+                     budget=cfg.kv_budget_tokens, on_finish=on_finish, batch=cfg.batch_size,
+                     probe=probe)
     interrupted = False
     if progress is not None:
         progress(0, n)
@@ -618,7 +721,7 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
                                       else plan.spec.load * cfg.time_scale),
                      "prompts": str(cfg.prompts), "prompts_sha256": sha256_file(cfg.prompts)},
         "capacity": capacity,
-        "predictions": _prediction_info(cfg),
+        "predictions": _prediction_info(cfg, probe, states, reqs),
         "oracle_trace": None if cfg.oracle_trace is None else str(cfg.oracle_trace),
         "batch_size": cfg.batch_size,
         "kv_budget_tokens": cfg.kv_budget_tokens,
@@ -628,6 +731,13 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
         "collector": collector,
         **summarize_run(server, reqs, interrupted),
     }
+    if probe is not None:
+        info["probe"] = {"calls": server.probe_calls, "total_s": server.probe_ns / NS_PER_S,
+                         "per_call_mean_s": (server.probe_ns / NS_PER_S
+                                             / max(server.probe_calls, 1)),
+                         "share_of_rounds": (server.probe_ns / NS_PER_S / info["run"]["rounds_s"]
+                                             if info["run"]["rounds_s"] else None),
+                         "arrival_prefills_s": sum(r.prefill_s or 0.0 for r in reqs)}
     if not any(r.finish_ns is not None for r in reqs):
         log("no request finished: nothing written")
     else:
@@ -638,11 +748,19 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
             live={"policy": plan.policy, "workload": plan.spec.text, "interrupted": interrupted,
                   "batch_size": cfg.batch_size,
                   "round_s": "server time of the round: the engine's round (engine_s in "
-                             "../schedule.parquet; round 0 includes the prefill) and the "
-                             "scheduler's calls and bookkeeping since the previous round "
-                             "boundary; switches and idle time excluded"
+                             "../schedule.parquet; round 0 includes the prefill"
+                             + (", except that a probe's server prefills on arrival, in the "
+                                "round then in progress" if probe is not None else "")
+                             + ") and the scheduler's calls and bookkeeping since the previous "
+                             "round boundary; switches and idle time excluded"
                              + ("; at batch sizes above one, of the step the round ran in"
                                 if cfg.batch_size > 1 else "")})
+        if probe is not None and cfg.predictor is not None:
+            manifest["predictions"] = {
+                "model": str(cfg.predictor), "sha256": sha256_file(cfg.predictor),
+                "target_model": probe.card["features"].get("target"),
+                "updates": sum(len(r.updates) for r in reqs if r.finish_ns is not None),
+                "made": "live, by the server that ran the rounds"}
         write_live(cfg.out, info, _trace(reqs, tok, target.name, spec.name, cfg.k, manifest,
                                          engine.states),
                    server.rows, _request_rows(reqs, quantiles), config=cfg.config,
@@ -653,7 +771,13 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
     return info
 
 
-def _prediction_info(cfg: LiveConfig) -> dict[str, Any] | None:
+def _prediction_info(cfg: LiveConfig, probe: ProbePredictor | None, states: StatesSpec | None,
+                     reqs: list[_Request]) -> dict[str, Any] | None:
+    if cfg.predictor is not None and probe is not None and states is not None:
+        return {"source": "probe", "path": str(cfg.predictor),
+                "sha256": sha256_file(cfg.predictor), "what_if": False,
+                "states": {"layers": list(states.layers), "every": states.every},
+                "updates": sum(len(r.updates) for r in reqs)}
     if cfg.predictor is not None:
         return {"source": "predictor", "path": str(cfg.predictor),
                 "sha256": sha256_file(cfg.predictor), "what_if": False}
@@ -718,7 +842,16 @@ def _trace(reqs: list[_Request], tok: Any, target: str, draft: str, k: int,
             rounds=[dataclasses.replace(rec, round_s=ns / NS_PER_S)
                     for rec, ns in zip(g.rounds, r.round_ns, strict=True)])
         items.append((dataclasses.replace(r.prompt, request_id=r.rid), g, *response_text(tok, g)))
-    return collection_trace(items, manifest, target, draft, k, states, source="lapsd-live")
+    trace = collection_trace(items, manifest, target, draft, k, states, source="lapsd-live")
+    made = [(r.rid, *u) for r in reqs if r.finish_ns is not None for u in r.updates]
+    if not any(r.belief is not None for r in reqs):
+        return trace
+    beliefs = pl.DataFrame(made, schema={"request_id": pl.String, "round": pl.Int64,
+                                         "belief_median": pl.Float64,
+                                         "belief_sigma": pl.Float64}, orient="row")
+    rounds = trace.rounds.join(beliefs.cast({"round": trace.rounds["round"].dtype}),
+                               on=["request_id", "round"], how="left", maintain_order="left")
+    return dataclasses.replace(trace, rounds=rounds)
 
 
 def _request_rows(reqs: list[_Request], quantiles: list[tuple[float, float | None]] | None

@@ -145,6 +145,17 @@ def stored_dtype() -> str:
     return "float16" if hasattr(pl, "Float16") else "float32"
 
 
+def as_stored(values: np.ndarray, dtype: str | None = None) -> np.ndarray:
+    """``values`` as the states table stores them (``dtype``, default :func:`stored_dtype`).
+
+    float16 saturating at +-65504, else float32.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if (dtype or stored_dtype()) == "float16":
+        return np.clip(values, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
+    return values
+
+
 def table(items: Iterable[tuple[str, RequestStates]], spec: StatesSpec
           ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The states table of ``(request id, states)`` items and the manifest block for it."""
@@ -171,10 +182,9 @@ def table(items: Iterable[tuple[str, RequestStates]], spec: StatesSpec
             generated.append(g)
             vectors.append(vec)
     matrix = (np.stack(vectors) if vectors else np.zeros((0, spec.hidden_size))).astype(np.float32)
-    dtype, saturated = stored_dtype(), 0
-    if dtype == "float16":
-        saturated = int((np.abs(matrix) > _FLOAT16_MAX).sum())
-        matrix = np.clip(matrix, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
+    dtype = stored_dtype()
+    saturated = int((np.abs(matrix) > _FLOAT16_MAX).sum()) if dtype == "float16" else 0
+    matrix = as_stored(matrix, dtype)
     df = pl.DataFrame({"request_id": pl.Series(ids, dtype=pl.String),
                        "kind": pl.Series(kinds, dtype=pl.String),
                        "layer": pl.Series(layers, dtype=pl.Int64),

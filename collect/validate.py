@@ -7,7 +7,8 @@ lasting the mean of its members' recorded rounds, i.e. the live step's time wher
 forms the same batch) with everything the run had: its recorded arrival times, its own trace
 (each request's rounds as they ran, ``round_s`` being the server time of the round), the same
 policy built the same way (parameters and typical round, or the copy of the config), the same
-length predictions (stored per request), and for ``srpt-oracle`` the same true service times.
+length predictions (stored per request) and, for a probe's run, the re-predictions its trace
+records at the rounds they were made, and for ``srpt-oracle`` the same true service times.
 Only switches are modelled:
 ``c0 + c1 * context_tokens`` at each preemption, from
 
@@ -69,7 +70,7 @@ from lapsd.replay.engine import simulate
 from lapsd.replay.live_run import LiveRun, read_live
 from lapsd.replay.policies.base import NS_PER_S
 from lapsd.replay.trace import number, read_trace
-from lapsd.replay.workload import Workload
+from lapsd.replay.workload import Workload, check_recorded, recorded_updates
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,12 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
         truth[index] = np.rint(req["oracle_service_s"].to_numpy() * NS_PER_S).astype(np.int64)
         arrays = dataclasses.replace(arrays, service_ns=truth)
     arrival = req["arrival_ns"].to_numpy().astype(np.int64)
-    workload = Workload(info["workload"]["spec"], arrival, index, run.predictions())
+    updates = None
+    if (info.get("predictions") or {}).get("source") == "probe":  # its re-predictions too
+        check_recorded(arrays, "the run's trace" if rounds_from is None
+                       else f"--rounds-from {rounds_from}")
+        updates = recorded_updates(arrays, index)
+    workload = Workload(info["workload"]["spec"], arrival, index, run.predictions(), updates)
     batch = int(info.get("batch_size", 1))
     result = (simulate_batched(arrays, workload, policy, batch, cost=cost, switch=switch)
               if batch > 1 else simulate(arrays, workload, policy, switch=switch))

@@ -101,6 +101,8 @@ MIN_EXAMPLES = 10
 REMAINING_AT = (64, 128)
 #: Fewest residuals of a band of ``t`` for a spread of its own.
 MIN_BAND = 30
+#: Lowest log median of a belief (``exp`` of it is still a normal positive float64).
+LOG_TINY = -700.0
 
 
 # ----------------------------------------------------------------------------------- data
@@ -298,8 +300,16 @@ def total_belief(generated: np.ndarray, median_remaining: np.ndarray,
         return -ndtri_exp(math.log1p(-q) + log_ndtr(-a)) - a
 
     # a from -1e6 (a ratio within 1e-6 of 1) to 30 (within 0.3% of the largest; beyond, P(X >
-    # t) underflows what the policies' kernels resolve, :mod:`lapsd.replay.lognormal`)
-    lo, hi = np.full(t.shape, -1e6), np.full(t.shape, 30.0)
+    # t) underflows what the policies' kernels resolve, :mod:`lapsd.replay.lognormal`), and
+    # no further than keeps the median exp(mu) a positive float64 (mu = log t - a sigma, with
+    # a sigma = a u50 / h_0.5(a) rising in a): a tail beyond either is the widest there is
+    room = np.log(tt) - LOG_TINY
+    lo, hi = np.zeros(t.shape), np.full(t.shape, 30.0)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        fits = mid * u50 / h(0.5, mid) <= room
+        lo, hi = np.where(fits, mid, lo), np.where(fits, hi, mid)
+    lo, hi = np.full(t.shape, -1e6), lo
     target = np.clip(u90 / u50, 1.0 + 1e-9, None)
     for _ in range(90):
         mid = (lo + hi) / 2
@@ -403,12 +413,15 @@ def _fit_stage(X: np.ndarray, y_log: np.ndarray, n_states: int, censored: np.nda
                 {lab: float(v) for lab, v in zip(labels, mse, strict=True)})
 
 
-def admission_design(data: StateData, cues: bool) -> tuple[np.ndarray, int]:
-    """Admission inputs: the prompt states, then (``cues``) the instruction cues."""
+def admission_design(prompt_states: np.ndarray, prompts: Sequence[str], cues: bool,
+                     ) -> tuple[np.ndarray, int]:
+    """Admission inputs and the number of their state columns.
+
+    The prompt states (one row per prompt), then (``cues``) the instruction cues.
+    """
     if not cues:
-        return data.prompt_states, data.prompt_states.shape[1]
-    return (np.column_stack([data.prompt_states, cue_features(data.prompts)]),
-            data.prompt_states.shape[1])
+        return prompt_states, prompt_states.shape[1]
+    return np.column_stack([prompt_states, cue_features(prompts)]), prompt_states.shape[1]
 
 
 def decode_design(states: np.ndarray, generated: np.ndarray, mu: np.ndarray,
@@ -479,9 +492,14 @@ class ProbePredictor:
     def log_beliefs(self, data: StateData) -> tuple[np.ndarray, np.ndarray]:
         """Admission log median and sigma of each request's output length."""
         self.check(data)
-        X, _ = admission_design(data, self.cues)
         with threadpool_limits(1):
-            mu = self.admission.predict(X) + self.calibration["offset"]
+            return self.admission_log(data.prompt_states, data.prompts)
+
+    def admission_log(self, prompt_states: np.ndarray, prompts: Sequence[str],
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`log_beliefs` of prompt-state rows (:attr:`StateData.prompt_states`'s layout)."""
+        X, _ = admission_design(prompt_states, prompts, self.cues)
+        mu = self.admission.predict(X) + self.calibration["offset"]
         return mu, np.full(mu.size, float(self.calibration["sigma"]))
 
     def predictions(self, data: StateData) -> list[LengthPrediction]:
@@ -493,16 +511,22 @@ class ProbePredictor:
     def remaining(self, data: StateData, rows: np.ndarray | None = None,
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Log median and sigma of ``L - t`` at decode states ``rows`` (default: all)."""
+        mu, sigma = self.log_beliefs(data)
+        rows = np.arange(data.decode_owner.size) if rows is None else np.asarray(rows)
+        owner = data.decode_owner[rows]
+        with threadpool_limits(1):
+            return self.remaining_log(data.decode_states[rows], data.decode_tokens[rows],
+                                      mu[owner], sigma[owner])
+
+    def remaining_log(self, states: np.ndarray, generated: np.ndarray, mu: np.ndarray,
+                      sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`remaining` of decode-state rows, with their requests' admission beliefs."""
         if self.repredictor is None:
             raise LapsdError("this probe has no re-predictor: its training traces had too few "
                              "decode states; collect longer outputs with --states")
-        mu, sigma = self.log_beliefs(data)
-        rows = np.arange(data.decode_owner.size) if rows is None else np.asarray(rows)
-        owner, t = data.decode_owner[rows], data.decode_tokens[rows]
-        X = decode_design(data.decode_states[rows], t, mu[owner], sigma[owner])
-        with threadpool_limits(1):
-            m = self.repredictor.predict(X) + self.calibration["decode_offset"]
-        return m, np.asarray(self.calibration["decode_sigmas"])[band(t)]
+        X = decode_design(states, generated, mu, sigma)
+        m = self.repredictor.predict(X) + self.calibration["decode_offset"]
+        return m, np.asarray(self.calibration["decode_sigmas"])[band(generated)]
 
     def updates(self, data: StateData) -> list[ProbeUpdates]:
         """Per request (in ``data``'s order), the beliefs after each of its decode states."""
@@ -512,6 +536,43 @@ class ProbePredictor:
         return [ProbeUpdates(data.request_ids[i], data.decode_tokens[lo:hi], median[lo:hi],
                              sigma[lo:hi], data.cap)
                 for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]
+
+
+@dataclass
+class RunningBelief:
+    """A probe's beliefs about one request, from its states as a server computes them.
+
+    What :meth:`ProbePredictor.predictions` and :meth:`ProbePredictor.updates` give for a
+    trace, one request at a time: a server that runs the target (``lapsd live``) makes one at
+    admission from the prompt states, then calls :meth:`update` with each decode state. States
+    must be as the trace stores them (:mod:`lapsd.collect.states`: float16 where polars has
+    it) for the beliefs to equal those of ``lapsd predict apply`` on the run's trace.
+    """
+
+    probe: ProbePredictor
+    mu: float
+    sigma: float
+    cap: float
+
+    @classmethod
+    def admit(cls, probe: ProbePredictor, prompt_states: np.ndarray, prompt: str, cap: float,
+              ) -> RunningBelief:
+        """The admission belief from one row of :attr:`StateData.prompt_states`."""
+        mu, sigma = probe.admission_log(np.asarray(prompt_states, np.float32)[None], [prompt])
+        return cls(probe, float(mu[0]), float(sigma[0]), cap)
+
+    @property
+    def prediction(self) -> LengthPrediction:
+        """The admission belief as the policies take it (capped)."""
+        return LengthPrediction(max(math.exp(self.mu), 1.0), self.sigma, self.cap)
+
+    def update(self, state: np.ndarray, generated: int) -> LengthPrediction:
+        """The total-length belief after ``generated`` tokens, from that token's state."""
+        t = np.array([generated], dtype=np.int64)
+        m, s = self.probe.remaining_log(np.asarray(state, np.float32)[None], t,
+                                        np.array([self.mu]), np.array([self.sigma]))
+        median, sigma = total_belief(t, np.exp(m), s)
+        return LengthPrediction(float(median[0]), float(sigma[0]), self.cap)
 
 
 def updates(probe: ProbePredictor, data: StateData) -> list[ProbeUpdates]:
@@ -557,7 +618,7 @@ def fit_probe(data: StateData, *, folds: int = 5, seed: int = 0, cues: bool = Tr
     folds_ = prompt_folds(data.prompts, folds, seed, groups)
     y = np.log(np.maximum(data.output_tokens, 1).astype(np.float64))
     censored = data.censored
-    X, n_states = admission_design(data, cues)
+    X, n_states = admission_design(data.prompt_states, data.prompts, cues)
     with threadpool_limits(1):
         adm = _fit_stage(X, y, n_states, censored, folds_, seed)
     sigma = conformal_sigma(_scores(y, adm.oof, censored))

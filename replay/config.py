@@ -17,8 +17,10 @@ Fields of version 2:
 ``prediction``
     What the scheduler was tuned with and must be given at run time: ``source`` (``predictor``,
     ``column``, or the noisy-oracle what-if ``oracle:sigma=S``, then ``what_if`` is true),
-    ``predictor`` (path and sha256 of the length predictor, or null) and ``repredict_every``
-    (rounds between re-predictions, or null).
+    ``predictor`` (path and sha256 of the length predictor, or null), ``repredict_every``
+    (rounds between re-predictions, or null) and ``recorded_updates`` (true: tuned on the
+    re-predictions a probe made while decoding, so a server must give them, as ``lapsd live
+    --predictor PROBE`` does).
 ``switch_cost``
     The preemption cost model the parameters were tuned under.
 ``load_bands``
@@ -123,6 +125,7 @@ class PredictionSection(_Strict):
     what_if: bool
     predictor: FileRef | None = None
     repredict_every: Annotated[int, Field(ge=1)] | None = None
+    recorded_updates: bool = False
 
 
 class AcceptanceStatistic(BaseModel):

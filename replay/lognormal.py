@@ -120,7 +120,8 @@ def conditional_quantile(median: float, sigma: float, cap: float, generated: flo
     if log_s < _TINY:
         return 1.0
     # P(X > x | X > g) = 1 - q  <=>  Phi((mu - log x) / sigma) = (1 - q) S(g).
-    x = median * math.exp(-sigma * ndtri((1.0 - q) * math.exp(log_s)))
+    # in logs: a wide belief's tiny median times a huge factor is a finite x
+    x = math.exp(min(math.log(median) - sigma * ndtri((1.0 - q) * math.exp(log_s)), 700.0))
     return max(min(x, cap) - generated, 1.0)
 
 

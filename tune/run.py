@@ -425,6 +425,7 @@ def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Me
                           {"path": relative_to_config(spec.predictor, config_file),
                            "sha256": sha256_file(spec.predictor)}),
             "repredict_every": spec.repredict_every,
+            "recorded_updates": spec.recorded_updates,
         },
         "switch_cost": {"model": "c0 + c1 * context_tokens", "c0_s": spec.c0,
                         "c1_s_per_token": spec.c1},

@@ -421,6 +421,79 @@ def test_a_config_with_a_real_predictor(runs, tiny_dir, prompts_file, tmp_path,
     assert compare(run).order_agreement >= 0.75
 
 
+@pytest.fixture(scope="module")
+def probe_setup(tmp_path_factory, tiny_dir) -> dict[str, Path]:
+    """A collection with states of 24 prompts (tiny model) and a probe trained on it."""
+    from lapsd.predict.probe import fit_probe, from_trace, save_probe
+
+    base = tmp_path_factory.mktemp("probe-live")
+    prompts = base / "question.jsonl"
+    prompts.write_text("".join(json.dumps({
+        "question_id": i, "category": "qa" if i % 2 else "w",
+        "turns": [f"say {i} things about {i * 7}" + " and more" * (i % 5) + "."]}) + "\n"
+        for i in range(24)))
+    trace = collect(CollectConfig(target=tiny_dir, draft="layers:2", prompts=prompts,
+                                  out=base / "trace", k=K, max_new_tokens=16, device="cpu",
+                                  dtype="float32", states="auto", states_every=2),
+                    log=lambda *_: None)
+    probe = fit_probe(from_trace(read_trace(trace), trace), folds=2)
+    assert probe.repredictor is not None
+    return {"prompts": prompts, "probe": save_probe(probe, base / "probe.skops")}
+
+
+def test_a_probe_repredicts_live_and_the_replay_hears_the_same(probe_setup, tiny_dir, tmp_path,
+                                                              monkeypatch) -> None:
+    """Issue 22, section 4: the server prefills on arrival, predicts from the prompt states,
+    re-predicts from the decode states; its trace records the re-predictions, the replay
+    tells its policy the very same ones, and the probe applied offline to the run's trace
+    gives the beliefs the run used."""
+    from lapsd.predict.apply import apply_to_trace
+
+    heard: list[tuple[int, float, float]] = []
+    original = Policy.update_prediction
+
+    def spy(self, request_id, prediction) -> None:
+        heard.append((request_id, prediction.median, prediction.sigma))
+        original(self, request_id, prediction)
+
+    monkeypatch.setattr(Policy, "update_prediction", spy)
+    out = tmp_path / "probe-run"
+    serve(_live(tiny_dir, probe_setup["prompts"], out, policy="lp-srpt",
+                predictor=probe_setup["probe"], max_new_tokens=16,
+                workload="poisson:load=0.9,n=12,seed=2"), log=lambda *_: None)
+    run = read_live(out)
+    _check_schedule(run)
+    live_heard, heard[:] = sorted(heard), []
+    info = run.info
+    assert info["predictions"]["source"] == "probe" and not info["predictions"]["what_if"]
+    assert info["predictions"]["states"] == {"layers": [1, 2, 3], "every": 2}
+    rounds = run.trace.rounds
+    made = rounds.filter(pl.col("belief_median").is_not_null())
+    assert 0 < made.height == len(live_heard) == info["predictions"]["updates"]
+    assert info["probe"]["calls"] == made.height + run.requests.height
+    # every request was prefilled on arrival, as server time of the round in progress (host
+    # clock: at least the engine's own prefill time)
+    assert run.schedule["prefill_s"].sum() >= run.requests["prefill_s"].sum() > 0
+    # the replay tells its policy the same beliefs after the same rounds
+    compare(run)
+    assert sorted(heard) == live_heard
+    # the probe applied offline to the run's trace (its stored states) gives the same beliefs
+    # (offline also on a request's last round, which no policy hears: the request is done)
+    applied = read_trace(apply_to_trace(probe_setup["probe"], out / "trace", tmp_path / "a"))
+    both = applied.rounds.join(rounds, on=["request_id", "round"], suffix="_live").filter(
+        pl.col("round") < pl.col("round").max().over("request_id"))
+    np.testing.assert_allclose(both["belief_median"].fill_null(-1).to_numpy(),
+                               both["belief_median_live"].fill_null(-1).to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(applied.requests["predicted_tokens"].to_numpy(),
+                               run.requests["prediction_median"].to_numpy(), rtol=1e-9)
+    # what cannot run says so in one line
+    for bad, says in ((dict(batch_size=2), "--batch-size 1"),
+                      (dict(states="1,2"), "layers")):
+        with pytest.raises(LapsdError, match=says):
+            serve(_live(tiny_dir, probe_setup["prompts"], tmp_path / "bad", policy="lp-srpt",
+                        predictor=probe_setup["probe"], **bad), log=lambda *_: None)
+
+
 def test_kv_budget_forces_swaps_and_keeps_tokens(runs, tiny_dir, prompts_file,
                                                  tmp_path) -> None:
     """A budget of one request's peak swaps every other started request to host memory."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from one_line import one_line_error
 
@@ -166,9 +166,12 @@ def test_censored_outputs_are_covered_through_the_cap(probe: ProbePredictor,
     assert share >= 0.5
 
 
-@given(t=st.integers(1, 600), m=st.floats(2.0, 2000.0), s=st.floats(0.05, 1.5))
+@given(t=st.integers(1, 1024), m=st.floats(1.0, 1e5), s=st.floats(0.05, 4.0))
+@example(t=32, m=29.8, s=2.0)  # a median exp(log t - a sigma) that underflowed to 0
 def test_total_belief_reads_back_the_remaining_belief(t: int, m: float, s: float) -> None:
     median, sigma = total_belief(np.array([t]), np.array([m]), np.array([s]))
+    # a belief the trace can hold (belief_median > 0) however wide the remaining one
+    assert 0 < median[0] < math.inf and 0 < sigma[0] < math.inf
     belief = LengthPrediction(float(median[0]), float(sigma[0]))
     assert belief.quantile_remaining(t, 0.5) == pytest.approx(m, rel=1e-6)
     wanted = m * math.exp(1.2815515655446004 * s)
@@ -276,7 +279,8 @@ def test_cli_train_eval_apply(train_dir: Path, test_dir: Path, tmp_path: Path,
                  "--predictions", "column", "--recorded-updates", "--trials", "2",
                  "--bands", "none", "--policies", "lp-srpt", "--bursts", "10", "--loads",
                  "0.9", "--poisson-n", "60", "--seeds", "1"]) == 0
-    assert (tmp_path / "run" / "lapsd-config.json").is_file()
+    exported = json.loads((tmp_path / "run" / "lapsd-config.json").read_text())
+    assert exported["prediction"]["recorded_updates"] is True  # a server must re-predict too
     # A prompt-only predictor's predictions drop another predictor's re-predictions.
     plain_model = tmp_path / "plain.skops"
     assert main(["predict", "train", "--data", str(train_dir), "--out", str(plain_model)]) == 0
