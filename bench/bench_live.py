@@ -16,6 +16,12 @@ Usage::
 
 then ``lapsd validate runs/live-ngram4/*-load0.9`` (and the same for each load).
 
+``--probe PROBE.skops`` loads the engine with the probe's hidden states and serves a run written
+``NAME@probe`` (``lp-srpt@probe``, ``config=PATH@probe``) with the probe as its predictor: each
+request prefilled on arrival, re-predicted every ``G`` tokens (:mod:`lapsd.collect.live`). Every
+run of the matrix then records states (measured to cost no round time, issue 22), so runs with
+and without the probe serve alike.
+
 ``--batch-size B`` serves every run at batch size ``B`` (``lapsd live --batch-size``); loads stay
 relative to the batch-1 capacity, so a batched server needs loads above 1 to be busy.
 """
@@ -29,6 +35,7 @@ from pathlib import Path
 
 from lapsd.collect.live import LiveConfig, serve
 from lapsd.collect.loading import check_models, load_engine, resolve_device, resolve_dtype
+from lapsd.collect.run import states_spec
 from lapsd.replay.live_run import read_info
 
 
@@ -48,6 +55,7 @@ def main() -> None:
     ap.add_argument("--runs", default="fcfs,lp-srpt,srpt-oracle",
                     help="policy names, or config=PATH for an exported config")
     ap.add_argument("--predictor", type=Path, help="for the length-aware policies and configs")
+    ap.add_argument("--probe", type=Path, help="a probe, for the runs named NAME@probe")
     ap.add_argument("--oracle-trace", type=Path, help="a collection of the prompts (srpt-oracle)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--warmup", type=int, default=8, help="requests of the capacity warm-up")
@@ -61,16 +69,25 @@ def main() -> None:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     spec, tok = check_models(args.target, args.draft)
+    states = None
+    if args.probe is not None:
+        from lapsd.predict.probe import load_probe
+
+        features = load_probe(args.probe).card["features"]
+        states = states_spec(args.target, ",".join(map(str, features["layers"])),
+                             int(features["every"]))
     loaded = load_engine(args.target, spec, tok, k=args.k, dtype=dtype, device=device,
-                         temperature=0.0, max_new_tokens=args.max_new_tokens, seed=0, chat=True)
+                         temperature=0.0, max_new_tokens=args.max_new_tokens, seed=0, chat=True,
+                         states=states)
     print(f"models loaded in {time.monotonic() - start:.1f} s on {device}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     first: Path | None = args.capacity_from
     done: list[dict[str, object]] = []
     for load in [float(x) for x in args.loads.split(",")]:
         for run in args.runs.split(","):
+            run, _, source = run.partition("@")
             policy, _, config = run.partition("=")
-            name = f"{'config' if config else policy}-load{load:g}"
+            name = f"{'config' if config else policy}{'-' + source if source else ''}-load{load:g}"
             if first is not None:
                 service = read_info(first)["capacity"]["mean_service_s"]
                 need = args.n * service / load * 1.15 + 10
@@ -84,7 +101,8 @@ def main() -> None:
                 workload=f"poisson:load={load:g},n={args.n},seed={args.seed}",
                 out=args.out / name, policy=None if config else policy,
                 config=Path(config) if config else None,
-                predictor=args.predictor if length_aware else None,
+                predictor=(args.probe if source == "probe" else args.predictor)
+                if length_aware else None,
                 oracle_trace=args.oracle_trace if policy == "srpt-oracle" else None,
                 k=args.k, max_new_tokens=args.max_new_tokens, device=device, dtype=dtype,
                 warmup=args.warmup, capacity_from=first, force=True, batch_size=args.batch_size)

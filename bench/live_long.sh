@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Live runs at long outputs on one GPU (issue 22, section 5: the probe's value confirmed live),
+# and the rest of the shippable layers:28 collection. SmolLM2-135M-Instruct, ngram:4,
+# max_new_tokens 1024, batch size 1, Poisson load 0.9, N requests drawn from the prompts held
+# out of tuning; fcfs, the prompt-only predictor and the probe (each request prefilled on
+# arrival, re-predicted every G tokens), each run on the same arrivals.
+#
+# Usage: bash bench/live_long.sh prep        here, first (needs ../shared, /tmp/pv from
+#                                            bench/policy_value_long.py, /work/data/long)
+#        then on the GPU machine, back to back:
+#        bash bench/live_long.sh 1           carry .carry/smollm2-a .whl/c
+#        bash bench/live_long.sh polars      carry .whl/a
+#        bash bench/live_long.sh 2           carry .carry/smollm2-b .carry/wheels .whl/b
+#                                            .carry/src .carry/live; starts the jobs, waits
+#        bash bench/live_long.sh wait        waits for the jobs (call again while they run)
+#        bash bench/live_long.sh pack        the runs and the trace into $OUT
+# Environment: N (requests per run, 200), LOAD (0.9), RUNS (bench_live.py --runs),
+# DEADLINE_S (seconds a call waits, 540), LIVE_S (seconds the live matrix may take, 900).
+set -u
+stage=$1
+T0=$(date +%s)
+R=$PWD
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:/tmp/tree
+M=$HOME/m/SmolLM2-135M-Instruct.Q4_1.gguf
+L=$R/.carry/live
+W=/tmp/work
+N=${N:-200}
+LOAD=${LOAD:-0.9}
+RUNS=${RUNS:-fcfs,config=$L/config-probe.json@probe,lp-srpt,lp-srpt@probe,config=$L/config-prompt.json}
+mkdir -p "$W"
+elapsed() { echo $(( $(date +%s) - T0 )); }
+tree() {  # the installed layout (lapsd.replay = replay/, ...) as links, from the carried commit
+  rm -rf /tmp/tree && mkdir -p /tmp/tree/lapsd
+  for f in "$R"/.carry/src/lapsd/*.py; do ln -s "$f" "/tmp/tree/lapsd/$(basename "$f")"; done
+  for d in replay predict tune collect integrations; do ln -s "$R/.carry/src/$d" "/tmp/tree/lapsd/$d"; done
+}
+wait_jobs() {
+  local deadline=${DEADLINE_S:-540}
+  while [ ! -f "$W/jobs.done" ] && [ "$(elapsed)" -lt "$deadline" ]; do sleep 5; done
+  tail -n 20 "$W/jobs.log"
+  [ -f "$W/jobs.done" ] && echo "jobs finished" || echo "jobs still running at $(elapsed) s"
+}
+install() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+  --upgrade --target /tmp/site "$@"; }
+
+case $stage in
+prep)  # here
+  bash ../shared/tools/smollm2-for-device.sh .carry
+  dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$@"; }
+  dl .whl/a polars==2.1.0 polars-runtime-32==2.1.0
+  dl .whl/b pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
+  dl .whl/c skops==0.16.0 prettytable==3.19.0 scikit-learn==1.9.1
+  [ -f .carry/long/prompts.jsonl ] || .venv/bin/python bench/long_prompts.py ../shared/data .carry/long/prompts.jsonl
+  OMP_NUM_THREADS=1 .venv/bin/python bench/live_long_prep.py /work/data/long/m-coll-ngram4 \
+    .carry/long/prompts.jsonl /tmp/pv .carry/live --layers28 /work/data/long/m-coll-layers28
+  rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
+  du -sh .carry/smollm2-a .whl/c .whl/a .carry/smollm2-b .carry/wheels .whl/b .carry/src .carry/live
+  ;;
+1)
+  mkdir -p ~/m && cp "$R"/.carry/smollm2-a/part ~/m/a
+  install "$R"/.whl/c/*.whl || exit 1
+  nvidia-smi -L
+  python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(0))'
+  ;;
+polars)
+  install "$R"/.whl/a/*.whl || exit 1
+  python3 -c 'import polars; print("polars", polars.__version__)'
+  ;;
+2)
+  install "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || exit 1
+  [ -f ~/m/a ] && cat ~/m/a "$R"/.carry/smollm2-b/part > "$M" && rm ~/m/a
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
+  tree
+  python3 -P -c 'import lapsd.collect.live, lapsd.predict.probe, sklearn, skops, polars; print("imports ok", sklearn.__version__)' || exit 1
+  rm -f "$W/jobs.done"
+  setsid nohup bash "$R/bench/live_long.sh" jobs > "$W/jobs.log" 2>&1 < /dev/null &
+  wait_jobs
+  ;;
+jobs)  # in the background (started by stage 2)
+  tree
+  echo "== live matrix from $(elapsed) s"
+  python3 -P "$R/.carry/src/bench/bench_live.py" --target "$M" --draft ngram:4 \
+    --prompts "$L/heldout.jsonl" --max-new-tokens 1024 --n "$N" --loads "$LOAD" \
+    --runs "$RUNS" --predictor "$L/predictor.skops" --probe "$L/probe.skops" --warmup 32 \
+    --out "$W/live" --deadline-s "${LIVE_S:-900}" 2>&1 | grep -v -E "it/s|^\s*$"
+  echo "== live matrix done at $(elapsed) s"
+  if [ -s "$L/layers28-rest.jsonl" ]; then
+    python3 -P -m lapsd collect --target "$M" --draft layers:28 --prompts "$L/layers28-rest.jsonl" \
+      --max-new-tokens 1024 --batch-size 64 --chunk-size 100 --out "$W/coll-layers28-rest" 2>&1 \
+      | grep -v -E "it/s|^\s*$"
+    echo "== layers:28 rest done at $(elapsed) s"
+  fi
+  touch "$W/jobs.done"
+  ;;
+wait)
+  wait_jobs
+  ;;
+pack)
+  tree
+  cd "$W" || exit 1
+  [ -d coll-layers28-rest ] && python3 -P -m lapsd merge coll-layers28-rest --out m-layers28-rest --force > /dev/null
+  # the runs' states tables (MBs each) apart, in parts under the per-file limit
+  tar -czf "$OUT/live.tar.gz" --exclude=states.parquet live jobs.log $(ls -d m-layers28-rest 2>/dev/null)
+  find live -name states.parquet | tar -cf - -T - | split -b 15M -d - "$OUT/states.tar.part"
+  ls -la "$OUT"
+  ;;
+esac
+echo "stage $stage took $(elapsed) s"
