@@ -56,6 +56,7 @@ prep)  # here
   [ -f .carry/long/prompts.jsonl ] || .venv/bin/python bench/long_prompts.py ../shared/data .carry/long/prompts.jsonl
   OMP_NUM_THREADS=1 .venv/bin/python bench/live_long_prep.py /work/data/long/m-coll-ngram4 \
     .carry/long/prompts.jsonl /tmp/pv .carry/live --layers28 /work/data/long/m-coll-layers28
+  gzip -f .carry/live/*.skops  # skops files are stored uncompressed: 12 MB -> 3 MB of the call's 64
   rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
   du -sh .carry/smollm2-a .whl/c .whl/a .carry/smollm2-b .carry/wheels .whl/b .carry/src .carry/live
   ;;
@@ -72,6 +73,7 @@ polars)
 2)
   install "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || exit 1
   [ -f ~/m/a ] && cat ~/m/a "$R"/.carry/smollm2-b/part > "$M" && rm ~/m/a
+  gunzip -f "$L"/*.skops.gz
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
   tree
   python3 -P -c 'import lapsd.collect.live, lapsd.predict.probe, sklearn, skops, polars; print("imports ok", sklearn.__version__)' || exit 1
