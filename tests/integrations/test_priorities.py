@@ -118,7 +118,8 @@ def test_levels_are_evenly_used_by_calibration_like_requests():
 
 def test_calibrated_export_round_trip_and_replay_agree(srpt_config: Path, tmp_path: Path):
     mapper = PriorityMapper.from_config(srpt_config, "sglang")
-    assert mapper.target_model and mapper.max_new_tokens == 96
+    assert mapper.target_model and mapper.max_new_tokens == read_trace(
+        TRACE).manifest["collector"]["max_new_tokens"]
     files = {f.name for f in mapper.export(tmp_path)}
     assert {MAP_FILE, PREDICTOR_FILE, "server-args.txt", "gateway.py"} <= files
     loaded = PriorityMapper.load(tmp_path)
