@@ -15,7 +15,8 @@
 #        bash bench/live_long.sh wait        waits for the jobs (call again while they run)
 #        bash bench/live_long.sh pack        the runs and the trace into $OUT
 # Environment: N (requests per run, 200), LOAD (0.9), RUNS (bench_live.py --runs),
-# DEADLINE_S (seconds a call waits, 540), LIVE_S (seconds the live matrix may take, 900).
+# DEADLINE_S (seconds a call waits, 540), LIVE_S (seconds the live matrix may take, 900),
+# CAPACITY_FROM (a live run folder, its live.json enough: its capacity and so its arrivals).
 set -u
 stage=$1
 T0=$(date +%s)
@@ -87,7 +88,8 @@ jobs)  # in the background (started by stage 2)
   python3 -P "$R/.carry/src/bench/bench_live.py" --target "$M" --draft ngram:4 \
     --prompts "$L/heldout.jsonl" --max-new-tokens 1024 --n "$N" --loads "$LOAD" \
     --runs "$RUNS" --predictor "$L/predictor.skops" --probe "$L/probe.skops" --warmup 32 \
-    --out "$W/live" --deadline-s "${LIVE_S:-900}" 2>&1 | grep -v -E "it/s|^\s*$"
+    --out "$W/live" --deadline-s "${LIVE_S:-900}" ${CAPACITY_FROM:+--capacity-from "$CAPACITY_FROM"} \
+    2>&1 | grep -v -E "it/s|^\s*$"
   echo "== live matrix done at $(elapsed) s"
   if [ -s "$L/layers28-rest.jsonl" ]; then
     python3 -P -m lapsd collect --target "$M" --draft layers:28 --prompts "$L/layers28-rest.jsonl" \

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy.special import log_ndtr, ndtri_exp
+from numba import njit
 from scipy.stats import norm
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
@@ -62,6 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from lapsd.errors import LapsdError
 from lapsd.predict.calibrate import LEVEL, conformal_sigma
+from lapsd.predict.compiled import CompiledPipeline, compile_pipeline
 from lapsd.predict.continuation import SIGMA_BANDS, band
 from lapsd.predict.cues import cue_features
 from lapsd.predict.data import LengthData, check_prompts
@@ -84,7 +85,7 @@ from lapsd.predict.split import (
 )
 from lapsd.replay.arrays import output_cap
 from lapsd.replay.estimate import LengthPrediction
-from lapsd.replay.lognormal import conditional_mean
+from lapsd.replay.lognormal import conditional_mean, log_ndtr, ndtri
 from lapsd.replay.trace import Trace, TraceError, read_trace, trace_digest
 
 #: Heads tried on the projected states: ``(name, ridge alpha)``, ``alpha None``: the booster.
@@ -287,38 +288,59 @@ def total_belief(generated: np.ndarray, median_remaining: np.ndarray,
     keeps its median and gets the widest tail the family has. At ``t = 0`` it is the remaining
     belief itself.
     """
-    t = np.asarray(generated, dtype=np.float64)
-    m = np.asarray(median_remaining, dtype=np.float64)
-    s = np.asarray(sigma_remaining, dtype=np.float64)
-    z90 = float(norm.ppf(0.9))
-    fresh = t <= 0
-    tt = np.where(fresh, 1.0, t)
-    u50 = np.log1p(m / tt)
-    u90 = np.log1p(m * np.exp(z90 * s) / tt)
+    t = np.atleast_1d(np.asarray(generated, dtype=np.float64))
+    m = np.broadcast_to(np.asarray(median_remaining, dtype=np.float64), t.shape)
+    s = np.broadcast_to(np.asarray(sigma_remaining, dtype=np.float64), t.shape)
+    median, sigma = np.empty(t.shape), np.empty(t.shape)
+    _total_belief(t, np.ascontiguousarray(m), np.ascontiguousarray(s), median, sigma)
+    return median, sigma
 
-    def h(q: float, a: np.ndarray) -> np.ndarray:
-        return -ndtri_exp(math.log1p(-q) + log_ndtr(-a)) - a
 
-    # a from -1e6 (a ratio within 1e-6 of 1) to 30 (within 0.3% of the largest; beyond, P(X >
-    # t) underflows what the policies' kernels resolve, :mod:`lapsd.replay.lognormal`), and
-    # no further than keeps the median exp(mu) a positive float64 (mu = log t - a sigma, with
-    # a sigma = a u50 / h_0.5(a) rising in a): a tail beyond either is the widest there is
-    room = np.log(tt) - LOG_TINY
-    lo, hi = np.zeros(t.shape), np.full(t.shape, 30.0)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        fits = mid * u50 / h(0.5, mid) <= room
-        lo, hi = np.where(fits, mid, lo), np.where(fits, hi, mid)
-    lo, hi = np.full(t.shape, -1e6), lo
-    target = np.clip(u90 / u50, 1.0 + 1e-9, None)
-    for _ in range(90):
-        mid = (lo + hi) / 2
-        low = h(0.9, mid) / h(0.5, mid) < target
-        lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
-    a = (lo + hi) / 2
-    sigma = u50 / h(0.5, a)
-    mu = np.log(tt) - a * sigma
-    return np.where(fresh, m, np.exp(mu)), np.where(fresh, s, sigma)
+#: ``log (1 - q)`` of the two quantiles :func:`total_belief` matches.
+_LOG_UPPER_50, _LOG_UPPER_90 = math.log(0.5), math.log(0.1)
+
+
+@njit(cache=True)
+def _h(log_upper: float, a: float) -> float:
+    """``h_q(a) = Phi^-1(1 - (1 - q) Phibar(a)) - a``, ``log_upper = log(1 - q)``."""
+    return -ndtri(math.exp(log_upper + log_ndtr(-a))) - a
+
+
+@njit(cache=True)
+def _total_belief(t: np.ndarray, m: np.ndarray, s: np.ndarray, median: np.ndarray,
+                  sigma: np.ndarray) -> None:
+    """:func:`total_belief`, element by element (bisections on ``a``)."""
+    z90 = 1.2815515655446004
+    for i in range(t.size):
+        if t[i] <= 0.0:
+            median[i], sigma[i] = m[i], s[i]
+            continue
+        u50 = math.log1p(m[i] / t[i])
+        u90 = math.log1p(m[i] * math.exp(z90 * s[i]) / t[i])
+        # a from -1e6 (a ratio within 1e-6 of 1) to 30 (within 0.3% of the largest; beyond,
+        # P(X > t) underflows what the policies' kernels resolve, :mod:`lapsd.replay.lognormal`)
+        # and no further than keeps the median exp(mu) a positive float64 (mu = log t - a
+        # sigma, with a sigma = a u50 / h_0.5(a) rising in a): a tail beyond either is the
+        # widest there is
+        room = math.log(t[i]) - LOG_TINY
+        lo, hi = 0.0, 30.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if mid * u50 / _h(_LOG_UPPER_50, mid) <= room:
+                lo = mid
+            else:
+                hi = mid
+        target = max(u90 / u50, 1.0 + 1e-9)
+        lo, hi = -1e6, lo
+        for _ in range(90):
+            mid = (lo + hi) / 2
+            if _h(_LOG_UPPER_90, mid) / _h(_LOG_UPPER_50, mid) < target:
+                lo = mid
+            else:
+                hi = mid
+        a = (lo + hi) / 2
+        sigma[i] = u50 / _h(_LOG_UPPER_50, a)
+        median[i] = math.exp(math.log(t[i]) - a * sigma[i])
 
 
 def _imputed(y: np.ndarray, mu: np.ndarray, sigma: float, censored: np.ndarray) -> np.ndarray:
@@ -478,6 +500,15 @@ class ProbePredictor:
     repredictor: Pipeline | None
     calibration: dict[str, Any]
     card: dict[str, Any] = field(default_factory=dict)
+    #: The pipelines as arrays (:mod:`lapsd.predict.compiled`): what predicts, one row or many.
+    _admission: CompiledPipeline = field(init=False, repr=False, compare=False)
+    _repredictor: CompiledPipeline | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Compile the fitted pipelines."""
+        self._admission = compile_pipeline(self.admission)
+        self._repredictor = (None if self.repredictor is None
+                             else compile_pipeline(self.repredictor))
 
     @property
     def cues(self) -> bool:
@@ -499,7 +530,7 @@ class ProbePredictor:
                       ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`log_beliefs` of prompt-state rows (:attr:`StateData.prompt_states`'s layout)."""
         X, _ = admission_design(prompt_states, prompts, self.cues)
-        mu = self.admission.predict(X) + self.calibration["offset"]
+        mu = self._admission.predict(X) + self.calibration["offset"]
         return mu, np.full(mu.size, float(self.calibration["sigma"]))
 
     def predictions(self, data: StateData) -> list[LengthPrediction]:
@@ -521,11 +552,11 @@ class ProbePredictor:
     def remaining_log(self, states: np.ndarray, generated: np.ndarray, mu: np.ndarray,
                       sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`remaining` of decode-state rows, with their requests' admission beliefs."""
-        if self.repredictor is None:
+        if self._repredictor is None:
             raise LapsdError("this probe has no re-predictor: its training traces had too few "
                              "decode states; collect longer outputs with --states")
         X = decode_design(states, generated, mu, sigma)
-        m = self.repredictor.predict(X) + self.calibration["decode_offset"]
+        m = self._repredictor.predict(X) + self.calibration["decode_offset"]
         return m, np.asarray(self.calibration["decode_sigmas"])[band(generated)]
 
     def updates(self, data: StateData) -> list[ProbeUpdates]:

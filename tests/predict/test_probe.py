@@ -345,3 +345,24 @@ def test_a_collected_trace_with_states(tmp_path: Path) -> None:
     assert len(updates(probe, data)) == 12
     assert probe.card["features"]["target_sha256"] == trace.manifest["collector"][
         "target_sha256"]
+
+
+@pytest.mark.parametrize("head", [("ridge", 10.0), ("boost", None)])
+def test_compiled_pipelines_predict_as_scikit_learn(head: tuple[str, float | None]) -> None:
+    """What the probe predicts with (numpy, one row at a time live) is its pipelines' output."""
+    from sklearn.pipeline import Pipeline
+
+    from lapsd.predict.compiled import compile_pipeline
+    from lapsd.predict.probe import _head, _projection
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 40)) * rng.uniform(0.1, 5, 40) + rng.normal(size=40)
+    y = X[:, :5] @ rng.normal(size=5) + np.sin(X[:, 35]) + rng.normal(0, 0.1, 300)
+    pipeline = Pipeline([("features", _projection(34, 40, 300, 0)),
+                         ("head", _head(*head, 0))]).fit(X, y)
+    new = rng.normal(size=(50, 40)) * 2
+    compiled = compile_pipeline(pipeline)
+    np.testing.assert_allclose(compiled.predict(new), pipeline.predict(new), rtol=1e-9,
+                               atol=1e-9)
+    np.testing.assert_allclose(compiled.predict(new[:1]), pipeline.predict(new[:1]),
+                               rtol=1e-9, atol=1e-9)
