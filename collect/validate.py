@@ -176,9 +176,13 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
     req = run.requests
     if rounds_from is None:
         arrays, ids = TraceArrays.from_trace(run.trace), req["request_id"].to_list()
+        keys = list(arrays.request_ids)
     else:
         other = read_trace(rounds_from)
         arrays, ids = TraceArrays.from_trace(other), [str(p) for p in req["prompt_id"].to_list()]
+        # another live run's trace names its requests "position:prompt id"
+        keys = ([r.split(":", 1)[-1] for r in arrays.request_ids] if "live" in other.manifest
+                else list(arrays.request_ids))
         mine, theirs = info.get("collector", {}), other.manifest.get("collector", {})
         differ = [f"{key} {theirs.get(key)!r} (the run: {mine.get(key)!r})"
                   for key in ("target_sha256", "draft", "k", "dtype", "gpu", "max_new_tokens")
@@ -186,7 +190,7 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
         if differ:
             warnings.warn(f"--rounds-from {rounds_from} was collected with {'; '.join(differ)}:"
                           " its rounds are not the run's", stacklevel=2)
-    index = _index(arrays, ids, run, rounds_from)
+    index = _index(keys, ids, run, rounds_from)
     policy = run.policy_factory()()
     if policy.needs_oracle:  # the true service the run revealed, not the live trace's own
         truth = np.zeros(arrays.n_requests, dtype=np.int64)
@@ -240,16 +244,20 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
     )
 
 
-def _index(arrays: TraceArrays, ids: list[str], run: LiveRun, rounds_from: Path | None
+def _index(keys: list[str], ids: list[str], run: LiveRun, rounds_from: Path | None
            ) -> np.ndarray:
-    """Where each of ``ids`` (a run's requests) is in ``arrays``.
+    """Where each of ``ids`` (a run's requests) is among the replayed trace's ``keys``.
+
+    The first of repeated keys (a prompt served twice by another live run) is used.
 
     Raises
     ------
     LapsdError
         When one is not there (``rounds_from`` is a collection of other prompts).
     """
-    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
+    where: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        where.setdefault(key, i)
     missing = sorted(set(ids) - set(where))
     if missing:
         raise LapsdError(f"--rounds-from {rounds_from}: no request {missing[0]!r} (and "

@@ -690,7 +690,8 @@ def test_validate_reproduces_a_batched_fcfs_run(batched) -> None:
     assert las.order_agreement is not None and las.order_agreement >= 0.75
 
 
-def test_validate_predicts_a_batched_run_from_a_collection(runs, batched, capsys) -> None:
+def test_validate_predicts_a_batched_run_from_a_collection(runs, batched, capsys,
+                                                           tmp_path) -> None:
     """--rounds-from: the batch-1 collection's rounds (same prompts and draft) with a batch
     cost; the greedy rounds are the run's, only their times differ."""
     from lapsd.cli import main
@@ -703,8 +704,18 @@ def test_validate_predicts_a_batched_run_from_a_collection(runs, batched, capsys
     assert slow.replay["mean"] > flat.replay["mean"]  # the slowdown reaches the latencies
     assert main(["validate", str(batched["las"]), "--rounds-from", str(runs["oracle"])]) == 0
     assert "rounds from" in capsys.readouterr().out
-    with pytest.raises(LapsdError, match="no request"):  # a live trace's ids are not prompts'
-        compare(run, rounds_from=batched["fcfs"] / "trace")
+    # another live run's trace ("position:prompt id" ids) predicts it too, matched by prompt
+    other = compare(run, rounds_from=batched["fcfs"] / "trace")
+    assert other.requests == run.requests.height and other.rounds.endswith("trace")
+    from lapsd.replay.trace import make_trace, write_trace
+
+    full = read_trace(runs["oracle"])
+    gone = run.requests["prompt_id"][0]
+    short = write_trace(make_trace(full.requests.filter(pl.col("request_id") != gone),
+                                   full.rounds.filter(pl.col("request_id") != gone),
+                                   full.manifest), tmp_path / "short")
+    with pytest.raises(LapsdError, match=f"no request '{gone}'"):
+        compare(run, rounds_from=short)
 
 
 def test_fit_batch_cost_to_a_batched_run(runs, batched, tmp_path) -> None:

@@ -1,0 +1,85 @@
+"""The long-output live runs (``bench/live_long.sh``): measured, replayed, and predicted.
+
+Usage::
+
+    python bench/live_long_summary.py LIVE_DIR --probe PROBE.skops --json OUT.json --txt OUT.txt
+
+``LIVE_DIR`` holds ``fcfs-load0.9`` and ``config-probe-load0.9`` (the probe's run). For each
+run: its latency, the utilisation it really had (:func:`live_summary.utilisation`), the
+scheduler's and the probe's share of its round time, and ``lapsd validate``'s replay of its own
+rounds (a consistency check: for the probe's run, with the re-predictions its trace recorded).
+Then a prediction: the probe's run replayed on the FCFS run's rounds (the same prompts on the
+same GPU, whose round times hold no probe work), with the beliefs ``lapsd predict apply PROBE``
+gives on the FCFS run's recorded states: what the config would have done with a probe of
+negligible cost (one that takes 0.09 ms a call, as the compiled probe does on one CPU core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from live_summary import utilisation
+
+from lapsd.collect.validate import compare
+from lapsd.predict.apply import apply_to_trace
+from lapsd.replay.live_run import read_live
+
+RUNS = ("fcfs-load0.9", "config-probe-load0.9")
+
+
+def main() -> None:
+    """Print the table and write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("live", type=Path)
+    ap.add_argument("--probe", type=Path, required=True)
+    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--txt", type=Path)
+    args = ap.parse_args()
+    out: dict[str, dict[str, object]] = {}
+    for name in RUNS:
+        run = read_live(args.live / name)
+        info = run.info
+        own = compare(run)
+        out[name] = {"gpu": info["collector"]["gpu"], "mean_s": own.live["mean"],
+                     "p90_s": own.live["p90"], "utilisation": utilisation(args.live / name),
+                     "scheduler_share": info["scheduler"]["overhead_ratio"],
+                     "probe": info.get("probe"), "preemptions": info["run"]["preemptions"],
+                     "replay_own_rounds_error": own.error}
+    with tempfile.TemporaryDirectory() as tmp:
+        fcfs_trace = apply_to_trace(args.probe, args.live / RUNS[0] / "trace", Path(tmp) / "t")
+        predicted = compare(read_live(args.live / RUNS[1]), rounds_from=fcfs_trace)
+    fcfs = out[RUNS[0]]["mean_s"]
+    assert isinstance(fcfs, float)
+    out["prediction"] = {"what": "config-probe's run replayed on fcfs's rounds, beliefs from "
+                                 "predict apply on fcfs's states", "mean_s": predicted.replay[
+                                     "mean"], "vs_live_fcfs": predicted.replay["mean"] / fcfs}
+    lines = [f"{'run':<22} {'GPU':<22} {'mean s':>7} {'p90 s':>7} {'util':>5} {'sched %':>8} "
+             f"{'probe %':>8} {'probe ms/call':>13} {'replay err':>10}"]
+    for name in RUNS:
+        r = out[name]
+        probe = r["probe"] if isinstance(r["probe"], dict) else {}
+        err = r["replay_own_rounds_error"]
+        assert isinstance(err, dict)
+        lines.append(
+            f"{name:<22} {r['gpu']!s:<22} {r['mean_s']:>7.3f} {r['p90_s']:>7.3f} "
+            f"{r['utilisation']:>5.2f} {100 * float(r['scheduler_share']):>8.2f} "  # type: ignore[arg-type]
+            f"{100 * probe.get('share_of_rounds', 0.0):>8.2f} "
+            f"{1e3 * probe.get('per_call_mean_s', 0.0):>13.2f} {100 * err['mean']:>+9.2f}%")
+    p = out["prediction"]
+    lines.append(f"predicted: the config with the probe on fcfs's rounds (no probe time): mean "
+                 f"{p['mean_s']:.3f} s = {p['vs_live_fcfs']:.3f} x live fcfs")
+    text = "\n".join(lines)
+    print(text)
+    args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    if args.txt:
+        args.txt.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
