@@ -69,7 +69,7 @@ from lapsd.replay.costs import (
 from lapsd.replay.engine import simulate
 from lapsd.replay.live_run import LiveRun, read_live
 from lapsd.replay.policies.base import NS_PER_S
-from lapsd.replay.trace import number, read_trace
+from lapsd.replay.trace import Trace, number, read_trace
 from lapsd.replay.workload import Workload, check_recorded, recorded_updates
 
 
@@ -180,9 +180,7 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
     else:
         other = read_trace(rounds_from)
         arrays, ids = TraceArrays.from_trace(other), [str(p) for p in req["prompt_id"].to_list()]
-        # another live run's trace names its requests "position:prompt id"
-        keys = ([r.split(":", 1)[-1] for r in arrays.request_ids] if "live" in other.manifest
-                else list(arrays.request_ids))
+        keys = _prompt_keys(other, arrays)
         mine, theirs = info.get("collector", {}), other.manifest.get("collector", {})
         differ = [f"{key} {theirs.get(key)!r} (the run: {mine.get(key)!r})"
                   for key in ("target_sha256", "draft", "k", "dtype", "gpu", "max_new_tokens")
@@ -244,6 +242,17 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
     )
 
 
+def _prompt_keys(trace: Trace, arrays: TraceArrays) -> list[str]:
+    """The prompt id of each request of a trace a run is predicted from.
+
+    A collection's request ids are prompt ids; a live run's trace names its requests
+    "position:prompt id".
+    """
+    if "live" in trace.manifest:
+        return [r.split(":", 1)[-1] for r in arrays.request_ids]
+    return list(arrays.request_ids)
+
+
 def _index(keys: list[str], ids: list[str], run: LiveRun, rounds_from: Path | None
            ) -> np.ndarray:
     """Where each of ``ids`` (a run's requests) is among the replayed trace's ``keys``.
@@ -292,7 +301,8 @@ def fit_batch_cost(runs: list[LiveRun], rounds_from: Path) -> dict[str, Any]:
     skipped = 0
     for run in runs:
         req = run.requests
-        index = _index(arrays, [str(p) for p in req["prompt_id"].to_list()], run, rounds_from)
+        index = _index(_prompt_keys(trace, arrays), [str(p) for p in req["prompt_id"].to_list()],
+                       run, rounds_from)
         where = dict(zip(req["request_id"].to_list(), index.tolist(), strict=True))
         sched = run.schedule
         if "step" not in sched.columns:
