@@ -59,7 +59,13 @@ def main() -> None:
     out["prediction"] = {"what": "config-probe's run replayed on fcfs's rounds, beliefs from "
                                  "predict apply on fcfs's states", "mean_s": predicted.replay[
                                      "mean"], "vs_live_fcfs": predicted.replay["mean"] / fcfs}
-    lines = [f"{'run':<22} {'GPU':<22} {'mean s':>7} {'p90 s':>7} {'util':>5} {'sched %':>8} "
+    first = read_live(args.live / RUNS[0]).info
+    lines = [f"lapsd live, {first['collector']['target']} {first['collector']['draft']} "
+             f"k={first['collector']['k']}, max_new_tokens {first['collector']['max_new_tokens']}"
+             f", batch size 1, {first['workload']['spec']} (nominal; capacity from a "
+             f"{first['capacity']['warmup_requests']}-request warm-up) over prompts held out of "
+             "tuning; the probe and the config never saw them",
+             f"{'run':<22} {'GPU':<22} {'mean s':>7} {'p90 s':>7} {'util':>5} {'sched %':>8} "
              f"{'probe %':>8} {'probe ms/call':>13} {'replay err':>10}"]
     for name in RUNS:
         r = out[name]
