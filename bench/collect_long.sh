@@ -19,8 +19,6 @@ set -u
 stage=$1
 T0=$(date +%s)
 R=$PWD
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH=/tmp/site:/tmp/tree
 M=${M:-$HOME/m/SmolLM2-135M-Instruct.Q4_1.gguf}
 P=${P:-$R/.carry/long/prompts.jsonl}
 W=${W:-/tmp/work}
@@ -28,12 +26,7 @@ B=${B:-64}
 SAMPLE=${SAMPLE:-126}
 NEW=${NEW:-1024}
 mkdir -p "$W"
-elapsed() { echo $(( $(date +%s) - T0 )); }
-tree() {  # the installed layout (lapsd.replay = replay/, ...) as links, from the carried commit
-  rm -rf /tmp/tree && mkdir -p /tmp/tree/lapsd
-  for f in "$R"/.carry/src/lapsd/*.py; do ln -s "$f" "/tmp/tree/lapsd/$(basename "$f")"; done
-  for d in replay predict tune collect integrations; do ln -s "$R/.carry/src/$d" "/tmp/tree/lapsd/$d"; done
-}
+. "$(dirname "$0")/device_lib.sh"
 lapsd() { python3 -P -m lapsd "$@"; }
 collect() {  # NAME DRAFT [options]
   local name=$1 draft=$2
@@ -44,19 +37,10 @@ collect() {  # NAME DRAFT [options]
     | grep -v -E "it/s|^\s*$"
   echo "== $name done at $(elapsed) s"
 }
-wait_jobs() {
-  local deadline=${DEADLINE_S:-540}
-  while [ ! -f "$W/jobs.done" ] && [ "$(elapsed)" -lt "$deadline" ]; do sleep 5; done
-  tail -n 25 "$W/jobs.log"
-  [ -f "$W/jobs.done" ] && echo "jobs finished" || echo "jobs still running at $(elapsed) s"
-}
 
 case $stage in
 prep)  # here
   bash ../shared/tools/smollm2-for-device.sh .carry
-  dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$@"; }
   dl .whl/a polars==2.1.0 polars-runtime-32==2.1.0
   dl .whl/b pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
   mkdir -p .carry/long
@@ -64,20 +48,14 @@ prep)  # here
   rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
   ;;
 1)
-  mkdir -p ~/m && cp "$R"/.carry/smollm2-a/part ~/m/a
-  nvidia-smi -L
-  python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(0))'
+  gpu_and_first_half
   ;;
 polars)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$R"/.whl/a/*.whl || exit 1
-  python3 -c 'import polars; print("polars", polars.__version__)'
+  polars_stage || exit 1
   ;;
 2)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || exit 1
-  [ -f ~/m/a ] && cat ~/m/a "$R"/.carry/smollm2-b/part > "$M" && rm ~/m/a
-  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
+  install "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || exit 1
+  whole_model || exit 1
   tree
   python3 -P -c 'import lapsd.collect.run, pydantic, polars; print("imports ok")' || exit 1
   rm -f "$W/jobs.done"

@@ -21,36 +21,18 @@ set -u
 stage=$1
 T0=$(date +%s)
 R=$PWD
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH=/tmp/site:/tmp/tree
 M=$HOME/m/SmolLM2-135M-Instruct.Q4_1.gguf
 L=$R/.carry/live
-W=/tmp/work
+W=${W:-/tmp/work}
 N=${N:-200}
 LOAD=${LOAD:-0.9}
 RUNS=${RUNS:-fcfs,config=$L/config-probe.json@probe,lp-srpt,lp-srpt@probe,config=$L/config-prompt.json}
 mkdir -p "$W"
-elapsed() { echo $(( $(date +%s) - T0 )); }
-tree() {  # the installed layout (lapsd.replay = replay/, ...) as links, from the carried commit
-  rm -rf /tmp/tree && mkdir -p /tmp/tree/lapsd
-  for f in "$R"/.carry/src/lapsd/*.py; do ln -s "$f" "/tmp/tree/lapsd/$(basename "$f")"; done
-  for d in replay predict tune collect integrations; do ln -s "$R/.carry/src/$d" "/tmp/tree/lapsd/$d"; done
-}
-wait_jobs() {
-  local deadline=${DEADLINE_S:-540}
-  while [ ! -f "$W/jobs.done" ] && [ "$(elapsed)" -lt "$deadline" ]; do sleep 5; done
-  tail -n 20 "$W/jobs.log"
-  [ -f "$W/jobs.done" ] && echo "jobs finished" || echo "jobs still running at $(elapsed) s"
-}
-install() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-  --upgrade --target /tmp/site "$@"; }
+. "$(dirname "$0")/device_lib.sh"
 
 case $stage in
 prep)  # here
   bash ../shared/tools/smollm2-for-device.sh .carry
-  dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$@"; }
   dl .whl/a polars==2.1.0 polars-runtime-32==2.1.0
   dl .whl/b pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
   dl .whl/c skops==0.16.0 prettytable==3.19.0 scikit-learn==1.9.1
@@ -62,20 +44,16 @@ prep)  # here
   du -sh .carry/smollm2-a .whl/c .whl/a .carry/smollm2-b .carry/wheels .whl/b .carry/src .carry/live
   ;;
 1)
-  mkdir -p ~/m && cp "$R"/.carry/smollm2-a/part ~/m/a
   install "$R"/.whl/c/*.whl || exit 1
-  nvidia-smi -L
-  python3 -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(0))'
+  gpu_and_first_half
   ;;
 polars)
-  install "$R"/.whl/a/*.whl || exit 1
-  python3 -c 'import polars; print("polars", polars.__version__)'
+  polars_stage || exit 1
   ;;
 2)
   install "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || exit 1
-  [ -f ~/m/a ] && cat ~/m/a "$R"/.carry/smollm2-b/part > "$M" && rm ~/m/a
   gunzip -f "$L"/*.skops.gz
-  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c - || exit 1
+  whole_model || exit 1
   tree
   python3 -P -c 'import lapsd.collect.live, lapsd.predict.probe, sklearn, skops, polars; print("imports ok", sklearn.__version__)' || exit 1
   rm -f "$W/jobs.done"
