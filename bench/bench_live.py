@@ -61,7 +61,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=8, help="requests of the capacity warm-up")
     ap.add_argument("--batch-size", type=int, default=1, help="requests per step (default 1)")
     ap.add_argument("--capacity-from", type=Path,
-                    help="a live run whose measured capacity to reuse (default: the first run's)")
+                    help="a live run whose measured capacity to reuse, or a collection of the "
+                         "prompts on this GPU (lapsd live --capacity-from; default: the first "
+                         "run's warm-up)")
     ap.add_argument("--deadline-s", type=float, default=float("inf"),
                     help="skip a run that would end after this many seconds from the start")
     args = ap.parse_args()
@@ -82,14 +84,15 @@ def main() -> None:
     print(f"models loaded in {time.monotonic() - start:.1f} s on {device}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     first: Path | None = args.capacity_from
+    service: float | None = (read_info(first)["capacity"]["mean_service_s"]
+                             if first is not None and (first / "live.json").is_file() else None)
     done: list[dict[str, object]] = []
     for load in [float(x) for x in args.loads.split(",")]:
         for run in args.runs.split(","):
             run, _, source = run.partition("@")
             policy, _, config = run.partition("=")
             name = f"{'config' if config else policy}{'-' + source if source else ''}-load{load:g}"
-            if first is not None:
-                service = read_info(first)["capacity"]["mean_service_s"]
+            if service is not None:
                 need = args.n * service / load * 1.15 + 10
                 if time.monotonic() - start + need > args.deadline_s:
                     print(f"{name}: skipped (needs ~{need:.0f} s; deadline)", flush=True)
@@ -109,6 +112,7 @@ def main() -> None:
             t0 = time.monotonic()
             info = serve(cfg, loaded=loaded, log=lambda _: None)
             first = first or cfg.out
+            service = info["capacity"]["mean_service_s"]
             lat = info["latency"]
             row = {"run": name, "wall_s": round(time.monotonic() - t0, 1),
                    "mean_latency_s": lat["mean_s"], "p90_latency_s": lat["p90_s"],

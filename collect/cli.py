@@ -143,8 +143,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "path, no --kv-budget-tokens)")
     p.add_argument("--warmup", type=int, default=8,
                    help="requests of the capacity warm-up (default 8; after one unmeasured)")
-    p.add_argument("--capacity-from", type=Path, metavar="LIVE_DIR",
-                   help="reuse that run's measured capacity and typical round (same arrivals)")
+    p.add_argument("--capacity-from", type=Path, metavar="DIR",
+                   help="a live run's folder: reuse its measured capacity and typical round "
+                        "(same arrivals); or a collection of the prompt file on this GPU: "
+                        "the mean service of its prompts, no warm-up estimate")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="divide arrival times by this (compress time; default 1)")
     p.add_argument("--out", type=Path, required=True, help="output folder")

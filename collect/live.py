@@ -6,7 +6,9 @@ The server
     the *measured* mean service time: a warm-up of ``--warmup`` requests on the same device and
     prompts (after one unmeasured request that captures the CUDA graphs), so ``load`` is relative
     to this server's capacity. ``--capacity-from`` reuses another live run's measurement (and
-    typical round), so runs of several policies get the very same arrivals. ``--time-scale X``
+    typical round), so runs of several policies get the very same arrivals; or takes the
+    capacity from a collection of the prompt file (the mean service of every prompt, the mean a
+    replay's load is relative to), so a nominal load is the real one on that GPU. ``--time-scale X``
     divides the arrival times by ``X`` (a load ``X`` times higher; for quick tests). Prompts are
     the workload's draw over the prompt file (with replacement only when ``n`` exceeds it).
 
@@ -284,6 +286,33 @@ def _predictor(predictor: LengthPredictor, prompts: Sequence[Any], target_model:
     p50, p90 = predictor.predict_lengths(texts, target_model)
     beliefs = predictor.predictions(texts, target_model, cap=float(max_new_tokens))
     return beliefs, list(zip(map(float, p50), map(float, p90), strict=True))
+
+
+def _prior_capacity(path: Path, prompt_ids: list[str]) -> tuple[dict[str, Any], TraceScale]:
+    """``--capacity-from``: a live run's measured capacity, or a collection's of the prompts.
+
+    A collection (a trace of the prompt file, collected on this GPU) gives the mean service
+    time of every prompt in the file, the mean the workload's load is defined by (as a replay
+    of that collection defines it), instead of a short warm-up's estimate; and its typical
+    round.
+    """
+    if not (Path(path) / "manifest.json").is_file():  # not a trace: a live run's folder
+        prior = read_info(path)
+        return {**prior["capacity"], "source": str(path)}, scale_of(prior)
+    arrays = TraceArrays.from_trace(read_trace(path))
+    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
+    missing = [p for p in prompt_ids if p not in where]
+    if missing:
+        raise LapsdError(f"--capacity-from {path}: no request {missing[0]!r} (and "
+                         f"{len(missing) - 1} more of the prompt file's): collect the same "
+                         "prompt file, or pass a live run's folder")
+    idx = np.array([where[p] for p in prompt_ids], dtype=np.int64)
+    service_s = float(arrays.service_ns[idx].sum()) / NS_PER_S
+    rounds = int((arrays.offsets[idx + 1] - arrays.offsets[idx]).sum())
+    return ({"source": f"collection {path}", "requests": int(idx.size),
+             "mean_service_s": service_s / idx.size, "rounds_per_s": rounds / service_s,
+             "tokens_per_s": float(arrays.output_tokens[idx].sum()) / service_s},
+            arrays.scale)
 
 
 # ------------------------------------------------------------------------------------ server
@@ -628,7 +657,8 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
     else:
         states = states_spec(cfg.target, cfg.states, cfg.states_every)
     prompts = load_prompts(cfg.prompts)
-    prior = read_info(cfg.capacity_from) if cfg.capacity_from is not None else None
+    prior = (_prior_capacity(cfg.capacity_from, [p.request_id for p in prompts])
+             if cfg.capacity_from is not None else None)
     _, index = draw_arrivals(plan.spec, 1.0, len(prompts))  # which prompts: independent of the mean
     chosen = [prompts[i] for i in index.tolist()]
     encoded = {i: encode(tok, prompts[i].text, chat=cfg.chat) for i in set(index.tolist())}
@@ -679,8 +709,7 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
         scale = TraceScale(round_s=float(np.median([r.round_s for r in rounds])),
                            tokens_per_round=float(np.mean([r.emitted for r in rounds])))
     else:
-        capacity = {**prior["capacity"], "source": str(cfg.capacity_from)}
-        scale = scale_of(prior)
+        capacity, scale = prior
     times, _ = draw_arrivals(plan.spec, capacity["mean_service_s"], len(prompts))
     arrival_ns = np.rint(times / cfg.time_scale * NS_PER_S).astype(np.int64).tolist()
     log(f"mean service {capacity['mean_service_s']:.4g} s ({capacity['source']}); serving")

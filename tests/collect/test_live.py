@@ -421,6 +421,34 @@ def test_a_config_with_a_real_predictor(runs, tiny_dir, prompts_file, tmp_path,
     assert compare(run).order_agreement >= 0.75
 
 
+def test_capacity_from_a_collection(runs, tiny_dir, prompts_file, tmp_path) -> None:
+    """--capacity-from a collection of the prompt file: the load is relative to the mean
+    service of its prompts there (as a replay of it defines load), no warm-up estimate."""
+    from lapsd.replay.arrays import TraceArrays
+    from lapsd.replay.workload import draw_arrivals, parse_workload
+
+    out = tmp_path / "from-collection"
+    info = serve(_live(tiny_dir, prompts_file, out, policy="fcfs", capacity_from=runs["oracle"]),
+                 log=lambda *_: None)
+    oracle = TraceArrays.from_trace(read_trace(runs["oracle"]))
+    mean = float(oracle.service_ns.mean()) / 1e9  # the prompt file is the collection's
+    cap = info["capacity"]
+    assert cap["source"] == f"collection {runs['oracle']}" and cap["requests"] == 6
+    assert cap["mean_service_s"] == pytest.approx(mean)
+    assert info["scale"] == asdict(oracle.scale)
+    times, _ = draw_arrivals(parse_workload(WORKLOAD), mean, 6)
+    run = read_live(out)
+    assert run.requests["arrival_ns"].to_list() == np.rint(times / 20.0 * 1e9).astype(
+        np.int64).tolist()
+    # a prompt the collection lacks: one line naming it
+    more = tmp_path / "more.jsonl"
+    more.write_text(prompts_file.read_text() + json.dumps(
+        {"question_id": 999, "category": "qa", "turns": ["a new one?"]}) + "\n")
+    with pytest.raises(LapsdError, match="no request '999'"):
+        serve(_live(tiny_dir, more, tmp_path / "bad", policy="fcfs",
+                    capacity_from=runs["oracle"]), log=lambda *_: None)
+
+
 @pytest.fixture(scope="module")
 def probe_setup(tmp_path_factory, tiny_dir) -> dict[str, Path]:
     """A collection with states of 24 prompts (tiny model) and a probe trained on it."""
