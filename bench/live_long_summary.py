@@ -21,6 +21,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,16 +39,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("live", type=Path)
     ap.add_argument("--probe", type=Path, required=True)
+    ap.add_argument("--more", type=Path, nargs="*", default=[],
+                    help="other runs to list (measured and replayed only), as NAME=DIR")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--txt", type=Path)
     args = ap.parse_args()
-    out: dict[str, dict[str, object]] = {}
-    for name in RUNS:
-        run = read_live(args.live / name)
+    out: dict[str, dict[str, Any]] = {}
+    more = dict(str(m).split("=", 1) for m in args.more)
+    dirs = {**{name: args.live / name for name in RUNS},
+            **{name: Path(path) for name, path in more.items()}}
+    for name, where in dirs.items():
+        run = read_live(where)
         info = run.info
         own = compare(run)
         out[name] = {"gpu": info["collector"]["gpu"], "mean_s": own.live["mean"],
-                     "p90_s": own.live["p90"], "utilisation": utilisation(args.live / name),
+                     "p90_s": own.live["p90"], "utilisation": utilisation(where),
+                     "requests": own.requests,
                      "scheduler_share": info["scheduler"]["overhead_ratio"],
                      "probe": info.get("probe"), "preemptions": info["run"]["preemptions"],
                      "replay_own_rounds_error": own.error}
@@ -65,18 +72,23 @@ def main() -> None:
              f", batch size 1, {first['workload']['spec']} (nominal; capacity from a "
              f"{first['capacity']['warmup_requests']}-request warm-up) over prompts held out of "
              "tuning; the probe and the config never saw them",
-             f"{'run':<22} {'GPU':<22} {'mean s':>7} {'p90 s':>7} {'util':>5} {'sched %':>8} "
-             f"{'probe %':>8} {'probe ms/call':>13} {'replay err':>10}"]
-    for name in RUNS:
-        r = out[name]
-        probe = r["probe"] if isinstance(r["probe"], dict) else {}
-        err = r["replay_own_rounds_error"]
-        assert isinstance(err, dict)
+             f"{'run':<22} {'n':>4} {'GPU':<22} {'mean s':>7} {'p90 s':>7} {'util':>5} "
+             f"{'sched %':>8} {'probe %':>8} {'probe ms/call':>13} {'replay err':>10}"]
+    for name in dirs:
+        r: dict[str, Any] = out[name]
+        probe = r["probe"] or {}
         lines.append(
-            f"{name:<22} {r['gpu']!s:<22} {r['mean_s']:>7.3f} {r['p90_s']:>7.3f} "
-            f"{r['utilisation']:>5.2f} {100 * float(r['scheduler_share']):>8.2f} "  # type: ignore[arg-type]
+            f"{name:<22} {r['requests']:>4} {r['gpu']:<22} {r['mean_s']:>7.3f} "
+            f"{r['p90_s']:>7.3f} {r['utilisation']:>5.2f} {100 * r['scheduler_share']:>8.2f} "
             f"{100 * probe.get('share_of_rounds', 0.0):>8.2f} "
-            f"{1e3 * probe.get('per_call_mean_s', 0.0):>13.2f} {100 * err['mean']:>+9.2f}%")
+            f"{1e3 * probe.get('per_call_mean_s', 0.0):>13.2f} "
+            f"{100 * r['replay_own_rounds_error']['mean']:>+9.2f}%")
+    for name, where in more.items():
+        info = read_live(Path(where)).info
+        lines.append(f"{name}: workload {info['workload']['spec']} (not the 200-request one: "
+                     "compare its shares, not its latency); its probe time includes compiling "
+                     "the probe's numba kernels on first use (1.2 s on the development CPU), "
+                     "which lapsd live now does before serving")
     p = out["prediction"]
     lines.append(f"predicted: the config with the probe on fcfs's rounds (no probe time): mean "
                  f"{p['mean_s']:.3f} s = {p['vs_live_fcfs']:.3f} x live fcfs")
