@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from live_summary import utilisation
@@ -32,6 +34,15 @@ from lapsd.predict.apply import apply_to_trace
 from lapsd.replay.live_run import read_live
 
 RUNS = ("fcfs-load0.9", "config-probe-load0.9")
+#: Rounds after which a run's scheduler time is steady (its kernels' first-use compilation is
+#: in the first rounds: up to 1.2 s a round before lapsd live compiled them ahead).
+STEADY_AFTER = 100
+
+
+def steady_share(schedule: pl.DataFrame) -> float:
+    """Scheduler time over round time, rounds after :data:`STEADY_AFTER` (batch size one)."""
+    late = schedule.slice(STEADY_AFTER)
+    return float(late["scheduler_s"].sum()) / float(late["round_s"].sum())
 
 
 def main() -> None:
@@ -56,6 +67,7 @@ def main() -> None:
                      "p90_s": own.live["p90"], "utilisation": utilisation(where),
                      "requests": own.requests,
                      "scheduler_share": info["scheduler"]["overhead_ratio"],
+                     "scheduler_share_steady": steady_share(run.schedule),
                      "probe": info.get("probe"), "preemptions": info["run"]["preemptions"],
                      "replay_own_rounds_error": own.error}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,13 +85,15 @@ def main() -> None:
              f"{first['capacity']['warmup_requests']}-request warm-up) over prompts held out of "
              "tuning; the probe and the config never saw them",
              f"{'run':<22} {'n':>4} {'GPU':<22} {'mean s':>7} {'p90 s':>7} {'util':>5} "
-             f"{'sched %':>8} {'probe %':>8} {'probe ms/call':>13} {'replay err':>10}"]
+             f"{'sched %':>8} {'steady %':>8} {'probe %':>8} {'probe ms/call':>13} "
+             f"{'replay err':>10}"]
     for name in dirs:
         r: dict[str, Any] = out[name]
         probe = r["probe"] or {}
         lines.append(
             f"{name:<22} {r['requests']:>4} {r['gpu']:<22} {r['mean_s']:>7.3f} "
             f"{r['p90_s']:>7.3f} {r['utilisation']:>5.2f} {100 * r['scheduler_share']:>8.2f} "
+            f"{100 * r['scheduler_share_steady']:>8.2f} "
             f"{100 * probe.get('share_of_rounds', 0.0):>8.2f} "
             f"{1e3 * probe.get('per_call_mean_s', 0.0):>13.2f} "
             f"{100 * r['replay_own_rounds_error']['mean']:>+9.2f}%")
@@ -90,6 +104,8 @@ def main() -> None:
                      "the probe's numba kernels on first use (1.2 s on the development CPU), "
                      "which lapsd live now does before serving")
     p = out["prediction"]
+    lines.append(f"steady %: scheduler time (probe included) over round time after the first "
+                 f"{STEADY_AFTER} rounds")
     lines.append(f"predicted: the config with the probe on fcfs's rounds (no probe time): mean "
                  f"{p['mean_s']:.3f} s = {p['vs_live_fcfs']:.3f} x live fcfs")
     text = "\n".join(lines)

@@ -317,20 +317,22 @@ def _prior_capacity(path: Path, prompt_ids: list[str]) -> tuple[dict[str, Any], 
 
 # ------------------------------------------------------------------------------------ server
 def _prime(make_policy: Callable[[], Policy], reqs: list[_Request]) -> None:
-    """Take a throwaway policy through admit, pick, observe and finish for two requests.
+    """Take a throwaway policy through admit, pick, observe, a re-prediction and finish.
 
     The policies' kernels are compiled (numba) on first use, about a second that would
-    otherwise land in the first real round's scheduler time.
+    otherwise land in the first real rounds' scheduler time.
     """
     policy = make_policy()
+    stand_in = LengthPrediction(64.0, 0.5)  # a probe predicts on arrival: the same code runs
     for i, r in enumerate(reqs[:2]):
         if policy.needs_oracle:
             policy.reveal(i, r.oracle_s or 0.0)
-        # a probe's requests are predicted on arrival: a stand-in belief compiles the same code
-        policy.admit(RequestInfo(i, 0.0, len(r.ids), r.prediction or LengthPrediction(64.0, 0.5)
+        policy.admit(RequestInfo(i, 0.0, len(r.ids), r.prediction or stand_in
                                  if policy.needs_prediction else r.prediction))
     while (picked := policy.pick()) is not None:
         policy.observe(picked, 2, 4, 1, 0.01)
+        if policy.needs_prediction:
+            policy.update_prediction(picked, LengthPrediction(80.0, 0.4))
         policy.finish(picked)
 
 
