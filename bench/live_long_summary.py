@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--probe", type=Path, required=True)
     ap.add_argument("--more", type=Path, nargs="*", default=[],
                     help="other runs to list (measured and replayed only), as NAME=DIR")
+    ap.add_argument("--gpu-minutes", help="the device minutes the runs used, for the record")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--txt", type=Path)
     args = ap.parse_args()
@@ -108,6 +109,9 @@ def main() -> None:
                  f"{STEADY_AFTER} rounds")
     lines.append(f"predicted: the config with the probe on fcfs's rounds (no probe time): mean "
                  f"{p['mean_s']:.3f} s = {p['vs_live_fcfs']:.3f} x live fcfs")
+    if args.gpu_minutes:
+        lines.append(f"GPU minutes used: {args.gpu_minutes}")
+        out["gpu_minutes"] = args.gpu_minutes
     text = "\n".join(lines)
     print(text)
     args.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
