@@ -271,7 +271,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                          for k, v in tuned.items()},
                "summary": summary(rows), "rows": rows}
     results["seconds"] = round(time.perf_counter() - start, 1)
-    text = table(results["summary"])
+    header = (f"{args.trace} ({len(data)} requests; collected on "
+              f"{read_trace(args.trace).manifest['collector'].get('gpu')}), replayed on CPU. "
+              "Predictions: each prompt set by a probe (and by the prompt-only predictor) "
+              f"trained on the other sets; configs tuned on the tuning prompts; {n} held-out "
+              f"requests, seeds {list(HELDOUT_SEEDS)}; batch {args.batch} step times from "
+              f"{args.cost_table.name}. Ratios: mean over seeds of per-seed ratios.")
+    text = header + "\n" + table(results["summary"])
     print(text)
     print(f"{results['seconds']} s")
     args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
