@@ -97,7 +97,15 @@ from lapsd.errors import LapsdError, require_extra
 from lapsd.io import sha256_file
 from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
-from lapsd.replay.live_run import KIND, VERSION, policy_factory, read_info, scale_of, write_live
+from lapsd.replay.live_run import (
+    KIND,
+    VERSION,
+    policy_factory,
+    prompt_index,
+    read_info,
+    scale_of,
+    write_live,
+)
 from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo, TraceScale
 from lapsd.replay.trace import Trace, new_manifest, read_trace
 from lapsd.replay.workload import WorkloadSpec, draw_arrivals, make_predictions, parse_workload
@@ -235,13 +243,8 @@ def _oracle(path: Path, prompt_ids: list[str], cfg: LiveConfig, seed: int
             warnings.warn(f"--oracle-trace {path} was collected with {key}="
                           f"{collector.get(key)}, this run uses {mine}", stacklevel=2)
     arrays = TraceArrays.from_trace(trace)
-    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
-    missing = sorted({p for p in prompt_ids if p not in where})
-    if missing:
-        raise LapsdError(f"--oracle-trace {path} has no request {missing[0]!r} (and "
-                         f"{len(missing) - 1} more of the workload's prompts): collect the same "
-                         "prompt file")
-    index = np.array([where[p] for p in prompt_ids], dtype=np.int64)
+    index = prompt_index(trace, arrays, prompt_ids, f"--oracle-trace {path}",
+                         "collect the same prompt file")
     service = (arrays.service_ns[index] / NS_PER_S).tolist()
     preds = (make_predictions(cfg.predictions, arrays, index, seed)
              if cfg.predictions is not None else None)
@@ -299,14 +302,10 @@ def _prior_capacity(path: Path, prompt_ids: list[str]) -> tuple[dict[str, Any], 
     if not (Path(path) / "manifest.json").is_file():  # not a trace: a live run's folder
         prior = read_info(path)
         return {**prior["capacity"], "source": str(path)}, scale_of(prior)
-    arrays = TraceArrays.from_trace(read_trace(path))
-    where = {rid: i for i, rid in enumerate(arrays.request_ids)}
-    missing = [p for p in prompt_ids if p not in where]
-    if missing:
-        raise LapsdError(f"--capacity-from {path}: no request {missing[0]!r} (and "
-                         f"{len(missing) - 1} more of the prompt file's): collect the same "
-                         "prompt file, or pass a live run's folder")
-    idx = np.array([where[p] for p in prompt_ids], dtype=np.int64)
+    trace = read_trace(path)
+    arrays = TraceArrays.from_trace(trace)
+    idx = prompt_index(trace, arrays, prompt_ids, f"--capacity-from {path}",
+                       "collect the same prompt file, or pass a live run's folder")
     service_s = float(arrays.service_ns[idx].sum()) / NS_PER_S
     rounds = int((arrays.offsets[idx + 1] - arrays.offsets[idx]).sum())
     return ({"source": f"collection {path}", "requests": int(idx.size),
@@ -800,9 +799,10 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
                              "round boundary; switches and idle time excluded"
                              + ("; at batch sizes above one, of the step the round ran in"
                                 if cfg.batch_size > 1 else "")})
-        if probe is not None and cfg.predictor is not None:
+        if probe is not None:
+            made = info["predictions"]
             manifest["predictions"] = {
-                "model": str(cfg.predictor), "sha256": sha256_file(cfg.predictor),
+                "model": made["path"], "sha256": made["sha256"],
                 "target_model": probe.card["features"].get("target"),
                 "updates": sum(len(r.updates) for r in reqs if r.finish_ns is not None),
                 "made": "live, by the server that ran the rounds"}
@@ -888,9 +888,9 @@ def _trace(reqs: list[_Request], tok: Any, target: str, draft: str, k: int,
                     for rec, ns in zip(g.rounds, r.round_ns, strict=True)])
         items.append((dataclasses.replace(r.prompt, request_id=r.rid), g, *response_text(tok, g)))
     trace = collection_trace(items, manifest, target, draft, k, states, source="lapsd-live")
-    made = [(r.rid, *u) for r in reqs if r.finish_ns is not None for u in r.updates]
     if not any(r.belief is not None for r in reqs):
         return trace
+    made = [(r.rid, *u) for r in reqs if r.finish_ns is not None for u in r.updates]
     beliefs = pl.DataFrame(made, schema={"request_id": pl.String, "round": pl.Int64,
                                          "belief_median": pl.Float64,
                                          "belief_sigma": pl.Float64}, orient="row")

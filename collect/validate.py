@@ -67,7 +67,7 @@ from lapsd.replay.costs import (
     read_cost_table,
 )
 from lapsd.replay.engine import simulate
-from lapsd.replay.live_run import LiveRun, read_live
+from lapsd.replay.live_run import LiveRun, prompt_index, read_live
 from lapsd.replay.policies.base import NS_PER_S
 from lapsd.replay.trace import Trace, number, read_trace
 from lapsd.replay.workload import Workload, check_recorded, recorded_updates
@@ -174,13 +174,14 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
                          "another workload; validate a complete run")
     switch, switch_info = (model or SwitchModel()).cost(run)
     req = run.requests
-    if rounds_from is None:
-        arrays, ids = TraceArrays.from_trace(run.trace), req["request_id"].to_list()
-        keys = list(arrays.request_ids)
+    if rounds_from is None:  # the run's own trace: request by request
+        arrays = TraceArrays.from_trace(run.trace)
+        where = {rid: i for i, rid in enumerate(arrays.request_ids)}
+        index = np.array([where[r] for r in req["request_id"].to_list()], dtype=np.int64)
     else:
         other = read_trace(rounds_from)
-        arrays, ids = TraceArrays.from_trace(other), [str(p) for p in req["prompt_id"].to_list()]
-        keys = _prompt_keys(other, arrays)
+        arrays = TraceArrays.from_trace(other)
+        index = _prompt_index(other, arrays, run, rounds_from)
         mine, theirs = info.get("collector", {}), other.manifest.get("collector", {})
         differ = [f"{key} {theirs.get(key)!r} (the run: {mine.get(key)!r})"
                   for key in ("target_sha256", "draft", "k", "dtype", "gpu", "max_new_tokens")
@@ -188,7 +189,6 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
         if differ:
             warnings.warn(f"--rounds-from {rounds_from} was collected with {'; '.join(differ)}:"
                           " its rounds are not the run's", stacklevel=2)
-    index = _index(keys, ids, run, rounds_from)
     policy = run.policy_factory()()
     if policy.needs_oracle:  # the true service the run revealed, not the live trace's own
         truth = np.zeros(arrays.n_requests, dtype=np.int64)
@@ -242,37 +242,12 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
     )
 
 
-def _prompt_keys(trace: Trace, arrays: TraceArrays) -> list[str]:
-    """The prompt id of each request of a trace a run is predicted from.
-
-    A collection's request ids are prompt ids; a live run's trace names its requests
-    "position:prompt id".
-    """
-    if "live" in trace.manifest:
-        return [r.split(":", 1)[-1] for r in arrays.request_ids]
-    return list(arrays.request_ids)
-
-
-def _index(keys: list[str], ids: list[str], run: LiveRun, rounds_from: Path | None
-           ) -> np.ndarray:
-    """Where each of ``ids`` (a run's requests) is among the replayed trace's ``keys``.
-
-    The first of repeated keys (a prompt served twice by another live run) is used.
-
-    Raises
-    ------
-    LapsdError
-        When one is not there (``rounds_from`` is a collection of other prompts).
-    """
-    where: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        where.setdefault(key, i)
-    missing = sorted(set(ids) - set(where))
-    if missing:
-        raise LapsdError(f"--rounds-from {rounds_from}: no request {missing[0]!r} (and "
-                         f"{len(missing) - 1} more of {run.path}'s prompts); collect the run's "
-                         "prompt file")
-    return np.array([where[rid] for rid in ids], dtype=np.int64)
+def _prompt_index(trace: Trace, arrays: TraceArrays, run: LiveRun, rounds_from: Path,
+                  ) -> np.ndarray:
+    """Where each of ``run``'s requests is in ``rounds_from``'s trace, matched by prompt."""
+    return prompt_index(trace, arrays, [str(p) for p in run.requests["prompt_id"].to_list()],
+                        f"--rounds-from {rounds_from}",
+                        f"collect {run.path}'s prompt file")
 
 
 def fit_batch_cost(runs: list[LiveRun], rounds_from: Path) -> dict[str, Any]:
@@ -301,8 +276,7 @@ def fit_batch_cost(runs: list[LiveRun], rounds_from: Path) -> dict[str, Any]:
     skipped = 0
     for run in runs:
         req = run.requests
-        index = _index(_prompt_keys(trace, arrays), [str(p) for p in req["prompt_id"].to_list()],
-                       run, rounds_from)
+        index = _prompt_index(trace, arrays, run, rounds_from)
         where = dict(zip(req["request_id"].to_list(), index.tolist(), strict=True))
         sched = run.schedule
         if "step" not in sched.columns:

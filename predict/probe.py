@@ -296,8 +296,10 @@ def total_belief(generated: np.ndarray, median_remaining: np.ndarray,
     return median, sigma
 
 
-#: ``log (1 - q)`` of the two quantiles :func:`total_belief` matches.
+#: ``log (1 - q)`` of the two quantiles :func:`total_belief` matches, and the 0.9 quantile of
+#: the standard normal.
 _LOG_UPPER_50, _LOG_UPPER_90 = math.log(0.5), math.log(0.1)
+_Z90 = float(norm.ppf(0.9))
 
 
 @njit(cache=True)
@@ -310,13 +312,12 @@ def _h(log_upper: float, a: float) -> float:
 def _total_belief(t: np.ndarray, m: np.ndarray, s: np.ndarray, median: np.ndarray,
                   sigma: np.ndarray) -> None:
     """:func:`total_belief`, element by element (bisections on ``a``)."""
-    z90 = 1.2815515655446004
     for i in range(t.size):
         if t[i] <= 0.0:
             median[i], sigma[i] = m[i], s[i]
             continue
         u50 = math.log1p(m[i] / t[i])
-        u90 = math.log1p(m[i] * math.exp(z90 * s[i]) / t[i])
+        u90 = math.log1p(m[i] * math.exp(_Z90 * s[i]) / t[i])
         # a from -1e6 (a ratio within 1e-6 of 1) to 30 (within 0.3% of the largest; beyond,
         # P(X > t) underflows what the policies' kernels resolve, :mod:`lapsd.replay.lognormal`)
         # and no further than keeps the median exp(mu) a positive float64 (mu = log t - a

@@ -46,15 +46,17 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from lapsd.errors import LapsdError
 from lapsd.io import atomic_dir, read_json, sha256_file, write_json
+from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies import create
 from lapsd.replay.policies.base import Policy, TraceScale
@@ -135,6 +137,30 @@ def read_live(path: Path | str) -> LiveRun:
         raise LapsdError(f"{info_path}: not a version-{VERSION} {KIND} file")
     return LiveRun(base, info, read_trace(base / TRACE_DIR),
                    pl.read_parquet(base / SCHEDULE_FILE), pl.read_parquet(base / REQUESTS_FILE))
+
+
+def prompt_index(trace: Trace, arrays: TraceArrays, prompt_ids: Sequence[str], what: str,
+                 fix: str) -> np.ndarray:
+    """Where each of ``prompt_ids`` is among ``trace``'s requests (``arrays``, its arrays).
+
+    A collection's request ids are prompt ids; a live run's trace names its requests
+    "position:prompt id". Of a prompt served twice, the first is used.
+
+    Raises
+    ------
+    LapsdError
+        Naming the first prompt the trace lacks: ``"{what}: no request ...: {fix}"``.
+    """
+    keys = ([r.split(":", 1)[-1] for r in arrays.request_ids] if "live" in trace.manifest
+            else arrays.request_ids)
+    where: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        where.setdefault(key, i)
+    missing = sorted(set(prompt_ids) - set(where))
+    if missing:
+        raise LapsdError(f"{what}: no request {missing[0]!r} (and {len(missing) - 1} more of "
+                         f"the prompts asked for): {fix}")
+    return np.array([where[p] for p in prompt_ids], dtype=np.int64)
 
 
 def read_info(path: Path) -> dict[str, Any]:
