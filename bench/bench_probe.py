@@ -30,7 +30,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,17 +91,26 @@ def compare(train: StateData, test: StateData, seed: int) -> dict[str, Any]:
             "probe_fit_s": round(fit_s, 1)}
 
 
-def leave_one_set_out(data: StateData, sets: list[str], seed: int) -> dict[str, Any]:
-    """Per prompt set: trained on the others (prompts also in it removed), tested on it."""
-    out = {}
+def set_folds(data: StateData, sets: list[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray,
+                                                                   int]]:
+    """Per prompt set, in name order: ``(set, its requests, the training requests, dropped)``.
+
+    The training requests are the other sets' less those whose prompt is also in the set
+    (``dropped`` counts them).
+    """
     for held in sorted(set(sets)):
         test = np.flatnonzero([s == held for s in sets])
         prompts = {normalize_prompt(data.prompts[i]) for i in test}
         others = [i for i, s in enumerate(sets) if s != held]
         train = [i for i in others if normalize_prompt(data.prompts[i]) not in prompts]
-        out[held] = {**compare(data.subset(train), data.subset(test), seed),
-                     "dropped_seen": len(others) - len(train)}
-    return out
+        yield held, test, np.array(train, dtype=np.int64), len(others) - len(train)
+
+
+def leave_one_set_out(data: StateData, sets: list[str], seed: int) -> dict[str, Any]:
+    """Per prompt set: trained on the others (prompts also in it removed), tested on it."""
+    return {held: {**compare(data.subset(train), data.subset(test), seed),
+                   "dropped_seen": dropped}
+            for held, test, train, dropped in set_folds(data, sets)}
 
 
 def deployment(data: StateData, sets: list[str], name: str, seed: int) -> dict[str, Any]:

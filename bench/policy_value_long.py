@@ -46,7 +46,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_probe import prompt_set
+from bench_probe import prompt_set, set_folds
 
 from lapsd.predict.apply import with_beliefs
 from lapsd.predict.probe import (
@@ -55,7 +55,6 @@ from lapsd.predict.probe import (
     fit_probe,
     load_state_data,
 )
-from lapsd.predict.split import normalize_prompt
 from lapsd.predict.train import fit_predictor
 from lapsd.replay.config import scheduler_factory
 from lapsd.replay.costs import BatchCost
@@ -90,11 +89,7 @@ def out_of_set(data: StateData, sets: list[str], seed: int,
     probe_mu, probe_sigma = np.empty(n), np.empty(n)
     prompt_mu, prompt_sigma = np.empty(n), np.empty(n)
     updates: list[ProbeUpdates] = []
-    for held in sorted(set(sets)):
-        test = np.flatnonzero([s == held for s in sets])
-        seen = {normalize_prompt(data.prompts[i]) for i in test}
-        train = [i for i, s in enumerate(sets)
-                 if s != held and normalize_prompt(data.prompts[i]) not in seen]
+    for held, test, train, _ in set_folds(data, sets):
         start = time.perf_counter()
         fit, part = data.subset(train), data.subset(test)
         probe = fit_probe(fit, seed=seed)
