@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from long_examples import SHIPPED
 
 from lapsd.predict.persist import save_predictor
 from lapsd.predict.probe import evaluate_probe, fit_probe, load_state_data, save_probe
@@ -36,8 +37,6 @@ from lapsd.predict.train import fit_predictor
 from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.trace import read_trace
 from lapsd.tune.split import split_by_prompt
-
-SHIPPED = ("specbench", "mtbench")
 
 
 def main() -> None:
