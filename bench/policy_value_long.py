@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_probe import prompt_set, set_folds
 
-from lapsd.predict.apply import with_beliefs
+from lapsd.predict.apply import with_beliefs, with_predictions
 from lapsd.predict.probe import (
     ProbeUpdates,
     StateData,
@@ -71,7 +71,6 @@ from lapsd.tune.context import TuneSpec, load_context
 from lapsd.tune.heldout import HELDOUT_SEEDS
 from lapsd.tune.run import RunOptions, run_tune
 
-Z90 = 1.2815515655446004
 #: Policies that do not read predictions (one row each).
 BLIND = ("fcfs", "las", "mlfq")
 #: Policies that read predictions (a row per prediction source).
@@ -111,10 +110,7 @@ def write_predicted(source: Path, dest: Path, ids: Sequence[str], mu: np.ndarray
     trace = read_trace(source)
     order = {rid: i for i, rid in enumerate(ids)}
     at = np.array([order[r] for r in trace.requests["request_id"].cast(pl.Utf8).to_list()])
-    p50 = np.maximum(np.exp(mu[at]), 1.0)
-    p90 = np.maximum(np.exp(mu[at] + Z90 * sigma[at]), p50)
-    requests = trace.requests.with_columns(pl.Series("predicted_tokens", p50),
-                                           pl.Series("predicted_tokens_p90", p90))
+    requests = with_predictions(trace.requests, mu[at], sigma[at])
     rounds = trace.rounds.drop("belief_median", "belief_sigma", strict=False)
     if updates is not None:
         rounds = with_beliefs(rounds, updates)

@@ -82,10 +82,7 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
         models = ([target_model] * len(prompts) if target_model is not None
                   else req["target_model"].to_list())
         mu, sigma = _log_beliefs(predictor, prompts, models)
-    p50 = np.maximum(np.exp(mu), 1.0)
-    p90 = np.maximum(np.exp(mu + 1.2815515655446004 * sigma), p50)
-    requests = req.with_columns(pl.Series("predicted_tokens", p50, pl.Float64),
-                                pl.Series("predicted_tokens_p90", p90, pl.Float64))
+    requests = with_predictions(req, mu, sigma)
     manifest = dict(trace.manifest)
     manifest["predictions"] = {"model": str(model), "sha256": sha256_file(model),
                                "target_model": target_model or (
@@ -98,6 +95,19 @@ def apply_to_trace(model: str | Path, trace_dir: str | Path, out: str | Path | N
     return write_trace(dataclasses.replace(trace, requests=requests, rounds=rounds,
                                            manifest=manifest), dest,
                        overwrite=overwrite or same)
+
+
+def with_predictions(requests: pl.DataFrame, mu: np.ndarray, sigma: np.ndarray,
+                     ) -> pl.DataFrame:
+    """``requests`` with their log-normal beliefs as prediction columns.
+
+    ``mu`` (log median) and ``sigma``, row by row, become ``predicted_tokens`` (the median, at
+    least 1) and ``predicted_tokens_p90``.
+    """
+    p50 = np.maximum(np.exp(mu), 1.0)
+    p90 = np.maximum(np.exp(mu + 1.2815515655446004 * sigma), p50)
+    return requests.with_columns(pl.Series("predicted_tokens", p50, pl.Float64),
+                                 pl.Series("predicted_tokens_p90", p90, pl.Float64))
 
 
 def with_beliefs(rounds: pl.DataFrame, updates: Sequence[ProbeUpdates]) -> pl.DataFrame:
