@@ -83,7 +83,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -96,6 +96,8 @@ from lapsd.collect.states import StatesSpec, as_stored, check_options
 from lapsd.errors import LapsdError, require_extra
 from lapsd.io import sha256_file
 from lapsd.replay.arrays import TraceArrays
+from lapsd.replay.driver import WallClock, drive
+from lapsd.replay.engine import simulate
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.live_run import (
     KIND,
@@ -106,9 +108,22 @@ from lapsd.replay.live_run import (
     scale_of,
     write_live,
 )
-from lapsd.replay.policies.base import NS_PER_S, Policy, RequestInfo, TraceScale
-from lapsd.replay.trace import Trace, new_manifest, read_trace
-from lapsd.replay.workload import WorkloadSpec, draw_arrivals, make_predictions, parse_workload
+from lapsd.replay.policies.base import (
+    NS_PER_S,
+    Policy,
+    RequestId,
+    RequestInfo,
+    Rounds,
+    TraceScale,
+)
+from lapsd.replay.trace import Trace, make_trace, new_manifest, read_trace
+from lapsd.replay.workload import (
+    Workload,
+    WorkloadSpec,
+    draw_arrivals,
+    make_predictions,
+    parse_workload,
+)
 
 if TYPE_CHECKING:
     from lapsd.predict.model import LengthPredictor
@@ -315,24 +330,22 @@ def _prior_capacity(path: Path, prompt_ids: list[str]) -> tuple[dict[str, Any], 
 
 
 # ------------------------------------------------------------------------------------ server
-def _prime(make_policy: Callable[[], Policy], reqs: list[_Request]) -> None:
-    """Take a throwaway policy through admit, pick, observe, a re-prediction and finish.
+def _prime(make_policy: Callable[[], Policy]) -> None:
+    """Take a throwaway policy through the driver on a tiny replay, a re-prediction included.
 
     The policies' kernels are compiled (numba) on first use, about a second that would
     otherwise land in the first real rounds' scheduler time.
     """
-    policy = make_policy()
-    stand_in = LengthPrediction(64.0, 0.5)  # a probe predicts on arrival: the same code runs
-    for i, r in enumerate(reqs[:2]):
-        if policy.needs_oracle:
-            policy.reveal(i, r.oracle_s or 0.0)
-        policy.admit(RequestInfo(i, 0.0, len(r.ids), r.prediction or stand_in
-                                 if policy.needs_prediction else r.prediction))
-    while (picked := policy.pick()) is not None:
-        policy.observe(picked, 2, 4, 1, 0.01)
-        if policy.needs_prediction:
-            policy.update_prediction(picked, LengthPrediction(80.0, 0.4))
-        policy.finish(picked)
+    rounds = pl.DataFrame({"request_id": ["a"] * 3 + ["b"] * 3, "round": [0, 1, 2] * 2,
+                           "drafted": [4] * 6, "accepted": [1, 2, 0, 3, 1, 2],
+                           "emitted": [2, 3, 1, 4, 2, 3], "round_s": [0.01] * 6})
+    requests = pl.DataFrame({"request_id": ["a", "b"], "source": ["prime"] * 2,
+                             "prompt_tokens": [8, 8], "k": [4, 4]})
+    arrays = TraceArrays.from_trace(make_trace(requests, rounds, new_manifest(timing="synthetic")))
+    beliefs = [LengthPrediction(64.0, 0.5)] * 2  # a probe predicts on arrival: the same code runs
+    workload = Workload("prime", np.zeros(2, dtype=np.int64), np.arange(2), beliefs,
+                        [[(1, LengthPrediction(80.0, 0.4))]] * 2)
+    simulate(arrays, workload, make_policy())
 
 
 def _prime_probe(probe: ProbePredictor, states: StatesSpec, cap: float) -> None:
@@ -347,15 +360,17 @@ def _prime_probe(probe: ProbePredictor, states: StatesSpec, cap: float) -> None:
         np.zeros(states.hidden_size, dtype=np.float32), states.every)
 
 
-def _sleep_until(deadline_ns: int) -> None:
-    """Wait for ``perf_counter_ns()`` to reach ``deadline_ns`` (sleep, then spin the last ms)."""
-    while (left := deadline_ns - time.perf_counter_ns()) > 0:
-        if left > 1_500_000:
-            time.sleep((left - 1_000_000) / NS_PER_S)
-
-
 class _Server:
-    """The serving loop (module docstring); rows of what ran are kept for the output."""
+    """The GPU engine as the driver's executor (module docstring).
+
+    :func:`~lapsd.replay.driver.drive` runs the policy on the wall clock; this runs the steps it
+    asks for and keeps the rows of what ran for the output. The server's own time between
+    steps (the policy's calls, the probe's, the loop's bookkeeping: everything but arrival
+    prefills and sleeping) is the next step's ``scheduler_s``.
+    """
+
+    #: No memory check in the policy's ranking (``--kv-budget-tokens`` swaps instead).
+    fits: Callable[[RequestId], bool] | None = None
 
     def __init__(self, engine: Any, policy: Policy, requests: list[_Request], *,
                  max_new_tokens: int, seed: int, budget: int | None,
@@ -363,31 +378,155 @@ class _Server:
                  probe: ProbePredictor | None = None) -> None:
         self.engine, self.policy, self.requests = engine, policy, requests
         self.probe = probe
+        self.repredicts = probe is not None
         self.probe_ns = 0  # the probe's calls (inside scheduler_ns)
         self.probe_calls = 0
-        self.arrival_prefill_ns = 0  # prefills at arrival since the last boundary
+        self.arrival_prefill_ns = 0  # prefills at arrival since the last step
         self.max_new_tokens, self.seed, self.budget = max_new_tokens, seed, budget
         self.batch = batch
         self.on_finish = on_finish
-        self.clock: Clock = timing_clock(engine.device)
+        self.timing: Clock = timing_clock(engine.device)
+        self.wall = WallClock()
         self.rows: list[dict[str, Any]] = []
         self.active: dict[int, _Request] = {}  # started, unfinished
+        self.prev: list[_Request] = []  # the last step's members
+        self.admitted = 0
+        self.steps = 0
         self.scheduler_ns = 0
         self.idle_ns = 0
         self.wall_ns = 0
+        self._mark = 0  # perf_counter_ns at the end of the last step
+        self._slept = 0  # the wall clock's slept_ns then
 
-    def _admit(self, nxt: int, boundary: int) -> int:
-        """Admit the requests that arrived by ``boundary`` (from position ``nxt``); the next."""
-        policy, reqs = self.policy, self.requests
-        while nxt < len(reqs) and reqs[nxt].arrival_ns <= boundary:
-            r = reqs[nxt]
-            if self.probe is not None:
-                self._predict_on_arrival(r)
-            if policy.needs_oracle:
-                policy.reveal(nxt, r.oracle_s or 0.0)
-            policy.admit(RequestInfo(nxt, r.arrival_ns / NS_PER_S, len(r.ids), r.prediction))
-            nxt += 1
-        return nxt
+    def serve(self) -> None:
+        """Serve every request (a KeyboardInterrupt stops it; what finished stays recorded)."""
+        self.wall = WallClock()
+        self._mark, self._slept = self.wall.t0, 0
+        try:
+            drive(self.policy, [r.arrival_ns for r in self.requests], self, self.wall)
+        finally:
+            self.scheduler_ns += self._server_ns()
+            self.wall_ns = self.wall.read()
+            self.idle_ns = self.wall.idle_ns
+
+    # ---------------------------------------------------------------- the executor protocol
+    def request(self, j: int) -> RequestInfo:
+        """Request ``j`` arrived: with a probe, prefill it now for its admission belief."""
+        r = self.requests[j]
+        if self.probe is not None:
+            self._predict_on_arrival(r)
+        self.admitted = j + 1
+        return RequestInfo(j, r.arrival_ns / NS_PER_S, len(r.ids), r.prediction)
+
+    def true_service_s(self, j: int) -> float:
+        """Request ``j``'s service time in the oracle's collection."""
+        return self.requests[j].oracle_s or 0.0
+
+    def run(self, chosen: list[int], preempted: Sequence[int], now: int,
+            until: int | None) -> tuple[int, list[Rounds]]:  # noqa: ARG002 (one round a step)
+        """Place the members' caches and run one step of them: ``(switch ns, their rounds)``.
+
+        A round's time is everything from the last boundary (``now``) to the step's end but the
+        switch: the engine's round and the server's own work before it.
+        """
+        pc = time.perf_counter_ns
+        scheduler_ns = self._server_ns()
+        reqs = self.requests
+        members = [reqs[j] for j in chosen]
+        for req in members:
+            self._start(req)
+        gone = [reqs[j] for j in preempted]
+        for r in gone:
+            r.preemptions += 1
+        was = {r.position for r in self.prev}
+        ts = pc()
+        victims = self._evictions(members[0]) if self.batch == 1 else []
+        scheduler_ns += pc() - ts
+        switch_ns, switch = 0, {"switch_device_s": 0.0, "swapped": False, "evicted": 0}
+        if set(chosen) != was or victims:  # the same requests again: their caches are in place
+            switch_ns, switch = self._switch(members, victims)
+        t0 = self.wall.t0
+        start = pc()
+        fresh = [not r.round_ns for r in members]
+        if self.batch == 1:
+            session = members[0].session
+            records = [session.step()]
+            session.clock.sync()
+        else:
+            records = self.engine.step_batch([r.session for r in members])
+            self.timing.sync()
+        end = pc() - t0
+        occupied = end - now - switch_ns
+        prefills_s = 0.0
+        for req, new in zip(members, fresh, strict=True):
+            if new:  # its round 0 holds its prefill (run inside this step), unless at arrival
+                req.first_run_ns = start - t0
+                req.prefill_s = req.session.prefill_s
+                prefills_s += 0.0 if req.belief is not None else req.prefill_s or 0.0
+        quiet = {"switch_device_s": 0.0, "swapped": False, "evicted": 0}
+        out = []
+        for i, (req, record) in enumerate(zip(members, records, strict=True)):
+            record.resolve(req.session.clock)
+            engine_s = (record.round_s or 0.0) + prefills_s
+            first = i == 0
+            self.rows.append({
+                "step": self.steps, "batch": len(members),
+                "request_id": req.rid, "round": len(req.round_ns),
+                "start_s": (start - t0) / NS_PER_S, "end_s": end / NS_PER_S,
+                "round_s": occupied / NS_PER_S, "engine_s": engine_s,
+                "scheduler_s": scheduler_ns / NS_PER_S if first else 0.0,
+                "switch_s": switch_ns / NS_PER_S if first else 0.0,
+                **(switch if first else quiet), "switched": req.position not in was,
+                "preempted": first and bool(gone),
+                "preempted_context": (sum(len(r.session.tokens) for r in gone)
+                                      if first and gone else None),
+                "preemptions": len(gone) if first else 0,
+                "idle_s": self.wall.last_idle_ns / NS_PER_S if first else 0.0,
+                "context_tokens": record.context_tokens, "admitted": self.admitted,
+                "prefill_s": self.arrival_prefill_ns / NS_PER_S if first else 0.0,
+            })
+            req.round_ns.append(occupied)
+            req.engine_s.append(engine_s)
+            out.append(Rounds.single(record.emitted, record.drafted, record.accepted,
+                                     occupied / NS_PER_S))
+        self.scheduler_ns += scheduler_ns
+        self.prev = members
+        self.steps += 1
+        self.wall.last_idle_ns = 0
+        self.arrival_prefill_ns = 0
+        self._mark, self._slept = pc(), self.wall.slept_ns
+        return switch_ns, out
+
+    def advance(self, j: int, taken: int, now: int) -> bool:  # noqa: ARG002 (always 1)
+        """Whether request ``j`` is done after its round; record its finish at ``now``."""
+        req = self.requests[j]
+        if not req.session.done:
+            return False
+        req.finish_ns = now
+        del self.active[req.position]
+        self.on_finish()
+        return True
+
+    def update(self, j: int) -> LengthPrediction | None:
+        """The probe's new belief if request ``j``'s last round brought a decode state."""
+        req = self.requests[j]
+        states = req.session.decode_states
+        if req.belief is None or len(states) == req.states_read:
+            return None
+        s0 = time.perf_counter_ns()
+        req.states_read = len(states)
+        generated, state = states[-1]  # several in one round: the latest wins
+        belief = req.belief.update(as_stored(state.float().cpu().numpy()), generated)
+        req.updates.append((len(req.round_ns) - 1, belief.median, belief.sigma))
+        self.probe_ns += time.perf_counter_ns() - s0
+        self.probe_calls += 1
+        return belief
+
+    # ---------------------------------------------------------------------------- internals
+    def _server_ns(self) -> int:
+        """The server's own time since the last step: all but arrival prefills and sleep."""
+        return (time.perf_counter_ns() - self._mark - self.arrival_prefill_ns
+                - (self.wall.slept_ns - self._slept))
 
     def _start(self, req: _Request) -> None:
         """Give ``req`` its engine session (when it first runs)."""
@@ -414,196 +553,6 @@ class _Server:
         self.probe_ns += pc() - s1
         self.probe_calls += 1
 
-    def _repredict(self, req: _Request) -> None:
-        """Tell the policy the probe's new belief if the last round brought a decode state."""
-        states = req.session.decode_states
-        if req.belief is None or len(states) == req.states_read:
-            return
-        s0 = time.perf_counter_ns()
-        req.states_read = len(states)
-        generated, state = states[-1]  # several in one round: the latest wins
-        belief = req.belief.update(as_stored(state.float().cpu().numpy()), generated)
-        self.policy.update_prediction(req.position, belief)
-        req.updates.append((len(req.round_ns) - 1, belief.median, belief.sigma))
-        self.probe_ns += time.perf_counter_ns() - s0
-        self.probe_calls += 1
-
-    def _idle(self, nxt: int, boundary: int, t0: int) -> tuple[int, int]:
-        """Wait for request ``nxt`` to arrive; its arrival is the new boundary: ``(it, idle)``."""
-        arrival = self.requests[nxt].arrival_ns
-        _sleep_until(t0 + arrival)
-        self.idle_ns += arrival - boundary
-        return arrival, arrival - boundary
-
-    def _finished(self, req: _Request, end: int) -> int:
-        """Record that ``req`` finished at ``end``; returns 1 (a count)."""
-        req.finish_ns = end
-        del self.active[req.position]
-        self.on_finish()
-        return 1
-
-    def run(self) -> None:
-        """Serve every request (a KeyboardInterrupt stops it; what finished stays recorded)."""
-        if self.batch > 1:
-            self._run_batched()
-            return
-        pc = time.perf_counter_ns
-        policy, reqs, n = self.policy, self.requests, len(self.requests)
-        t0 = pc()
-        boundary = 0  # the last round's end, or the arrival that ended an idle spell
-        nxt = done = 0
-        last: _Request | None = None
-        pending_ns = 0  # scheduler time since the last boundary
-        idle_ns = 0
-        try:
-            while done < n:
-                ts = pc()
-                before = self.arrival_prefill_ns
-                nxt = self._admit(nxt, boundary)
-                picked = policy.pick()
-                pending_ns += pc() - ts - (self.arrival_prefill_ns - before)
-                if picked is None:
-                    boundary, idle_ns = self._idle(nxt, boundary, t0)
-                    continue
-                req = reqs[cast(int, picked)]  # the position it was admitted as
-                self._start(req)
-                preempted = last is not None and last is not req and not last.session.done
-                if preempted:
-                    assert last is not None
-                    last.preemptions += 1
-                ts = pc()
-                victims = self._evictions(req)
-                pending_ns += pc() - ts
-                switch_ns, row = (self._switch(req, victims) if req is not last or victims
-                                  else (0, {"switch_device_s": 0.0, "swapped": False,
-                                            "evicted": 0}))
-                start = pc()
-                record = req.session.step()
-                req.session.clock.sync()
-                record.resolve(req.session.clock)
-                end = pc() - t0
-                occupied = end - boundary - switch_ns
-                engine_s = record.round_s or 0.0
-                if not req.round_ns:  # round 0 holds the prefill, unless done at arrival
-                    req.first_run_ns = start - t0
-                    req.prefill_s = req.session.prefill_s
-                    engine_s += 0.0 if req.belief is not None else req.prefill_s or 0.0
-                self.rows.append({
-                    "step": len(self.rows), "batch": 1,
-                    "request_id": req.rid, "round": len(req.round_ns),
-                    "start_s": (start - t0) / NS_PER_S, "end_s": end / NS_PER_S,
-                    "round_s": occupied / NS_PER_S, "engine_s": engine_s,
-                    "scheduler_s": pending_ns / NS_PER_S, "switch_s": switch_ns / NS_PER_S,
-                    **row, "switched": last is not None and last is not req,
-                    "preempted": preempted,
-                    "preempted_context": (len(last.session.tokens) if preempted and last
-                                          else None),
-                    "preemptions": int(preempted),
-                    "idle_s": idle_ns / NS_PER_S, "context_tokens": record.context_tokens,
-                    "admitted": nxt, "prefill_s": self.arrival_prefill_ns / NS_PER_S,
-                })
-                req.round_ns.append(occupied)
-                req.engine_s.append(engine_s)
-                self.scheduler_ns += pending_ns
-                boundary, last, idle_ns = end, req, 0
-                self.arrival_prefill_ns = 0
-                ts = pc()
-                policy.observe(picked, record.emitted, record.drafted, record.accepted,
-                               occupied / NS_PER_S)
-                if req.session.done:
-                    policy.finish(picked)
-                else:
-                    self._repredict(req)
-                pending_ns = pc() - ts
-                if req.session.done:
-                    done += self._finished(req, end)
-        finally:
-            self.scheduler_ns += pending_ns
-            self.wall_ns = pc() - t0
-
-    def _run_batched(self) -> None:
-        """The loop at batch sizes above one (module docstring); rows as in :meth:`run`."""
-        pc = time.perf_counter_ns
-        policy, reqs, n, engine = self.policy, self.requests, len(self.requests), self.engine
-        t0 = pc()
-        boundary = nxt = done = steps = 0
-        last: list[_Request] = []
-        pending_ns = idle_ns = 0
-        try:
-            while done < n:
-                ts = pc()
-                nxt = self._admit(nxt, boundary)
-                chosen = [reqs[cast(int, rid)] for rid in policy.step(self.batch)]
-                pending_ns += pc() - ts
-                if not chosen:
-                    boundary, idle_ns = self._idle(nxt, boundary, t0)
-                    continue
-                for req in chosen:
-                    self._start(req)
-                members = {r.position for r in chosen}
-                was = {r.position for r in last}
-                preempted = [r for r in last if r.position not in members and not r.session.done]
-                for r in preempted:
-                    r.preemptions += 1
-                switch_ns, swapped, a, b = 0, False, None, None
-                if members != was:  # the same batch again: every cache is in its row
-                    s0, a = pc(), self.clock.mark()
-                    swapped = engine.place([r.session for r in chosen])
-                    b = self.clock.mark()
-                    self.clock.sync()
-                    switch_ns = pc() - s0
-                start = pc()
-                fresh = [not r.round_ns for r in chosen]
-                records = engine.step_batch([r.session for r in chosen])
-                self.clock.sync()
-                end = pc() - t0
-                occupied = end - boundary - switch_ns
-                for req, new in zip(chosen, fresh, strict=True):
-                    if new:  # its round 0 holds its prefill (run inside this step)
-                        req.first_run_ns = start - t0
-                        req.prefill_s = req.session.prefill_s
-                prefills_s = sum(r.prefill_s or 0.0 for r, new in zip(chosen, fresh, strict=True)
-                                 if new)
-                for i, (req, record) in enumerate(zip(chosen, records, strict=True)):
-                    record.resolve(req.session.clock)
-                    engine_s = (record.round_s or 0.0) + prefills_s
-                    first = i == 0
-                    self.rows.append({
-                        "step": steps, "batch": len(chosen),
-                        "request_id": req.rid, "round": len(req.round_ns),
-                        "start_s": (start - t0) / NS_PER_S, "end_s": end / NS_PER_S,
-                        "round_s": occupied / NS_PER_S, "engine_s": engine_s,
-                        "scheduler_s": pending_ns / NS_PER_S if first else 0.0,
-                        "switch_s": switch_ns / NS_PER_S if first else 0.0,
-                        "switch_device_s": (self.clock.seconds(a, b) or 0.0
-                                            if first and a is not None else 0.0),
-                        "swapped": swapped and first, "evicted": 0,
-                        "switched": req.position not in was,
-                        "preempted": first and bool(preempted),
-                        "preempted_context": (sum(len(r.session.tokens) for r in preempted)
-                                              if first and preempted else None),
-                        "preemptions": len(preempted) if first else 0,
-                        "idle_s": idle_ns / NS_PER_S if first else 0.0,
-                        "context_tokens": record.context_tokens, "admitted": nxt,
-                        "prefill_s": 0.0,
-                    })
-                    req.round_ns.append(occupied)
-                    req.engine_s.append(engine_s)
-                self.scheduler_ns += pending_ns
-                boundary, last, idle_ns, steps = end, chosen, 0, steps + 1
-                ts = pc()
-                for req, record in zip(chosen, records, strict=True):
-                    policy.observe(req.position, record.emitted, record.drafted,
-                                   record.accepted, occupied / NS_PER_S)
-                for req in chosen:
-                    if req.session.done:
-                        policy.finish(req.position)
-                pending_ns = pc() - ts
-                done += sum(self._finished(req, end) for req in chosen if req.session.done)
-        finally:
-            self.scheduler_ns += pending_ns
-            self.wall_ns = pc() - t0
-
     def _evictions(self, req: _Request) -> list[_Request]:
         """Resident requests to swap out so that ``req``'s next round fits the KV budget.
 
@@ -625,22 +574,28 @@ class _Server:
             excess -= r.session.resident_tokens
         return victims
 
-    def _switch(self, req: _Request, victims: list[_Request]) -> tuple[int, dict[str, Any]]:
-        """Swap ``victims`` out and make ``req``'s cache the one that runs.
+    def _switch(self, members: list[_Request], victims: list[_Request],
+                ) -> tuple[int, dict[str, Any]]:
+        """Swap ``victims`` out and make the members' caches the ones that run.
 
-        Returns the host-clock nanoseconds it took and its schedule columns.
+        At batch size one the member's cache becomes the working one; above, the members'
+        caches are placed in the working cache's rows. Returns the host-clock nanoseconds it
+        took and its schedule columns.
         """
-        pc, clock = time.perf_counter_ns, self.clock
+        pc, clock = time.perf_counter_ns, self.timing
         s0 = pc()
         a = clock.mark()
         for v in victims:
             v.session.offload()
             v.swaps += 1
-        swapped = req.session.activate()
+        if self.batch == 1:
+            swapped = members[0].session.activate()
+        else:
+            swapped = self.engine.place([r.session for r in members])
         b = clock.mark()
         clock.sync()
-        return pc() - s0, {"switch_device_s": clock.seconds(a, b),
-                           "swapped": swapped or bool(victims), "evicted": len(victims)}
+        return pc() - s0, {"switch_device_s": clock.seconds(a, b) or 0.0,
+                           "swapped": bool(swapped) or bool(victims), "evicted": len(victims)}
 
 
 # ------------------------------------------------------------------------------------- serve
@@ -730,7 +685,7 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
                      None if preds is None else preds[i],
                      None if oracle_s is None else oracle_s[i]) for i in range(n)]
     make_policy = policy_factory(plan.policy, scale)
-    _prime(make_policy, reqs)
+    _prime(make_policy)
     if probe is not None and states is not None:
         _prime_probe(probe, states, float(cfg.max_new_tokens))
     policy = make_policy()
@@ -749,7 +704,7 @@ def serve(cfg: LiveConfig, *, log: Callable[[str], Any] | None = None,
     if progress is not None:
         progress(0, n)
     try:
-        server.run()
+        server.serve()
     except KeyboardInterrupt:
         interrupted = True
     params = getattr(policy, "params", None)

@@ -1,35 +1,32 @@
-"""The discrete-event replay engine.
+"""The discrete-event replay: a workload of a trace, served under a policy.
 
 At batch size one the server runs one round at a time; at every round boundary the policy may
 switch to another request, which costs ``c0 + c1 * context_tokens`` seconds (the preempted
 request's KV cache goes out and comes back later). Round times, tokens and acceptance come from
-the trace; arrivals from the workload.
+the trace; arrivals from the workload. Above batch size one (:mod:`lapsd.replay.batch`) a step
+runs a round of each of up to ``B`` requests.
 
-Speed comes from :meth:`Policy.advance`: the engine offers the picked request's next rounds up to
-the next arrival (or to its end) and the policy takes as many as it can before its decision could
-change, so a replay costs a few Python calls per scheduling decision rather than per round. With
-``max_chunk=1`` the engine offers one round at a time, like a live server does.
+The loop is :func:`~lapsd.replay.driver.drive`, the one the live server runs, over a
+:class:`~lapsd.replay.executor.TraceExecutor` and the simulated clock. Speed comes from
+:meth:`Policy.advance`: the executor offers the chosen request's next rounds up to the next
+arrival (or to its end) and the policy takes as many as it can before its decision could
+change, so a replay costs a few Python calls per scheduling decision rather than per round.
+With ``max_chunk=1`` the replay offers one round at a time, like a live server does.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import numpy as np
 
 from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.clock import check_horizon
-from lapsd.replay.costs import SwitchCost
-from lapsd.replay.estimate import LengthPrediction
-from lapsd.replay.policies.base import (
-    NS_PER_S,
-    Policy,
-    RequestId,
-    RequestInfo,
-    Rounds,
-)
+from lapsd.replay.costs import BatchCost, SwitchCost
+from lapsd.replay.driver import drive
+from lapsd.replay.executor import TraceExecutor
+from lapsd.replay.policies.base import NS_PER_S, Policy, RequestId
 from lapsd.replay.workload import Workload
 
 
@@ -69,32 +66,6 @@ class SimResult:
                    decisions=decisions, estimates=estimates)
 
 
-class RequestColumns(NamedTuple):
-    """Per-request columns of a replay, in workload order, as Python lists.
-
-    Scalar indexing and bisect on lists are much faster than on numpy arrays.
-    """
-
-    arrival: list[int]
-    starts: list[int]
-    ends: list[int]
-    prompt_tokens: list[int]
-    service_s: list[float]
-
-    @classmethod
-    def of(cls, arrays: TraceArrays, workload: Workload, policy: Policy[Any],
-           ) -> RequestColumns:
-        """The columns of ``workload``; checks that ``policy`` gets the predictions it needs."""
-        if policy.needs_prediction and workload.predictions is None:
-            raise ValueError(f"policy {policy.name!r} needs length predictions; build the "
-                             "workload with predictions (a trace column, a predictor, or the "
-                             "noisy-oracle what-if)")
-        index = workload.index
-        return cls(workload.arrival_ns.tolist(), arrays.offsets[index].tolist(),
-                   arrays.offsets[index + 1].tolist(), arrays.prompt_tokens[index].tolist(),
-                   (arrays.service_ns[index] / NS_PER_S).tolist())
-
-
 def check_span(arrays: TraceArrays, workload: Workload, switch: SwitchCost,
                slowdown: float = 1.0) -> None:
     """Refuse a replay whose clock could pass :data:`~lapsd.replay.clock.HORIZON_S`.
@@ -115,8 +86,9 @@ def check_span(arrays: TraceArrays, workload: Workload, switch: SwitchCost,
 
 
 def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
-             switch: SwitchCost | None = None, max_chunk: int | None = None) -> SimResult:
-    """Replay ``workload`` through ``policy`` at batch size one.
+             switch: SwitchCost | None = None, max_chunk: int | None = None, batch: int = 1,
+             cost: BatchCost | None = None, kv_tokens: int | None = None) -> SimResult:
+    """Replay ``workload`` through ``policy``.
 
     Parameters
     ----------
@@ -131,92 +103,24 @@ def simulate(arrays: TraceArrays, workload: Workload, policy: Policy[Any], *,
         Preemption cost model (free by default).
     max_chunk
         Largest run of rounds offered to the policy at once; 1 replays round by round.
+    batch, cost, kv_tokens
+        Requests per step, the step-time model and the KV capacity in tokens
+        (:class:`~lapsd.replay.executor.TraceExecutor`).
 
     Returns
     -------
     SimResult
         Completion time of each arriving request, in workload order, and counters.
     """
-    switch = switch or SwitchCost()
-    check_span(arrays, workload, switch)
-    arrival, starts, ends, prompt_tokens, service_s = RequestColumns.of(arrays, workload, policy)
-    n_jobs = len(workload)
-    pos = list(starts)
-    prefix = arrays.prefix
-    c_ns, c_emitted = prefix.lists["ns"], prefix.lists["emitted"]
-    completion = [0] * n_jobs
-    preds = workload.predictions
-    oracle = policy.needs_oracle
-    preemptive = policy.preempts_on_arrival
-    c0_ns = round(switch.c0 * NS_PER_S)
-    c1_ns = switch.c1 * NS_PER_S
-    admit, pick, advance, finish = policy.admit, policy.pick, policy.advance, policy.finish
-    may_preempt = policy.arrivals_may_preempt
-    update = policy.update_prediction
-    # Each request's pending re-predictions, as absolute round positions (ends of runs).
-    pending: list[list[tuple[int, LengthPrediction]]] | None = None
-    if workload.updates is not None:
-        pending = [[(starts[j] + r, p) for r, p in reversed(u) if 0 < r < ends[j] - starts[j]]
-                   for j, u in enumerate(workload.updates)]
+    executor = TraceExecutor(arrays, workload, policy, batch=batch, cost=cost, switch=switch,
+                             kv_tokens=kv_tokens, max_chunk=max_chunk)
+    check_span(arrays, workload, executor.switch, max(executor.cost.slowdown))
     estimates: dict[int, float] = {}
 
     def record(request_id: RequestId, total_s: float) -> None:
         estimates[cast(int, request_id)] = total_s
 
     policy.on_estimate = record
-
-    now = 0
-    nxt = 0
-    done = 0
-    last = -1
-    preemptions = 0
-    switch_ns = 0
-    decisions = 0
-    while done < n_jobs:
-        while nxt < n_jobs and arrival[nxt] <= now:
-            if oracle:
-                policy.reveal(nxt, service_s[nxt])
-            admit(RequestInfo(nxt, arrival[nxt] / NS_PER_S, prompt_tokens[nxt],
-                              None if preds is None else preds[nxt]))
-            nxt += 1
-        picked = pick()
-        if picked is None:
-            now = arrival[nxt]
-            continue
-        rid = cast(int, picked)  # the engine admits requests by their workload position
-        decisions += 1
-        if rid != last and last >= 0:
-            # The last request was preempted unfinished: its KV cache is swapped out and back.
-            preemptions += 1
-            if c0_ns or c1_ns:
-                context = prompt_tokens[last] + c_emitted[pos[last]] - c_emitted[starts[last]]
-                cost = c0_ns + round(c1_ns * context)
-                switch_ns += cost
-                now += cost
-        a = pos[rid]
-        b = ends[rid]
-        base = c_ns[a]
-        if preemptive and nxt < n_jobs and may_preempt():
-            # Rounds that start before the next arrival (round 0 starts now, before it); at least
-            # one: the picked request runs a round even if a switch ran past the arrival.
-            b = max(a + 1, bisect_left(c_ns, base + (arrival[nxt] - now), a, b))
-        if max_chunk is not None and b - a > max_chunk:
-            b = a + max_chunk
-        todo = None if pending is None else pending[rid]
-        if todo:
-            b = min(b, todo[-1][0])  # a re-prediction lands at a round boundary
-        a += advance(rid, Rounds(prefix, a, b))
-        now += c_ns[a] - base
-        pos[rid] = a
-        if todo and todo[-1][0] == a:
-            update(rid, todo.pop()[1])
-        if a == ends[rid]:
-            finish(rid)
-            completion[rid] = now
-            done += 1
-            last = -1
-        else:
-            last = rid
-
-    return SimResult.of(arrays, workload, policy, completion, preemptions=preemptions,
-                        switch_ns=switch_ns, decisions=decisions, estimates=estimates)
+    out = drive(policy, workload.arrival_ns.tolist(), executor)
+    return SimResult.of(arrays, workload, policy, out.completion_ns, preemptions=out.preemptions,
+                        switch_ns=out.switch_ns, decisions=out.decisions, estimates=estimates)

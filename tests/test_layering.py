@@ -162,6 +162,30 @@ def test_no_code_outside_the_policies_branches_on_a_policy_name() -> None:
     assert not bad
 
 
+#: A policy's lifecycle methods (what a server calls; ``replay.driver`` is the one loop).
+LIFECYCLE = {"admit", "reveal", "step", "pick", "observe", "advance", "horizon",
+             "update_prediction", "finish"}
+
+
+def test_one_module_runs_a_policy() -> None:
+    """Outside the policies and the server plug-ins, only the driver touches the lifecycle.
+
+    Statically: no attribute of :data:`LIFECYCLE` is read from an expression that names a
+    policy (``policy.step``, ``self.policy.admit``). The tests also check it at run time, for
+    the replays and the live server (``tests/helpers/lifecycle.py``).
+    """
+    bad = []
+    for module, path in MODULES.items():
+        if module.startswith(("lapsd.replay.policies", "lapsd.integrations")) or module in (
+                "lapsd.replay.driver",):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in LIFECYCLE
+                    and "policy" in ast.unparse(node.value).lower()):
+                bad.append(f"{module}:{node.lineno} {ast.unparse(node)}")
+    assert not bad
+
+
 @pytest.mark.parametrize("name", ["replay", "predict", "tune", "collect", "integrations"])
 def test_bare_folder_names_are_not_imported(name: str) -> None:
     """The folders install as ``lapsd.<name>``; a bare ``import replay`` would be a second copy."""

@@ -1,11 +1,13 @@
 """The online scheduling interface that servers drive and the simulator runs.
 
-A server calls, for each request, :meth:`Policy.admit` when it arrives, :meth:`Policy.pick` at
-each round boundary to learn which request runs next, :meth:`Policy.observe` after the round with
-what it produced, and :meth:`Policy.finish` when it completes. That is the whole contract.
+A server calls, for each request, :meth:`Policy.admit` when it arrives, :meth:`Policy.step` at
+each step boundary to learn which requests run the next step (one at batch size one),
+:meth:`Policy.observe` after the step with what each produced, and :meth:`Policy.finish` when
+it completes. That is the whole contract; :mod:`lapsd.replay.driver` is the one loop that keeps
+it, for the simulator and the live server alike.
 
 The simulator drives the same objects through :meth:`Policy.advance`, which takes a *run* of
-future rounds of the picked request at once and answers how many of them the policy lets run
+future rounds of a running request at once and answers how many of them the policy lets run
 before its decision could change (a queue threshold, a stability test, a rival overtaking it).
 The policy consumes those rounds exactly as if they had been observed one by one: ``observe`` is
 ``advance`` over a run of length one, and a differential test checks that batched and
@@ -164,7 +166,7 @@ class RequestState:
     service_ns: int = 0
     key: tuple = ()
     belief: LengthPrediction | None = None
-    #: Whether it is running: picked (batch size one) or in the current step's batch.
+    #: Whether it is running: in the current step (see :meth:`Policy.step`).
     running: bool = False
 
     @property
@@ -246,9 +248,8 @@ class Policy(ABC, Generic[S]):
     def __init__(self) -> None:
         self._states: dict[RequestId, S] = {}
         self._heap: list[tuple[tuple, RequestId]] = []
-        self._current: S | None = None
-        #: The requests of the current step at batch sizes above one (see :meth:`step`).
-        self._batch: dict[RequestId, S] = {}
+        #: The requests of the current step (see :meth:`step`).
+        self._running: dict[RequestId, S] = {}
         self._seq = 0
         #: The buffer :meth:`observe` reports each round through.
         self._one = Rounds.single(1, 0, 0, 0.0)
@@ -273,35 +274,45 @@ class Policy(ABC, Generic[S]):
         self._states[info.request_id] = st
         heapq.heappush(self._heap, (st.key, info.request_id))
 
-    def pick(self) -> RequestId | None:
-        """The request to run next, or ``None`` when nothing waits."""
-        heap, cur = self._heap, self._current
-        self._drop_stale()
-        if cur is None:
-            if not heap:
-                return None
-            cur = self._current = self._states[heapq.heappop(heap)[1]]
-            cur.running = True
-            return cur.info.request_id
-        if heap and heap[0][0] < self._running_key(cur):
-            cur.running = False
-            entry = heapq.heappushpop(heap, (cur.key, cur.info.request_id))
-            cur = self._current = self._states[entry[1]]
-            cur.running = True
-        return cur.info.request_id
-
-    def step(self, n: int, fits: Callable[[RequestId], bool] | None = None,
+    def step(self, n: int = 1, fits: Callable[[RequestId], bool] | None = None,
              ) -> list[RequestId]:
         """The requests that run the next step at batch size ``n``, best first.
 
-        Every request in the system is ranked as at batch size one: those of the last step by
-        their running key (so a non-preemptive policy keeps them, and LAPS-SD does not let
-        peers displace a new request), the others by their key. The first ``n`` for which
-        ``fits(request_id)`` holds (the engine's memory check, called in rank order) run; each
-        then reports its round with :meth:`observe`. A server at batch size one calls
-        :meth:`pick` instead; the two are not mixed.
+        Every request in the system is ranked: those of the last step by their running key (so
+        a non-preemptive policy keeps them, and LAPS-SD does not let peers displace a new
+        request), the others by their key. The first ``n`` for which ``fits(request_id)`` holds
+        (the engine's memory check, called in rank order) run; each then reports its round with
+        :meth:`observe` (or :meth:`advance`). Batch size one is ``n = 1``.
         """
-        ranked = sorted(((self._running_key(st), rid) for rid, st in self._batch.items()),
+        if n == 1 and fits is None:
+            # Batch size one with no memory check: one comparison with the best waiting
+            # request, the general ranking's choice without its sort and allocations (a replay
+            # asks for a decision every few rounds; a differential test checks the two agree).
+            heap, running = self._heap, self._running
+            self._drop_stale()
+            if not running:
+                if not heap:
+                    return []
+                rid = heapq.heappop(heap)[1]
+                st = self._states[rid]
+                st.running = True
+                running[rid] = st
+                return [rid]
+            rid, cur = next(iter(running.items()))
+            if heap and heap[0][0] < self._running_key(cur):
+                cur.running = False
+                rid = heapq.heappushpop(heap, (cur.key, rid))[1]
+                st = self._states[rid]
+                st.running = True
+                running.clear()
+                running[rid] = st
+            return [rid]
+        return self._step_ranked(n, fits)
+
+    def _step_ranked(self, n: int, fits: Callable[[RequestId], bool] | None,
+                     ) -> list[RequestId]:
+        """:meth:`step` in general: rank the last step's requests and the waiting ones."""
+        ranked = sorted(((self._running_key(st), rid) for rid, st in self._running.items()),
                         key=lambda e: e[0])
         heap = self._heap
         popped: list[tuple[tuple, RequestId]] = []
@@ -323,15 +334,20 @@ class Policy(ABC, Generic[S]):
         for entry in popped:
             if entry[1] not in chosen:
                 heapq.heappush(heap, entry)
-        batch = {rid: self._states[rid] for rid in chosen}
-        for rid, st in self._batch.items():
-            if rid not in batch:
+        running = {rid: self._states[rid] for rid in chosen}
+        for rid, st in self._running.items():
+            if rid not in running:
                 st.running = False
                 heapq.heappush(heap, (st.key, rid))
-        for st in batch.values():
+        for st in running.values():
             st.running = True
-        self._batch = batch
+        self._running = running
         return chosen
+
+    def pick(self) -> RequestId | None:
+        """The one request :meth:`step` runs at batch size one, or ``None`` when nothing waits."""
+        chosen = self.step(1)
+        return chosen[0] if chosen else None
 
     def observe(self, request_id: RequestId, emitted: int, drafted: int | None, accepted: int,
                 seconds: float) -> None:
@@ -344,11 +360,9 @@ class Policy(ABC, Generic[S]):
         The policy takes rounds until the first one after which its decision could change, and
         updates its state with exactly those rounds.
         """
-        st = self._current
-        if st is None or st.info.request_id != request_id:
-            st = self._batch.get(request_id)
-            if st is None:
-                raise ValueError(f"request {request_id!r} is not the one picked to run")
+        st = self._running.get(request_id)
+        if st is None:
+            raise ValueError(f"request {request_id!r} is not the one picked to run")
         n = self._consume(st, rounds)
         if not 1 <= n <= len(rounds):
             raise RuntimeError(f"policy {self.name!r} took {n} of {len(rounds)} offered rounds; "
@@ -367,10 +381,7 @@ class Policy(ABC, Generic[S]):
 
         Takes none of them and changes nothing: the batched simulator's look-ahead.
         """
-        st = self._current
-        if st is None or st.info.request_id != request_id:
-            st = self._batch[request_id]
-        return self._horizon(st, rounds)
+        return self._horizon(self._running[request_id], rounds)
 
     def update_prediction(self, request_id: RequestId, prediction: LengthPrediction) -> None:
         """A new length prediction for an admitted request (re-predicted from its output so far).
@@ -387,29 +398,30 @@ class Policy(ABC, Generic[S]):
 
     def finish(self, request_id: RequestId) -> None:
         """The request completed (or was cancelled) and leaves the scheduler."""
-        st = self._states.pop(request_id)
-        if st is self._current:
-            self._current = None
-        self._batch.pop(request_id, None)
+        self._states.pop(request_id)
+        self._running.pop(request_id, None)
 
     def order(self, n: int) -> list[RequestId]:
         """The ``n`` highest-priority requests in the system, best first (batch sizes > 1)."""
         entries = heapq.nsmallest(n, (e for e in self._heap if self._live(e)))
-        running = [self._current] if self._current is not None else self._batch.values()
-        entries.extend((self._running_key(st), st.info.request_id) for st in running)
+        entries.extend((self._running_key(st), rid) for rid, st in self._running.items())
         entries.sort(key=lambda e: e[0])
         return [rid for _, rid in entries[:n]]
 
     def arrivals_may_preempt(self) -> bool:
-        """Whether a request arriving now could take the server from the running one.
+        """Whether a request arriving now could take a running request's place.
 
-        The simulator splits the offered run at the next arrival only when this is true. A
-        policy that answers false promises that its :meth:`_consume` stops once the running
+        The simulator splits an offered run at the next arrival only when this is true (or
+        when the batch has room). A non-preemptive policy never lets an arrival in; a policy
+        that answers false otherwise promises that its :meth:`_consume` stops once a running
         request's key passes :meth:`_arrival_floor`.
         """
+        if not self.preempts_on_arrival:
+            return False
         floor = self._arrival_floor()
-        cur = self._current
-        return floor is None or cur is None or not self._running_key(cur) < floor
+        if floor is None or not self._running:
+            return True
+        return any(not self._running_key(st) < floor for st in self._running.values())
 
     def admission_rank(self, info: RequestInfo) -> float:  # noqa: ARG002
         """The request's rank when it arrives, nothing observed yet (smaller runs first).

@@ -548,9 +548,9 @@ def test_kv_budget_forces_swaps_and_keeps_tokens(runs, tiny_dir, prompts_file,
 def test_interrupt_writes_what_finished(runs, tiny_dir, prompts_file, tmp_path,
                                         monkeypatch) -> None:
     calls = {"n": 0, "priming": False}
-    real, real_prime = Policy.observe, live._prime
+    real, real_prime = Policy.advance, live._prime
 
-    def observe(self, *a, **kw):  # the server reports its rounds here; Ctrl-C on the 12th
+    def advance(self, *a, **kw):  # the driver reports each round here; Ctrl-C on the 12th
         calls["n"] += not calls["priming"]
         if calls["n"] == 12:
             raise KeyboardInterrupt
@@ -561,7 +561,7 @@ def test_interrupt_writes_what_finished(runs, tiny_dir, prompts_file, tmp_path,
         real_prime(*a)
         calls["priming"] = False
 
-    monkeypatch.setattr(Policy, "observe", observe)
+    monkeypatch.setattr(Policy, "advance", advance)
     monkeypatch.setattr(live, "_prime", prime)
     out = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
@@ -775,6 +775,18 @@ def test_fit_batch_cost_to_a_batched_run(runs, batched, tmp_path) -> None:
     only_batches = replace(run, schedule=run.schedule.filter(pl.col("batch") > 1))
     with pytest.raises(LapsdError, match="no step of one request"):
         fit_batch_cost([only_batches], runs["oracle"])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_live_server_runs_its_policy_through_the_driver(runs, tiny_dir, prompts_file,
+                                                             tmp_path, monkeypatch, batch):
+    from lifecycle import lifecycle_callers
+
+    with lifecycle_callers(monkeypatch) as callers:
+        serve(_live(tiny_dir, prompts_file, tmp_path / "o", policy="las",
+                    capacity_from=runs["fcfs"], batch_size=batch), log=lambda *_: None)
+    assert callers == {"lapsd.replay.driver"}
+    assert read_live(tmp_path / "o").info["run"]["finished"] == 8
 
 
 def test_batch_size_options(tiny_dir, prompts_file, tmp_path) -> None:

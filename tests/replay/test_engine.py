@@ -126,3 +126,18 @@ def test_length_policies_need_predictions(eagle_arrays):
     workload = build_workload("burst:n=5", eagle_arrays)
     with pytest.raises(ValueError, match="needs length predictions"):
         simulate(eagle_arrays, workload, create("lp-sjf"))
+
+
+@pytest.mark.parametrize("batch, kv", [(1, None), (1, 4000), (4, None), (4, 4000)])
+def test_only_the_driver_runs_a_policy(eagle_arrays, monkeypatch, batch, kv):
+    from lifecycle import lifecycle_callers
+
+    from lapsd.replay.batch import simulate_batched
+
+    workload = build_workload("poisson:load=0.9,n=60,seed=5", eagle_arrays, "oracle:sigma=0.5")
+    workload.updates = random_updates(eagle_arrays, workload, 5, every=4)
+    with lifecycle_callers(monkeypatch) as callers:
+        for name in ("srpt-oracle", "laps-sd", "fcfs"):
+            simulate_batched(eagle_arrays, workload, create(name, eagle_arrays.scale), batch,
+                             switch=SwitchCost(0.001, 1e-6), kv_tokens=kv)
+    assert callers == {"lapsd.replay.driver"}
