@@ -32,11 +32,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from lapsd.replay.clock import NS_PER_S
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import Policy, RequestId, RequestInfo, Rounds
+
+_NONE: list[int] = []  # no preemption (never appended to)
 
 
 class Clock(Protocol):
@@ -195,13 +197,19 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
                 policy.reveal(nxt, executor.true_service_s(nxt))
             admit(request(nxt))
             nxt += 1
-        chosen = cast(list[int], step(batch, fits))  # the loop admits requests as positions
+        chosen: list[int] = step(batch, fits)  # type: ignore[assignment]  # admitted as positions
         if not chosen:
             now = clock.idle(now, arrival[nxt])
             continue
         decisions += 1
-        preempted = [j for j in last if j not in chosen] if last else last
-        preemptions += len(preempted)
+        if not last:
+            preempted = last
+        elif len(last) == 1:  # batch size one: the one request of the last step, or none
+            preempted = _NONE if last[0] in chosen else last
+            preemptions += len(preempted)
+        else:
+            preempted = [j for j in last if j not in chosen]
+            preemptions += len(preempted)
         until = (arrival[nxt] if nxt < n_jobs and (len(chosen) < batch or may_preempt())
                  else None)
         cost, runs = run(chosen, preempted, now, until)
@@ -212,8 +220,10 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
             taken = min(policy.horizon(j, r) for j, r in zip(chosen, runs, strict=True))
             for j, r in zip(chosen, runs, strict=True):
                 advance(j, Rounds(r.prefix, r.start, r.start + taken))
+        first = runs[0]
+        c_ns = first.prefix.lists["ns"]
+        now += cost + c_ns[first.start + taken] - c_ns[first.start]
         switch_ns += cost
-        now += cost + runs[0].total("ns", taken)
         last = []
         for j in chosen:
             if ran(j, taken, now):

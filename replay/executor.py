@@ -93,7 +93,7 @@ class TraceExecutor:
         self._c0_ns = round(self.switch.c0 * NS_PER_S)
         self._c1_ns = self.switch.c1 * NS_PER_S
         # At batch size one with a flat step model a step is its member's recorded round.
-        self._flat_one = self.cost.factor(1) == 1.0
+        self._one = batch == 1 and self.cost.factor(1) == 1.0 and kv_tokens is None
         # Each request's pending re-predictions, as absolute round positions, latest first.
         self._pending: list[list[tuple[int, LengthPrediction]]] | None = None
         if workload.updates is not None:
@@ -101,6 +101,7 @@ class TraceExecutor:
                 [(self._starts[j] + r, p) for r, p in reversed(u)
                  if 0 < r < self._ends[j] - self._starts[j]]
                 for j, u in enumerate(workload.updates)]
+        self._bounded = max_chunk is not None or self._pending is not None
         self._resident: set[int] = set()
         self._used = 0
         self.fits: Callable[[RequestId], bool] | None = (
@@ -119,24 +120,21 @@ class TraceExecutor:
     def run(self, chosen: list[int], preempted: Sequence[int], now: int, until: int | None,
             ) -> tuple[int, list[Rounds]]:
         """Charge the switch, then offer each member its rounds (module docstring)."""
-        self._used = 0
-        pay = self._swaps(chosen, preempted) if preempted or self.kv_tokens is not None else 0
-        now += pay
-        if len(chosen) == 1 and self._flat_one:
+        if self._one:  # batch size one, a flat step model, no KV capacity
+            pay = self._swaps(chosen, preempted) if preempted else 0
             j = chosen[0]
             a = self._pos[j]
             b = self._ends[j]
-            c_ns = self._c_ns
             if until is not None:
                 # Rounds that start before the arrival; at least one, even if a switch ran past it.
-                b = max(a + 1, bisect_left(c_ns, c_ns[a] + (until - now), a, b))
-            if self.max_chunk is not None and b - a > self.max_chunk:
-                b = a + self.max_chunk
-            if self.kv_tokens is not None:
-                b = a + 1  # contexts grow, and the next round may swap another cache out
-            if self._pending is not None and (todo := self._pending[j]):
-                b = min(b, todo[-1][0])  # a re-prediction lands at a round boundary
+                c_ns = self._c_ns
+                b = max(a + 1, bisect_left(c_ns, c_ns[a] + (until - now - pay), a, b))
+            if self._bounded:
+                b = self._bound(j, a, b)
             return pay, [Rounds(self._prefix, a, b)]
+        self._used = 0
+        pay = self._swaps(chosen, preempted)
+        now += pay
         steps_ns = self._steps(chosen, now, until)
         steps_cum = np.concatenate(([0], np.cumsum(steps_ns, dtype=np.int64)))
         return pay, [self._member_rounds(self._pos[j], steps_cum) for j in chosen]
@@ -159,6 +157,14 @@ class TraceExecutor:
         return belief
 
     # ---------------------------------------------------------------------------- internals
+    def _bound(self, j: int, a: int, b: int) -> int:
+        """Where request ``j``'s offered run ``[a, b)`` ends: ``max_chunk``, re-predictions."""
+        if self.max_chunk is not None and b - a > self.max_chunk:
+            b = a + self.max_chunk
+        if self._pending is not None and (todo := self._pending[j]):
+            b = min(b, todo[-1][0])  # a re-prediction lands at a round boundary
+        return b
+
     def _context(self, j: int) -> int:
         """Request ``j``'s context: its prompt and what it has generated."""
         c_em = self._c_em

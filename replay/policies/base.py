@@ -249,7 +249,7 @@ class Policy(ABC, Generic[S]):
         self._states: dict[RequestId, S] = {}
         self._heap: list[tuple[tuple, RequestId]] = []
         #: The requests of the current step (see :meth:`step`).
-        self._running: dict[RequestId, S] = {}
+        self._running: list[S] = []
         self._seq = 0
         #: The buffer :meth:`observe` reports each round through.
         self._one = Rounds.single(1, 0, 0, 0.0)
@@ -293,26 +293,24 @@ class Policy(ABC, Generic[S]):
             if not running:
                 if not heap:
                     return []
-                rid = heapq.heappop(heap)[1]
-                st = self._states[rid]
+                st = self._states[heapq.heappop(heap)[1]]
                 st.running = True
-                running[rid] = st
-                return [rid]
-            rid, cur = next(iter(running.items()))
+                running.append(st)
+                return [st.info.request_id]
+            cur = running[0]
             if heap and heap[0][0] < self._running_key(cur):
                 cur.running = False
-                rid = heapq.heappushpop(heap, (cur.key, rid))[1]
-                st = self._states[rid]
+                st = self._states[heapq.heappushpop(heap, (cur.key, cur.info.request_id))[1]]
                 st.running = True
-                running.clear()
-                running[rid] = st
-            return [rid]
+                running[0] = st
+                return [st.info.request_id]
+            return [cur.info.request_id]
         return self._step_ranked(n, fits)
 
     def _step_ranked(self, n: int, fits: Callable[[RequestId], bool] | None,
                      ) -> list[RequestId]:
         """:meth:`step` in general: rank the last step's requests and the waiting ones."""
-        ranked = sorted(((self._running_key(st), rid) for rid, st in self._running.items()),
+        ranked = sorted(((self._running_key(st), st.info.request_id) for st in self._running),
                         key=lambda e: e[0])
         heap = self._heap
         popped: list[tuple[tuple, RequestId]] = []
@@ -334,13 +332,14 @@ class Policy(ABC, Generic[S]):
         for entry in popped:
             if entry[1] not in chosen:
                 heapq.heappush(heap, entry)
-        running = {rid: self._states[rid] for rid in chosen}
-        for rid, st in self._running.items():
-            if rid not in running:
-                st.running = False
-                heapq.heappush(heap, (st.key, rid))
-        for st in running.values():
+        for st in self._running:
+            st.running = False
+        running = [self._states[rid] for rid in chosen]
+        for st in running:
             st.running = True
+        for st in self._running:
+            if not st.running:
+                heapq.heappush(heap, (st.key, st.info.request_id))
         self._running = running
         return chosen
 
@@ -360,8 +359,8 @@ class Policy(ABC, Generic[S]):
         The policy takes rounds until the first one after which its decision could change, and
         updates its state with exactly those rounds.
         """
-        st = self._running.get(request_id)
-        if st is None:
+        st = self._states.get(request_id)
+        if st is None or not st.running:
             raise ValueError(f"request {request_id!r} is not the one picked to run")
         n = self._consume(st, rounds)
         if not 1 <= n <= len(rounds):
@@ -381,7 +380,10 @@ class Policy(ABC, Generic[S]):
 
         Takes none of them and changes nothing: the batched simulator's look-ahead.
         """
-        return self._horizon(self._running[request_id], rounds)
+        st = self._states[request_id]
+        if not st.running:
+            raise ValueError(f"request {request_id!r} is not running")
+        return self._horizon(st, rounds)
 
     def update_prediction(self, request_id: RequestId, prediction: LengthPrediction) -> None:
         """A new length prediction for an admitted request (re-predicted from its output so far).
@@ -398,13 +400,14 @@ class Policy(ABC, Generic[S]):
 
     def finish(self, request_id: RequestId) -> None:
         """The request completed (or was cancelled) and leaves the scheduler."""
-        self._states.pop(request_id)
-        self._running.pop(request_id, None)
+        st = self._states.pop(request_id)
+        if st.running:
+            self._running = [r for r in self._running if r is not st]
 
     def order(self, n: int) -> list[RequestId]:
         """The ``n`` highest-priority requests in the system, best first (batch sizes > 1)."""
         entries = heapq.nsmallest(n, (e for e in self._heap if self._live(e)))
-        entries.extend((self._running_key(st), rid) for rid, st in self._running.items())
+        entries.extend((self._running_key(st), st.info.request_id) for st in self._running)
         entries.sort(key=lambda e: e[0])
         return [rid for _, rid in entries[:n]]
 
@@ -419,9 +422,12 @@ class Policy(ABC, Generic[S]):
         if not self.preempts_on_arrival:
             return False
         floor = self._arrival_floor()
-        if floor is None or not self._running:
+        running = self._running
+        if floor is None or not running:
             return True
-        return any(not self._running_key(st) < floor for st in self._running.values())
+        if len(running) == 1:
+            return not self._running_key(running[0]) < floor
+        return any(not self._running_key(st) < floor for st in running)
 
     def admission_rank(self, info: RequestInfo) -> float:  # noqa: ARG002
         """The request's rank when it arrives, nothing observed yet (smaller runs first).
