@@ -386,7 +386,7 @@ class _Server:
         self.batch = batch
         self.on_finish = on_finish
         self.timing: Clock = timing_clock(engine.device)
-        self.wall = WallClock()
+        self.wall = WallClock()  # started again when serving starts
         self.rows: list[dict[str, Any]] = []
         self.active: dict[int, _Request] = {}  # started, unfinished
         self.prev: list[_Request] = []  # the last step's members
@@ -442,7 +442,8 @@ class _Server:
         ts = pc()
         victims = self._evictions(members[0]) if self.batch == 1 else []
         scheduler_ns += pc() - ts
-        switch_ns, switch = 0, {"switch_device_s": 0.0, "swapped": False, "evicted": 0}
+        quiet = {"switch_device_s": 0.0, "swapped": False, "evicted": 0}
+        switch_ns, switch = 0, quiet
         if set(chosen) != was or victims:  # the same requests again: their caches are in place
             switch_ns, switch = self._switch(members, victims)
         t0 = self.wall.t0
@@ -463,7 +464,6 @@ class _Server:
                 req.first_run_ns = start - t0
                 req.prefill_s = req.session.prefill_s
                 prefills_s += 0.0 if req.belief is not None else req.prefill_s or 0.0
-        quiet = {"switch_device_s": 0.0, "swapped": False, "evicted": 0}
         out = []
         for i, (req, record) in enumerate(zip(members, records, strict=True)):
             record.resolve(req.session.clock)

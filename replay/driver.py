@@ -220,9 +220,7 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
             taken = min(policy.horizon(j, r) for j, r in zip(chosen, runs, strict=True))
             for j, r in zip(chosen, runs, strict=True):
                 advance(j, Rounds(r.prefix, r.start, r.start + taken))
-        first = runs[0]
-        c_ns = first.prefix.lists["ns"]
-        now += cost + c_ns[first.start + taken] - c_ns[first.start]
+        now += cost + runs[0].total("ns", taken)
         switch_ns += cost
         last = []
         for j in chosen:
