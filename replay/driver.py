@@ -185,7 +185,7 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
     batch, fits = executor.batch, executor.fits
     oracle = policy.needs_oracle
     admit, step, advance, finish = policy.admit, policy.step, policy.advance, policy.finish
-    may_preempt = policy.arrivals_may_preempt
+    may_preempt = policy.arrivals_may_preempt if policy.preempts_on_arrival else None
     request, run, ran = executor.request, executor.run, executor.advance
     update = executor.update if executor.repredicts else None
     completion = [0] * n_jobs
@@ -210,8 +210,8 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
         else:
             preempted = [j for j in last if j not in chosen]
             preemptions += len(preempted)
-        until = (arrival[nxt] if nxt < n_jobs and (len(chosen) < batch or may_preempt())
-                 else None)
+        until = (arrival[nxt] if nxt < n_jobs and (
+            len(chosen) < batch or (may_preempt is not None and may_preempt())) else None)
         cost, runs = run(chosen, preempted, now, until)
         if len(runs) == 1:
             taken = advance(chosen[0], runs[0])
@@ -220,7 +220,7 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
             taken = min(policy.horizon(j, r) for j, r in zip(chosen, runs, strict=True))
             for j, r in zip(chosen, runs, strict=True):
                 advance(j, Rounds(r.prefix, r.start, r.start + taken))
-        now += cost + runs[0].total("ns", taken)
+        now += cost + runs[0].ns(taken)
         switch_ns += cost
         last = []
         for j in chosen:

@@ -79,7 +79,7 @@ class TraceExecutor:
         self.kv_tokens = kv_tokens
         self.max_chunk = max_chunk
         index = workload.index
-        self._arrival = workload.arrival_ns.tolist()
+        self._arrival_s: list[float] = (workload.arrival_ns / NS_PER_S).tolist()
         self._starts: list[int] = arrays.offsets[index].tolist()
         self._ends: list[int] = arrays.offsets[index + 1].tolist()
         self._prompt: list[int] = arrays.prompt_tokens[index].tolist()
@@ -88,10 +88,15 @@ class TraceExecutor:
         self._pos = list(self._starts)
         self._arrays = arrays
         self._prefix = arrays.prefix
+        # At batch size one the offer is one run, reused: a policy reads a run in advance and
+        # keeps nothing of it (as Policy.observe's buffer).
+        self._offer = Rounds(arrays.prefix, 0, 0)
+        self._offers = [self._offer]
         self._c_ns: list[int] = arrays.prefix.lists["ns"]
         self._c_em: list[int] = arrays.prefix.lists["emitted"]
         self._c0_ns = round(self.switch.c0 * NS_PER_S)
         self._c1_ns = self.switch.c1 * NS_PER_S
+        self._paid = bool(self._c0_ns or self._c1_ns or kv_tokens is not None)  # switches cost
         # At batch size one with a flat step model a step is its member's recorded round.
         self._one = batch == 1 and self.cost.factor(1) == 1.0 and kv_tokens is None
         # Each request's pending re-predictions, as absolute round positions, latest first.
@@ -110,7 +115,7 @@ class TraceExecutor:
     # ---------------------------------------------------------------- the executor protocol
     def request(self, j: int) -> RequestInfo:
         """Request ``j`` as it arrives, with its prediction."""
-        return RequestInfo(j, self._arrival[j] / NS_PER_S, self._prompt[j],
+        return RequestInfo(j, self._arrival_s[j], self._prompt[j],
                            None if self._preds is None else self._preds[j])
 
     def true_service_s(self, j: int) -> float:
@@ -121,7 +126,7 @@ class TraceExecutor:
             ) -> tuple[int, list[Rounds]]:
         """Charge the switch, then offer each member its rounds (module docstring)."""
         if self._one:  # batch size one, a flat step model, no KV capacity
-            pay = self._swaps(chosen, preempted) if preempted else 0
+            pay = self._swaps(chosen, preempted) if preempted and self._paid else 0
             j = chosen[0]
             a = self._pos[j]
             b = self._ends[j]
@@ -131,7 +136,10 @@ class TraceExecutor:
                 b = max(a + 1, bisect_left(c_ns, c_ns[a] + (until - now - pay), a, b))
             if self._bounded:
                 b = self._bound(j, a, b)
-            return pay, [Rounds(self._prefix, a, b)]
+            offer = self._offer
+            offer.start = a
+            offer.n = b - a
+            return pay, self._offers
         self._used = 0
         pay = self._swaps(chosen, preempted)
         now += pay
@@ -141,8 +149,9 @@ class TraceExecutor:
 
     def advance(self, j: int, taken: int, now: int) -> bool:  # noqa: ARG002
         """Move request ``j`` on by ``taken`` rounds; whether it is done."""
-        self._pos[j] += taken
-        if self._pos[j] < self._ends[j]:
+        pos = self._pos
+        pos[j] += taken
+        if pos[j] < self._ends[j]:
             return False
         self._resident.discard(j)
         return True

@@ -26,7 +26,8 @@ from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar, cast
+from operator import attrgetter
+from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -134,6 +135,11 @@ class Rounds:
         c = self._lists[field]
         return c[self.start + n] - c[self.start]
 
+    def ns(self, n: int) -> int:
+        """Time of the first ``n`` rounds (``total("ns", n)``, the loop's clock step)."""
+        c = self._lists["ns"]
+        return c[self.start + n] - c[self.start]
+
     def totals(self, n: int) -> tuple[int, int, int, int]:
         """Sums of emitted, drafted, accepted and ns over the first ``n`` rounds."""
         s, e = self.start, self.start + n
@@ -181,9 +187,7 @@ class RequestState:
 
     def attained(self, unit: Unit) -> int:
         """Attained service in ``unit`` (integer: nanoseconds, rounds or tokens)."""
-        if unit == "seconds":
-            return self.service_ns
-        return self.rounds if unit == "rounds" else self.generated
+        return ATTAINED[unit](self)
 
 
 def prediction_of(info: RequestInfo) -> LengthPrediction:
@@ -195,6 +199,11 @@ def prediction_of(info: RequestInfo) -> LengthPrediction:
 
 #: The Rounds field whose prefix sums measure attained service in each unit.
 UNIT_FIELD: dict[Unit, str] = {"seconds": "ns", "rounds": "rounds", "tokens": "emitted"}
+#: A request state's attained service in each unit (:meth:`RequestState.attained` as one C
+#: call, for the policies' per-decision keys).
+ATTAINED: dict[Unit, Callable[[RequestState], int]] = {
+    "seconds": attrgetter("service_ns"), "rounds": attrgetter("rounds"),
+    "tokens": attrgetter("generated")}
 
 
 def unit_amount(value: float, unit: Unit) -> int:
@@ -251,6 +260,10 @@ class Policy(ABC, Generic[S]):
         #: The requests of the current step (see :meth:`step`).
         self._running: list[S] = []
         self._seq = 0
+        #: Whether a running request competes on its own key (a preemptive policy with the
+        #: default :meth:`_running_key`): the per-decision paths then read the key directly.
+        self._runs_on_key = (self.preempts_on_arrival
+                             and type(self)._running_key is Policy._running_key)  # noqa: SLF001
         #: The buffer :meth:`observe` reports each round through.
         self._one = Rounds.single(1, 0, 0, 0.0)
         #: Called with ``(request_id, estimated total service in seconds)`` when the policy
@@ -289,16 +302,17 @@ class Policy(ABC, Generic[S]):
             # request, the general ranking's choice without its sort and allocations (a replay
             # asks for a decision every few rounds; a differential test checks the two agree).
             heap, running = self._heap, self._running
-            self._drop_stale()
+            rival = self._rival()
             if not running:
-                if not heap:
+                if rival is None:
                     return []
                 st = self._states[heapq.heappop(heap)[1]]
                 st.running = True
                 running.append(st)
                 return [st.info.request_id]
             cur = running[0]
-            if heap and heap[0][0] < self._running_key(cur):
+            if rival is not None and rival < (
+                    cur.key if self._runs_on_key else self._running_key(cur)):
                 cur.running = False
                 st = self._states[heapq.heappushpop(heap, (cur.key, cur.info.request_id))[1]]
                 st.running = True
@@ -317,8 +331,7 @@ class Policy(ABC, Generic[S]):
         chosen: list[RequestId] = []
         i = 0
         while len(chosen) < n:
-            self._drop_stale()
-            best_waiting = heap[0] if heap else None
+            best_waiting = heap[0] if self._rival() is not None else None
             if i < len(ranked) and (best_waiting is None or ranked[i][0] < best_waiting[0]):
                 entry = ranked[i]
                 i += 1
@@ -363,15 +376,20 @@ class Policy(ABC, Generic[S]):
         if st is None or not st.running:
             raise ValueError(f"request {request_id!r} is not the one picked to run")
         n = self._consume(st, rounds)
-        if not 1 <= n <= len(rounds):
+        if not 1 <= n <= rounds.n:
             raise RuntimeError(f"policy {self.name!r} took {n} of {len(rounds)} offered rounds; "
                                "_consume must take at least one and at most all")
-        emitted, drafted, accepted, ns = rounds.totals(n)
+        s, e = rounds.start, rounds.start + n
+        lists = rounds._lists  # noqa: SLF001 (Rounds.totals, inlined: once per decision)
+        c = lists["emitted"]
+        st.generated += c[e] - c[s]
+        c = lists["drafted"]
+        st.drafted += c[e] - c[s]
+        c = lists["accepted"]
+        st.accepted += c[e] - c[s]
+        c = lists["ns"]
+        st.service_ns += c[e] - c[s]
         st.rounds += n
-        st.generated += emitted
-        st.drafted += drafted
-        st.accepted += accepted
-        st.service_ns += ns
         st.key = self._key(st)
         return n
 
@@ -402,7 +420,11 @@ class Policy(ABC, Generic[S]):
         """The request completed (or was cancelled) and leaves the scheduler."""
         st = self._states.pop(request_id)
         if st.running:
-            self._running = [r for r in self._running if r is not st]
+            running = self._running
+            i = 0
+            while running[i] is not st:
+                i += 1
+            del running[i]
 
     def order(self, n: int) -> list[RequestId]:
         """The ``n`` highest-priority requests in the system, best first (batch sizes > 1)."""
@@ -426,7 +448,8 @@ class Policy(ABC, Generic[S]):
         if floor is None or not running:
             return True
         if len(running) == 1:
-            return not self._running_key(running[0]) < floor
+            st = running[0]
+            return not (st.key if self._runs_on_key else self._running_key(st)) < floor
         return any(not self._running_key(st) < floor for st in running)
 
     def admission_rank(self, info: RequestInfo) -> float:  # noqa: ARG002
@@ -453,7 +476,7 @@ class Policy(ABC, Generic[S]):
     # ------------------------------------------------------------------ for subclasses
     def _new_state(self, info: RequestInfo, seq: int) -> S:
         """The state of a newly admitted request (a plain :class:`RequestState` by default)."""
-        return cast(S, RequestState(info, seq))
+        return RequestState(info, seq)  # type: ignore[return-value]  # S's default
 
     @abstractmethod
     def _key(self, st: S) -> tuple:
@@ -492,16 +515,20 @@ class Policy(ABC, Generic[S]):
         return None
 
     def _rival(self) -> tuple | None:
-        """Key of the best waiting request, or ``None``."""
-        self._drop_stale()
-        return self._heap[0][0] if self._heap else None
+        """Key of the best waiting request, or ``None``; drops the stale heap entries above it.
+
+        (:meth:`_live`'s test, inlined: this runs at every decision.)
+        """
+        heap, states = self._heap, self._states
+        while heap:
+            key, rid = heap[0]
+            st = states.get(rid)
+            if st is not None and st.key is key and not st.running:
+                return key
+            heapq.heappop(heap)
+        return None
 
     def _live(self, entry: tuple[tuple, RequestId]) -> bool:
         """Whether a heap entry is a waiting request's current key (else it is stale)."""
         st = self._states.get(entry[1])
         return st is not None and st.key is entry[0] and not st.running
-
-    def _drop_stale(self) -> None:
-        heap = self._heap
-        while heap and not self._live(heap[0]):
-            heapq.heappop(heap)

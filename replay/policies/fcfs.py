@@ -20,4 +20,4 @@ class FCFS(Policy[RequestState]):
 
     @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
-        return len(rounds)
+        return rounds.n

@@ -31,6 +31,7 @@ from pydantic.dataclasses import dataclass
 
 from lapsd.replay import kernels
 from lapsd.replay.policies.base import (
+    ATTAINED,
     UNIT_FIELD,
     Policy,
     RequestInfo,
@@ -134,6 +135,7 @@ class LapsSD(Policy[_LapsState]):
     def _configure(self, p: LapsSDParams) -> None:
         self.params = p
         self._field = UNIT_FIELD[p.unit]
+        self._attained = ATTAINED[p.unit]
         self._unit = {"seconds": kernels.SECONDS, "rounds": kernels.ROUNDS,
                       "tokens": kernels.TOKENS}[p.unit]
         self._bounds = np.array(
@@ -183,7 +185,7 @@ class LapsSD(Policy[_LapsState]):
     def _key(self, st: _LapsState) -> tuple:
         if st.perceptible:
             return (st.queue, self._cls_perceptible, st.t_remaining, st.seq)
-        return (st.queue, self._cls_new, st.attained(self.params.unit), st.seq)
+        return (st.queue, self._cls_new, self._attained(st), st.seq)
 
     def admission_rank(self, info: RequestInfo) -> float:
         """The remaining tokens its execution-time estimate would use, at zero tokens out.
@@ -216,7 +218,7 @@ class LapsSD(Policy[_LapsState]):
         bound = int(self._bounds[st.queue]) if st.queue < p.K - 1 else -1
         n, stable = kernels.new_request_run(
             c["emitted"], c["drafted"], c["accepted"], c["ns"], rounds.start, rounds.n,
-            self._unit, st.attained(p.unit), bound, st.accepted, st.drafted, st.generated,
+            self._unit, self._attained(st), bound, st.accepted, st.drafted, st.generated,
             history, st.rounds, p.gamma, p.delta, pred.median, pred.sigma, pred.cap,
             self._max_spread)
         return int(n), bool(stable)
@@ -253,7 +255,7 @@ class LapsSD(Policy[_LapsState]):
             n, stable = self._new_run(st, rounds, st.history)
             emitted, _, _, ns = rounds.totals(n)
             if not stable:
-                st.queue = int(np.searchsorted(self._bounds, st.attained(p.unit)
+                st.queue = int(np.searchsorted(self._bounds, self._attained(st)
                                                + rounds.total(self._field, n), side="right"))
                 return n
             st.perceptible = True

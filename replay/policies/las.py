@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic.dataclasses import dataclass
 
-from lapsd.replay.policies.base import UNIT_FIELD, Policy, RequestState, Rounds
+from lapsd.replay.policies.base import ATTAINED, UNIT_FIELD, Policy, RequestState, Rounds
 from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Unit
 from lapsd.replay.policies.registry import register
 
@@ -33,15 +33,16 @@ class LAS(Policy[RequestState]):
         super().__init__()
         self.params = params or LASParams()
         self._field = UNIT_FIELD[self.params.unit]
+        self._attained = ATTAINED[self.params.unit]
 
     def _key(self, st: RequestState) -> tuple:
-        return (st.attained(self.params.unit), st.seq)
+        return (self._attained(st), st.seq)
 
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         rival = self._rival()
         if rival is None:
-            return len(rounds)
+            return rounds.n
         # The running request keeps the server while (attained, seq) < rival; attained values
         # are integers, so "exceeds" is "reaches rival + 1".
-        need = rival[0] - st.attained(self.params.unit) + (1 if st.seq < rival[1] else 0)
-        return min(rounds.rounds_until(self._field, need), len(rounds))
+        need = rival[0] - self._attained(st) + (1 if st.seq < rival[1] else 0)
+        return min(rounds.rounds_until(self._field, need), rounds.n)

@@ -25,4 +25,4 @@ class LPSJF(Policy[RequestState]):
 
     @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
-        return len(rounds)
+        return rounds.n

@@ -17,6 +17,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from lapsd.replay.policies.base import (
+    ATTAINED,
     UNIT_FIELD,
     Policy,
     RequestInfo,
@@ -86,10 +87,13 @@ class MLFQ(Policy[_MLFQState]):
         super().__init__()
         p = self.params = params or MLFQParams()
         self._field = UNIT_FIELD[p.unit]
+        self._attained = ATTAINED[p.unit]
+        self._last_level = p.K - 1
         quanta = p.q1 * p.M ** np.arange(p.K - 1)
         # Level j covers attained service in [bounds[j-1], bounds[j]).
         self._bounds = np.array([unit_amount(b, p.unit) for b in np.cumsum(quanta)],
                                 dtype=np.int64)
+        self._bound_list: list[int] = self._bounds.tolist()  # scalar reads, per decision
         self._quanta = quanta
         self._entries = 0
 
@@ -125,16 +129,15 @@ class MLFQ(Policy[_MLFQState]):
 
     def _horizon(self, st: _MLFQState, rounds: Rounds) -> int:
         """Rounds until the quantum of the request's level is used up (or all of them)."""
-        if st.level >= self.params.K - 1:
-            return len(rounds)
-        n = rounds.rounds_until(self._field,
-                                int(self._bounds[st.level]) - st.attained(self.params.unit))
-        return min(n, len(rounds))
+        if st.level >= self._last_level:
+            return rounds.n
+        n = rounds.rounds_until(self._field, self._bound_list[st.level] - self._attained(st))
+        return min(n, rounds.n)
 
     def _consume(self, st: _MLFQState, rounds: Rounds) -> int:
         n = self._horizon(st, rounds)
-        after = st.attained(self.params.unit) + rounds.total(self._field, n)
-        if st.level < self.params.K - 1 and after >= self._bounds[st.level]:
+        after = self._attained(st) + rounds.total(self._field, n)
+        if st.level < self._last_level and after >= self._bound_list[st.level]:
             # The quantum is used up at round n: to the back of a lower level.
             st.level = max(st.level, int(np.searchsorted(self._bounds, after, side="right")))
             st.entry = self._next_entry()

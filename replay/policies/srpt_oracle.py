@@ -38,7 +38,7 @@ class SRPTOracle(Policy[RequestState]):
     @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         # Its remaining time only shrinks while it runs: no waiting request can overtake it.
-        return len(rounds)
+        return rounds.n
 
     def finish(self, request_id: RequestId) -> None:
         """The request left: forget its true service time too."""

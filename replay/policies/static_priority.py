@@ -157,4 +157,4 @@ class StaticPriority(Policy[_StaticState]):
     def _consume(self, st: _StaticState, rounds: Rounds) -> int:  # noqa: ARG002
         # No key changes while a request runs: only an arrival can overtake it, and the engine
         # ends the offered run there when the policy is preemptive.
-        return len(rounds)
+        return rounds.n
