@@ -1,4 +1,4 @@
-"""``lapsd`` subcommands of the replay package: ``inspect``, ``import`` and ``replay``.
+"""``lapsd`` subcommands of the replay package: inspect, import, draft-length and replay.
 
 The commands only parse arguments, call library functions and print; errors are
 :class:`~lapsd.errors.LapsdError` (one line, exit status 2, from the root command).
@@ -84,6 +84,42 @@ def cmd_import_specbench(args: argparse.Namespace) -> int:
     emit(args.json, {"out": str(args.out), "requests": trace.n_requests,
                      "rounds": trace.n_rounds, "records": report.records,
                      "skipped": report.skipped, "notes": report.notes})
+    return 0
+
+
+# ---------------------------------------------------------------------- draft-length
+def cmd_draft_length(args: argparse.Namespace) -> int:
+    """``lapsd draft-length``."""
+    from lapsd.replay.costs import read_table
+    from lapsd.replay.draft_length import at_draft_length
+    from lapsd.replay.trace import read_trace, summarize, write_trace
+
+    check_output(args.out, "--out", folder=True, force=args.force)
+    trace = read_trace(args.trace)
+    profile = None if args.cost_table is None else read_table(args.cost_table).get("rounds")
+    if args.cost_table is not None and not profile:
+        raise LapsdError(f"cost table {args.cost_table} has no batch-1 rounds; write one with "
+                         "`lapsd collect-profile`")
+    derived = at_draft_length(trace, args.k, profile=profile, seed=args.seed,
+                              where=str(args.trace))
+    write_trace(derived.trace, args.out, overwrite=args.force)
+    before, after = summarize(trace), summarize(derived.trace)
+    report = {"out": str(args.out), "k": args.k, "from_k": int(trace.requests["k"][0]),
+              "requests": derived.trace.n_requests, "rounds_before": trace.n_rounds,
+              "rounds": derived.trace.n_rounds, "positions": derived.positions,
+              "modelled": derived.modelled,
+              "service_s_before": before["service_s"]["mean"],
+              "service_s": after["service_s"]["mean"]}
+
+    def show() -> None:
+        share = derived.modelled / derived.positions if derived.positions else 0.0
+        out.print(
+            f"wrote {args.out}: {report['requests']} requests at draft length {args.k} (from "
+            f"{report['from_k']}): {trace.n_rounds} -> {derived.trace.n_rounds} rounds, mean "
+            f"service {report['service_s_before']:.4g} -> {report['service_s']:.4g} s; "
+            f"{share:.1%} of the agreement tests modelled (positions no recorded round tested)")
+
+    emit(args.json, report, show)
     return 0
 
 
@@ -212,6 +248,24 @@ def register(subparsers: argparse._SubParsersAction, *,
     p.add_argument("trace", type=Path, help="trace folder")
     add_json(p, "the summary")
     p.set_defaults(func=cmd_inspect)
+
+    p = subparsers.add_parser(
+        "draft-length", help="derive a trace's rounds at a shorter draft length",
+        description="Cut a trace's outputs into the rounds a shorter draft length k would run "
+                    "(greedy decoding: the output is the same; agreement from the recorded "
+                    "rounds, round times from a batch-1 round profile). Fixed-length drafting "
+                    "only.")
+    p.add_argument("trace", type=Path, help="trace folder (fixed-length drafting)")
+    p.add_argument("--k", type=int, required=True, help="the new draft length (0 to the trace's)")
+    p.add_argument("--out", type=Path, required=True, help="trace folder to write")
+    p.add_argument("--cost-table", type=Path,
+                   help="`lapsd collect-profile` table whose rounds time the derived rounds "
+                        "(default: the trace's own round_profile)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the positions no recorded round tested")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_json(p, "the summary")
+    p.set_defaults(func=cmd_draft_length)
 
     p = subparsers.add_parser("import", help="convert public traces to lapsd traces")
     isub = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
