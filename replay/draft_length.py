@@ -8,8 +8,9 @@ and was never tested when ``a = d`` (that token is the target's bonus). A drafte
 at a position depends only on the tokens before it (a draft model or an early-exit draft of the
 target, decoding greedily) proposes the same there whichever round it starts, so a round at
 ``k'`` from position ``q`` accepts the agreeing run from ``q``, at most ``k'``. An untested
-position is modelled: it agrees with the request's own acceptance rate (accepted over drafted
-tokens), drawn from a generator seeded by ``seed`` and the request.
+position is modelled: it always follows an agreeing one, so it agrees at the request's rate of
+agreement after an agreeing drafted position (from its recorded rounds), drawn from a generator
+seeded by ``seed`` and the request.
 
 Only fixed-length drafting can be derived: every recorded round must draft ``min(k, M - s - 1)``
 tokens (``M``: the collection's ``max_new_tokens``). Adaptive drafts (SpS with a varying
@@ -54,8 +55,8 @@ class Derived:
     positions
         Agreement tests the derived rounds made (drafted tokens).
     modelled
-        Of those, the ones at positions no recorded round tested (drawn from the request's
-        acceptance rate).
+        Of those, the ones at positions no recorded round tested (drawn at the request's rate
+        of agreement after an agreeing position).
     """
 
     trace: Trace
@@ -163,13 +164,14 @@ def at_draft_length(trace: Trace, k: int, *, profile: Sequence[dict[str, Any]] |
     manifest["derived_draft_length"] = {
         "from_k": k0, "k": k, "seed": seed, "positions": positions, "modelled": modelled,
         "rule": "greedy agreement of the recorded rounds; untested positions drawn at the "
-                "request's acceptance rate; times from round_profile"}
+                "request's agreement rate after an agreeing drafted position; times from "
+                "round_profile"}
     return Derived(make_trace(requests, rounds, manifest), positions, modelled)
 
 
 def _agreement(drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray, k: int,
                budget: int, where: str, name: str) -> tuple[np.ndarray, float]:
-    """Per generated position: agreed, disagreed or untested; and the acceptance rate."""
+    """Per generated position: agreed, disagreed or untested; and the untested positions' rate."""
     total = int(emitted.sum())
     agree = np.full(total, _UNTESTED, dtype=np.int8)
     s = 0
@@ -183,8 +185,12 @@ def _agreement(drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray, k
         if a < d and s + a < total:
             agree[s + a] = _NO
         s += e
-    drafted_total = int(drafted.sum())
-    return agree, (int(accepted.sum()) / drafted_total if drafted_total else 0.0)
+    # An untested position always follows an agreeing one: its rate is the agreement of a
+    # drafted position whose predecessor in the draft agreed (positions 1 .. min(a, d-1) of a
+    # round were tested so; all but the a-th agreed).
+    tested = int(np.minimum(accepted, np.maximum(drafted - 1, 0)).sum())
+    agreed = int(np.maximum(accepted - 1, 0).sum())
+    return agree, (agreed / tested if tested else 0.0)
 
 
 def _stable(name: str) -> int:
