@@ -38,3 +38,21 @@ whole_model() {  # stage 2: the model's halves joined into $M and checked
   [ -f ~/m/a ] && cat ~/m/a "$R"/.carry/smollm2-b/part > "$M" && rm ~/m/a
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $M" | sha256sum -c -
 }
+carried_src() {  # here: the commit the device runs (.carry/src), without the example traces
+  rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
+}
+start_jobs() {  # stage 2: the rest of the model and the wheels, import check $1, then the calling
+  # script's "jobs" stage in the background (it outlives the call); waits for it
+  install "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || return 1
+  whole_model || return 1
+  tree
+  python3 -P -c "import $1; print('imports ok')" || return 1
+  rm -f "$W/jobs.done"
+  setsid nohup bash "$R/bench/$(basename "$0")" jobs > "$W/jobs.log" 2>&1 < /dev/null &
+  wait_jobs
+}
+prep_model_and_wheels() {  # here: the model (.carry), polars (.whl/a), pydantic (.whl/b)
+  bash ../shared/tools/smollm2-for-device.sh .carry
+  dl .whl/a polars==2.1.0 polars-runtime-32==2.1.0
+  dl .whl/b pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
+}

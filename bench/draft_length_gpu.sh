@@ -38,9 +38,7 @@ collect() {  # NAME K [options]
 
 case $stage in
 prep)  # here
-  bash ../shared/tools/smollm2-for-device.sh .carry
-  dl .whl/a polars==2.1.0 polars-runtime-32==2.1.0
-  dl .whl/b pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
+  prep_model_and_wheels
   mkdir -p .carry/dl
   .venv/bin/python - <<'PY'
 import json, polars as pl
@@ -50,7 +48,7 @@ rows = [{"id": r["request_id"], "prompt": r["prompt"], "category": r["category"]
 open(".carry/dl/prompts.jsonl", "w").write("".join(json.dumps(r) + "\n" for r in rows))
 print(len(rows), "prompts")
 PY
-  rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
+  carried_src
   ;;
 1)
   gpu_and_first_half
@@ -59,13 +57,7 @@ polars)
   polars_stage || exit 1
   ;;
 2)
-  install "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || exit 1
-  whole_model || exit 1
-  tree
-  python3 -P -c 'import lapsd.collect.run, pydantic, polars; print("imports ok")' || exit 1
-  rm -f "$W/jobs.done"
-  setsid nohup bash "$R/bench/draft_length_gpu.sh" jobs > "$W/jobs.log" 2>&1 < /dev/null &
-  wait_jobs
+  start_jobs 'lapsd.collect.run, pydantic, polars' || exit 1
   ;;
 jobs)  # in the background (started by stage 2)
   tree

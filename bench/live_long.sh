@@ -32,15 +32,13 @@ mkdir -p "$W"
 
 case $stage in
 prep)  # here
-  bash ../shared/tools/smollm2-for-device.sh .carry
-  dl .whl/a polars==2.1.0 polars-runtime-32==2.1.0
-  dl .whl/b pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0
+  prep_model_and_wheels
   dl .whl/c skops==0.16.0 prettytable==3.19.0 scikit-learn==1.9.1
   [ -f .carry/long/prompts.jsonl ] || .venv/bin/python bench/long_prompts.py ../shared/data .carry/long/prompts.jsonl
   OMP_NUM_THREADS=1 .venv/bin/python bench/live_long_prep.py /work/data/long/m-coll-ngram4 \
     .carry/long/prompts.jsonl /tmp/pv .carry/live --layers28 /work/data/long/m-coll-layers28
   gzip -f .carry/live/*.skops  # skops files are stored uncompressed: 12 MB -> 3 MB of the call's 64
-  rm -rf .carry/src && mkdir -p .carry/src && git archive HEAD ':!examples' | tar -x -C .carry/src
+  carried_src
   du -sh .carry/smollm2-a .whl/c .whl/a .carry/smollm2-b .carry/wheels .whl/b .carry/src .carry/live
   ;;
 1)
@@ -51,14 +49,8 @@ polars)
   polars_stage || exit 1
   ;;
 2)
-  install "$R"/.whl/b/*.whl "$R"/.carry/wheels/*.whl || exit 1
   gunzip -f "$L"/*.skops.gz
-  whole_model || exit 1
-  tree
-  python3 -P -c 'import lapsd.collect.live, lapsd.predict.probe, sklearn, skops, polars; print("imports ok", sklearn.__version__)' || exit 1
-  rm -f "$W/jobs.done"
-  setsid nohup bash "$R/bench/live_long.sh" jobs > "$W/jobs.log" 2>&1 < /dev/null &
-  wait_jobs
+  start_jobs 'lapsd.collect.live, lapsd.predict.probe, sklearn, skops, polars' || exit 1
   ;;
 jobs)  # in the background (started by stage 2)
   tree
