@@ -98,7 +98,11 @@ class TraceExecutor:
         self._c1_ns = self.switch.c1 * NS_PER_S
         self._paid = bool(self._c0_ns or self._c1_ns or kv_tokens is not None)  # switches cost
         # At batch size one with a flat step model a step is its member's recorded round.
-        self._one = batch == 1 and self.cost.factor(1) == 1.0 and kv_tokens is None
+        one = batch == 1 and self.cost.factor(1) == 1.0 and kv_tokens is None
+        #: Charge the switch, then offer each member its rounds (the module docstring; the
+        #: executor protocol's ``run``, chosen once: it is called at every decision).
+        self.run: Callable[[list[int], Sequence[int], int, int | None],
+                           tuple[int, list[Rounds]]] = self._run_one if one else self._run_steps
         # Each request's pending re-predictions, as absolute round positions, latest first.
         self._pending: list[list[tuple[int, LengthPrediction]]] | None = None
         if workload.updates is not None:
@@ -122,24 +126,29 @@ class TraceExecutor:
         """Request ``j``'s recorded service time."""
         return self._service_s[j]
 
-    def run(self, chosen: list[int], preempted: Sequence[int], now: int, until: int | None,
-            ) -> tuple[int, list[Rounds]]:
-        """Charge the switch, then offer each member its rounds (module docstring)."""
-        if self._one:  # batch size one, a flat step model, no KV capacity
-            pay = self._swaps(chosen, preempted) if preempted and self._paid else 0
-            j = chosen[0]
-            a = self._pos[j]
-            b = self._ends[j]
-            if until is not None:
-                # Rounds that start before the arrival; at least one, even if a switch ran past it.
-                c_ns = self._c_ns
-                b = max(a + 1, bisect_left(c_ns, c_ns[a] + (until - now - pay), a, b))
-            if self._bounded:
-                b = self._bound(j, a, b)
-            offer = self._offer
-            offer.start = a
-            offer.n = b - a
-            return pay, self._offers
+    def _run_one(self, chosen: list[int], preempted: Sequence[int], now: int,
+                 until: int | None) -> tuple[int, list[Rounds]]:
+        """:meth:`run` at batch size one with a flat step model and no KV capacity."""
+        pay = self._swaps(chosen, preempted) if preempted and self._paid else 0
+        j = chosen[0]
+        a = self._pos[j]
+        b = self._ends[j]
+        if until is not None:
+            # Rounds that start before the arrival; at least one, even if a switch ran past it.
+            c_ns = self._c_ns
+            b = bisect_left(c_ns, c_ns[a] + (until - now - pay), a, b)
+            if b <= a:
+                b = a + 1
+        if self._bounded:
+            b = self._bound(j, a, b)
+        offer = self._offer
+        offer.start = a
+        offer.n = b - a
+        return pay, self._offers
+
+    def _run_steps(self, chosen: list[int], preempted: Sequence[int], now: int,
+                   until: int | None) -> tuple[int, list[Rounds]]:
+        """:meth:`run` in general: batch step times, KV capacity."""
         self._used = 0
         pay = self._swaps(chosen, preempted)
         now += pay
