@@ -143,7 +143,7 @@ def at_draft_length(trace: Trace, k: int, *, profile: Sequence[dict[str, Any]] |
                 times[key] = profiled_round(rows, width, context)
             d_s, v_s, r_s = times[key]
             for col, v in (("request_id", name), ("round", r), ("drafted", width),
-                           ("accepted", min(took, step)), ("emitted", step), ("draft_s", d_s),
+                           ("accepted", took), ("emitted", step), ("draft_s", d_s),
                            ("verify_s", v_s), ("round_s", r_s), ("context_tokens", context)):
                 out[col].append(v)
             q += step

@@ -220,7 +220,7 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
             taken = min(policy.horizon(j, r) for j, r in zip(chosen, runs, strict=True))
             for j, r in zip(chosen, runs, strict=True):
                 advance(j, Rounds(r.prefix, r.start, r.start + taken))
-        now += cost + runs[0].ns(taken)
+        now += cost + runs[0].total("ns", taken)
         switch_ns += cost
         last = []
         for j in chosen:

@@ -96,7 +96,7 @@ class TraceExecutor:
         self._c_em: list[int] = arrays.prefix.lists["emitted"]
         self._c0_ns = round(self.switch.c0 * NS_PER_S)
         self._c1_ns = self.switch.c1 * NS_PER_S
-        self._paid = bool(self._c0_ns or self._c1_ns or kv_tokens is not None)  # switches cost
+        self._paid = bool(self._c0_ns or self._c1_ns)  # whether a switch costs anything
         # At batch size one with a flat step model a step is its member's recorded round.
         one = batch == 1 and self.cost.factor(1) == 1.0 and kv_tokens is None
         #: Charge the switch, then offer each member its rounds (the module docstring; the
@@ -201,7 +201,7 @@ class TraceExecutor:
         """The switch time of a step: every preemption, or with a KV capacity every swap-out."""
         c0_ns, c1_ns = self._c0_ns, self._c1_ns
         if self.kv_tokens is None:
-            if not (c0_ns or c1_ns):
+            if not self._paid:
                 return 0
             return sum(c0_ns + round(c1_ns * self._context(j)) for j in preempted)
         # Resident caches that no longer fit beside the batch are swapped out (largest

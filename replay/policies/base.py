@@ -135,11 +135,6 @@ class Rounds:
         c = self._lists[field]
         return c[self.start + n] - c[self.start]
 
-    def ns(self, n: int) -> int:
-        """Time of the first ``n`` rounds (``total("ns", n)``, the loop's clock step)."""
-        c = self._lists["ns"]
-        return c[self.start + n] - c[self.start]
-
     def totals(self, n: int) -> tuple[int, int, int, int]:
         """Sums of emitted, drafted, accepted and ns over the first ``n`` rounds."""
         s, e = self.start, self.start + n
