@@ -14,7 +14,8 @@
 #        bash bench/collect_long.sh wait       waits for the jobs (call again while they run)
 #        bash bench/collect_long.sh pack       the traces into $OUT (states split in 15 MiB parts)
 # Environment: B (batch size, 64), LIMIT (prompts per collection, all), SAMPLE (every SAMPLE-th
-# prompt for the batch-1 samples, 126), DEADLINE_S (seconds a call waits, 540).
+# prompt for the batch-1 samples, 126), DEADLINE_S (seconds a call waits, 540), WHAT (the
+# collections, in order: coll-ngram4 one-ngram4 one-ngram4-states coll-layers28 one-layers28).
 set -u
 stage=$1
 T0=$(date +%s)
@@ -25,6 +26,7 @@ W=${W:-/tmp/work}
 B=${B:-64}
 SAMPLE=${SAMPLE:-126}
 NEW=${NEW:-1024}
+WHAT=${WHAT:-coll-ngram4 one-ngram4 one-ngram4-states coll-layers28 one-layers28}
 mkdir -p "$W"
 . "$(dirname "$0")/device_lib.sh"
 lapsd() { python3 -P -m lapsd "$@"; }
@@ -56,11 +58,16 @@ polars)
   ;;
 jobs)  # in the background (started by stage 2); order: what matters most first
   tree
-  collect coll-ngram4 ngram:4 --batch-size "$B" --states --states-every 32
-  collect one-ngram4 ngram:4 --shard "0/$SAMPLE"
-  collect one-ngram4-states ngram:4 --shard "0/$SAMPLE" --states --states-every 16
-  collect coll-layers28 layers:28 --batch-size "$B"
-  collect one-layers28 layers:28 --shard "0/$(( SAMPLE * 2 ))"
+  for name in $WHAT; do
+    case $name in
+    coll-ngram4) collect "$name" ngram:4 --batch-size "$B" --states --states-every 32 ;;
+    one-ngram4) collect "$name" ngram:4 --shard "0/$SAMPLE" ;;
+    one-ngram4-states) collect "$name" ngram:4 --shard "0/$SAMPLE" --states --states-every 16 ;;
+    coll-layers28) collect "$name" layers:28 --batch-size "$B" ;;
+    one-layers28) collect "$name" layers:28 --shard "0/$(( SAMPLE * 2 ))" ;;
+    *) echo "unknown collection $name (WHAT)" ;;
+    esac
+  done
   touch "$W/jobs.done"
   ;;
 wait)

@@ -16,7 +16,8 @@
 #        bash bench/live_long.sh pack        the runs and the trace into $OUT
 # Environment: N (requests per run, 200), LOAD (0.9), RUNS (bench_live.py --runs),
 # DEADLINE_S (seconds a call waits, 540), LIVE_S (seconds the live matrix may take, 900),
-# CAPACITY_FROM (a live run folder, its live.json enough: its capacity and so its arrivals).
+# CAPACITY_FROM (a live run folder, its live.json enough: its capacity and so its arrivals; or
+# .carry/live/capacity, the collection the prompts came from).
 set -u
 stage=$1
 T0=$(date +%s)
@@ -36,7 +37,12 @@ prep)  # here
   dl .whl/c skops==0.16.0 prettytable==3.19.0 scikit-learn==1.9.1
   [ -f .carry/long/prompts.jsonl ] || .venv/bin/python bench/long_prompts.py ../shared/data .carry/long/prompts.jsonl
   OMP_NUM_THREADS=1 .venv/bin/python bench/live_long_prep.py /work/data/long/m-coll-ngram4 \
-    .carry/long/prompts.jsonl /tmp/pv .carry/live --layers28 /work/data/long/m-coll-layers28
+    .carry/long/prompts.jsonl /tmp/pv .carry/live \
+    $([ -d /work/data/long/m-coll-layers28 ] && echo --layers28 /work/data/long/m-coll-layers28)
+  # the collection without its states: CAPACITY_FROM=.carry/live/capacity takes the load's
+  # reference capacity from it (the prompts' mean service), not from a warm-up
+  mkdir -p .carry/live/capacity
+  cp /work/data/long/m-coll-ngram4/{manifest.json,requests.parquet,rounds.parquet} .carry/live/capacity/
   gzip -f .carry/live/*.skops  # skops files are stored uncompressed: 12 MB -> 3 MB of the call's 64
   carried_src
   du -sh .carry/smollm2-a .whl/c .whl/a .carry/smollm2-b .carry/wheels .whl/b .carry/src .carry/live

@@ -2,7 +2,9 @@ r"""Replays to count under callgrind: instructions per replay, repeatable on a n
 
 Wall-clock ratios of a few per cent drown in this project's shared CPUs; callgrind's instruction
 counts are the same run after run. Each replay (after a warm-up of every policy, so numba has
-compiled) runs inside ``operator.call``, and callgrind collects and dumps only there:
+compiled) runs inside ``operator.call`` with the garbage collector off (its passes fall where
+allocation counts cross its thresholds, which depends on everything run before: it moved one
+policy's count by 2% between two warm-ups), and callgrind collects and dumps only there:
 
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg --collect-atstart=no \
         --toggle-collect=_operator_call --dump-after=_operator_call \
@@ -15,6 +17,7 @@ Run it in two checkouts (side by side: the counts do not depend on the load) to 
 from __future__ import annotations
 
 import argparse
+import gc
 import operator
 from pathlib import Path
 
@@ -41,7 +44,11 @@ def main() -> None:
     for name in policies:
         simulate(arrays, workload, create(name, arrays.scale))
     for name in policies:
-        operator.call(simulate, arrays, workload, create(name, arrays.scale))
+        policy = create(name, arrays.scale)
+        gc.collect()
+        gc.disable()
+        operator.call(simulate, arrays, workload, policy)
+        gc.enable()
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from lapsd.replay.clock import NS_PER_S
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import Policy, RequestId, RequestInfo, Rounds
 
-_NONE: list[int] = []  # no preemption (never appended to)
+_NONE: list[int] = []  # no request: no preemption, or none of a step left (never appended to)
 
 
 class Clock(Protocol):
@@ -188,7 +188,7 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
     may_preempt = policy.arrivals_may_preempt if policy.preempts_on_arrival else None
     request, run, ran = executor.request, executor.run, executor.advance
     update = executor.update if executor.repredicts else None
-    completion = [0] * n_jobs
+    completion = [-1] * n_jobs  # -1: not finished
     last: list[int] = []  # the last step's unfinished members
     now = nxt = done = preemptions = switch_ns = decisions = 0
     while done < n_jobs:
@@ -220,16 +220,19 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
             taken = min(policy.horizon(j, r) for j, r in zip(chosen, runs, strict=True))
             for j, r in zip(chosen, runs, strict=True):
                 advance(j, Rounds(r.prefix, r.start, r.start + taken))
-        now += cost + runs[0].total("ns", taken)
+        r = runs[0]  # Rounds.total("ns", taken), inlined: once per decision
+        ns = r.prefix.lists["ns"]
+        now += cost + ns[r.start + taken] - ns[r.start]
         switch_ns += cost
-        last = []
+        last = chosen  # step's list is the caller's: nothing else holds it
         for j in chosen:
             if ran(j, taken, now):
                 finish(j)
                 completion[j] = now
                 done += 1
-                continue
-            last.append(j)
-            if update is not None and (belief := update(j)) is not None:
+                last = _NONE
+            elif update is not None and (belief := update(j)) is not None:
                 policy.update_prediction(j, belief)
+        if last is _NONE and len(chosen) > 1:
+            last = [j for j in chosen if completion[j] < 0]
     return Outcome(completion, preemptions, switch_ns, decisions)

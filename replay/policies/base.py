@@ -290,7 +290,8 @@ class Policy(ABC, Generic[S]):
         a non-preemptive policy keeps them, and LAPS-SD does not let peers displace a new
         request), the others by their key. The first ``n`` for which ``fits(request_id)`` holds
         (the engine's memory check, called in rank order) run; each then reports its round with
-        :meth:`observe` (or :meth:`advance`). Batch size one is ``n = 1``.
+        :meth:`observe` (or :meth:`advance`). Batch size one is ``n = 1``. The list is new
+        at every call: the caller's to keep.
         """
         if n == 1 and fits is None:
             # Batch size one with no memory check: one comparison with the best waiting

@@ -130,6 +130,9 @@ class LapsSD(Policy[_LapsState]):
 
     def __init__(self, params: LapsSDParams | None = None) -> None:
         super().__init__()
+        #: Whether :meth:`_arrival_floor` is LAPS-SD's own (a subclass may not know its
+        #: arrivals' keys), which :meth:`arrivals_may_preempt` solves.
+        self._own_floor = type(self)._arrival_floor is LapsSD._arrival_floor  # noqa: SLF001
         self._configure(params or LapsSDParams())
 
     def _configure(self, p: LapsSDParams) -> None:
@@ -206,6 +209,21 @@ class LapsSD(Policy[_LapsState]):
             return st.key
         # A running non-perceptible request is not preempted by peers of its queue.
         return (st.queue, self._cls_new, -math.inf, st.seq)
+
+    def arrivals_may_preempt(self) -> bool:
+        """Whether an arrival could displace the running request (the base test, solved).
+
+        At batch size one, the running key against :meth:`_arrival_floor` (queue 0,
+        non-perceptible, nothing attained) reduces to: the running request has left queue 0,
+        or it is perceptible and perceptible requests go last in a queue (with LAPS-SD's own
+        floor). This runs at every decision of a replay; a test checks it against the base
+        class's comparison.
+        """
+        running = self._running
+        if len(running) != 1 or not self._own_floor:
+            return super().arrivals_may_preempt()
+        st = running[0]
+        return st.queue > 0 or (st.perceptible and not self.params.perceptible_first)
 
     def _arrival_floor(self) -> tuple | None:
         # Arrivals join queue 0, non-perceptible, with no service and a later sequence number.

@@ -142,8 +142,12 @@ class StaticPriority(Policy[_StaticState]):
         return self.inner.admission_rank(info)
 
     def arrivals_may_preempt(self) -> bool:
-        """Whether an arrival may take the server: only when ``preemptive``."""
-        return self.params.preemptive and super().arrivals_may_preempt()
+        """Whether an arrival may take the server: whenever ``preemptive``.
+
+        An arrival's rank is unknown until it arrives (no arrival floor), so any may outrank
+        the running request: the base class's answer, without its calls per decision.
+        """
+        return self.params.preemptive
 
     def _new_state(self, info: RequestInfo, seq: int) -> _StaticState:
         return _StaticState(info, seq, self.inner.admission_rank(info))

@@ -13,7 +13,7 @@ from lapsd.errors import LapsdError
 from lapsd.replay import kernels
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies import available, create, parameters
-from lapsd.replay.policies.base import RequestInfo
+from lapsd.replay.policies.base import Policy, RequestInfo
 from lapsd.replay.policies.params import ParamsError
 
 
@@ -60,6 +60,25 @@ def test_laps_sd_new_request_is_not_preempted_by_peers():
     p.observe("a", 2, 4, 1, 0.03)
     p.admit(info("b"))  # a peer in queue 0 with less service: no preemption
     assert p.pick() == "a"
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=40), st.booleans(),
+       st.integers(0, 39), st.sampled_from([2.0, 64.0]))
+def test_laps_sd_arrival_test_is_the_floor_comparison(accepted, perceptible_first, arrive_at,
+                                                      sup1):
+    """LAPS-SD's solved arrival test agrees with the base class's key comparison.
+
+    The runs cover both classes in queue 0 (Sup_1 = 64 rounds) and beyond it (2 rounds).
+    """
+    p = create("laps-sd", unit="rounds", sup1=sup1, K=4, gamma=2, delta=1e-3,
+               perceptible_first=perceptible_first)
+    p.admit(info("a", median=30))
+    for i, a in enumerate(accepted):
+        if i == arrive_at:
+            p.admit(info("b", median=5))
+        rid = p.pick()
+        assert p.arrivals_may_preempt() == Policy.arrivals_may_preempt(p)
+        p.observe(rid, a + 1, 4, a, 0.03)
 
 
 def test_laps_sd_becomes_perceptible_and_orders_by_estimate():
