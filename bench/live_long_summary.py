@@ -70,21 +70,37 @@ def main() -> None:
                      "scheduler_share": info["scheduler"]["overhead_ratio"],
                      "scheduler_share_steady": steady_share(run.schedule),
                      "probe": info.get("probe"), "preemptions": info["run"]["preemptions"],
+                     "busy_s": {c: float(run.schedule[c].sum())
+                                for c in ("round_s", "engine_s", "scheduler_s", "prefill_s")},
                      "replay_own_rounds_error": own.error}
     with tempfile.TemporaryDirectory() as tmp:
         fcfs_trace = apply_to_trace(args.probe, args.live / RUNS[0] / "trace", Path(tmp) / "t")
         predicted = compare(read_live(args.live / RUNS[1]), rounds_from=fcfs_trace)
+    # FCFS on the probe run's rounds (probe work, arrival prefills and that run's engine times
+    # in them): the probe run's schedule against FCFS on equal service, and the cost of the
+    # probe run's extra round time at this load
+    fcfs_on_probe = compare(read_live(args.live / RUNS[0]),
+                            rounds_from=args.live / RUNS[1] / "trace").replay["mean"]
     fcfs = out[RUNS[0]]["mean_s"]
     assert isinstance(fcfs, float)
+    probe_replay = out[RUNS[1]]["replay_own_rounds_error"]["mean"] + 1.0
     out["prediction"] = {"what": "config-probe's run replayed on fcfs's rounds, beliefs from "
                                  "predict apply on fcfs's states", "mean_s": predicted.replay[
                                      "mean"], "vs_live_fcfs": predicted.replay["mean"] / fcfs}
+    out["equal_rounds"] = {
+        "what": "fcfs replayed on config-probe's rounds and arrivals",
+        "fcfs_mean_s": fcfs_on_probe, "fcfs_vs_live_fcfs": fcfs_on_probe / fcfs,
+        "config_vs_fcfs": probe_replay * float(out[RUNS[1]]["mean_s"]) / fcfs_on_probe}
     first = read_live(args.live / RUNS[0]).info
+    capacity = first["capacity"]
+    reference = (f"a {capacity['warmup_requests']}-request warm-up"
+                 if "warmup_requests" in capacity else
+                 f"the {capacity['requests']} prompts' mean service in {capacity['source']}")
     lines = [f"lapsd live, {first['collector']['target']} {first['collector']['draft']} "
              f"k={first['collector']['k']}, max_new_tokens {first['collector']['max_new_tokens']}"
-             f", batch size 1, {first['workload']['spec']} (nominal; capacity from a "
-             f"{first['capacity']['warmup_requests']}-request warm-up) over prompts held out of "
-             "tuning; the probe and the config never saw them",
+             f", batch size 1, {first['workload']['spec']} (nominal; capacity from "
+             f"{reference}) over prompts held out of tuning; the probe and the config never "
+             "saw them",
              f"{'run':<22} {'n':>4} {'GPU':<22} {'mean s':>7} {'p90 s':>7} {'util':>5} "
              f"{'sched %':>8} {'steady %':>8} {'probe %':>8} {'probe ms/call':>13} "
              f"{'replay err':>10}"]
@@ -100,6 +116,8 @@ def main() -> None:
             f"{100 * r['replay_own_rounds_error']['mean']:>+9.2f}%")
     for name, where in more.items():
         info = read_live(Path(where)).info
+        if info["workload"]["spec"] == first["workload"]["spec"] and not info.get("probe"):
+            continue  # the same workload, no probe: nothing to add
         lines.append(f"{name}: workload {info['workload']['spec']} (not the 200-request one: "
                      "compare its shares, not its latency); its probe time includes compiling "
                      "the probe's numba kernels on first use (1.2 s on the development CPU), "
@@ -109,6 +127,14 @@ def main() -> None:
                  f"{STEADY_AFTER} rounds")
     lines.append(f"predicted: the config with the probe on fcfs's rounds (no probe time): mean "
                  f"{p['mean_s']:.3f} s = {p['vs_live_fcfs']:.3f} x live fcfs")
+    busy = "; ".join(f"{name} " + " ".join(f"{c.removesuffix('_s')} {v:.1f}"
+                                           for c, v in out[name]["busy_s"].items())
+                     for name in dirs)
+    lines.append(f"busy seconds (round = engine + scheduler + arrival prefill + the rest): {busy}")
+    e = out["equal_rounds"]
+    lines.append(f"equal rounds (config-probe's, fcfs replayed on them): the config "
+                 f"{e['config_vs_fcfs']:.3f} x fcfs; fcfs on them {e['fcfs_mean_s']:.3f} s = "
+                 f"{e['fcfs_vs_live_fcfs']:.3f} x live fcfs (the probe run's longer rounds)")
     if args.gpu_minutes:
         lines.append(f"GPU minutes used: {args.gpu_minutes}")
         out["gpu_minutes"] = args.gpu_minutes

@@ -363,7 +363,9 @@ def _show_validation(result: dict[str, Any]) -> None:
         agree = c["order_agreement"]
         if c["rounds"] != "the run's own" or c["batch_size"] > 1:
             out.print(f"{Path(c['run']).name}: batch size {c['batch_size']}, rounds from "
-                      f"{c['rounds']}, batch cost {c['batch_cost']}")
+                      f"{c['rounds']}, batch cost {c['batch_cost']}; "
+                      f"{100 * c['same_output']:.0f}% of its requests have the run's output "
+                      "length there")
         out.print(f"{Path(c['run']).name}: switch model c0={m['c0']:.3g} s, c1={m['c1']:.3g} "
                   f"s/token ({m['how']}); live switch time {sw['live_s']:.4g} s "
                   f"({sw['live_at_preemptions_s']:.4g} s at preemptions, "

@@ -39,9 +39,11 @@ mean latency in the replay as live.
 
 Predicting a run instead of re-running it: ``rounds_from`` (``--rounds-from TRACE``) replays
 the rounds of another trace of the same prompts (matched by prompt id), typically a batch-1
-``lapsd collect`` of them, and ``cost`` (``--batch-cost TABLE``, a ``collect-profile
---batches`` table) gives the batched steps their measured slowdown: what a user tuning at batch
-size ``B`` from a collection would be told, checked against what the server did.
+``lapsd collect`` of them (``same_output`` says how many of them produced the run's number of
+tokens there: a collection at another batch size may decode differently), and ``cost``
+(``--batch-cost TABLE``, a ``collect-profile --batches`` table) gives the batched steps their
+measured slowdown: what a user tuning at batch size ``B`` from a collection would be told,
+checked against what the server did.
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ class Comparison:
     switches: dict[str, Any]
     scheduler: dict[str, Any]
     order_agreement: float | None
+    #: Share of the requests whose rounds (``rounds_from``'s, or the run's own) produce as many
+    #: tokens as the run did: below 1, the replay serves other outputs (a batched collection's
+    #: numerics, sampling), and its latencies cannot match request by request.
+    same_output: float | None = None
     latency_live: list[float] = field(repr=False, default_factory=list)
     latency_replay: list[float] = field(repr=False, default_factory=list)
 
@@ -238,6 +244,7 @@ def compare(run: LiveRun, model: SwitchModel | None = None, *,
                   "replay_s": result.switch_ns / NS_PER_S},
         scheduler=dict(info["scheduler"]),
         order_agreement=_agreement(live, replay),
+        same_output=float(np.mean(arrays.output_tokens[index] == req["output_tokens"].to_numpy())),
         latency_live=live.tolist(), latency_replay=replay.tolist(),
     )
 

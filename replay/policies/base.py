@@ -298,14 +298,19 @@ class Policy(ABC, Generic[S]):
             # request, the general ranking's choice without its sort and allocations (a replay
             # asks for a decision every few rounds; a differential test checks the two agree).
             heap, running = self._heap, self._running
-            rival = self._rival()
             if not running:
-                if rival is None:
-                    return []
-                st = self._states[heapq.heappop(heap)[1]]
-                st.running = True
-                running.append(st)
-                return [st.info.request_id]
+                # The best live heap entry (with no request running, a live one is a waiting
+                # request's current key: _rival's test), found by popping.
+                states = self._states
+                while heap:
+                    key, rid = heapq.heappop(heap)
+                    st = states.get(rid)
+                    if st is not None and st.key is key:
+                        st.running = True
+                        running.append(st)
+                        return [rid]
+                return []
+            rival = self._rival()
             cur = running[0]
             if rival is not None and rival < (
                     cur.key if self._runs_on_key else self._running_key(cur)):

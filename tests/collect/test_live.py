@@ -730,6 +730,7 @@ def test_validate_predicts_a_batched_run_from_a_collection(runs, batched, capsys
     flat = compare(run, rounds_from=runs["oracle"])
     slow = compare(run, rounds_from=runs["oracle"], cost=BatchCost((1, 3), (1.0, 2.0), "x2"))
     assert flat.rounds == str(runs["oracle"]) and slow.batch_cost == "x2"
+    assert flat.same_output == 1.0  # greedy: the collection decoded what the run did
     assert slow.replay["mean"] > flat.replay["mean"]  # the slowdown reaches the latencies
     assert main(["validate", str(batched["las"]), "--rounds-from", str(runs["oracle"])]) == 0
     assert "rounds from" in capsys.readouterr().out
@@ -745,6 +746,19 @@ def test_validate_predicts_a_batched_run_from_a_collection(runs, batched, capsys
                                    full.manifest), tmp_path / "short")
     with pytest.raises(LapsdError, match=f"no request '{gone}'"):
         compare(run, rounds_from=short)
+    # a collection that decoded one prompt differently: its share falls by that prompt's
+    # requests (a workload may draw a prompt twice)
+    rounds = full.rounds.filter((pl.col("request_id") != gone) | (pl.col("round") == 0))
+    emitted = rounds.filter(pl.col("request_id") == gone)["emitted"].sum()
+    requests = full.requests.with_columns(
+        pl.when(pl.col("request_id") == gone).then(pl.lit(emitted))
+        .otherwise(pl.col("output_tokens")).alias("output_tokens"),
+        pl.when(pl.col("request_id") == gone).then(pl.lit(1))
+        .otherwise(pl.col("n_rounds")).alias("n_rounds"))
+    other_output = write_trace(make_trace(requests, rounds, full.manifest), tmp_path / "other")
+    differs = compare(run, rounds_from=other_output)
+    drawn = int((run.requests["prompt_id"] == gone).sum())
+    assert differs.same_output == pytest.approx(1 - drawn / run.requests.height)
 
 
 def test_fit_batch_cost_to_a_batched_run(runs, batched, tmp_path) -> None:
