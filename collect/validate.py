@@ -129,7 +129,7 @@ class Comparison:
     #: Share of the requests whose rounds (``rounds_from``'s, or the run's own) produce as many
     #: tokens as the run did: below 1, the replay serves other outputs (a batched collection's
     #: numerics, sampling), and its latencies cannot match request by request.
-    same_output: float | None = None
+    same_output: float
     latency_live: list[float] = field(repr=False, default_factory=list)
     latency_replay: list[float] = field(repr=False, default_factory=list)
 
