@@ -60,8 +60,9 @@ def main() -> None:
     more = dict(str(m).split("=", 1) for m in args.more)
     dirs = {**{name: args.live / name for name in RUNS},
             **{name: Path(path) for name, path in more.items()}}
+    runs = {name: read_live(where) for name, where in dirs.items()}
     for name, where in dirs.items():
-        run = read_live(where)
+        run = runs[name]
         info = run.info
         own = compare(run)
         out[name] = {"gpu": info["collector"]["gpu"], "mean_s": own.live["mean"],
@@ -72,26 +73,25 @@ def main() -> None:
                      "probe": info.get("probe"), "preemptions": info["run"]["preemptions"],
                      "busy_s": {c: float(run.schedule[c].sum())
                                 for c in ("round_s", "engine_s", "scheduler_s", "prefill_s")},
+                     "replay_own_rounds_mean_s": own.replay["mean"],
                      "replay_own_rounds_error": own.error}
     with tempfile.TemporaryDirectory() as tmp:
         fcfs_trace = apply_to_trace(args.probe, args.live / RUNS[0] / "trace", Path(tmp) / "t")
-        predicted = compare(read_live(args.live / RUNS[1]), rounds_from=fcfs_trace)
+        predicted = compare(runs[RUNS[1]], rounds_from=fcfs_trace)
     # FCFS on the probe run's rounds (probe work, arrival prefills and that run's engine times
     # in them): the probe run's schedule against FCFS on equal service, and the cost of the
     # probe run's extra round time at this load
-    fcfs_on_probe = compare(read_live(args.live / RUNS[0]),
-                            rounds_from=args.live / RUNS[1] / "trace").replay["mean"]
+    fcfs_on_probe = compare(runs[RUNS[0]], rounds_from=dirs[RUNS[1]] / "trace").replay["mean"]
     fcfs = out[RUNS[0]]["mean_s"]
     assert isinstance(fcfs, float)
-    probe_replay = out[RUNS[1]]["replay_own_rounds_error"]["mean"] + 1.0
     out["prediction"] = {"what": "config-probe's run replayed on fcfs's rounds, beliefs from "
                                  "predict apply on fcfs's states", "mean_s": predicted.replay[
                                      "mean"], "vs_live_fcfs": predicted.replay["mean"] / fcfs}
     out["equal_rounds"] = {
         "what": "fcfs replayed on config-probe's rounds and arrivals",
         "fcfs_mean_s": fcfs_on_probe, "fcfs_vs_live_fcfs": fcfs_on_probe / fcfs,
-        "config_vs_fcfs": probe_replay * float(out[RUNS[1]]["mean_s"]) / fcfs_on_probe}
-    first = read_live(args.live / RUNS[0]).info
+        "config_vs_fcfs": float(out[RUNS[1]]["replay_own_rounds_mean_s"]) / fcfs_on_probe}
+    first = runs[RUNS[0]].info
     capacity = first["capacity"]
     reference = (f"a {capacity['warmup_requests']}-request warm-up"
                  if "warmup_requests" in capacity else
@@ -114,8 +114,8 @@ def main() -> None:
             f"{100 * probe.get('share_of_rounds', 0.0):>8.2f} "
             f"{1e3 * probe.get('per_call_mean_s', 0.0):>13.2f} "
             f"{100 * r['replay_own_rounds_error']['mean']:>+9.2f}%")
-    for name, where in more.items():
-        info = read_live(Path(where)).info
+    for name in more:
+        info = runs[name].info
         if info["workload"]["spec"] == first["workload"]["spec"] and not info.get("probe"):
             continue  # the same workload, no probe: nothing to add
         lines.append(f"{name}: workload {info['workload']['spec']} (not the 200-request one: "
