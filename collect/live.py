@@ -371,6 +371,8 @@ class _Server:
 
     #: No memory check in the policy's ranking (``--kv-budget-tokens`` swaps instead).
     fits: Callable[[RequestId], bool] | None = None
+    #: A live server does not know the rounds ahead: every decision is the policy's step.
+    lookahead: None = None
 
     def __init__(self, engine: Any, policy: Policy, requests: list[_Request], *,
                  max_new_tokens: int, seed: int, budget: int | None,

@@ -53,6 +53,11 @@ class TraceArrays:
         """The prefix sums in the form :class:`Rounds` reads."""
         return PrefixSums(self.cum)
 
+    @cached_property
+    def stacked(self) -> np.ndarray:
+        """The prefix sums as one array, for compiled loops: rows emitted, drafted, accepted, ns."""
+        return np.stack([self.cum[f] for f in PrefixSums.FIELDS])
+
     @classmethod
     def from_trace(cls, trace: Trace) -> TraceArrays:
         """Compile a validated trace.

@@ -22,6 +22,15 @@ allows). A run stops before the next arrival whenever that arrival could enter t
 free slot, or :meth:`~Policy.arrivals_may_preempt`). A live engine offers one round, and the
 loop is then the plain round-by-round one that the differential tests check the replay against.
 
+A policy whose decision changes every round or two (LAS; MLFQ at its levels' ends) would cost a
+decision per round or two that way. When the executor has a
+:class:`~lapsd.replay.policies.base.Lookahead` (a replay at batch size one on the simulated
+clock: every request's recorded rounds) and the policy :attr:`~Policy.shares`, the loop hands it
+a span of :data:`SHARE_SPAN` arrivals instead: :meth:`~Policy.share` admits them and makes the
+decisions up to the next arrival after them in one compiled call, and the loop does the
+bookkeeping (the executor's :meth:`~Executor.advance`, finishing, completion times). The
+differential tests check that the decisions, preemptions and switch times are the step loop's.
+
 Time is integer nanoseconds from the run's start. A step's member rounds last the whole step
 (each member is served for it), so the step moves the clock by its switch time plus the taken
 rounds' time.
@@ -36,9 +45,11 @@ from typing import Any, Protocol
 
 from lapsd.replay.clock import NS_PER_S
 from lapsd.replay.estimate import LengthPrediction
-from lapsd.replay.policies.base import Policy, RequestId, RequestInfo, Rounds
+from lapsd.replay.policies.base import Lookahead, Policy, RequestId, RequestInfo, Rounds
 
 _NONE: list[int] = []  # no request: no preemption, or none of a step left (never appended to)
+#: Arrivals per call of a time-sharing policy's :meth:`~Policy.share`.
+SHARE_SPAN = 256
 
 
 class Clock(Protocol):
@@ -110,6 +121,9 @@ class Executor(Protocol):
         The memory check :meth:`Policy.step` calls in rank order, or ``None``.
     repredicts
         Whether :meth:`update` may give re-predictions (the loop asks only then).
+    lookahead
+        Every request's rounds ahead (a replay's), or ``None``: with it, a policy that
+        time-shares the server serves between arrivals in one call (:meth:`Policy.share`).
     """
 
     @property
@@ -120,6 +134,9 @@ class Executor(Protocol):
 
     @property
     def repredicts(self) -> bool: ...  # noqa: D102
+
+    @property
+    def lookahead(self) -> Lookahead | None: ...  # noqa: D102
 
     def request(self, j: int) -> RequestInfo:
         """What the policy is told of request ``j`` as it arrives (called once, in order)."""
@@ -188,10 +205,32 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
     may_preempt = policy.arrivals_may_preempt if policy.preempts_on_arrival else None
     request, run, ran = executor.request, executor.run, executor.advance
     update = executor.update if executor.repredicts else None
+    ahead = (executor.lookahead if batch == 1 and policy.shares
+             and isinstance(clock, SimulatedClock) else None)
     completion = [-1] * n_jobs  # -1: not finished
     last: list[int] = []  # the last step's unfinished members
     now = nxt = done = preemptions = switch_ns = decisions = 0
     while done < n_jobs:
+        if ahead is not None:
+            # Time-sharing: a span of arrivals in one call (admitted there), then the span's
+            # bookkeeping: the executor moves on, completed requests finish.
+            span = range(nxt, min(n_jobs, nxt + SHARE_SPAN))
+            if oracle:
+                for j in span:
+                    policy.reveal(j, executor.true_service_s(j))
+            nxt = span.stop
+            shared = policy.share(ahead, now, [request(j) for j in span],
+                                  arrival[nxt] if nxt < n_jobs else None)
+            now = shared.now
+            decisions += shared.decisions
+            preemptions += shared.preemptions
+            switch_ns += shared.switch_ns
+            for j, taken, at in shared.ran:
+                if ran(j, taken, now if at < 0 else at):
+                    finish(j)
+                    completion[j] = at
+                    done += 1
+            continue
         while nxt < n_jobs and arrival[nxt] <= now:
             if oracle:
                 policy.reveal(nxt, executor.true_service_s(nxt))

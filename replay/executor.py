@@ -15,6 +15,7 @@ decided again (a member finishing or due a re-prediction, the next arrival when 
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from lapsd.replay.costs import BatchCost, SwitchCost
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.base import (
     NS_PER_S,
+    Lookahead,
     Policy,
     PrefixSums,
     RequestId,
@@ -85,7 +87,7 @@ class TraceExecutor:
         self._prompt: list[int] = arrays.prompt_tokens[index].tolist()
         self._service_s: list[float] = (arrays.service_ns[index] / NS_PER_S).tolist()
         self._preds = workload.predictions
-        self._pos = list(self._starts)
+        self._pos = array("q", self._starts)  # each request's next round (a buffer: lookahead)
         self._arrays = arrays
         self._prefix = arrays.prefix
         # At batch size one the offer is one run, reused: a policy reads a run in advance and
@@ -111,6 +113,13 @@ class TraceExecutor:
                  if 0 < r < self._ends[j] - self._starts[j]]
                 for j, u in enumerate(workload.updates)]
         self._bounded = max_chunk is not None or self._pending is not None
+        #: Every request's rounds ahead, for a policy that time-shares the server
+        #: (:meth:`Policy.share`): at batch size one with a flat step model, no KV capacity and
+        #: nothing that bounds a run (``max_chunk``, re-predictions).
+        self.lookahead = None if not one or self._bounded else Lookahead(
+            arrays.stacked, np.stack([arrays.offsets[index], arrays.offsets[index + 1],
+                                      arrays.prompt_tokens[index], workload.arrival_ns]),
+            np.frombuffer(self._pos, dtype=np.int64), self._c0_ns, self._c1_ns)
         self._resident: set[int] = set()
         self._used = 0
         self.fits: Callable[[RequestId], bool] | None = (

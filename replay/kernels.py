@@ -231,3 +231,279 @@ def gittins_run(c_em, c_ns, start, n, generated0, service0, context0, median, si
             if r_rank < held or (r_rank == held and r_seq < seq):
                 return i + 1, rank
     return n, rank
+
+
+# ----------------------------------------------------------------- time-sharing, batch size one
+# A policy whose decision changes every round or two (LAS; MLFQ's levels) serves a span of
+# arrivals in one call of these kernels (Policy.share): the very decisions the driver would ask
+# for one by one (admitting each arrival at the first round boundary at or after it, then
+# Policy.step, then Policy.advance on the chosen request's offered run), taken in a compiled
+# loop over the requests' recorded rounds. Members are the admitted requests in admission order
+# and then the span's ``fresh`` arrivals, so a member's index is in sequence-number order (ties
+# go to the smaller). ``c`` is the trace's prefix sums stacked (emitted, drafted, accepted, ns),
+# ``meta`` the executor's per-request first round, end, prompt tokens and arrival, ``pos`` its
+# positions. A kernel serves until the first decision at or after ``until`` (the arrival after
+# the span; < 0: none) once the span's arrivals are in, or until no request is left, and returns
+# ``(now, the request running at the end or -1, decisions, preemptions, switch ns, rows)``: a
+# row per member that ran or arrived, ``SHARED_COLUMNS`` and then the policy's own.
+
+#: The rows of the stacked prefix sums.
+EMITTED, DRAFTED, ACCEPTED, NS = 0, 1, 2, 3
+#: The columns of a kernel's rows: request, rounds run, what they added to each prefix sum,
+#: completion time (-1: still running or waiting).
+SHARED_COLUMNS = ("request", "rounds", "emitted", "drafted", "accepted", "ns", "done_at")
+
+
+@njit(cache=True)
+def _unit_row(unit: int) -> int:
+    """The stacked row that measures attained service in ``unit`` (rounds count themselves)."""
+    return EMITTED if unit == TOKENS else NS
+
+
+@njit(cache=True)
+def _bisect_left(c: np.ndarray, x: int, lo: int, hi: int) -> int:
+    """First index in ``[lo, hi)`` with ``c[i] >= x``, ``hi`` if none (``bisect_left``)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if c[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
+def _rounds_until(unit: int, c: np.ndarray, a: int, n: int, need: int) -> int:
+    """Fewest of the ``n`` rounds from ``a`` whose service reaches ``need``.
+
+    At least 1; ``n + 1`` when all of them fall short (:meth:`Rounds.rounds_until`).
+    """
+    if unit == ROUNDS:
+        return max(1, need)
+    return _bisect_left(c, c[a] + need, a + 1, a + n + 1) - a
+
+
+@njit(cache=True)
+def _offer(c_ns: np.ndarray, a: int, b: int, now: int, pay: int, until: int) -> int:
+    """End of the run the executor offers from round ``a`` (the rounds before ``until``).
+
+    At least one round; all of them when ``until`` < 0.
+    """
+    if until < 0:
+        return b
+    b = _bisect_left(c_ns, c_ns[a] + (until - now - pay), a, b)
+    return b if b > a else a + 1
+
+
+@njit(cache=True)
+def _switch_ns(c_em: np.ndarray, p: int, start: int, prompt: int, c0_ns: int,
+               c1_ns: float) -> int:
+    """What preempting a request at round ``p`` costs: ``c0 + c1 * context`` (ns)."""
+    return c0_ns + int(np.rint(c1_ns * (prompt + c_em[p] - c_em[start])))
+
+
+@njit(cache=True)
+def _members(c, unit, meta, pos, ids, run, p, att):
+    """Fill in the members' positions ``p`` and attained service ``att``.
+
+    Returns the member index of request ``run`` (-1: none).
+    """
+    c_unit = c[_unit_row(unit)]
+    member = -1
+    for i in range(ids.shape[0]):
+        j = ids[i]
+        p[i] = pos[j]
+        att[i] = p[i] - meta[0, j] if unit == ROUNDS else c_unit[p[i]] - c_unit[meta[0, j]]
+        if j == run:
+            member = i
+    return member
+
+
+@njit(cache=True)
+def _rows(c, pos, ids, fresh, p, done_at, extra):
+    """The kernel's rows (see above), ``extra`` columns left to fill.
+
+    Returns ``(rows, the member of each row)``.
+    """
+    m = ids.shape[0]
+    ran = np.flatnonzero((p != pos[ids]) | (np.arange(m) >= m - fresh))
+    rows = np.empty((ran.shape[0], 7 + extra), dtype=np.int64)
+    for r in range(ran.shape[0]):
+        i = ran[r]
+        j = ids[i]
+        a, e = pos[j], p[i]
+        rows[r, 0] = j
+        rows[r, 1] = e - a
+        for f in range(4):
+            rows[r, 2 + f] = c[f, e] - c[f, a]
+        rows[r, 6] = done_at[i]
+    return rows, ran
+
+
+@njit(cache=True)
+def _before(x: int, y: int, i: int, k: int) -> bool:
+    """Whether key ``(x, i)`` sorts before ``(y, k)``."""
+    return x < y or (x == y and i < k)
+
+
+@njit(cache=True)
+def las_share(c, unit, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns):
+    """LAS over a span of arrivals (see above).
+
+    The request with the least attained service (in ``unit``) runs until it passes the next
+    least, or to the first round that starts after the next arrival. ``run`` is the request
+    that ran last (-1: none).
+    """
+    m = ids.shape[0]
+    c_unit, c_em, c_ns = c[_unit_row(unit)], c[EMITTED], c[NS]
+    p = np.empty(m, dtype=np.int64)
+    att = np.empty(m, dtype=np.int64)
+    done_at = np.full(m, -1, dtype=np.int64)
+    run = _members(c, unit, meta, pos, ids, run, p, att)
+    active = np.empty(m, dtype=np.int64)  # members in, unfinished: active[:na]
+    na = 0
+    for i in range(m - fresh):
+        if p[i] < meta[1, ids[i]]:
+            active[na] = i
+            na += 1
+    nxt = m - fresh  # the next member to arrive
+    decisions = preemptions = switched = 0
+    while True:
+        while nxt < m and meta[3, ids[nxt]] <= now:
+            active[na] = nxt
+            na += 1
+            nxt += 1
+        arrival = meta[3, ids[nxt]] if nxt < m else until
+        if nxt == m and 0 <= until <= now:
+            break
+        if na == 0:
+            if nxt == m:
+                break
+            now = arrival  # idle until it arrives
+            continue
+        best = second = -1
+        for r in range(na):
+            i = active[r]
+            if best < 0 or _before(att[i], att[best], i, best):
+                second, best = best, i
+            elif second < 0 or _before(att[i], att[second], i, second):
+                second = i
+        decisions += 1
+        pay = 0
+        if run >= 0 and run != best:
+            preemptions += 1
+            j = ids[run]
+            pay = _switch_ns(c_em, p[run], meta[0, j], meta[2, j], c0_ns, c1_ns)
+            switched += pay
+        a = p[best]
+        n = _offer(c_ns, a, meta[1, ids[best]], now, pay, arrival) - a
+        if second >= 0:
+            # Keep the server while (attained, seq) stays below the rival's: attained values
+            # are integers, so "passes" is "reaches the rival's + 1" for an earlier request.
+            k = _rounds_until(unit, c_unit, a, n,
+                              att[second] - att[best] + (1 if best < second else 0))
+            if k < n:
+                n = k
+        now += pay + c_ns[a + n] - c_ns[a]
+        att[best] += n if unit == ROUNDS else c_unit[a + n] - c_unit[a]
+        p[best] = a + n
+        run = best
+        if p[best] >= meta[1, ids[best]]:
+            done_at[best] = now
+            run = -1
+            na = _drop(active, na, best)
+    rows, _ = _rows(c, pos, ids, fresh, p, done_at, 0)
+    return now, ids[run] if run >= 0 else -1, decisions, preemptions, switched, rows
+
+
+@njit(cache=True)
+def _drop(active: np.ndarray, na: int, i: int) -> int:
+    """Remove member ``i`` from ``active[:na]``; the new count."""
+    for r in range(na):
+        if active[r] == i:
+            active[r] = active[na - 1]
+            return na - 1
+    return na
+
+
+@njit(cache=True)
+def mlfq_share(c, unit, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, level, entry,
+               entries, bounds, cut_first):
+    """MLFQ over a span of arrivals (see above).
+
+    The request with the least ``(level, entry, seq)`` (``level`` and ``entry`` per member; a
+    fresh member's level is its entry level, and its entry is taken as it arrives) runs to the
+    end of its level's quantum (``bounds``: the levels' upper edges in ``unit``; the last level
+    has none), then enters the back of the level its attained service has reached
+    (``entries`` counts entries). An arrival cuts a run short at the first round after it
+    unless the run is on the first level and ``cut_first`` is off (there arrivals queue
+    behind it). The rest is :func:`las_share`'s; the rows end with each member's level and
+    entry, and the entry count is returned after them.
+    """
+    m = ids.shape[0]
+    c_unit, c_em, c_ns = c[_unit_row(unit)], c[EMITTED], c[NS]
+    last_level = bounds.shape[0]
+    p = np.empty(m, dtype=np.int64)
+    att = np.empty(m, dtype=np.int64)
+    done_at = np.full(m, -1, dtype=np.int64)
+    run = _members(c, unit, meta, pos, ids, run, p, att)
+    active = np.empty(m, dtype=np.int64)
+    na = 0
+    for i in range(m - fresh):
+        if p[i] < meta[1, ids[i]]:
+            active[na] = i
+            na += 1
+    nxt = m - fresh
+    decisions = preemptions = switched = 0
+    while True:
+        while nxt < m and meta[3, ids[nxt]] <= now:
+            entries += 1
+            entry[nxt] = entries
+            active[na] = nxt
+            na += 1
+            nxt += 1
+        arrival = meta[3, ids[nxt]] if nxt < m else until
+        if nxt == m and 0 <= until <= now:
+            break
+        if na == 0:
+            if nxt == m:
+                break
+            now = arrival
+            continue
+        best = active[0]
+        for r in range(1, na):
+            i = active[r]
+            if level[i] < level[best] or (level[i] == level[best] and entry[i] < entry[best]):
+                best = i
+        decisions += 1
+        pay = 0
+        if run >= 0 and run != best:
+            preemptions += 1
+            j = ids[run]
+            pay = _switch_ns(c_em, p[run], meta[0, j], meta[2, j], c0_ns, c1_ns)
+            switched += pay
+        a = p[best]
+        q = level[best]
+        n = _offer(c_ns, a, meta[1, ids[best]], now, pay,
+                   arrival if cut_first or q > 0 else -1) - a
+        if q < last_level:
+            k = _rounds_until(unit, c_unit, a, n, bounds[q] - att[best])
+            if k < n:
+                n = k
+        now += pay + c_ns[a + n] - c_ns[a]
+        att[best] += n if unit == ROUNDS else c_unit[a + n] - c_unit[a]
+        if q < last_level and att[best] >= bounds[q]:
+            # The quantum is used up: to the back of the level the service has reached.
+            level[best] = max(q, np.searchsorted(bounds, att[best], side="right"))
+            entries += 1
+            entry[best] = entries
+        p[best] = a + n
+        run = best
+        if p[best] >= meta[1, ids[best]]:
+            done_at[best] = now
+            run = -1
+            na = _drop(active, na, best)
+    rows, ran = _rows(c, pos, ids, fresh, p, done_at, 2)
+    rows[:, 7] = level[ran]
+    rows[:, 8] = entry[ran]
+    return now, ids[run] if run >= 0 else -1, decisions, preemptions, switched, rows, entries

@@ -163,7 +163,7 @@ def test_no_code_outside_the_policies_branches_on_a_policy_name() -> None:
 
 
 #: A policy's lifecycle methods (what a server calls; ``replay.driver`` is the one loop).
-LIFECYCLE = {"admit", "reveal", "step", "pick", "observe", "advance", "horizon",
+LIFECYCLE = {"admit", "reveal", "step", "pick", "observe", "advance", "horizon", "share",
              "update_prediction", "finish"}
 
 

@@ -35,8 +35,8 @@ from lapsd.replay.clock import NS_PER_S
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.params import UNITS, Unit
 
-__all__ = ["NS_PER_S", "UNITS", "Policy", "RequestInfo", "RequestState", "Rounds", "TraceScale",
-           "Unit"]
+__all__ = ["NS_PER_S", "UNITS", "Lookahead", "Policy", "RequestInfo", "RequestState", "Rounds",
+           "Shared", "TraceScale", "Unit"]
 
 RequestId = Hashable
 
@@ -154,6 +154,58 @@ class Rounds:
         return bisect_left(c, c[s] + amount, s + 1, s + self.n + 1) - s
 
 
+@dataclass(frozen=True, slots=True)
+class Lookahead:
+    """Every request's recorded rounds, for a policy that time-shares the server.
+
+    A replay's executor knows the rounds each admitted request will run; at batch size one a
+    policy whose decision changes every round or two (LAS, MLFQ's levels) serves them between
+    two arrivals in one compiled call (:meth:`Policy.share`) rather than a decision per call.
+    Requests are named by their position in arrival order, as the driver names them; the
+    arrays are indexed by it. A live server has no lookahead.
+
+    Attributes
+    ----------
+    c
+        The trace's prefix sums stacked: emitted, drafted, accepted, ns (``(4, rounds + 1)``).
+    meta
+        Each request's first round, the end of its rounds, its prompt tokens (the switch
+        cost's context) and its arrival (ns), ``(4, requests)``.
+    pos
+        Each request's next round: the executor's own positions, which the policy reads and
+        does not move.
+    c0_ns, c1_ns
+        The switch cost: ``c0_ns + c1_ns * context`` nanoseconds per preemption.
+    """
+
+    c: np.ndarray
+    meta: np.ndarray
+    pos: np.ndarray
+    c0_ns: int
+    c1_ns: float
+
+
+@dataclass(slots=True)
+class Shared:
+    """What :meth:`Policy.share` served. Times are integer nanoseconds.
+
+    Attributes
+    ----------
+    now
+        The time at its end (a decision point).
+    ran
+        ``(request, rounds run, completion or -1)`` of each request that ran.
+    decisions, preemptions, switch_ns
+        The decisions it took, the preemptions among them and their switch time.
+    """
+
+    now: int
+    ran: list[tuple[int, int, int]]
+    decisions: int
+    preemptions: int
+    switch_ns: int
+
+
 @dataclass(slots=True)
 class RequestState:
     """What a policy has observed of one admitted request."""
@@ -239,6 +291,8 @@ class Policy(ABC, Generic[S]):
     wraps_policy
         Whether it serves another registered policy in another way (a held-out row of that
         policy, not a baseline of its own).
+    shares
+        Whether :meth:`share` serves several decisions in one call (:meth:`_share_run`).
     """
 
     name: ClassVar[str]
@@ -248,6 +302,7 @@ class Policy(ABC, Generic[S]):
     load_bands: ClassVar[bool] = False
     uses_acceptance: ClassVar[bool] = False
     wraps_policy: ClassVar[bool] = False
+    shares: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._states: dict[RequestId, S] = {}
@@ -394,6 +449,58 @@ class Policy(ABC, Generic[S]):
         st.key = self._key(st)
         return n
 
+    def share(self, ahead: Lookahead, now: int, arrivals: list[RequestInfo],
+              until: int | None) -> Shared:
+        """Serve at batch size one through a span of arrivals, in one compiled call.
+
+        From ``now``, the admitted requests and ``arrivals`` (the next requests to arrive, in
+        order, at the times ``ahead`` gives), until the first decision at or after ``until``
+        (the arrival after them; ``None``: until every request is done). The same decisions
+        as the driver's loop of :meth:`admit`, :meth:`step` and :meth:`advance` over each
+        chosen request's offered run, with the rounds that ``ahead`` says each request runs,
+        taken in one loop (for a policy with :attr:`shares`); the arrivals are admitted here,
+        and the policy's state moves on as if each decision had been made by itself. The
+        caller moves the executor on by what :attr:`Shared.ran` says and finishes the
+        completed requests.
+        """
+        states = self._states
+        ids = np.fromiter(states, dtype=np.int64, count=len(states))  # admission (seq) order
+        fresh = np.array([info.request_id for info in arrivals], dtype=np.int64)
+        running = self._running
+        was = running.pop() if running else None
+        if was is not None:
+            was.running = False
+        t, run, decisions, preemptions, switch_ns, rows = self._share_run(
+            ahead, np.concatenate((ids, fresh)), arrivals,
+            -1 if was is None else int(was.info.request_id),  # type: ignore[call-overload]
+            now, -1 if until is None else until)
+        for info in arrivals:
+            self.admit(info)
+        heap = self._heap
+        ran = []
+        for row in rows.tolist():
+            j, n, emitted, drafted, accepted, ns, done = row[:7]
+            st = states[j]
+            if n:
+                st.generated += emitted
+                st.drafted += drafted
+                st.accepted += accepted
+                st.service_ns += ns
+                st.rounds += n
+                ran.append((j, n, done))
+            self._shared(st, row)
+            st.key = self._key(st)
+            if st is was:
+                was = None  # its new key is pushed below, unless it runs on
+            if j == run:
+                st.running = True
+                running.append(st)
+            elif done < 0:
+                heapq.heappush(heap, (st.key, j))
+        if was is not None and not was.running:
+            heapq.heappush(heap, (was.key, was.info.request_id))  # preempted before it ran
+        return Shared(t, ran, decisions, preemptions, switch_ns)
+
     def horizon(self, request_id: RequestId, rounds: Rounds) -> int:
         """How many of ``rounds`` a running request could take before a decision could change.
 
@@ -507,6 +614,22 @@ class Policy(ABC, Generic[S]):
         counts rounds. A policy whose ``_consume`` updates state overrides it.
         """
         return self._consume(st, rounds)
+
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, arrivals: list[RequestInfo],
+                   run: int, now: int, until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        """:meth:`share`'s loop over the members ``ids``, ``arrivals`` last (a policy's kernel).
+
+        Returns ``(now, running request or -1, decisions, preemptions, switch ns, rows)``: a
+        row per member that ran (:data:`~lapsd.replay.kernels.SHARED_COLUMNS`, then the
+        policy's own columns).
+        """
+        raise NotImplementedError(f"policy {self.name!r} does not time-share (shares is off)")
+
+    def _shared(self, st: S, row: list[int]) -> None:
+        """Bring the rest of ``st`` up to date from its row of the last :meth:`_share_run`.
+
+        Called after its counters and before its key (nothing by default).
+        """
 
     def _repredicted(self, st: S) -> None:
         """Refresh what the policy derived from ``st``'s prediction (nothing by default)."""

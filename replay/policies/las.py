@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic.dataclasses import dataclass
 
-from lapsd.replay.policies.base import ATTAINED, UNIT_FIELD, Policy, RequestState, Rounds
+from lapsd.replay import kernels
+from lapsd.replay.policies.base import (
+    ATTAINED,
+    UNIT_FIELD,
+    Lookahead,
+    Policy,
+    RequestInfo,
+    RequestState,
+    Rounds,
+)
 from lapsd.replay.policies.params import PARAMS_CONFIG, PolicyParams, Unit
 from lapsd.replay.policies.registry import register
 
@@ -28,12 +38,15 @@ class LAS(Policy[RequestState]):
 
     name = "las"
     Params = LASParams
+    shares = True
 
     def __init__(self, params: LASParams | None = None) -> None:
         super().__init__()
         self.params = params or LASParams()
         self._field = UNIT_FIELD[self.params.unit]
         self._attained = ATTAINED[self.params.unit]
+        self._unit = {"seconds": kernels.SECONDS, "rounds": kernels.ROUNDS,
+                      "tokens": kernels.TOKENS}[self.params.unit]
 
     def _key(self, st: RequestState) -> tuple:
         return (self._attained(st), st.seq)
@@ -47,3 +60,8 @@ class LAS(Policy[RequestState]):
         need = rival[0] - self._attained(st) + (1 if st.seq < rival[1] else 0)
         n = rounds.rounds_until(self._field, need)
         return n if n < rounds.n else rounds.n  # min(), without the builtin's cost per decision
+
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, arrivals: list[RequestInfo],
+                   run: int, now: int, until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        return kernels.las_share(ahead.c, self._unit, ahead.meta, ahead.pos, ids, len(arrivals),
+                                 run, now, until, ahead.c0_ns, ahead.c1_ns)

@@ -16,9 +16,11 @@ import numpy as np
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from lapsd.replay import kernels
 from lapsd.replay.policies.base import (
     ATTAINED,
     UNIT_FIELD,
+    Lookahead,
     Policy,
     RequestInfo,
     RequestState,
@@ -82,6 +84,7 @@ class MLFQ(Policy[_MLFQState]):
 
     name = "mlfq"
     Params = MLFQParams
+    shares = True
 
     def __init__(self, params: MLFQParams | None = None) -> None:
         super().__init__()
@@ -96,6 +99,8 @@ class MLFQ(Policy[_MLFQState]):
         self._bound_list: list[int] = self._bounds.tolist()  # scalar reads, per decision
         self._quanta = quanta
         self._entries = 0
+        self._unit = {"seconds": kernels.SECONDS, "rounds": kernels.ROUNDS,
+                      "tokens": kernels.TOKENS}[p.unit]
 
     def _new_state(self, info: RequestInfo, seq: int) -> _MLFQState:
         st = _MLFQState(info, seq)
@@ -142,3 +147,20 @@ class MLFQ(Policy[_MLFQState]):
             st.level = max(st.level, int(np.searchsorted(self._bounds, after, side="right")))
             st.entry = self._next_entry()
         return n
+
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, arrivals: list[RequestInfo],
+                   run: int, now: int, until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        states = self._states.values()
+        levels = np.fromiter((st.level for st in states), dtype=np.int64, count=len(states))
+        entries = np.fromiter((st.entry for st in states), dtype=np.int64, count=len(states))
+        fresh = np.array([self._entry_level(info) for info in arrivals], dtype=np.int64)
+        *out, entry_count = kernels.mlfq_share(
+            ahead.c, self._unit, ahead.meta, ahead.pos, ids, len(arrivals), run, now, until,
+            ahead.c0_ns, ahead.c1_ns, np.concatenate((levels, fresh)),
+            np.concatenate((entries, np.zeros_like(fresh))), self._entries, self._bounds,
+            self.params.skip_join)
+        self._entries = entry_count - len(arrivals)  # share admits them: each takes an entry
+        return tuple(out)
+
+    def _shared(self, st: _MLFQState, row: list[int]) -> None:
+        st.level, st.entry = row[7], row[8]

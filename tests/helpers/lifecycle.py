@@ -10,8 +10,9 @@ import pytest
 
 from lapsd.replay.policies.base import Policy
 
-#: The methods a server calls on a policy (the online contract, plus the replay's advance).
-LIFECYCLE = ("admit", "reveal", "step", "pick", "observe", "advance", "horizon",
+#: The methods a server calls on a policy (the online contract, plus the replay's advance,
+#: horizon and share).
+LIFECYCLE = ("admit", "reveal", "step", "pick", "observe", "advance", "horizon", "share",
              "update_prediction", "finish")
 
 

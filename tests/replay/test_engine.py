@@ -8,9 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_reference import random_updates, reference_simulate, synthetic_trace
 
+from lapsd.replay import driver
 from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.costs import SwitchCost
+from lapsd.replay.driver import drive
 from lapsd.replay.engine import simulate
+from lapsd.replay.executor import TraceExecutor
 from lapsd.replay.policies import available, create
 from lapsd.replay.workload import build_workload
 
@@ -137,7 +140,96 @@ def test_only_the_driver_runs_a_policy(eagle_arrays, monkeypatch, batch, kv):
     workload = build_workload("poisson:load=0.9,n=60,seed=5", eagle_arrays, "oracle:sigma=0.5")
     workload.updates = random_updates(eagle_arrays, workload, 5, every=4)
     with lifecycle_callers(monkeypatch) as callers:
-        for name in ("srpt-oracle", "laps-sd", "fcfs"):
+        for name in ("srpt-oracle", "laps-sd", "fcfs", "las"):
             simulate_batched(eagle_arrays, workload, create(name, eagle_arrays.scale), batch,
                              switch=SwitchCost(0.001, 1e-6), kv_tokens=kv)
     assert callers == {"lapsd.replay.driver"}
+
+
+def _stepwise(arrays, workload, policy, switch):
+    """The replay with every decision asked of :meth:`Policy.step` (no lookahead)."""
+    executor = TraceExecutor(arrays, workload, policy, switch=switch)
+    executor.lookahead = None
+    return drive(policy, workload.arrival_ns.tolist(), executor)
+
+
+SHARING = [(name, params) for name in ALL if create(name).shares for params in _cases(name)]
+
+
+def test_the_time_sharing_policies_are_las_and_mlfq():
+    assert sorted({name for name, _ in SHARING}) == ["las", "mlfq"]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), case=st.sampled_from(SHARING),
+       wl=st.sampled_from(WORKLOADS), n=st.integers(1, 40),
+       c0=st.sampled_from([0.0, 0.002]), c1=st.sampled_from([0.0, 1e-5]))
+def test_time_sharing_makes_the_decisions_of_the_step_loop(seed, case, wl, n, c0, c1):
+    """:meth:`Policy.share` over spans of arrivals: the very schedule and counts of the loop
+    that asks :meth:`Policy.step` at every decision."""
+    name, params = case
+    arrays = TraceArrays.from_trace(synthetic_trace(seed))
+    workload = build_workload(wl.format(n=n, s=seed), arrays)
+    switch = SwitchCost(c0, c1)
+    shared = simulate(arrays, workload, create(name, arrays.scale, **params), switch=switch)
+    step = _stepwise(arrays, workload, create(name, arrays.scale, **params), switch)
+    np.testing.assert_array_equal(shared.completion_ns, step.completion_ns)
+    assert (shared.preemptions, shared.switch_ns, shared.decisions) == (
+        step.preemptions, step.switch_ns, step.decisions)
+
+
+@pytest.mark.parametrize("name, params", SHARING)
+def test_time_sharing_spans_many_arrivals_on_a_real_trace(eagle_arrays, monkeypatch, name,
+                                                          params):
+    """Spans that end inside bursts and idle spells: a short span, the real trace."""
+    monkeypatch.setattr(driver, "SHARE_SPAN", 3)
+    switch = SwitchCost(0.001, 2e-6)
+    for wl in ("burst:n=50,seed=3", "poisson:load=0.9,n=300,seed=4",
+               "poisson:load=0.3,n=100,seed=5"):
+        workload = build_workload(wl, eagle_arrays)
+        policy = create(name, eagle_arrays.scale, **params)
+        shared = simulate(eagle_arrays, workload, policy, switch=switch)
+        assert policy.waiting == 0 and not policy._running
+        step = _stepwise(eagle_arrays, workload, create(name, eagle_arrays.scale, **params),
+                         switch)
+        np.testing.assert_array_equal(shared.completion_ns, step.completion_ns)
+        assert (shared.preemptions, shared.decisions) == (step.preemptions, step.decisions)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAt(TraceExecutor):
+    """An executor whose replay stops as request ``stop`` arrives."""
+
+    def __init__(self, *args, stop: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop = stop
+
+    def request(self, j):
+        if j == self.stop:
+            raise _Stop
+        return super().request(j)
+
+
+def test_time_sharing_leaves_the_policy_as_the_step_loop_does(eagle_arrays, monkeypatch):
+    """Stopped as the same request arrives, shared and stepped replays hold the same states."""
+    monkeypatch.setattr(driver, "SHARE_SPAN", 30)
+    workload = build_workload("poisson:load=1.5,n=40,seed=6", eagle_arrays)
+    for name, params in SHARING:
+        seen = []
+        for ahead in (True, False):
+            policy = create(name, eagle_arrays.scale, **params)
+            executor = _StopAt(eagle_arrays, workload, policy, switch=SwitchCost(0.001, 0.0),
+                               stop=30)
+            if not ahead:
+                executor.lookahead = None
+            with pytest.raises(_Stop):
+                drive(policy, workload.arrival_ns.tolist(), executor)
+            seen.append(({rid: (st.rounds, st.generated, st.drafted, st.accepted,
+                                st.service_ns, st.key, st.running)
+                          for rid, st in policy._states.items()},
+                         list(executor._pos)))
+        assert seen[0] == seen[1]
+        assert any(st[-1] for st in seen[0][0].values())  # one of them is running
