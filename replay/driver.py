@@ -22,13 +22,13 @@ allows). A run stops before the next arrival whenever that arrival could enter t
 free slot, or :meth:`~Policy.arrivals_may_preempt`). A live engine offers one round, and the
 loop is then the plain round-by-round one that the differential tests check the replay against.
 
-A policy whose decision changes every round or two (LAS; MLFQ at its levels' ends) would cost a
-decision per round or two that way. When the executor has a
-:class:`~lapsd.replay.policies.base.Lookahead` (a replay at batch size one on the simulated
-clock: every request's recorded rounds) and the policy :attr:`~Policy.shares`, the loop hands it
-a span of :data:`SHARE_SPAN` arrivals instead: :meth:`~Policy.share` admits them and makes the
-decisions up to the next arrival after them in one compiled call, and the loop does the
-bookkeeping (the executor's :meth:`~Executor.advance`, finishing, completion times). The
+A decision still costs a few Python calls, and LAS decides every round or two. When the
+executor has a :class:`~lapsd.replay.policies.base.Lookahead` (a replay at batch size one on the
+simulated clock: every request's recorded rounds) and the policy :attr:`~Policy.shares` (every
+registered one but banded LAPS-SD), the loop hands it a span of :data:`SHARE_SPAN` arrivals
+instead: :meth:`~Policy.share` admits them and makes the decisions up to the next arrival after
+them in one compiled call (:mod:`lapsd.replay.timeshare`), and the loop does the bookkeeping
+(the executor's :meth:`~Executor.advance`, finishing, completion times). The
 differential tests check that the decisions, preemptions and switch times are the step loop's.
 
 Time is integer nanoseconds from the run's start. A step's member rounds last the whole step

@@ -11,9 +11,9 @@ The loop is :func:`~lapsd.replay.driver.drive`, the one the live server runs, ov
 :meth:`Policy.advance`: the executor offers the chosen request's next rounds up to the next
 arrival (or to its end) and the policy takes as many as it can before its decision could
 change, so a replay costs a few Python calls per scheduling decision rather than per round.
-The time-sharing policies (LAS, MLFQ), whose decisions come every round or two, serve whole
-spans of arrivals in one compiled call instead (:meth:`Policy.share`). With ``max_chunk=1``
-the replay offers one round at a time, like a live server does.
+Faster still, a policy that time-shares (every registered one but banded LAPS-SD) serves whole
+spans of arrivals in one compiled call (:meth:`Policy.share`, :mod:`lapsd.replay.timeshare`).
+With ``max_chunk=1`` the replay offers one round at a time, like a live server does.
 """
 
 from __future__ import annotations

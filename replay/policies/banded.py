@@ -42,6 +42,9 @@ class LoadBand:
 class BandedLapsSD(LapsSD):
     """LAPS-SD with its parameters chosen by the number of waiting requests (module docstring)."""
 
+    #: Its parameters follow every admission and completion: a decision at a time.
+    shares = False
+
     def __init__(self, bands: Sequence[LoadBand]) -> None:
         check_bands(bands)
         self.bands = tuple(bands)

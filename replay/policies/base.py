@@ -31,6 +31,7 @@ from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 
+from lapsd.replay import timeshare
 from lapsd.replay.clock import NS_PER_S
 from lapsd.replay.estimate import LengthPrediction
 from lapsd.replay.policies.params import UNITS, Unit
@@ -159,8 +160,8 @@ class Lookahead:
     """Every request's recorded rounds, for a policy that time-shares the server.
 
     A replay's executor knows the rounds each admitted request will run; at batch size one a
-    policy whose decision changes every round or two (LAS, MLFQ's levels) serves them between
-    two arrivals in one compiled call (:meth:`Policy.share`) rather than a decision per call.
+    policy then serves a span of arrivals in one compiled call (:meth:`Policy.share`) rather
+    than a few Python calls per decision.
     Requests are named by their position in arrival order, as the driver names them; the
     arrays are indexed by it. A live server has no lookahead.
 
@@ -292,7 +293,9 @@ class Policy(ABC, Generic[S]):
         Whether it serves another registered policy in another way (a held-out row of that
         policy, not a baseline of its own).
     shares
-        Whether :meth:`share` serves several decisions in one call (:meth:`_share_run`).
+        Whether :meth:`share` serves spans of arrivals in one call (:meth:`_share_run`, a
+        kernel of :mod:`~lapsd.replay.timeshare`). A subclass that changes what the kernel
+        models (its keys, or parameters that follow the load) must turn it off.
     """
 
     name: ClassVar[str]
@@ -463,23 +466,22 @@ class Policy(ABC, Generic[S]):
         caller moves the executor on by what :attr:`Shared.ran` says and finishes the
         completed requests.
         """
+        for info in arrivals:  # waiting until they arrive: share serves none of them before
+            self.admit(info)
         states = self._states
         ids = np.fromiter(states, dtype=np.int64, count=len(states))  # admission (seq) order
-        fresh = np.array([info.request_id for info in arrivals], dtype=np.int64)
         running = self._running
         was = running.pop() if running else None
         if was is not None:
             was.running = False
         t, run, decisions, preemptions, switch_ns, rows = self._share_run(
-            ahead, np.concatenate((ids, fresh)), arrivals,
+            ahead, ids, len(arrivals),
             -1 if was is None else int(was.info.request_id),  # type: ignore[call-overload]
             now, -1 if until is None else until)
-        for info in arrivals:
-            self.admit(info)
         heap = self._heap
         ran = []
         for row in rows.tolist():
-            j, n, emitted, drafted, accepted, ns, done = row[:7]
+            j, _, n, emitted, drafted, accepted, ns, done = row
             st = states[j]
             if n:
                 st.generated += emitted
@@ -615,20 +617,48 @@ class Policy(ABC, Generic[S]):
         """
         return self._consume(st, rounds)
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, arrivals: list[RequestInfo],
-                   run: int, now: int, until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        """:meth:`share`'s loop over the members ``ids``, ``arrivals`` last (a policy's kernel).
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        """:meth:`share`'s loop: the policy's kernel of :mod:`~lapsd.replay.timeshare`.
 
-        Returns ``(now, running request or -1, decisions, preemptions, switch ns, rows)``: a
-        row per member that ran (:data:`~lapsd.replay.kernels.SHARED_COLUMNS`, then the
-        policy's own columns).
+        Over the members ``ids`` (every admitted request, the ``fresh`` arrivals last), from
+        the request ``run`` that ran last (-1: none); returns ``(now, running request or -1,
+        decisions, preemptions, switch ns, rows)`` (:data:`~lapsd.replay.timeshare.COLUMNS`).
         """
         raise NotImplementedError(f"policy {self.name!r} does not time-share (shares is off)")
+
+    def _serve(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+               until: int, state: timeshare.State) -> tuple[int, int, int, int, int, np.ndarray]:
+        """:func:`lapsd.replay.timeshare.serve` over the lookahead, under ``state``."""
+        return timeshare.serve(ahead.c, ahead.meta, ahead.pos, ids, fresh, run, now, until,
+                               ahead.c0_ns, ahead.c1_ns, state)
+
+    def _share_static(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                      until: int, *, preemptive: bool, drops: bool = False,
+                      ) -> tuple[int, int, int, int, int, np.ndarray]:
+        """:meth:`_share_run` of a policy whose key ``(x, seq)`` is fixed while it waits.
+
+        ``preemptive``: the running request competes on its key, so an arrival can take the
+        server (otherwise it keeps it to the end); ``drops``: ``x`` is the remaining service in
+        ns, which falls by each round's time as the request runs (no waiting request can then
+        overtake it).
+        """
+        key = np.fromiter((st.key[0] for st in self._states.values()), np.float64, ids.size)
+        return self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
+            timeshare.STATIC, key=key, preemptive=preemptive, drops=drops))
+
+    def _beliefs(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every admitted request's belief as arrays: median, sigma, cap (admission order)."""
+        beliefs = [st.prediction for st in self._states.values()]
+        return (np.fromiter((b.median for b in beliefs), np.float64, n),
+                np.fromiter((b.sigma for b in beliefs), np.float64, n),
+                np.fromiter((b.cap for b in beliefs), np.float64, n))
 
     def _shared(self, st: S, row: list[int]) -> None:
         """Bring the rest of ``st`` up to date from its row of the last :meth:`_share_run`.
 
-        Called after its counters and before its key (nothing by default).
+        ``row[1]`` is its member index there. Called after its counters and before its key
+        (nothing by default).
         """
 
     def _repredicted(self, st: S) -> None:

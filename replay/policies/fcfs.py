@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 from typing_extensions import override
 
-from lapsd.replay.policies.base import Policy, RequestState, Rounds
+from lapsd.replay.policies.base import Lookahead, Policy, RequestState, Rounds
 from lapsd.replay.policies.registry import register
 
 
@@ -14,6 +15,7 @@ class FCFS(Policy[RequestState]):
 
     name = "fcfs"
     preempts_on_arrival = False
+    shares = True
 
     def _key(self, st: RequestState) -> tuple:
         return (st.seq,)
@@ -21,3 +23,7 @@ class FCFS(Policy[RequestState]):
     @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         return rounds.n
+
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        return self._share_static(ahead, ids, fresh, run, now, until, preemptive=False)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 from pydantic.dataclasses import dataclass
 
-from lapsd.replay import kernels
+from lapsd.replay import kernels, timeshare
 from lapsd.replay.policies.base import (
     ATTAINED,
     UNIT_FIELD,
     Lookahead,
     Policy,
-    RequestInfo,
     RequestState,
     Rounds,
 )
@@ -45,8 +44,7 @@ class LAS(Policy[RequestState]):
         self.params = params or LASParams()
         self._field = UNIT_FIELD[self.params.unit]
         self._attained = ATTAINED[self.params.unit]
-        self._unit = {"seconds": kernels.SECONDS, "rounds": kernels.ROUNDS,
-                      "tokens": kernels.TOKENS}[self.params.unit]
+        self._unit = kernels.UNIT_CODE[self.params.unit]
 
     def _key(self, st: RequestState) -> tuple:
         return (self._attained(st), st.seq)
@@ -61,7 +59,7 @@ class LAS(Policy[RequestState]):
         n = rounds.rounds_until(self._field, need)
         return n if n < rounds.n else rounds.n  # min(), without the builtin's cost per decision
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, arrivals: list[RequestInfo],
-                   run: int, now: int, until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        return kernels.las_share(ahead.c, self._unit, ahead.meta, ahead.pos, ids, len(arrivals),
-                                 run, now, until, ahead.c0_ns, ahead.c1_ns)
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        return self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
+            timeshare.LAS, self._unit, np.empty(ids.size, dtype=np.int64)))

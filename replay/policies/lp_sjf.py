@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 from typing_extensions import override
 
-from lapsd.replay.policies.base import Policy, RequestInfo, RequestState, Rounds, prediction_of
+from lapsd.replay.policies.base import (
+    Lookahead,
+    Policy,
+    RequestInfo,
+    RequestState,
+    Rounds,
+    prediction_of,
+)
 from lapsd.replay.policies.registry import register
 
 
@@ -15,6 +23,7 @@ class LPSJF(Policy[RequestState]):
     name = "lp-sjf"
     preempts_on_arrival = False
     needs_prediction = True
+    shares = True
 
     def _key(self, st: RequestState) -> tuple:
         return (st.prediction.median, st.seq)
@@ -26,3 +35,7 @@ class LPSJF(Policy[RequestState]):
     @override
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         return rounds.n
+
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        return self._share_static(ahead, ids, fresh, run, now, until, preemptive=False)

@@ -7,8 +7,17 @@ so an under-predicted request can be overtaken instead of holding the server.
 
 from __future__ import annotations
 
-from lapsd.replay import kernels
-from lapsd.replay.policies.base import Policy, RequestInfo, RequestState, Rounds, prediction_of
+import numpy as np
+
+from lapsd.replay import kernels, timeshare
+from lapsd.replay.policies.base import (
+    Lookahead,
+    Policy,
+    RequestInfo,
+    RequestState,
+    Rounds,
+    prediction_of,
+)
 from lapsd.replay.policies.registry import register
 
 _NO_RIVAL = (0.0, 0)
@@ -20,6 +29,7 @@ class LPSRPT(Policy[RequestState]):
 
     name = "lp-srpt"
     needs_prediction = True
+    shares = True
 
     def _key(self, st: RequestState) -> tuple:
         return (st.prediction.remaining_one(st.generated), st.seq)
@@ -35,3 +45,10 @@ class LPSRPT(Policy[RequestState]):
             rounds.arrays["emitted"], rounds.start, rounds.n, st.generated, pred.median,
             pred.sigma, pred.cap, st.seq, rival is not None, *_NO_RIVAL if rival is None else
             (float(rival[0]), rival[1]))
+
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        key = np.fromiter((st.key[0] for st in self._states.values()), np.float64, ids.size)
+        median, sigma, cap = self._beliefs(ids.size)
+        return self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
+            timeshare.LP_SRPT, key=key, median=median, sigma=sigma, cap=cap))

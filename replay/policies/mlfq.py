@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from lapsd.replay import kernels
+from lapsd.replay import kernels, timeshare
 from lapsd.replay.policies.base import (
     ATTAINED,
     UNIT_FIELD,
@@ -99,8 +99,9 @@ class MLFQ(Policy[_MLFQState]):
         self._bound_list: list[int] = self._bounds.tolist()  # scalar reads, per decision
         self._quanta = quanta
         self._entries = 0
-        self._unit = {"seconds": kernels.SECONDS, "rounds": kernels.ROUNDS,
-                      "tokens": kernels.TOKENS}[p.unit]
+        # Each member's level and entry in the last share (its rows name members).
+        self._shared_levels = self._shared_entries = np.zeros(0, dtype=np.int64)
+        self._unit = kernels.UNIT_CODE[p.unit]
 
     def _new_state(self, info: RequestInfo, seq: int) -> _MLFQState:
         st = _MLFQState(info, seq)
@@ -148,19 +149,21 @@ class MLFQ(Policy[_MLFQState]):
             st.entry = self._next_entry()
         return n
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, arrivals: list[RequestInfo],
-                   run: int, now: int, until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
         states = self._states.values()
-        levels = np.fromiter((st.level for st in states), dtype=np.int64, count=len(states))
-        entries = np.fromiter((st.entry for st in states), dtype=np.int64, count=len(states))
-        fresh = np.array([self._entry_level(info) for info in arrivals], dtype=np.int64)
-        *out, entry_count = kernels.mlfq_share(
-            ahead.c, self._unit, ahead.meta, ahead.pos, ids, len(arrivals), run, now, until,
-            ahead.c0_ns, ahead.c1_ns, np.concatenate((levels, fresh)),
-            np.concatenate((entries, np.zeros_like(fresh))), self._entries, self._bounds,
-            self.params.skip_join)
-        self._entries = entry_count - len(arrivals)  # share admits them: each takes an entry
-        return tuple(out)
+        self._shared_levels = np.fromiter((st.level for st in states), np.int64, len(states))
+        self._shared_entries = np.fromiter((st.entry for st in states), np.int64, len(states))
+        # The fresh arrivals take their entries as they arrive (their states took provisional
+        # ones when share admitted them).
+        entries = np.array([self._entries - fresh])
+        out = self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
+            timeshare.MLFQ, self._unit, np.empty(ids.size, dtype=np.int64),
+            preemptive=self.params.skip_join, level=self._shared_levels,
+            entry=self._shared_entries, entries=entries, bounds=self._bounds))
+        self._entries = int(entries[0])
+        return out
 
     def _shared(self, st: _MLFQState, row: list[int]) -> None:
-        st.level, st.entry = row[7], row[8]
+        st.level = int(self._shared_levels[row[1]])
+        st.entry = int(self._shared_entries[row[1]])

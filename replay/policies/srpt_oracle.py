@@ -6,9 +6,17 @@ the only policy that sees true service times, through :meth:`Policy.reveal`.
 
 from __future__ import annotations
 
+import numpy as np
 from typing_extensions import override
 
-from lapsd.replay.policies.base import NS_PER_S, Policy, RequestId, RequestState, Rounds
+from lapsd.replay.policies.base import (
+    NS_PER_S,
+    Lookahead,
+    Policy,
+    RequestId,
+    RequestState,
+    Rounds,
+)
 from lapsd.replay.policies.registry import register
 
 
@@ -18,6 +26,7 @@ class SRPTOracle(Policy[RequestState]):
 
     name = "srpt-oracle"
     needs_oracle = True
+    shares = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,3 +53,8 @@ class SRPTOracle(Policy[RequestState]):
         """The request left: forget its true service time too."""
         super().finish(request_id)
         self._truth.pop(request_id, None)
+
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        return self._share_static(ahead, ids, fresh, run, now, until, preemptive=True,
+                                  drops=True)

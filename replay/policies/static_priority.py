@@ -32,11 +32,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from lapsd.replay.policies.base import (
     _AHEAD_OF_ALL,
+    Lookahead,
     Policy,
     RequestInfo,
     RequestState,
@@ -130,6 +132,7 @@ class StaticPriority(Policy[_StaticState]):
     needs_prediction = True
     wraps_policy = True
     Params = StaticPriorityParams
+    shares = True
 
     def __init__(self, params: StaticPriorityParams | None = None) -> None:
         super().__init__()
@@ -162,3 +165,8 @@ class StaticPriority(Policy[_StaticState]):
         # No key changes while a request runs: only an arrival can overtake it, and the engine
         # ends the offered run there when the policy is preemptive.
         return rounds.n
+
+    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
+                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+        return self._share_static(ahead, ids, fresh, run, now, until,
+                                  preemptive=self.params.preemptive)

@@ -1,0 +1,519 @@
+"""Time-sharing at batch size one: a span of arrivals served in one compiled call.
+
+In a replay at batch size one most of the time goes to the decisions: each costs a few Python
+calls (:meth:`~lapsd.replay.policies.base.Policy.step`, the executor's offer,
+:meth:`~lapsd.replay.policies.base.Policy.advance`), and LAS decides every round or two. When the
+executor knows every request's rounds ahead (a :class:`~lapsd.replay.policies.base.Lookahead`),
+a policy makes the decisions up to the next span of arrivals in one call of :func:`serve`
+(:meth:`~lapsd.replay.policies.base.Policy.share`): the very decisions the driver would ask for
+one by one, taken in the same order with the same arithmetic, in a compiled loop.
+
+:func:`_serve` is that loop, written once: it admits each arrival at the first decision at or
+after it, asks the policy's ``choose`` hook which member runs (and which waiting member is its
+rival), charges the switch when the last member was preempted unfinished, offers the rounds up
+to the next arrival (when the ``cut`` hook says an arrival could preempt the run) or to the
+member's end, lets the ``take`` hook say how many of them run before the decision could change
+(moving the policy's per-member state on), and finishes members. Each policy's hooks are a few
+functions below; a :class:`State` names the policy (``kind``) and holds its per-member arrays
+and parameters. Every policy passes the same state type, so the loop compiles once.
+
+Members are the admitted requests in admission order, the span's ``fresh`` arrivals last (their
+states admitted already, waiting for their arrival), so a member's index is in the order of its
+sequence number and breaks ties as the policy's keys do. ``c`` is the trace's prefix sums
+stacked (emitted, drafted, accepted, ns), ``meta`` the executor's per-request first round, end,
+prompt tokens and arrival, ``pos`` its positions (read, not moved). :func:`serve` serves until
+the first decision at or after ``until`` (the arrival after the span; < 0: none) once the span's
+arrivals are in, or until no request is left, and returns ``(now, the request running at the end
+or -1, decisions, preemptions, switch ns, rows)``: a row of :data:`COLUMNS` per member that ran
+or arrived. The state's arrays hold each member's state at the end.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from lapsd.replay.kernels import (
+    ROUNDS,
+    SECONDS,
+    TOKENS,
+    estimate,
+    gittins_run,
+    new_request_run,
+    perceptible_run,
+    srpt_predicted_run,
+)
+from lapsd.replay.lognormal import remaining_tokens
+
+#: The rows of the stacked prefix sums.
+EMITTED, DRAFTED, ACCEPTED, NS = 0, 1, 2, 3
+#: The columns of a kernel's rows: request, member index, rounds run, what they added to each
+#: prefix sum, completion time (-1: still running or waiting).
+COLUMNS = ("request", "member", "rounds", "emitted", "drafted", "accepted", "ns", "done_at")
+#: The policies (:attr:`State.kind`).
+LAS, MLFQ, STATIC, LP_SRPT, GITTINS, LAPS_SD = range(6)
+
+_INTS = np.zeros(0, dtype=np.int64)
+_FLOATS = np.zeros(0)
+_BOOLS = np.zeros(0, dtype=np.bool_)
+_TABLE = np.zeros((0, 0))
+
+
+class State(NamedTuple):
+    """A policy's state for :func:`serve`: what its hooks read and move (per member: arrays).
+
+    Fields a policy does not use keep their empty defaults; every field keeps its type (int,
+    float, bool, int64/float64/bool arrays), so that the loop compiles once for all.
+    """
+
+    kind: int
+    unit: int = SECONDS
+    #: Attained service in ``unit`` (filled in by :func:`serve`; LAS, MLFQ, LAPS-SD).
+    att: np.ndarray = _INTS
+    #: The key's first element (static keys, lp-srpt, Gittins).
+    key: np.ndarray = _FLOATS
+    #: Static keys: whether the running request competes on its key (else it keeps the
+    #: server); MLFQ: whether arrivals always cut a run short.
+    preemptive: bool = False
+    #: Static keys: the key is the remaining service (ns) and falls as the request runs.
+    drops: bool = False
+    #: MLFQ: level, entry, the entry count (one element) and the levels' upper edges.
+    level: np.ndarray = _INTS
+    entry: np.ndarray = _INTS
+    entries: np.ndarray = _INTS
+    bounds: np.ndarray = _INTS
+    #: The length beliefs (lp-srpt, Gittins, LAPS-SD).
+    median: np.ndarray = _FLOATS
+    sigma: np.ndarray = _FLOATS
+    cap: np.ndarray = _FLOATS
+    #: Gittins: its parameters (:class:`~lapsd.replay.policies.gittins.Gittins`).
+    r0: float = 0.0
+    prior: float = 0.0
+    c0: float = 0.0
+    c1: float = 0.0
+    weight: float = 0.0
+    h: np.ndarray = _TABLE
+    arg: np.ndarray = _TABLE
+    #: LAPS-SD: per member its queue, perceptibility, estimated remaining service, acceptance
+    #: history (``(members, gamma - 1)``) and estimated total seconds once perceptible (NaN
+    #: before); its parameters (:class:`~lapsd.replay.policies.laps_sd.LapsSD`).
+    queue: np.ndarray = _INTS
+    perceptible: np.ndarray = _BOOLS
+    t_rem: np.ndarray = _FLOATS
+    history: np.ndarray = _TABLE
+    estimate: np.ndarray = _FLOATS
+    queue_bounds: np.ndarray = _FLOATS
+    gamma: int = 0
+    delta: float = 0.0
+    max_spread: float = 0.0
+    mode: int = 0
+    q: float = 0.0
+    cls_perceptible: int = 0
+    cls_new: int = 0
+    perceptible_first: bool = False
+
+
+@njit(cache=True)
+def serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
+    """Serve a span under the policy of state ``s`` (module docstring)."""
+    if s.att.shape[0]:
+        _attained(c, meta, pos, ids, s.unit, s.att)
+    return _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s)
+
+
+# ------------------------------------------------------------------------------- the one loop
+@njit(cache=True)
+def _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
+    """The decisions of a span (module docstring), with the policy's hooks and state ``s``."""
+    m = ids.shape[0]
+    c_ns = c[NS]
+    p = pos[ids]
+    done_at = np.full(m, -1, dtype=np.int64)
+    active = np.empty(m, dtype=np.int64)  # arrived, unfinished: active[:na]
+    na, run = _arrived(meta, ids, p, m - fresh, run, active)
+    nxt = m - fresh  # the next member to arrive
+    decisions = preemptions = switched = 0
+    while True:
+        if nxt < m and meta[3, ids[nxt]] <= now:
+            if s.kind == MLFQ:  # it takes its entry as it arrives
+                s.entries[0] += 1
+                s.entry[nxt] = s.entries[0]
+            active[na] = nxt
+            na += 1
+            nxt += 1
+            continue
+        arrival = meta[3, ids[nxt]] if nxt < m else until
+        if nxt == m and 0 <= until <= now:
+            break
+        if na == 0:
+            if nxt == m:
+                break
+            now = arrival  # idle until it arrives
+            continue
+        best, rival = _choose(s, c, meta, ids, p, active[:na], run)
+        decisions += 1
+        pay = 0
+        if run >= 0 and run != best:
+            preemptions += 1
+            j = ids[run]
+            pay = c0_ns + int(np.rint(c1_ns * (meta[2, j] + c[EMITTED, p[run]]
+                                               - c[EMITTED, meta[0, j]])))
+            switched += pay
+        a = p[best]
+        end = meta[1, ids[best]]
+        b = end
+        if arrival >= 0 and _cut(s, best):
+            # The rounds that start before the arrival, at least one (the executor's offer).
+            b = max(a + 1, _bisect_left(c_ns, c_ns[a] + (arrival - now - pay), a, end))
+        n = _take(s, c, meta, ids, best, rival, a, b - a, nxt)
+        now += pay + c_ns[a + n] - c_ns[a]
+        p[best] = a + n
+        run = best
+        if a + n >= end:
+            done_at[best] = now
+            run = -1
+            na = _drop(active, na, best)
+    return (now, ids[run] if run >= 0 else -1, decisions, preemptions, switched,
+            _rows(c, pos, ids, fresh, p, done_at))
+
+
+@njit(cache=True)
+def _arrived(meta, ids, p, arrived, run, active):
+    """Fill ``active`` with the unfinished of the first ``arrived`` members.
+
+    Returns ``(their number, the member index of request run or -1)``.
+    """
+    na = 0
+    member = -1
+    for i in range(arrived):
+        if ids[i] == run:
+            member = i
+        if p[i] < meta[1, ids[i]]:
+            active[na] = i
+            na += 1
+    return na, member
+
+
+@njit(cache=True)
+def _drop(active: np.ndarray, na: int, i: int) -> int:
+    """Remove member ``i`` from ``active[:na]``; the new count."""
+    for r in range(na):
+        if active[r] == i:
+            active[r] = active[na - 1]
+            return na - 1
+    return na
+
+
+@njit(cache=True)
+def _rows(c, pos, ids, fresh, p, done_at):
+    """A row of :data:`COLUMNS` per member that ran or arrived."""
+    m = ids.shape[0]
+    k = 0
+    for i in range(m):
+        k += p[i] != pos[ids[i]] or i >= m - fresh
+    rows = np.empty((k, 8), dtype=np.int64)
+    r = 0
+    for i in range(m):
+        j = ids[i]
+        a, e = pos[j], p[i]
+        if a == e and i < m - fresh:
+            continue
+        rows[r, 0] = j
+        rows[r, 1] = i
+        rows[r, 2] = e - a
+        for f in range(4):
+            rows[r, 3 + f] = c[f, e] - c[f, a]
+        rows[r, 7] = done_at[i]
+        r += 1
+    return rows
+
+
+@njit(cache=True)
+def _bisect_left(c: np.ndarray, x: int, lo: int, hi: int) -> int:
+    """First index in ``[lo, hi)`` with ``c[i] >= x``, ``hi`` if none (``bisect_left``)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if c[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
+def _rounds_until(unit: int, c: np.ndarray, a: int, n: int, need: int) -> int:
+    """Fewest of the ``n`` rounds from ``a`` whose service reaches ``need``.
+
+    At least 1; ``n + 1`` when all of them fall short (:meth:`Rounds.rounds_until`).
+    """
+    if unit == ROUNDS:
+        return max(1, need)
+    return _bisect_left(c, c[a] + need, a + 1, a + n + 1) - a
+
+
+@njit(cache=True)
+def _unit_row(unit: int) -> int:
+    """The stacked row that measures attained service in ``unit`` (rounds count themselves)."""
+    return EMITTED if unit == TOKENS else NS
+
+
+@njit(cache=True)
+def _attained(c, meta, pos, ids, unit, att):
+    """Fill in each member's attained service in ``unit`` (integer)."""
+    row = c[_unit_row(unit)]
+    for i in range(ids.shape[0]):
+        j = ids[i]
+        att[i] = pos[j] - meta[0, j] if unit == ROUNDS else row[pos[j]] - row[meta[0, j]]
+
+
+@njit(cache=True)
+def _argmin(key, members, skip):
+    """The member of ``members`` (not ``skip``) with the least ``(key, index)``; -1 if none."""
+    best = -1
+    for i in members:
+        if i != skip and (best < 0 or key[i] < key[best] or (key[i] == key[best] and i < best)):
+            best = i
+    return best
+
+
+# ------------------------------------------------------------------------------ the hooks
+# They take the state and hand each policy's function only its fields: a function that takes
+# the whole state costs about a second to compile, and only these and the loop do.
+@njit(cache=True)
+def _choose(s, c, meta, ids, p, members, run):
+    """The member that runs the next step and its rival, the best other waiting one (or -1)."""
+    k = s.kind
+    if k == LAS:
+        best = _argmin(s.att, members, -1)
+        return best, _argmin(s.att, members, best)
+    if k == MLFQ:
+        return _mlfq_choose(s.level, s.entry, members), -1
+    if k == STATIC:
+        if run >= 0 and not s.preemptive:
+            return run, -1  # a non-preemptive policy keeps the running request
+        return _argmin(s.key, members, -1), -1
+    if k == LP_SRPT:
+        best = _argmin(s.key, members, -1)
+        return best, _argmin(s.key, members, best)
+    if k == GITTINS:
+        return _gittins_choose(s.key, s.c0, s.c1, s.weight, c, meta, ids, p, members, run)
+    return _laps_choose(s.queue, s.perceptible, s.t_rem, s.att, s.cls_perceptible, s.cls_new,
+                        members, run)
+
+
+@njit(cache=True)
+def _cut(s, best):
+    """Whether an arrival could preempt the run of member ``best``."""
+    k = s.kind
+    if k == MLFQ:
+        return s.preemptive or s.level[best] > 0
+    if k == STATIC:
+        return s.preemptive
+    if k == LAPS_SD:
+        return s.queue[best] > 0 or (s.perceptible[best] and not s.perceptible_first)
+    return True
+
+
+@njit(cache=True)
+def _take(s, c, meta, ids, best, rival, a, n, nxt):
+    """How many of the ``n`` rounds from ``a`` member ``best`` runs (its state moves on).
+
+    ``nxt`` is the index of the next member to arrive (``len(ids)``: none in the span).
+    """
+    k = s.kind
+    if k == LAS:
+        return _las_take(s.unit, s.att, c, best, rival, a, n)
+    if k == MLFQ:
+        return _mlfq_take(s.unit, s.att, s.level, s.entry, s.entries, s.bounds, c, best, a, n)
+    if k == STATIC:
+        if s.drops:
+            s.key[best] -= c[NS, a + n] - c[NS, a]  # remaining service: falls as it runs
+        return n
+    if k == LP_SRPT:
+        return _srpt_take(s.key, s.median, s.sigma, s.cap, c, meta, ids, best, rival, a, n)
+    if k == GITTINS:
+        return _gittins_take(s.key, s.median, s.sigma, s.cap, s.r0, s.prior, s.c0, s.c1,
+                             s.weight, s.h, s.arg, c, meta, ids, best, rival, a, n)
+    return _laps_take(
+        (s.unit, s.att, s.queue, s.perceptible, s.t_rem, s.history, s.estimate),
+        (s.median, s.sigma, s.cap),
+        (s.queue_bounds, s.gamma, s.delta, s.max_spread, s.mode, s.q, s.cls_perceptible,
+         s.cls_new), c, meta, ids, best, rival, a, n, nxt)
+
+
+# ---------------------------------------------------------------------------------------- LAS
+@njit(cache=True)
+def _las_take(unit, att, c, best, rival, a, n):
+    row = c[_unit_row(unit)]
+    if rival >= 0:
+        # Keep the server while (attained, seq) stays below the rival's: attained values are
+        # integers, so "passes" is "reaches the rival's + 1" for an earlier request.
+        k = _rounds_until(unit, row, a, n, att[rival] - att[best] + (1 if best < rival else 0))
+        if k < n:
+            n = k
+    att[best] += n if unit == ROUNDS else row[a + n] - row[a]
+    return n
+
+
+# --------------------------------------------------------------------------------------- MLFQ
+@njit(cache=True)
+def _mlfq_choose(level, entry, members):
+    best = -1
+    for i in members:
+        if best < 0 or level[i] < level[best] or (
+                level[i] == level[best] and entry[i] < entry[best]):
+            best = i
+    return best
+
+
+@njit(cache=True)
+def _mlfq_take(unit, att, level, entry, entries, bounds, c, best, a, n):
+    row = c[_unit_row(unit)]
+    q = level[best]
+    if q < bounds.shape[0]:
+        k = _rounds_until(unit, row, a, n, bounds[q] - att[best])
+        if k < n:
+            n = k
+    att[best] += n if unit == ROUNDS else row[a + n] - row[a]
+    if q < bounds.shape[0] and att[best] >= bounds[q]:
+        # The quantum is used up: to the back of the level the service has reached.
+        level[best] = max(q, np.searchsorted(bounds, att[best], side="right"))
+        entries[0] += 1
+        entry[best] = entries[0]
+    return n
+
+
+# -------------------------------------------------------------------------------------- lp-srpt
+@njit(cache=True)
+def _srpt_take(key, median, sigma, cap, c, meta, ids, best, rival, a, n):
+    g0 = c[EMITTED, a] - c[EMITTED, meta[0, ids[best]]]
+    n = srpt_predicted_run(c[EMITTED], a, n, g0, median[best], sigma[best], cap[best], best,
+                           rival >= 0, key[rival] if rival >= 0 else 0.0, rival)
+    key[best] = remaining_tokens(median[best], sigma[best], cap[best],
+                                 float(g0 + c[EMITTED, a + n] - c[EMITTED, a]))
+    return n
+
+
+# -------------------------------------------------------------------------------------- Gittins
+@njit(cache=True)
+def _gittins_choose(key, c0, c1, weight, c, meta, ids, p, members, run):
+    best = -1
+    held = 0.0
+    for i in members:
+        x = key[i]
+        if i == run:
+            # The rival must beat the running request's rank by the cost of switching it out.
+            j = ids[i]
+            x = x - weight * (c0 + c1 * (meta[2, j] + c[EMITTED, p[i]] - c[EMITTED, meta[0, j]]))
+        if best < 0 or x < held or (x == held and i < best):
+            best, held = i, x
+    return best, _argmin(key, members, best)
+
+
+@njit(cache=True)
+def _gittins_take(key, median, sigma, cap, r0, prior, c0, c1, weight, h, arg, c, meta, ids,
+                  best, rival, a, n):
+    j = ids[best]
+    g0 = c[EMITTED, a] - c[EMITTED, meta[0, j]]
+    n, rank = gittins_run(
+        c[EMITTED], c[NS], a, n, g0, c[NS, a] - c[NS, meta[0, j]], meta[2, j] + g0,
+        median[best], sigma[best], cap[best], r0, prior, c0, c1, weight, h, arg, best,
+        rival >= 0, key[rival] if rival >= 0 else 0.0, rival)
+    key[best] = rank
+    return n
+
+
+# -------------------------------------------------------------------------------------- LAPS-SD
+@njit(cache=True)
+def _laps_key(queue, perceptible, t_rem, att, cls_perceptible, cls_new, i, running):
+    """Member ``i``'s key but its sequence number: ``(queue, class, x)``.
+
+    A running non-perceptible request is not preempted by peers of its queue (``x`` = -inf).
+    """
+    if perceptible[i]:
+        return queue[i], cls_perceptible, t_rem[i]
+    return queue[i], cls_new, -np.inf if running else float(att[i])
+
+
+@njit(cache=True)
+def _before4(a, i, b, k):
+    """Whether ``(*a, i)`` sorts before ``(*b, k)`` (``a``, ``b``: queue, class, x)."""
+    if a[0] != b[0]:
+        return a[0] < b[0]
+    if a[1] != b[1]:
+        return a[1] < b[1]
+    if a[2] != b[2]:
+        return a[2] < b[2]
+    return i < k
+
+
+@njit(cache=True)
+def _laps_choose(queue, perceptible, t_rem, att, cls_perceptible, cls_new, members, run):
+    best = rival = -1
+    held = waits = (0, 0, 0.0)
+    for i in members:
+        key = _laps_key(queue, perceptible, t_rem, att, cls_perceptible, cls_new, i, i == run)
+        if best < 0 or _before4(key, i, held, best):
+            best, held = i, key
+    for i in members:
+        if i != best:
+            key = _laps_key(queue, perceptible, t_rem, att, cls_perceptible, cls_new, i, False)
+            if rival < 0 or _before4(key, i, waits, rival):
+                rival, waits = i, key
+    return best, rival
+
+
+@njit(cache=True)
+def _laps_take(member, belief, params, c, meta, ids, best, rival, a, n, nxt):
+    """LAPS-SD's run of member ``best``.
+
+    ``member`` (unit, att, queue, perceptible, t_rem, history, estimate), ``belief`` (median,
+    sigma, cap) and ``params`` (queue bounds, gamma, delta, max_spread, mode, quantile, the two
+    classes) are as :class:`State` holds them.
+    """
+    unit, att, queue, perceptible, t_rem, history, est = member
+    median, sigma, cap = belief
+    bounds, gamma, delta, max_spread, mode, q, cls_perceptible, cls_new = params
+    start = meta[0, ids[best]]
+    rounds0 = a - start
+    g0 = c[EMITTED, a] - c[EMITTED, start]
+    service0 = c[NS, a] - c[NS, start]
+    row = c[_unit_row(unit)]
+    if not perceptible[best]:
+        k = queue[best]
+        bound = int(bounds[k]) if k < bounds.shape[0] else -1
+        n, stable = new_request_run(
+            c[EMITTED], c[DRAFTED], c[ACCEPTED], c[NS], a, n, unit, att[best], bound,
+            c[ACCEPTED, a] - c[ACCEPTED, start], c[DRAFTED, a] - c[DRAFTED, start], g0,
+            history[best], rounds0, gamma, delta, median[best], sigma[best], cap[best],
+            max_spread)
+        after = att[best] + (n if unit == ROUNDS else row[a + n] - row[a])
+        if stable:
+            perceptible[best] = True
+            queue[best], t_rem[best], _, est[best] = estimate(
+                unit, rounds0 + n, g0 + c[EMITTED, a + n] - c[EMITTED, a],
+                service0 + c[NS, a + n] - c[NS, a], median[best], sigma[best], cap[best], mode,
+                q, bounds)
+        else:
+            queue[best] = np.searchsorted(bounds, after, side="right")
+        att[best] = after
+        return n
+    # Perceptible: run while ahead of the best waiting request and of any arrival (which
+    # joins queue 0, non-perceptible, with nothing attained and the next sequence number).
+    key = _laps_key(queue, perceptible, t_rem, att, cls_perceptible, cls_new, best, True)
+    floor = (0, cls_new, 0.0)
+    has = rival >= 0
+    r = (_laps_key(queue, perceptible, t_rem, att, cls_perceptible, cls_new, rival, False)
+         if has else floor)
+    rs = rival
+    if _before4(key, best, floor, nxt) and (not has or _before4(floor, nxt, r, rival)):
+        has, r, rs = True, floor, nxt
+    n, queue[best], t_rem[best] = perceptible_run(
+        c[EMITTED], c[NS], a, n, unit, rounds0, g0, service0, median[best], sigma[best],
+        cap[best], mode, q, bounds, cls_perceptible, best, has, r[0], r[1], r[2], rs)
+    att[best] += n if unit == ROUNDS else row[a + n] - row[a]
+    return n
+
+__all__ = ["COLUMNS", "GITTINS", "LAPS_SD", "LAS", "LP_SRPT", "MLFQ", "STATIC", "State", "serve"]
