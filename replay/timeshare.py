@@ -130,6 +130,15 @@ def _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
     m = ids.shape[0]
     c_ns = c[NS]
     p = pos[ids]
+    # The state's fields as locals, once: the hooks take them (a field read per decision
+    # would count a reference to each array it touches).
+    kind, att, key, level, entry, entries = s.kind, s.att, s.key, s.level, s.entry, s.entries
+    queue, perceptible, t_rem = s.queue, s.perceptible, s.t_rem
+    member = (s.unit, att, queue, perceptible, t_rem, s.history, s.estimate)
+    belief = (s.median, s.sigma, s.cap)
+    laps = (s.queue_bounds, s.gamma, s.delta, s.max_spread, s.mode, s.q, s.cls_perceptible,
+            s.cls_new)
+    gittins = (s.r0, s.prior, s.c0, s.c1, s.weight, s.h, s.arg)
     done_at = np.full(m, -1, dtype=np.int64)
     active = np.empty(m, dtype=np.int64)  # arrived, unfinished: active[:na]
     na, run = _arrived(meta, ids, p, m - fresh, run, active)
@@ -137,9 +146,9 @@ def _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
     decisions = preemptions = switched = 0
     while True:
         if nxt < m and meta[3, ids[nxt]] <= now:
-            if s.kind == MLFQ:  # it takes its entry as it arrives
-                s.entries[0] += 1
-                s.entry[nxt] = s.entries[0]
+            if kind == MLFQ:  # it takes its entry as it arrives
+                entries[0] += 1
+                entry[nxt] = entries[0]
             active[na] = nxt
             na += 1
             nxt += 1
@@ -152,7 +161,9 @@ def _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
                 break
             now = arrival  # idle until it arrives
             continue
-        best, rival = _choose(s, c, meta, ids, p, active[:na], run)
+        best, rival = _choose(kind, att, key, s.preemptive, level, entry, queue, perceptible,
+                              t_rem, s.cls_perceptible, s.cls_new, s.c0, s.c1, s.weight, c,
+                              meta, ids, p, active[:na], run)
         decisions += 1
         pay = 0
         if run >= 0 and run != best:
@@ -164,10 +175,12 @@ def _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
         a = p[best]
         end = meta[1, ids[best]]
         b = end
-        if arrival >= 0 and _cut(s, best):
+        if arrival >= 0 and _cut(kind, s.preemptive, level, queue, perceptible,
+                                 s.perceptible_first, best):
             # The rounds that start before the arrival, at least one (the executor's offer).
             b = max(a + 1, _bisect_left(c_ns, c_ns[a] + (arrival - now - pay), a, end))
-        n = _take(s, c, meta, ids, best, rival, a, b - a, nxt)
+        n = _take(kind, s.drops, member, belief, laps, gittins, level, entry, entries, key,
+                  s.bounds, c, meta, ids, best, rival, a, b - a, nxt)
         now += pay + c_ns[a + n] - c_ns[a]
         p[best] = a + n
         run = best
@@ -279,68 +292,65 @@ def _argmin(key, members, skip):
 
 
 # ------------------------------------------------------------------------------ the hooks
-# They take the state and hand each policy's function only its fields: a function that takes
-# the whole state costs about a second to compile, and only these and the loop do.
-@njit(cache=True)
-def _choose(s, c, meta, ids, p, members, run):
+# Inlined into the loop, they hand each policy's function only its fields (a function that
+# takes the whole state costs about a second to compile).
+@njit(cache=True, inline="always")
+def _choose(kind, att, key, preemptive, level, entry, queue, perceptible, t_rem,
+            cls_perceptible, cls_new, c0, c1, weight, c, meta, ids, p, members, run):
     """The member that runs the next step and its rival, the best other waiting one (or -1)."""
-    k = s.kind
-    if k == LAS:
-        best = _argmin(s.att, members, -1)
-        return best, _argmin(s.att, members, best)
-    if k == MLFQ:
-        return _mlfq_choose(s.level, s.entry, members), -1
-    if k == STATIC:
-        if run >= 0 and not s.preemptive:
+    if kind == LAS:
+        best = _argmin(att, members, -1)
+        return best, _argmin(att, members, best)
+    if kind == MLFQ:
+        return _mlfq_choose(level, entry, members), -1
+    if kind == STATIC:
+        if run >= 0 and not preemptive:
             return run, -1  # a non-preemptive policy keeps the running request
-        return _argmin(s.key, members, -1), -1
-    if k == LP_SRPT:
-        best = _argmin(s.key, members, -1)
-        return best, _argmin(s.key, members, best)
-    if k == GITTINS:
-        return _gittins_choose(s.key, s.c0, s.c1, s.weight, c, meta, ids, p, members, run)
-    return _laps_choose(s.queue, s.perceptible, s.t_rem, s.att, s.cls_perceptible, s.cls_new,
-                        members, run)
+        return _argmin(key, members, -1), -1
+    if kind == LP_SRPT:
+        best = _argmin(key, members, -1)
+        return best, _argmin(key, members, best)
+    if kind == GITTINS:
+        return _gittins_choose(key, c0, c1, weight, c, meta, ids, p, members, run)
+    return _laps_choose(queue, perceptible, t_rem, att, cls_perceptible, cls_new, members, run)
 
 
-@njit(cache=True)
-def _cut(s, best):
+@njit(cache=True, inline="always")
+def _cut(kind, preemptive, level, queue, perceptible, perceptible_first, best):
     """Whether an arrival could preempt the run of member ``best``."""
-    k = s.kind
-    if k == MLFQ:
-        return s.preemptive or s.level[best] > 0
-    if k == STATIC:
-        return s.preemptive
-    if k == LAPS_SD:
-        return s.queue[best] > 0 or (s.perceptible[best] and not s.perceptible_first)
+    if kind == MLFQ:
+        return preemptive or level[best] > 0
+    if kind == STATIC:
+        return preemptive
+    if kind == LAPS_SD:
+        return queue[best] > 0 or (perceptible[best] and not perceptible_first)
     return True
 
 
-@njit(cache=True)
-def _take(s, c, meta, ids, best, rival, a, n, nxt):
+@njit(cache=True, inline="always")
+def _take(kind, drops, member, belief, laps, gittins, level, entry, entries, key, bounds, c,
+          meta, ids, best, rival, a, n, nxt):
     """How many of the ``n`` rounds from ``a`` member ``best`` runs (its state moves on).
 
     ``nxt`` is the index of the next member to arrive (``len(ids)``: none in the span).
     """
-    k = s.kind
-    if k == LAS:
-        return _las_take(s.unit, s.att, c, best, rival, a, n)
-    if k == MLFQ:
-        return _mlfq_take(s.unit, s.att, s.level, s.entry, s.entries, s.bounds, c, best, a, n)
-    if k == STATIC:
-        if s.drops:
-            s.key[best] -= c[NS, a + n] - c[NS, a]  # remaining service: falls as it runs
+    unit, att = member[0], member[1]
+    if kind == LAS:
+        return _las_take(unit, att, c, best, rival, a, n)
+    if kind == MLFQ:
+        return _mlfq_take(unit, att, level, entry, entries, bounds, c, best, a, n)
+    if kind == STATIC:
+        if drops:
+            key[best] -= c[NS, a + n] - c[NS, a]  # remaining service: falls as it runs
         return n
-    if k == LP_SRPT:
-        return _srpt_take(s.key, s.median, s.sigma, s.cap, c, meta, ids, best, rival, a, n)
-    if k == GITTINS:
-        return _gittins_take(s.key, s.median, s.sigma, s.cap, s.r0, s.prior, s.c0, s.c1,
-                             s.weight, s.h, s.arg, c, meta, ids, best, rival, a, n)
-    return _laps_take(
-        (s.unit, s.att, s.queue, s.perceptible, s.t_rem, s.history, s.estimate),
-        (s.median, s.sigma, s.cap),
-        (s.queue_bounds, s.gamma, s.delta, s.max_spread, s.mode, s.q, s.cls_perceptible,
-         s.cls_new), c, meta, ids, best, rival, a, n, nxt)
+    median, sigma, cap = belief
+    if kind == LP_SRPT:
+        return _srpt_take(key, median, sigma, cap, c, meta, ids, best, rival, a, n)
+    if kind == GITTINS:
+        r0, prior, c0, c1, weight, h, arg = gittins
+        return _gittins_take(key, median, sigma, cap, r0, prior, c0, c1, weight, h, arg, c,
+                             meta, ids, best, rival, a, n)
+    return _laps_take(member, belief, laps, c, meta, ids, best, rival, a, n, nxt)
 
 
 # ---------------------------------------------------------------------------------------- LAS
