@@ -20,8 +20,11 @@ Definitions at ``B > 1`` (design page, section 7), in its terms:
   context as recorded), times the measured slowdown of a batch of that size.
 
 The loop is the one every policy runs in (:func:`~lapsd.replay.driver.drive`); the step times
-and swaps are the :class:`~lapsd.replay.executor.TraceExecutor`'s. A plain round-by-round
-reference at ``B > 1`` lives in the tests; both must give the same completion times.
+and swaps are the :class:`~lapsd.replay.executor.TraceExecutor`'s. Without a KV capacity a
+policy that time-shares serves spans of arrivals a step at a time in compiled code
+(:func:`lapsd.replay.timeshare.serve_batched`), with the same completions and preemptions. A
+plain round-by-round reference at ``B > 1`` lives in the tests; all must give the same
+completion times.
 """
 
 from __future__ import annotations

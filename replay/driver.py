@@ -23,13 +23,15 @@ free slot, or :meth:`~Policy.arrivals_may_preempt`). A live engine offers one ro
 loop is then the plain round-by-round one that the differential tests check the replay against.
 
 A decision still costs a few Python calls, and LAS decides every round or two. When the
-executor has a :class:`~lapsd.replay.policies.base.Lookahead` (a replay at batch size one on the
-simulated clock: every request's recorded rounds) and the policy :attr:`~Policy.shares` (every
-registered one but banded LAPS-SD), the loop hands it a span of :data:`SHARE_SPAN` arrivals
-instead: :meth:`~Policy.share` admits them and makes the decisions up to the next arrival after
-them in one compiled call (:mod:`lapsd.replay.timeshare`), and the loop does the bookkeeping
-(the executor's :meth:`~Executor.advance`, finishing, completion times). The
-differential tests check that the decisions, preemptions and switch times are the step loop's.
+executor has a :class:`~lapsd.replay.policies.base.Lookahead` (a replay on the simulated clock
+with no KV capacity: every request's recorded rounds and the step-time model) and the policy
+:attr:`~Policy.shares` (every registered one but banded LAPS-SD), the loop hands it a span of
+:data:`SHARE_SPAN` arrivals instead: :meth:`~Policy.share` admits them and makes the decisions
+up to the next arrival after them in one compiled call (:mod:`lapsd.replay.timeshare`: at batch
+size one a decision per run, as here; above, a step at a time), and the loop does the
+bookkeeping (the executor's :meth:`~Executor.advance`, finishing, completion times). The
+differential tests check that the completions, preemptions and switch times are the step
+loop's (at batch size one its decisions too).
 
 Time is integer nanoseconds from the run's start. A step's member rounds last the whole step
 (each member is served for it), so the step moves the clock by its switch time plus the taken
@@ -205,8 +207,8 @@ def drive(policy: Policy[Any], arrival_ns: Sequence[int], executor: Executor,
     may_preempt = policy.arrivals_may_preempt if policy.preempts_on_arrival else None
     request, run, ran = executor.request, executor.run, executor.advance
     update = executor.update if executor.repredicts else None
-    ahead = (executor.lookahead if batch == 1 and policy.shares
-             and isinstance(clock, SimulatedClock) else None)
+    ahead = (executor.lookahead if policy.shares and isinstance(clock, SimulatedClock)
+             else None)
     completion = [-1] * n_jobs  # -1: not finished
     last: list[int] = []  # the last step's unfinished members
     now = nxt = done = preemptions = switch_ns = decisions = 0

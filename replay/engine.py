@@ -12,7 +12,8 @@ The loop is :func:`~lapsd.replay.driver.drive`, the one the live server runs, ov
 arrival (or to its end) and the policy takes as many as it can before its decision could
 change, so a replay costs a few Python calls per scheduling decision rather than per round.
 Faster still, a policy that time-shares (every registered one but banded LAPS-SD) serves whole
-spans of arrivals in one compiled call (:meth:`Policy.share`, :mod:`lapsd.replay.timeshare`).
+spans of arrivals in one compiled call (:meth:`Policy.share`, :mod:`lapsd.replay.timeshare`), at
+any batch size when there is no KV capacity.
 With ``max_chunk=1`` the replay offers one round at a time, like a live server does.
 """
 

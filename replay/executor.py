@@ -114,12 +114,13 @@ class TraceExecutor:
                 for j, u in enumerate(workload.updates)]
         self._bounded = max_chunk is not None or self._pending is not None
         #: Every request's rounds ahead, for a policy that time-shares the server
-        #: (:meth:`Policy.share`): at batch size one with a flat step model, no KV capacity and
-        #: nothing that bounds a run (``max_chunk``, re-predictions).
-        self.lookahead = None if not one or self._bounded else Lookahead(
+        #: (:meth:`Policy.share`): with no KV capacity and nothing that bounds a run
+        #: (``max_chunk``, re-predictions).
+        self.lookahead = None if kv_tokens is not None or self._bounded else Lookahead(
             arrays.stacked, np.stack([arrays.offsets[index], arrays.offsets[index + 1],
                                       arrays.prompt_tokens[index], workload.arrival_ns]),
-            np.frombuffer(self._pos, dtype=np.int64), self._c0_ns, self._c1_ns)
+            np.frombuffer(self._pos, dtype=np.int64), self._c0_ns, self._c1_ns,
+            np.array([1.0, *(self.cost.factor(b) for b in range(1, batch + 1))]))
         self._resident: set[int] = set()
         self._used = 0
         self.fits: Callable[[RequestId], bool] | None = (

@@ -1,6 +1,6 @@
-"""Time-sharing at batch size one: a span of arrivals served in one compiled call.
+"""Time-sharing: a span of arrivals served in one compiled call.
 
-In a replay at batch size one most of the time goes to the decisions: each costs a few Python
+In a replay most of the time goes to the decisions: each costs a few Python
 calls (:meth:`~lapsd.replay.policies.base.Policy.step`, the executor's offer,
 :meth:`~lapsd.replay.policies.base.Policy.advance`), and LAS decides every round or two. When the
 executor knows every request's rounds ahead (a :class:`~lapsd.replay.policies.base.Lookahead`),
@@ -25,7 +25,9 @@ prompt tokens and arrival, ``pos`` its positions (read, not moved). :func:`serve
 the first decision at or after ``until`` (the arrival after the span; < 0: none) once the span's
 arrivals are in, or until no request is left, and returns ``(now, the request running at the end
 or -1, decisions, preemptions, switch ns, rows)``: a row of :data:`COLUMNS` per member that ran
-or arrived. The state's arrays hold each member's state at the end.
+or arrived. The state's arrays hold each member's state at the end. Above batch size one (or
+with a step-time slowdown at one), :func:`serve_batched` is the same loop a step at a time:
+each step ranks every member and runs a round of the first ``B``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from lapsd.replay.kernels import (
     SECONDS,
     TOKENS,
     estimate,
+    gittins_rank,
     gittins_run,
     new_request_run,
     perceptible_run,
@@ -291,6 +294,254 @@ def _argmin(key, members, skip):
     return best
 
 
+# ------------------------------------------------------------------------- batch sizes above one
+@njit(cache=True)
+def serve_batched(c, meta, pos, ids, fresh, last, now, until, c0_ns, c1_ns, factors, svc, s):
+    """Serve a span at batch size ``B = len(factors) - 1`` under the policy of state ``s``.
+
+    Continuous batching as :mod:`lapsd.replay.batch` defines it, a step at a time: every step
+    ranks the members (the last step's by their running key; a non-preemptive policy keeps
+    them first, in their order), the first ``B`` run one round each, the step lasts the mean of
+    their rounds' times times ``factors[b]`` (``b`` members), and each member's service grows
+    by the step. A member of the last step left out unfinished pays the switch cost first.
+    ``last`` are the request ids of the last step's unfinished members, ``svc`` (per member)
+    their service so far (ns; it moves on in place). Returns what :func:`serve` does, with the
+    request ids of the final step's unfinished members in place of the running one, and each
+    decision a step.
+    """
+    m = ids.shape[0]
+    batch = factors.shape[0] - 1
+    c_ns = c[NS]
+    p = pos[ids]
+    svc0 = svc.copy()
+    unit, att = s.unit, s.att
+    for i in range(att.shape[0]):  # (a policy that counts attained service)
+        j = ids[i]
+        att[i] = (svc[i] if unit == SECONDS else p[i] - meta[0, j] if unit == ROUNDS
+                  else c[EMITTED, p[i]] - c[EMITTED, meta[0, j]])
+    done_at = np.full(m, -1, dtype=np.int64)
+    running = np.zeros(m, dtype=np.bool_)  # in the last step, unfinished
+    order = np.empty(m, dtype=np.int64)  # ... in the order they ran
+    nlast = 0
+    for r in range(last.shape[0]):
+        for i in range(m - fresh):
+            if ids[i] == last[r]:
+                running[i] = True
+                order[nlast] = i
+                nlast += 1
+    chosen = np.empty(batch, dtype=np.int64)
+    taken = np.zeros(m, dtype=np.bool_)
+    k0, k1, k2 = np.empty(m), np.empty(m), np.empty(m)
+    heap = np.empty(m, dtype=np.int64)  # the waiting members by key: heap[:hn]
+    hn = 0
+    for i in range(m - fresh):
+        if p[i] < meta[1, ids[i]] and not running[i]:
+            k0[i], k1[i], k2[i] = _batch_key(s, c, meta, ids, p, i, False)
+            hn = _heap_push(heap, hn, i, k0, k1, k2)
+    # The one-round prefix sums a policy's kernel reads (emitted, drafted, accepted, step).
+    one = np.zeros((4, 2), dtype=np.int64)
+    nxt = m - fresh
+    decisions = preemptions = switched = 0
+    while True:
+        if nxt < m and meta[3, ids[nxt]] <= now:
+            if s.kind == MLFQ:
+                s.entries[0] += 1
+                s.entry[nxt] = s.entries[0]
+            k0[nxt], k1[nxt], k2[nxt] = _batch_key(s, c, meta, ids, p, nxt, False)
+            hn = _heap_push(heap, hn, nxt, k0, k1, k2)
+            nxt += 1
+            continue
+        if nxt == m and 0 <= until <= now:
+            break
+        if nlast == 0 and hn == 0:
+            if nxt == m:
+                break
+            now = meta[3, ids[nxt]]
+            continue
+        # Rank: the last step's members by their running key, merged with the waiting ones
+        # (a heap by their key, which does not change while they wait); the first B run. A
+        # non-preemptive policy keeps the last step's members first, in their order.
+        keep = s.kind == STATIC and not s.preemptive
+        for r in range(nlast):
+            i = order[r]
+            k0[i], k1[i], k2[i] = _batch_key(s, c, meta, ids, p, i, True)
+        if not keep:
+            _sort_members(order, nlast, k0, k1, k2)
+        b = r = 0
+        while b < batch and (r < nlast or hn > 0):
+            if r < nlast and (keep or hn == 0 or _key_before(order[r], heap[0], k0, k1, k2)):
+                chosen[b] = order[r]
+                r += 1
+            else:
+                chosen[b] = heap[0]
+                hn = _heap_pop(heap, hn, k0, k1, k2)
+            taken[chosen[b]] = True
+            b += 1
+        decisions += 1
+        for r in range(nlast):
+            i = order[r]
+            if not taken[i]:
+                preemptions += 1
+                j = ids[i]
+                pay = c0_ns + int(np.rint(c1_ns * (meta[2, j] + c[EMITTED, p[i]]
+                                                   - c[EMITTED, meta[0, j]])))
+                switched += pay
+                now += pay
+                k0[i], k1[i], k2[i] = _batch_key(s, c, meta, ids, p, i, False)
+                hn = _heap_push(heap, hn, i, k0, k1, k2)
+        total = 0
+        for r in range(b):
+            i = chosen[r]
+            total += c_ns[p[i] + 1] - c_ns[p[i]]
+        step = int(np.rint(total / b * factors[b]))
+        now += step
+        for r in range(nlast):
+            running[order[r]] = False
+        nlast = 0
+        for r in range(b):
+            i = chosen[r]
+            taken[i] = False
+            a = p[i]
+            for f in range(3):
+                one[f, 1] = c[f, a + 1] - c[f, a]
+            one[NS, 1] = step
+            _observe(s, c, meta, ids, i, a, svc[i], one)
+            svc[i] += step
+            p[i] = a + 1
+            if a + 1 >= meta[1, ids[i]]:
+                done_at[i] = now
+            else:
+                running[i] = True
+                order[nlast] = i
+                nlast += 1
+    rows = _rows(c, pos, ids, fresh, p, done_at)
+    for r in range(rows.shape[0]):
+        rows[r, 6] = svc[rows[r, 1]] - svc0[rows[r, 1]]  # served: the steps, not its rounds
+    return now, ids[order[:nlast]], decisions, preemptions, switched, rows
+
+
+@njit(cache=True)
+def _key_before(i, k, k0, k1, k2):
+    """Whether member ``i``'s key sorts before member ``k``'s."""
+    return _before4((k0[i], k1[i], k2[i]), i, (k0[k], k1[k], k2[k]), k)
+
+
+@njit(cache=True)
+def _heap_push(heap, hn, i, k0, k1, k2):
+    """Push member ``i`` on the binary heap ``heap[:hn]``; the new size."""
+    at = hn
+    heap[at] = i
+    while at > 0:
+        up = (at - 1) // 2
+        if not _key_before(heap[at], heap[up], k0, k1, k2):
+            break
+        heap[at], heap[up] = heap[up], heap[at]
+        at = up
+    return hn + 1
+
+
+@njit(cache=True)
+def _heap_pop(heap, hn, k0, k1, k2):
+    """Drop the top of the binary heap ``heap[:hn]``; the new size."""
+    hn -= 1
+    heap[0] = heap[hn]
+    at = 0
+    while True:
+        least = at
+        for child in (2 * at + 1, 2 * at + 2):
+            if child < hn and _key_before(heap[child], heap[least], k0, k1, k2):
+                least = child
+        if least == at:
+            return hn
+        heap[at], heap[least] = heap[least], heap[at]
+        at = least
+
+
+@njit(cache=True)
+def _sort_members(order, n, k0, k1, k2):
+    """Sort ``order[:n]`` by key (insertion: a batch's few members)."""
+    for r in range(1, n):
+        i = order[r]
+        q = r
+        while q > 0 and _key_before(i, order[q - 1], k0, k1, k2):
+            order[q] = order[q - 1]
+            q -= 1
+        order[q] = i
+
+
+@njit(cache=True, inline="always")
+def _batch_key(s, c, meta, ids, p, i, running):
+    """Member ``i``'s key at a step but its sequence number, as three numbers."""
+    k = s.kind
+    if k == LAS:
+        return float(s.att[i]), 0.0, 0.0
+    if k == MLFQ:
+        return float(s.level[i]), float(s.entry[i]), 0.0
+    if k in (STATIC, LP_SRPT):
+        return s.key[i], 0.0, 0.0
+    if k == GITTINS:
+        x = s.key[i]
+        if running:
+            j = ids[i]
+            x = x - s.weight * (s.c0 + s.c1 * (meta[2, j] + c[EMITTED, p[i]]
+                                               - c[EMITTED, meta[0, j]]))
+        return x, 0.0, 0.0
+    q, cls, x = _laps_key(s.queue, s.perceptible, s.t_rem, s.att, s.cls_perceptible, s.cls_new,
+                          i, running)
+    return float(q), float(cls), x
+
+
+@njit(cache=True, inline="always")
+def _observe(s, c, meta, ids, i, a, service0, one):
+    """Member ``i`` ran round ``a`` in a step: the policy's state moves on.
+
+    ``one`` holds the round's one-round prefix sums, with the step's time as its service.
+    """
+    k = s.kind
+    unit = s.unit
+    start = meta[0, ids[i]]
+    g = c[EMITTED, a + 1] - c[EMITTED, start]  # tokens out after the round
+    before = 0
+    if s.att.shape[0]:
+        before = s.att[i]
+        s.att[i] += one[NS, 1] if unit == SECONDS else 1 if unit == ROUNDS else one[EMITTED, 1]
+    if k == MLFQ:
+        q = s.level[i]
+        if q < s.bounds.shape[0] and s.att[i] >= s.bounds[q]:
+            s.level[i] = max(q, np.searchsorted(s.bounds, s.att[i], side="right"))
+            s.entries[0] += 1
+            s.entry[i] = s.entries[0]
+    elif k == STATIC:
+        if s.drops:
+            s.key[i] -= one[NS, 1]
+    elif k == LP_SRPT:
+        s.key[i] = remaining_tokens(s.median[i], s.sigma[i], s.cap[i], float(g))
+    elif k == GITTINS:
+        s.key[i] = gittins_rank(s.median[i], s.sigma[i], s.cap[i], g, service0 + one[NS, 1],
+                                s.r0, s.prior, s.h, s.arg)
+    elif k == LAPS_SD:
+        rounds = a + 1 - start
+        if not s.perceptible[i]:
+            q = s.queue[i]
+            bound = int(s.queue_bounds[q]) if q < s.queue_bounds.shape[0] else -1
+            _, stable = new_request_run(
+                one[EMITTED], one[DRAFTED], one[ACCEPTED], one[NS], 0, 1, unit, before, bound,
+                c[ACCEPTED, a] - c[ACCEPTED, start], c[DRAFTED, a] - c[DRAFTED, start],
+                g - one[EMITTED, 1], s.history[i], rounds - 1, s.gamma, s.delta, s.median[i],
+                s.sigma[i], s.cap[i], s.max_spread)
+            if stable:
+                s.perceptible[i] = True
+                s.queue[i], s.t_rem[i], _, s.estimate[i] = estimate(
+                    unit, rounds, g, service0 + one[NS, 1], s.median[i], s.sigma[i], s.cap[i],
+                    s.mode, s.q, s.queue_bounds)
+            else:
+                s.queue[i] = np.searchsorted(s.queue_bounds, s.att[i], side="right")
+        else:
+            s.queue[i], s.t_rem[i], _, _ = estimate(
+                unit, rounds, g, service0 + one[NS, 1], s.median[i], s.sigma[i], s.cap[i],
+                s.mode, s.q, s.queue_bounds)
+
+
 # ------------------------------------------------------------------------------ the hooks
 # Inlined into the loop, they hand each policy's function only its fields (a function that
 # takes the whole state costs about a second to compile).
@@ -526,4 +777,5 @@ def _laps_take(member, belief, params, c, meta, ids, best, rival, a, n, nxt):
     att[best] += n if unit == ROUNDS else row[a + n] - row[a]
     return n
 
-__all__ = ["COLUMNS", "GITTINS", "LAPS_SD", "LAS", "LP_SRPT", "MLFQ", "STATIC", "State", "serve"]
+__all__ = ["COLUMNS", "GITTINS", "LAPS_SD", "LAS", "LP_SRPT", "MLFQ", "STATIC", "State", "serve",
+           "serve_batched"]

@@ -177,6 +177,9 @@ class Lookahead:
         does not move.
     c0_ns, c1_ns
         The switch cost: ``c0_ns + c1_ns * context`` nanoseconds per preemption.
+    factors
+        The step-time slowdown of a step of ``b`` requests at ``factors[b]``, for ``b`` up to
+        the batch size (``[1, 1]``: batch size one, each step its member's recorded round).
     """
 
     c: np.ndarray
@@ -184,6 +187,7 @@ class Lookahead:
     pos: np.ndarray
     c0_ns: int
     c1_ns: float
+    factors: np.ndarray
 
 
 @dataclass(slots=True)
@@ -293,8 +297,8 @@ class Policy(ABC, Generic[S]):
         Whether it serves another registered policy in another way (a held-out row of that
         policy, not a baseline of its own).
     shares
-        Whether :meth:`share` serves spans of arrivals in one call (:meth:`_share_run`, a
-        kernel of :mod:`~lapsd.replay.timeshare`). A subclass that changes what the kernel
+        Whether :meth:`share` serves spans of arrivals in one call (:meth:`_share_state`, the
+        loops of :mod:`~lapsd.replay.timeshare`). A subclass that changes what the kernel
         models (its keys, or parameters that follow the load) must turn it off.
     """
 
@@ -470,16 +474,29 @@ class Policy(ABC, Generic[S]):
             self.admit(info)
         states = self._states
         ids = np.fromiter(states, dtype=np.int64, count=len(states))  # admission (seq) order
-        running = self._running
-        was = running.pop() if running else None
-        if was is not None:
-            was.running = False
-        t, run, decisions, preemptions, switch_ns, rows = self._share_run(
-            ahead, ids, len(arrivals),
-            -1 if was is None else int(was.info.request_id),  # type: ignore[call-overload]
-            now, -1 if until is None else until)
+        state = self._share_state(ids.size, len(arrivals))
+        was = self._running
+        last = [int(st.info.request_id) for st in was]  # type: ignore[call-overload]
+        for st in was:
+            st.running = False
+        span = (ahead.c, ahead.meta, ahead.pos, ids, len(arrivals))
+        end = -1 if until is None else until
+        if ahead.factors.size == 2 and ahead.factors[1] == 1.0:  # batch size one, flat
+            t, run, decisions, preemptions, switch_ns, rows = timeshare.serve(
+                *span, last[0] if last else -1, now, end, ahead.c0_ns, ahead.c1_ns, state)
+            running = [] if run < 0 else [run]
+        else:
+            service = np.fromiter((st.service_ns for st in states.values()), np.int64, ids.size)
+            t, on, decisions, preemptions, switch_ns, rows = timeshare.serve_batched(
+                *span, np.array(last, dtype=np.int64), now, end, ahead.c0_ns, ahead.c1_ns,
+                ahead.factors, service, state)
+            running = on.tolist()
+        self._running = [states[j] for j in running]
+        for st in self._running:
+            st.running = True
         heap = self._heap
         ran = []
+        touched = set()
         for row in rows.tolist():
             j, _, n, emitted, drafted, accepted, ns, done = row
             st = states[j]
@@ -490,17 +507,14 @@ class Policy(ABC, Generic[S]):
                 st.service_ns += ns
                 st.rounds += n
                 ran.append((j, n, done))
-            self._shared(st, row)
+            self._shared(st, row, state)
             st.key = self._key(st)
-            if st is was:
-                was = None  # its new key is pushed below, unless it runs on
-            if j == run:
-                st.running = True
-                running.append(st)
-            elif done < 0:
+            touched.add(j)
+            if not st.running and done < 0:
                 heapq.heappush(heap, (st.key, j))
-        if was is not None and not was.running:
-            heapq.heappush(heap, (was.key, was.info.request_id))  # preempted before it ran
+        for st in was:  # preempted before they ran again
+            if not st.running and st.info.request_id not in touched:
+                heapq.heappush(heap, (st.key, st.info.request_id))
         return Shared(t, ran, decisions, preemptions, switch_ns)
 
     def horizon(self, request_id: RequestId, rounds: Rounds) -> int:
@@ -617,35 +631,25 @@ class Policy(ABC, Generic[S]):
         """
         return self._consume(st, rounds)
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        """:meth:`share`'s loop: the policy's kernel of :mod:`~lapsd.replay.timeshare`.
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
+        """What :meth:`share`'s compiled loop needs of the policy, its state.
 
-        Over the members ``ids`` (every admitted request, the ``fresh`` arrivals last), from
-        the request ``run`` that ran last (-1: none); returns ``(now, running request or -1,
-        decisions, preemptions, switch ns, rows)`` (:data:`~lapsd.replay.timeshare.COLUMNS`).
+        Over the ``n`` members: every admitted request in admission order, the ``fresh``
+        arrivals last.
         """
         raise NotImplementedError(f"policy {self.name!r} does not time-share (shares is off)")
 
-    def _serve(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-               until: int, state: timeshare.State) -> tuple[int, int, int, int, int, np.ndarray]:
-        """:func:`lapsd.replay.timeshare.serve` over the lookahead, under ``state``."""
-        return timeshare.serve(ahead.c, ahead.meta, ahead.pos, ids, fresh, run, now, until,
-                               ahead.c0_ns, ahead.c1_ns, state)
-
-    def _share_static(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                      until: int, *, preemptive: bool, drops: bool = False,
-                      ) -> tuple[int, int, int, int, int, np.ndarray]:
-        """:meth:`_share_run` of a policy whose key ``(x, seq)`` is fixed while it waits.
+    def _static_state(self, n: int, *, preemptive: bool, drops: bool = False,
+                      ) -> timeshare.State:
+        """:meth:`_share_state` of a policy whose key ``(x, seq)`` is fixed while it waits.
 
         ``preemptive``: the running request competes on its key, so an arrival can take the
         server (otherwise it keeps it to the end); ``drops``: ``x`` is the remaining service in
         ns, which falls by each round's time as the request runs (no waiting request can then
         overtake it).
         """
-        key = np.fromiter((st.key[0] for st in self._states.values()), np.float64, ids.size)
-        return self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
-            timeshare.STATIC, key=key, preemptive=preemptive, drops=drops))
+        key = np.fromiter((st.key[0] for st in self._states.values()), np.float64, n)
+        return timeshare.State(timeshare.STATIC, key=key, preemptive=preemptive, drops=drops)
 
     def _beliefs(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every admitted request's belief as arrays: median, sigma, cap (admission order)."""
@@ -654,11 +658,11 @@ class Policy(ABC, Generic[S]):
                 np.fromiter((b.sigma for b in beliefs), np.float64, n),
                 np.fromiter((b.cap for b in beliefs), np.float64, n))
 
-    def _shared(self, st: S, row: list[int]) -> None:
-        """Bring the rest of ``st`` up to date from its row of the last :meth:`_share_run`.
+    def _shared(self, st: S, row: list[int], state: timeshare.State) -> None:
+        """Bring the rest of ``st`` up to date from its row of the last share.
 
-        ``row[1]`` is its member index there. Called after its counters and before its key
-        (nothing by default).
+        ``row[1]`` is its member index in ``state``. Called after its counters and before its
+        key (nothing by default).
         """
 
     def _repredicted(self, st: S) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 from typing_extensions import override
 
-from lapsd.replay.policies.base import Lookahead, Policy, RequestState, Rounds
+from lapsd.replay import timeshare
+from lapsd.replay.policies.base import Policy, RequestState, Rounds
 from lapsd.replay.policies.registry import register
 
 
@@ -24,6 +24,6 @@ class FCFS(Policy[RequestState]):
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         return rounds.n
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        return self._share_static(ahead, ids, fresh, run, now, until, preemptive=False)
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
+        return self._static_state(n, preemptive=False)

@@ -25,12 +25,12 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import AfterValidator, Field
 from pydantic.dataclasses import dataclass
+from typing_extensions import override
 
 from lapsd.replay import kernels, timeshare
 from lapsd.replay.lognormal import gittins_table
 from lapsd.replay.policies.base import (
     NS_PER_S,
-    Lookahead,
     Policy,
     RequestInfo,
     RequestState,
@@ -148,12 +148,12 @@ class Gittins(Policy[RequestState]):
             0.0 if rival is None else float(rival[0]), 0 if rival is None else rival[1])
         return n
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        key = np.fromiter((st.key[0] for st in self._states.values()), np.float64, ids.size)
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
+        key = np.fromiter((st.key[0] for st in self._states.values()), np.float64, n)
         p = self.params
-        median, sigma, cap = self._beliefs(ids.size)
-        return self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
+        median, sigma, cap = self._beliefs(n)
+        return timeshare.State(
             timeshare.GITTINS, key=key, median=median, sigma=sigma, cap=cap, r0=self._r0,
             prior=float(p.prior_tokens), c0=self._c0, c1=self._c1,
-            weight=float(p.switch_weight), h=self._h, arg=self._arg))
+            weight=float(p.switch_weight), h=self._h, arg=self._arg)

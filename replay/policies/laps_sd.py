@@ -28,12 +28,12 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 from pydantic.dataclasses import dataclass
+from typing_extensions import override
 
 from lapsd.replay import kernels, timeshare
 from lapsd.replay.policies.base import (
     ATTAINED,
     UNIT_FIELD,
-    Lookahead,
     Policy,
     RequestInfo,
     RequestState,
@@ -135,8 +135,6 @@ class LapsSD(Policy[_LapsState]):
         #: Whether :meth:`_arrival_floor` is LAPS-SD's own (a subclass may not know its
         #: arrivals' keys), which :meth:`arrivals_may_preempt` solves.
         self._own_floor = type(self)._arrival_floor is LapsSD._arrival_floor  # noqa: SLF001
-        # Each member's queue, perceptibility, T_rem, history and estimate in the last share.
-        self._shared_state: tuple[np.ndarray, ...] = ()
         self._configure(params or LapsSDParams())
 
     def _configure(self, p: LapsSDParams) -> None:
@@ -289,32 +287,27 @@ class LapsSD(Policy[_LapsState]):
         n, st.queue, st.t_remaining = self._perceptible_run(st, rounds)
         return n
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
         states = list(self._states.values())
-        m, p = len(states), self.params
-        queue = np.fromiter((st.queue for st in states), np.int64, m)
-        perceptible = np.fromiter((st.perceptible for st in states), np.bool_, m)
-        t_rem = np.fromiter((st.t_remaining for st in states), np.float64, m)
-        history = np.stack([st.history for st in states])  # share admitted its arrivals
+        m, p = n, self.params
         median, sigma, cap = self._beliefs(m)
-        est = np.full(m, np.nan)
-        out = self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
+        return timeshare.State(
             timeshare.LAPS_SD, self._unit, np.empty(m, dtype=np.int64), median=median,
-            sigma=sigma, cap=cap, queue=queue, perceptible=perceptible, t_rem=t_rem,
-            history=history, estimate=est, queue_bounds=self._bounds, gamma=p.gamma,
+            sigma=sigma, cap=cap, queue=np.fromiter((st.queue for st in states), np.int64, m),
+            perceptible=np.fromiter((st.perceptible for st in states), np.bool_, m),
+            t_rem=np.fromiter((st.t_remaining for st in states), np.float64, m),
+            history=np.stack([st.history for st in states]),  # share admitted its arrivals
+            estimate=np.full(m, np.nan), queue_bounds=self._bounds, gamma=p.gamma,
             delta=float(p.delta), max_spread=float(self._max_spread), mode=self._mode,
             q=float(p.quantile), cls_perceptible=self._cls_perceptible, cls_new=self._cls_new,
-            perceptible_first=p.perceptible_first))
-        self._shared_state = (queue, perceptible, t_rem, history, est)
-        return out
+            perceptible_first=p.perceptible_first)
 
-    def _shared(self, st: _LapsState, row: list[int]) -> None:
-        queue, perceptible, t_rem, history, est = self._shared_state
+    def _shared(self, st: _LapsState, row: list[int], state: timeshare.State) -> None:
         i = row[1]
-        st.queue = int(queue[i])
-        st.perceptible = bool(perceptible[i])
-        st.t_remaining = float(t_rem[i])
-        st.history[:] = history[i]
-        if self.on_estimate is not None and not math.isnan(est[i]):
-            self.on_estimate(st.info.request_id, float(est[i]))
+        st.queue = int(state.queue[i])
+        st.perceptible = bool(state.perceptible[i])
+        st.t_remaining = float(state.t_rem[i])
+        st.history[:] = state.history[i]
+        if self.on_estimate is not None and not math.isnan(state.estimate[i]):
+            self.on_estimate(st.info.request_id, float(state.estimate[i]))

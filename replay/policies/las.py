@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic.dataclasses import dataclass
+from typing_extensions import override
 
 from lapsd.replay import kernels, timeshare
 from lapsd.replay.policies.base import (
     ATTAINED,
     UNIT_FIELD,
-    Lookahead,
     Policy,
     RequestState,
     Rounds,
@@ -59,7 +59,6 @@ class LAS(Policy[RequestState]):
         n = rounds.rounds_until(self._field, need)
         return n if n < rounds.n else rounds.n  # min(), without the builtin's cost per decision
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        return self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
-            timeshare.LAS, self._unit, np.empty(ids.size, dtype=np.int64)))
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
+        return timeshare.State(timeshare.LAS, self._unit, np.empty(n, dtype=np.int64))

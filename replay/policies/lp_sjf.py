@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 from typing_extensions import override
 
+from lapsd.replay import timeshare
 from lapsd.replay.policies.base import (
-    Lookahead,
     Policy,
     RequestInfo,
     RequestState,
@@ -36,6 +35,6 @@ class LPSJF(Policy[RequestState]):
     def _consume(self, st: RequestState, rounds: Rounds) -> int:
         return rounds.n
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        return self._share_static(ahead, ids, fresh, run, now, until, preemptive=False)
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
+        return self._static_state(n, preemptive=False)

@@ -8,10 +8,10 @@ so an under-predicted request can be overtaken instead of holding the server.
 from __future__ import annotations
 
 import numpy as np
+from typing_extensions import override
 
 from lapsd.replay import kernels, timeshare
 from lapsd.replay.policies.base import (
-    Lookahead,
     Policy,
     RequestInfo,
     RequestState,
@@ -46,9 +46,8 @@ class LPSRPT(Policy[RequestState]):
             pred.sigma, pred.cap, st.seq, rival is not None, *_NO_RIVAL if rival is None else
             (float(rival[0]), rival[1]))
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        key = np.fromiter((st.key[0] for st in self._states.values()), np.float64, ids.size)
-        median, sigma, cap = self._beliefs(ids.size)
-        return self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
-            timeshare.LP_SRPT, key=key, median=median, sigma=sigma, cap=cap))
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
+        key = np.fromiter((st.key[0] for st in self._states.values()), np.float64, n)
+        median, sigma, cap = self._beliefs(n)
+        return timeshare.State(timeshare.LP_SRPT, key=key, median=median, sigma=sigma, cap=cap)

@@ -15,12 +15,12 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 from pydantic.dataclasses import dataclass
+from typing_extensions import override
 
 from lapsd.replay import kernels, timeshare
 from lapsd.replay.policies.base import (
     ATTAINED,
     UNIT_FIELD,
-    Lookahead,
     Policy,
     RequestInfo,
     RequestState,
@@ -99,8 +99,6 @@ class MLFQ(Policy[_MLFQState]):
         self._bound_list: list[int] = self._bounds.tolist()  # scalar reads, per decision
         self._quanta = quanta
         self._entries = 0
-        # Each member's level and entry in the last share (its rows name members).
-        self._shared_levels = self._shared_entries = np.zeros(0, dtype=np.int64)
         self._unit = kernels.UNIT_CODE[p.unit]
 
     def _new_state(self, info: RequestInfo, seq: int) -> _MLFQState:
@@ -149,21 +147,19 @@ class MLFQ(Policy[_MLFQState]):
             st.entry = self._next_entry()
         return n
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
         states = self._states.values()
-        self._shared_levels = np.fromiter((st.level for st in states), np.int64, len(states))
-        self._shared_entries = np.fromiter((st.entry for st in states), np.int64, len(states))
         # The fresh arrivals take their entries as they arrive (their states took provisional
         # ones when share admitted them).
-        entries = np.array([self._entries - fresh])
-        out = self._serve(ahead, ids, fresh, run, now, until, timeshare.State(
-            timeshare.MLFQ, self._unit, np.empty(ids.size, dtype=np.int64),
-            preemptive=self.params.skip_join, level=self._shared_levels,
-            entry=self._shared_entries, entries=entries, bounds=self._bounds))
-        self._entries = int(entries[0])
-        return out
+        return timeshare.State(
+            timeshare.MLFQ, self._unit, np.empty(n, dtype=np.int64),
+            preemptive=self.params.skip_join,
+            level=np.fromiter((st.level for st in states), np.int64, n),
+            entry=np.fromiter((st.entry for st in states), np.int64, n),
+            entries=np.array([self._entries - fresh]), bounds=self._bounds)
 
-    def _shared(self, st: _MLFQState, row: list[int]) -> None:
-        st.level = int(self._shared_levels[row[1]])
-        st.entry = int(self._shared_entries[row[1]])
+    def _shared(self, st: _MLFQState, row: list[int], state: timeshare.State) -> None:
+        st.level = int(state.level[row[1]])
+        st.entry = int(state.entry[row[1]])
+        self._entries = int(state.entries[0])

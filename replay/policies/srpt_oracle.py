@@ -6,12 +6,11 @@ the only policy that sees true service times, through :meth:`Policy.reveal`.
 
 from __future__ import annotations
 
-import numpy as np
 from typing_extensions import override
 
+from lapsd.replay import timeshare
 from lapsd.replay.policies.base import (
     NS_PER_S,
-    Lookahead,
     Policy,
     RequestId,
     RequestState,
@@ -54,7 +53,6 @@ class SRPTOracle(Policy[RequestState]):
         super().finish(request_id)
         self._truth.pop(request_id, None)
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        return self._share_static(ahead, ids, fresh, run, now, until, preemptive=True,
-                                  drops=True)
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
+        return self._static_state(n, preemptive=True, drops=True)

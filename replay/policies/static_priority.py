@@ -32,13 +32,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-import numpy as np
 from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
+from typing_extensions import override
 
+from lapsd.replay import timeshare
 from lapsd.replay.policies.base import (
     _AHEAD_OF_ALL,
-    Lookahead,
     Policy,
     RequestInfo,
     RequestState,
@@ -166,7 +166,6 @@ class StaticPriority(Policy[_StaticState]):
         # ends the offered run there when the policy is preemptive.
         return rounds.n
 
-    def _share_run(self, ahead: Lookahead, ids: np.ndarray, fresh: int, run: int, now: int,
-                   until: int) -> tuple[int, int, int, int, int, np.ndarray]:
-        return self._share_static(ahead, ids, fresh, run, now, until,
-                                  preemptive=self.params.preemptive)
+    @override
+    def _share_state(self, n: int, fresh: int) -> timeshare.State:
+        return self._static_state(n, preemptive=self.params.preemptive)

@@ -16,7 +16,9 @@ from lapsd.errors import LapsdError
 from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.batch import simulate_batched
 from lapsd.replay.costs import BatchCost, SwitchCost
+from lapsd.replay.driver import drive
 from lapsd.replay.engine import simulate
+from lapsd.replay.executor import TraceExecutor
 from lapsd.replay.policies import available, create
 from lapsd.replay.workload import build_workload
 
@@ -117,3 +119,49 @@ def test_kv_capacity_counts_the_incoming_batch():
                          switch=SwitchCost(0.001, 0.0), kv_tokens=int(full.max()))
     assert r.preemptions > 2
     assert r.switch_ns == r.preemptions * 1_000_000
+
+
+def _stepwise(arrays, workload, policy, batch, cost, switch):
+    """The batched replay with every step asked of :meth:`Policy.step` (no lookahead)."""
+    executor = TraceExecutor(arrays, workload, policy, batch=batch, cost=cost, switch=switch)
+    executor.lookahead = None
+    return drive(policy, workload.arrival_ns.tolist(), executor)
+
+
+#: At batch size one a slowdown other than 1 goes through the batched span too.
+SLOW_ONE = BatchCost((1, 2), (1.1, 1.3), "test")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), policy=st.sampled_from(available()),
+       wl=st.sampled_from(WORKLOADS), batch=st.sampled_from([1, 2, 8, 16]),
+       c0=st.sampled_from([0.0, 0.002]), variant=st.booleans())
+def test_batched_spans_make_the_step_loops_schedule(seed, policy, wl, batch, c0, variant):
+    """:meth:`Policy.share` a step at a time: the step loop's completions, preemptions and
+    switch time, at every batch size."""
+    arrays = TraceArrays.from_trace(synthetic_trace(seed, n_requests=14))
+    workload = build_workload(wl.format(n=30, s=seed), arrays, "oracle:sigma=0.7")
+    params = VARIANTS.get(policy, {}) if variant else {}
+    cost = COST if batch > 1 else SLOW_ONE
+    switch = SwitchCost(c0, 1e-5)
+    shared = simulate_batched(arrays, workload, create(policy, arrays.scale, **params), batch,
+                              cost=cost, switch=switch)
+    step = _stepwise(arrays, workload, create(policy, arrays.scale, **params), batch, cost,
+                     switch)
+    np.testing.assert_array_equal(shared.completion_ns, step.completion_ns)
+    assert (shared.preemptions, shared.switch_ns) == (step.preemptions, step.switch_ns)
+
+
+@pytest.mark.parametrize("policy", available())
+@pytest.mark.parametrize("batch", [2, 8, 16])
+def test_batched_spans_on_a_real_trace(eagle_arrays, policy, batch):
+    workload = build_workload("poisson:load=4,n=300,seed=7", eagle_arrays, "oracle:sigma=0.5")
+    switch = SwitchCost(0.001, 2e-6)
+    shared = simulate_batched(eagle_arrays, workload, create(policy, eagle_arrays.scale), batch,
+                              cost=COST, switch=switch)
+    step = _stepwise(eagle_arrays, workload, create(policy, eagle_arrays.scale), batch, COST,
+                     switch)
+    np.testing.assert_array_equal(shared.completion_ns, step.completion_ns)
+    assert (shared.preemptions, shared.switch_ns) == (step.preemptions, step.switch_ns)
+    if policy in ("las", "mlfq", "lp-srpt", "srpt-oracle"):
+        assert shared.preemptions > 0  # the case is one where a policy must preempt
