@@ -9,11 +9,12 @@ a policy makes the decisions up to the next span of arrivals in one call of :fun
 one by one, taken in the same order with the same arithmetic, in a compiled loop.
 
 :func:`_serve` is that loop, written once: it admits each arrival at the first decision at or
-after it, asks the policy's ``choose`` hook which member runs (and which waiting member is its
-rival), charges the switch when the last member was preempted unfinished, offers the rounds up
-to the next arrival (when the ``cut`` hook says an arrival could preempt the run) or to the
-member's end, lets the ``take`` hook say how many of them run before the decision could change
-(moving the policy's per-member state on), and finishes members. Each policy's hooks are a few
+after it, ranks the members (the waiting ones in a heap by key, which does not change while
+they wait; the running one by its running key) to choose the member that runs and its rival,
+the best waiting one, charges the switch when the last member was preempted unfinished,
+offers the rounds up to the next arrival (when the ``cut`` hook says an arrival could preempt
+the run) or to the member's end, lets the ``take`` hook say how many of them run before the
+decision could change (moving the policy's per-member state on), and finishes members. Each policy's hooks are a few
 functions below; a :class:`State` names the policy (``kind``) and holds its per-member arrays
 and parameters. Every policy passes the same state type, so the loop compiles once.
 
@@ -143,8 +144,20 @@ def _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
             s.cls_new)
     gittins = (s.r0, s.prior, s.c0, s.c1, s.weight, s.h, s.arg)
     done_at = np.full(m, -1, dtype=np.int64)
-    active = np.empty(m, dtype=np.int64)  # arrived, unfinished: active[:na]
-    na, run = _arrived(meta, ids, p, m - fresh, run, active)
+    # The waiting members in a heap by key (a waiting request's key does not change); the
+    # running one competes on its running key.
+    k0, k1, k2 = np.empty(m), np.empty(m), np.empty(m)
+    heap = np.empty(m, dtype=np.int64)
+    hn = 0
+    ran_last = -1
+    for i in range(m - fresh):
+        if ids[i] == run:
+            ran_last = i
+        elif p[i] < meta[1, ids[i]]:
+            k0[i], k1[i], k2[i] = _batch_key(s, c, meta, ids, p, i, False)
+            hn = _heap_push(heap, hn, i, k0, k1, k2)
+    run = ran_last
+    keep = kind == STATIC and not s.preemptive  # the running request keeps the server
     nxt = m - fresh  # the next member to arrive
     decisions = preemptions = switched = 0
     while True:
@@ -152,21 +165,28 @@ def _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
             if kind == MLFQ:  # it takes its entry as it arrives
                 entries[0] += 1
                 entry[nxt] = entries[0]
-            active[na] = nxt
-            na += 1
+            k0[nxt], k1[nxt], k2[nxt] = _batch_key(s, c, meta, ids, p, nxt, False)
+            hn = _heap_push(heap, hn, nxt, k0, k1, k2)
             nxt += 1
             continue
         arrival = meta[3, ids[nxt]] if nxt < m else until
         if nxt == m and 0 <= until <= now:
             break
-        if na == 0:
+        if run < 0 and hn == 0:
             if nxt == m:
                 break
             now = arrival  # idle until it arrives
             continue
-        best, rival = _choose(kind, att, key, s.preemptive, level, entry, queue, perceptible,
-                              t_rem, s.cls_perceptible, s.cls_new, s.c0, s.c1, s.weight, c,
-                              meta, ids, p, active[:na], run)
+        best = run
+        if run >= 0 and not keep:
+            k0[run], k1[run], k2[run] = _batch_key(s, c, meta, ids, p, run, True)
+        if run < 0 or (not keep and hn > 0 and _key_before(heap[0], run, k0, k1, k2)):
+            best = heap[0]
+            hn = _heap_pop(heap, hn, k0, k1, k2)
+            if run >= 0:  # preempted: back among the waiting, on its key
+                k0[run], k1[run], k2[run] = _batch_key(s, c, meta, ids, p, run, False)
+                hn = _heap_push(heap, hn, run, k0, k1, k2)
+        rival = heap[0] if hn > 0 else -1
         decisions += 1
         pay = 0
         if run >= 0 and run != best:
@@ -190,36 +210,8 @@ def _serve(c, meta, pos, ids, fresh, run, now, until, c0_ns, c1_ns, s):
         if a + n >= end:
             done_at[best] = now
             run = -1
-            na = _drop(active, na, best)
     return (now, ids[run] if run >= 0 else -1, decisions, preemptions, switched,
             _rows(c, pos, ids, fresh, p, done_at))
-
-
-@njit(cache=True)
-def _arrived(meta, ids, p, arrived, run, active):
-    """Fill ``active`` with the unfinished of the first ``arrived`` members.
-
-    Returns ``(their number, the member index of request run or -1)``.
-    """
-    na = 0
-    member = -1
-    for i in range(arrived):
-        if ids[i] == run:
-            member = i
-        if p[i] < meta[1, ids[i]]:
-            active[na] = i
-            na += 1
-    return na, member
-
-
-@njit(cache=True)
-def _drop(active: np.ndarray, na: int, i: int) -> int:
-    """Remove member ``i`` from ``active[:na]``; the new count."""
-    for r in range(na):
-        if active[r] == i:
-            active[r] = active[na - 1]
-            return na - 1
-    return na
 
 
 @njit(cache=True)
@@ -282,16 +274,6 @@ def _attained(c, meta, pos, ids, unit, att):
     for i in range(ids.shape[0]):
         j = ids[i]
         att[i] = pos[j] - meta[0, j] if unit == ROUNDS else row[pos[j]] - row[meta[0, j]]
-
-
-@njit(cache=True)
-def _argmin(key, members, skip):
-    """The member of ``members`` (not ``skip``) with the least ``(key, index)``; -1 if none."""
-    best = -1
-    for i in members:
-        if i != skip and (best < 0 or key[i] < key[best] or (key[i] == key[best] and i < best)):
-            best = i
-    return best
 
 
 # ------------------------------------------------------------------------- batch sizes above one
@@ -543,29 +525,8 @@ def _observe(s, c, meta, ids, i, a, service0, one):
 
 
 # ------------------------------------------------------------------------------ the hooks
-# Inlined into the loop, they hand each policy's function only its fields (a function that
-# takes the whole state costs about a second to compile).
-@njit(cache=True, inline="always")
-def _choose(kind, att, key, preemptive, level, entry, queue, perceptible, t_rem,
-            cls_perceptible, cls_new, c0, c1, weight, c, meta, ids, p, members, run):
-    """The member that runs the next step and its rival, the best other waiting one (or -1)."""
-    if kind == LAS:
-        best = _argmin(att, members, -1)
-        return best, _argmin(att, members, best)
-    if kind == MLFQ:
-        return _mlfq_choose(level, entry, members), -1
-    if kind == STATIC:
-        if run >= 0 and not preemptive:
-            return run, -1  # a non-preemptive policy keeps the running request
-        return _argmin(key, members, -1), -1
-    if kind == LP_SRPT:
-        best = _argmin(key, members, -1)
-        return best, _argmin(key, members, best)
-    if kind == GITTINS:
-        return _gittins_choose(key, c0, c1, weight, c, meta, ids, p, members, run)
-    return _laps_choose(queue, perceptible, t_rem, att, cls_perceptible, cls_new, members, run)
-
-
+# Inlined into the loops, they hand each policy's function only its fields (a function that
+# takes the whole state costs about a second to compile). The ranking is :func:`_batch_key`.
 @njit(cache=True, inline="always")
 def _cut(kind, preemptive, level, queue, perceptible, perceptible_first, best):
     """Whether an arrival could preempt the run of member ``best``."""
@@ -620,16 +581,6 @@ def _las_take(unit, att, c, best, rival, a, n):
 
 # --------------------------------------------------------------------------------------- MLFQ
 @njit(cache=True)
-def _mlfq_choose(level, entry, members):
-    best = -1
-    for i in members:
-        if best < 0 or level[i] < level[best] or (
-                level[i] == level[best] and entry[i] < entry[best]):
-            best = i
-    return best
-
-
-@njit(cache=True)
 def _mlfq_take(unit, att, level, entry, entries, bounds, c, best, a, n):
     row = c[_unit_row(unit)]
     q = level[best]
@@ -658,21 +609,6 @@ def _srpt_take(key, median, sigma, cap, c, meta, ids, best, rival, a, n):
 
 
 # -------------------------------------------------------------------------------------- Gittins
-@njit(cache=True)
-def _gittins_choose(key, c0, c1, weight, c, meta, ids, p, members, run):
-    best = -1
-    held = 0.0
-    for i in members:
-        x = key[i]
-        if i == run:
-            # The rival must beat the running request's rank by the cost of switching it out.
-            j = ids[i]
-            x = x - weight * (c0 + c1 * (meta[2, j] + c[EMITTED, p[i]] - c[EMITTED, meta[0, j]]))
-        if best < 0 or x < held or (x == held and i < best):
-            best, held = i, x
-    return best, _argmin(key, members, best)
-
-
 @njit(cache=True)
 def _gittins_take(key, median, sigma, cap, r0, prior, c0, c1, weight, h, arg, c, meta, ids,
                   best, rival, a, n):
@@ -708,22 +644,6 @@ def _before4(a, i, b, k):
     if a[2] != b[2]:
         return a[2] < b[2]
     return i < k
-
-
-@njit(cache=True)
-def _laps_choose(queue, perceptible, t_rem, att, cls_perceptible, cls_new, members, run):
-    best = rival = -1
-    held = waits = (0, 0, 0.0)
-    for i in members:
-        key = _laps_key(queue, perceptible, t_rem, att, cls_perceptible, cls_new, i, i == run)
-        if best < 0 or _before4(key, i, held, best):
-            best, held = i, key
-    for i in members:
-        if i != best:
-            key = _laps_key(queue, perceptible, t_rem, att, cls_perceptible, cls_new, i, False)
-            if rival < 0 or _before4(key, i, waits, rival):
-                rival, waits = i, key
-    return best, rival
 
 
 @njit(cache=True)
