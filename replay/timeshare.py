@@ -14,9 +14,10 @@ they wait; the running one by its running key) to choose the member that runs an
 the best waiting one, charges the switch when the last member was preempted unfinished,
 offers the rounds up to the next arrival (when the ``cut`` hook says an arrival could preempt
 the run) or to the member's end, lets the ``take`` hook say how many of them run before the
-decision could change (moving the policy's per-member state on), and finishes members. Each policy's hooks are a few
-functions below; a :class:`State` names the policy (``kind``) and holds its per-member arrays
-and parameters. Every policy passes the same state type, so the loop compiles once.
+decision could change (moving the policy's per-member state on), and finishes members. Each
+policy's hooks are a few functions below; a :class:`State` names the policy (``kind``) and
+holds its per-member arrays and parameters. Every policy passes the same state type, so the
+loop compiles once.
 
 Members are the admitted requests in admission order, the span's ``fresh`` arrivals last (their
 states admitted already, waiting for their arrival), so a member's index is in the order of its
