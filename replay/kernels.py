@@ -233,4 +233,3 @@ def gittins_run(c_em, c_ns, start, n, generated0, service0, context0, median, si
             if r_rank < held or (r_rank == held and r_seq < seq):
                 return i + 1, rank
     return n, rank
-

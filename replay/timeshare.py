@@ -297,11 +297,10 @@ def serve_batched(c, meta, pos, ids, fresh, last, now, until, c0_ns, c1_ns, fact
     c_ns = c[NS]
     p = pos[ids]
     svc0 = svc.copy()
-    unit, att = s.unit, s.att
-    for i in range(att.shape[0]):  # (a policy that counts attained service)
-        j = ids[i]
-        att[i] = (svc[i] if unit == SECONDS else p[i] - meta[0, j] if unit == ROUNDS
-                  else c[EMITTED, p[i]] - c[EMITTED, meta[0, j]])
+    if s.att.shape[0]:  # a policy that counts attained service
+        _attained(c, meta, pos, ids, s.unit, s.att)
+        if s.unit == SECONDS:
+            s.att[:] = svc  # in service for whole steps, not for its rounds' times
     done_at = np.full(m, -1, dtype=np.int64)
     running = np.zeros(m, dtype=np.bool_)  # in the last step, unfinished
     order = np.empty(m, dtype=np.int64)  # ... in the order they ran

@@ -159,9 +159,9 @@ class Rounds:
 class Lookahead:
     """Every request's recorded rounds, for a policy that time-shares the server.
 
-    A replay's executor knows the rounds each admitted request will run; at batch size one a
-    policy then serves a span of arrivals in one compiled call (:meth:`Policy.share`) rather
-    than a few Python calls per decision.
+    A replay's executor knows the rounds each admitted request will run; a policy then serves
+    a span of arrivals in one compiled call (:meth:`Policy.share`) rather than a few Python
+    calls per decision.
     Requests are named by their position in arrival order, as the driver names them; the
     arrays are indexed by it. A live server has no lookahead.
 
@@ -458,13 +458,14 @@ class Policy(ABC, Generic[S]):
 
     def share(self, ahead: Lookahead, now: int, arrivals: list[RequestInfo],
               until: int | None) -> Shared:
-        """Serve at batch size one through a span of arrivals, in one compiled call.
+        """Serve through a span of arrivals in one compiled call (any batch size).
 
         From ``now``, the admitted requests and ``arrivals`` (the next requests to arrive, in
         order, at the times ``ahead`` gives), until the first decision at or after ``until``
-        (the arrival after them; ``None``: until every request is done). The same decisions
+        (the arrival after them; ``None``: until every request is done). The same schedule
         as the driver's loop of :meth:`admit`, :meth:`step` and :meth:`advance` over each
-        chosen request's offered run, with the rounds that ``ahead`` says each request runs,
+        chosen request's offered run (above batch size one, or with a step-time slowdown, a
+        step at a time), with the rounds that ``ahead`` says each request runs,
         taken in one loop (for a policy with :attr:`shares`); the arrivals are admitted here,
         and the policy's state moves on as if each decision had been made by itself. The
         caller moves the executor on by what :attr:`Shared.ran` says and finishes the
