@@ -47,6 +47,15 @@ class Server:
     cost: BatchCost = field(default_factory=BatchCost)
     kv_tokens: int | None = None
 
+    @property
+    def capacity(self) -> float:
+        """Throughput in batch-1 servers when every step is full: ``batch / slowdown(batch)``.
+
+        What a tuning suite's loads are relative to (:func:`build_cases`); a KV capacity that
+        keeps batches from filling is not counted.
+        """
+        return self.batch / self.cost.factor(self.batch)
+
     def run(self, arrays: TraceArrays, workload: Workload, policy: Policy[Any]) -> SimResult:
         """Replay ``workload`` through ``policy`` on this server."""
         if self.batch == 1 and self.kv_tokens is None:
@@ -76,13 +85,14 @@ class Case:
 def build_cases(traces: Sequence[tuple[str, TraceArrays]],
                 workloads: Sequence[WorkloadSpec | str],
                 predictions: PredictionSource | None,
-                updates: UpdateSource | None = None) -> list[Case]:
+                updates: UpdateSource | None = None, capacity: float = 1.0) -> list[Case]:
     """A case per workload and trace, workloads outer (in the order given: cheapest first).
 
     ``predictions`` is the source length-aware policies are told (``None`` when none needs
-    one); ``updates`` their re-predictions while requests run.
+    one); ``updates`` their re-predictions while requests run; ``capacity`` the server's
+    throughput in batch-1 servers, which the workloads' loads are relative to.
     """
-    return [Case(name, arrays, build_workload(wl, arrays, predictions, updates))
+    return [Case(name, arrays, build_workload(wl, arrays, predictions, updates, capacity))
             for wl in workloads for name, arrays in traces]
 
 

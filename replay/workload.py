@@ -8,8 +8,11 @@ Workload strings (seeded, deterministic)::
     trace:PATH,load=0.8[,n=...][,seed=0]        a real arrival trace, time-scaled to `load`
 
 ``load`` is the offered load relative to the server's capacity at batch size one: the arrival rate
-is ``load / mean service time`` of the trace's requests. Requests are sampled from the trace with
-the seed (with replacement only when more are asked for than the trace has).
+is ``load / mean service time`` of the trace's requests. A caller that replays a batched server
+may pass that server's ``capacity`` (how many batch-1 servers it is worth, e.g.
+:attr:`~lapsd.replay.matrix.Server.capacity`), and ``load`` is then relative to it. Requests are
+sampled from the trace with the seed (with replacement only when more are asked for than the
+trace has).
 
 Prediction sources (what length-aware policies are told)::
 
@@ -210,11 +213,14 @@ def draw_arrivals(spec: WorkloadSpec, mean_service_s: float, n_requests: int,
 
 def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
                    predictions: PredictionSource | None = None,
-                   updates: UpdateSource | None = None) -> Workload:
+                   updates: UpdateSource | None = None, capacity: float = 1.0) -> Workload:
     """Arrival times and sampled requests for ``spec`` over the compiled trace ``arrays``.
 
     Parameters
     ----------
+    capacity
+        The replayed server's throughput in batch-1 servers: arrivals come ``capacity`` times
+        as often as at batch size one, so that ``load`` is relative to that server.
     predictions
         A prediction-source string (see the module docstring), a callable
         ``(arrays, index) -> list[LengthPrediction]`` (a trained predictor), or ``None``.
@@ -223,7 +229,10 @@ def build_workload(spec: WorkloadSpec | str, arrays: TraceArrays,
     """
     if isinstance(spec, str):
         spec = parse_workload(spec)
-    times, index = draw_arrivals(spec, float(arrays.service_ns.mean()) / NS_PER_S,
+    if not 0 < capacity < math.inf:
+        raise LapsdError(f"workload {spec.text}: capacity must be a finite number > 0, got "
+                         f"{capacity}")
+    times, index = draw_arrivals(spec, float(arrays.service_ns.mean()) / NS_PER_S / capacity,
                                  arrays.n_requests)
     arrival_ns = np.rint(times * NS_PER_S).astype(np.int64)
     workload = Workload(spec.text, arrival_ns, index.astype(np.int64))

@@ -93,7 +93,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed, second_objective=args.second_objective, predictions=predictions,
         predictor=None if args.predictor is None else str(args.predictor),
         repredict_every=args.repredict_every, recorded_updates=args.recorded_updates,
-        c0=args.c0, c1=args.c1,
+        c0=args.c0, c1=args.c1, batch_size=args.batch_size,
+        batch_cost=None if args.batch_cost is None else str(args.batch_cost),
         policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
     )
     if spec.what_if:
@@ -116,6 +117,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
             bar.progress.stop()
 
     def show() -> None:
+        if spec.batch_size > 1:
+            server = spec.server
+            out.print(f"batch size {spec.batch_size}; step-time model: {server.cost.source}; "
+                      f"loads relative to {server.capacity:.2f} batch-1 servers",
+                      highlight=False)
         _print_summary(summary)
         console.print(f"elapsed {summary.elapsed_s:.1f} s; config {summary.config}; "
                       f"report {summary.report}", highlight=False)
@@ -201,6 +207,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --predictions column: replay the re-predictions the traces "
                         "record (a probe's, written by `lapsd predict apply PROBE`)")
     add_switch_cost(p)
+    p.add_argument("--batch-size", type=_positive, default=1, metavar="B",
+                   help="requests per step of the replayed server (continuous batching; "
+                        "default 1). Loads are then relative to its capacity, B / slowdown(B) "
+                        "batch-1 servers, so that batches fill")
+    p.add_argument("--batch-cost", type=Path, metavar="TABLE",
+                   help="cost table with batch rows (`lapsd collect-profile --batches`): how "
+                        "a step's time grows with its size (default: no slowdown)")
     p.add_argument("--holdout", type=float, default=0.3,
                    help="fraction of prompts held out (default 0.3)")
     p.add_argument("--bursts", type=_ints, default=",".join(map(str, d.bursts)),

@@ -11,8 +11,8 @@ from typing import Any, Literal
 from lapsd.errors import LapsdError
 from lapsd.io import sha256_file
 from lapsd.replay.arrays import TraceArrays
-from lapsd.replay.costs import SwitchCost
-from lapsd.replay.matrix import build_cases
+from lapsd.replay.costs import BatchCost, SwitchCost
+from lapsd.replay.matrix import Server, build_cases
 from lapsd.replay.policies import REGISTRY
 from lapsd.replay.policies.base import TraceScale
 from lapsd.replay.policies.params import tunables
@@ -59,6 +59,13 @@ class TuneSpec:
         instead; with ``predictions="column"``, the same probe's admission beliefs.
     c0, c1
         Switch-cost model (seconds per preemption, per context token).
+    batch_size
+        Requests per step of the replayed server (continuous batching above one). The suite's
+        loads are then relative to that server's capacity (:attr:`Server.capacity`), so that
+        its batches fill and queue.
+    batch_cost
+        A cost table with batch rows (``lapsd collect-profile --batches``): how a step's time
+        grows with its size. ``None``: every step as fast as one request's round.
     policies
         The policy family searched; the best on the tuning suite is exported.
     """
@@ -74,6 +81,8 @@ class TuneSpec:
     recorded_updates: bool = False
     c0: float = 0.0
     c1: float = 0.0
+    batch_size: int = 1
+    batch_cost: str | None = None
     policies: tuple[str, ...] = DEFAULT_FAMILY
 
     def __post_init__(self) -> None:
@@ -102,6 +111,11 @@ class TuneSpec:
                              "pass --predictions column, so that admission beliefs come from "
                              "the same probe (`lapsd predict apply PROBE`)")
         SwitchCost(self.c0, self.c1)  # refuses non-finite or negative costs, in one line
+        if self.batch_size < 1:
+            raise LapsdError(f"--batch-size: {self.batch_size} requests per step; give 1 or more")
+        if self.batch_cost is not None and self.batch_size == 1:
+            raise LapsdError("--batch-cost is the step-time model of batches: pass "
+                             "--batch-size above 1 with it")
 
     @property
     def uses_predictor(self) -> bool:
@@ -119,6 +133,11 @@ class TuneSpec:
         return SwitchCost(self.c0, self.c1)
 
     @property
+    def server(self) -> Server:
+        """The replayed server: switch cost, batch size and its step-time model."""
+        return _server(self.switch, self.batch_size, self.batch_cost)
+
+    @property
     def directions(self) -> list[Literal["minimize"]]:
         """Optuna's study directions (one per objective)."""
         return ["minimize", "minimize"] if self.second_objective else ["minimize"]
@@ -132,9 +151,23 @@ class TuneSpec:
         # by its content.
         out["predictor"] = (sha256_file(self.predictor)
                             if self.predictions == "predictor" and self.predictor else None)
-        if not self.recorded_updates:
-            del out["recorded_updates"]  # so that studies from before the option resume
+        out["batch_cost"] = None if self.batch_cost is None else sha256_file(self.batch_cost)
+        # Options at their defaults are left out, so that studies from before them resume.
+        for key, default in (("recorded_updates", False), ("batch_size", 1),
+                             ("batch_cost", None)):
+            if out[key] == default:
+                del out[key]
         return out
+
+
+@cache
+def _server(switch: SwitchCost, batch: int, table: str | None) -> Server:
+    """A server whose cost table is read once per process (a missing file refused in a line)."""
+    if table is not None and not Path(table).is_file():
+        raise LapsdError(f"--batch-cost {table}: no such file; write one with `lapsd "
+                         "collect-profile --batches`")
+    cost = BatchCost() if table is None else BatchCost.from_profile(table)
+    return Server(switch, batch, cost)
 
 
 def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -201,7 +234,9 @@ def load_context(spec: TuneSpec) -> TuneContext:
     """Build (once per process) everything the objective needs from ``spec``."""
     arrays, tune_sets, heldout_sets = split(spec)
     predictions, updates = prediction_sources(spec)
-    cases = build_cases(tune_sets, spec.suite.workloads(), predictions, updates)
+    server = spec.server
+    cases = build_cases(tune_sets, spec.suite.workloads(), predictions, updates,
+                        server.capacity)
     return TuneContext(spec, arrays, tune_sets, heldout_sets,
                        combined_scale([a.scale for _, a in arrays]), predictions, updates,
-                       Evaluator(cases, spec.switch))
+                       Evaluator(cases, server))

@@ -22,7 +22,6 @@ from lapsd.replay.config import HeldoutMetrics
 from lapsd.replay.matrix import (
     REFERENCE,
     PolicyFactory,
-    Server,
     build_cases,
     registry_factories,
     replay_matrix,
@@ -166,11 +165,12 @@ def compare(ctx: TuneContext, policies: Mapping[str, PolicyFactory]) -> HeldoutR
     workloads = ctx.spec.suite.with_seeds(HELDOUT_SEEDS).workloads()
     # Traces outer, as the table reads: the case order only changes the row order.
     cases = [c for t in ctx.heldout_sets
-             for c in build_cases([t], workloads, ctx.predictions, ctx.updates)]
+             for c in build_cases([t], workloads, ctx.predictions, ctx.updates,
+                                  ctx.spec.server.capacity)]
     rows: list[dict[str, Any]] = []
     latencies: dict[str, list[float]] = {name: [] for name in policies}
     specs = {w.text: w for w in workloads}
-    for row in replay_matrix(cases, policies, server=Server(ctx.spec.switch)):
+    for row in replay_matrix(cases, policies, server=ctx.spec.server):
         spec = specs[row.case.workload.name]
         rows.append({**row.metrics.to_dict(), "kind": spec.kind, "load": spec.load,
                      "burst": spec.n if spec.kind == "burst" else None})

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 
-from lapsd.replay.costs import SwitchCost
 from lapsd.replay.matrix import Case, PolicyFactory, Server, replay_matrix
 
 
@@ -26,7 +25,7 @@ class Evaluator:
     """Scores parameter sets on a fixed list of cases (references replayed once per case)."""
 
     cases: list[Case]
-    switch: SwitchCost = field(default_factory=SwitchCost)
+    server: Server = field(default_factory=Server)
 
     def score(self, make_policy: PolicyFactory, trial: optuna.Trial | None = None,
               ) -> tuple[float, float]:
@@ -36,7 +35,7 @@ class Evaluator:
         :class:`optuna.TrialPruned` is raised when the pruner says so.
         """
         means, p99s = [], []
-        rows = replay_matrix(self.cases, {"trial": make_policy}, server=Server(self.switch))
+        rows = replay_matrix(self.cases, {"trial": make_policy}, server=self.server)
         for step, row in enumerate(rows):
             assert row.metrics.norm_mean is not None and row.metrics.norm_p99 is not None
             means.append(row.metrics.norm_mean)

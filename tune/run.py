@@ -242,6 +242,7 @@ def check_run(spec: TuneSpec, opts: RunOptions) -> None:
             check_recorded(a, f"--recorded-updates: trace {name}")
     spec.suite.workloads()
     spec.suite.with_seeds(HELDOUT_SEEDS).workloads()
+    spec.server  # noqa: B018  (its cost table reads, or the run is refused in one line)
     if spec.predictions == "predictor":
         prediction_sources(spec)  # the file loads, and re-predicts if asked to
     if opts.storage_url is not None or (opts.out / JOURNAL_FILE).is_file():
@@ -438,6 +439,11 @@ def _config(spec: TuneSpec, opts: RunOptions, ctx: TuneContext, members: list[Me
                        for t in spec.traces],
             "workloads": [w.text for w in spec.suite.workloads()],
             "holdout_fraction": spec.holdout,
+            "server": {"batch_size": spec.batch_size,
+                       "step_cost": spec.server.cost.source,
+                       "capacity": spec.server.capacity,
+                       "loads": "relative to capacity (batch-1 servers the batched one is "
+                                "worth)" if spec.batch_size > 1 else "relative to batch size 1"},
             "study": winner.study,
             "storage": opts.storage.describe(),
             "trial": winner.trial,

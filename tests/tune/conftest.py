@@ -15,6 +15,8 @@ from lapsd.tune.suite import Suite
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "examples" / "specbench-vicuna7b-eagle"
+#: A measured step-time table with batch rows (H200, SmolLM2-135M, ngram:4).
+COST_TABLE = ROOT / "bench" / "results" / "cost_table_h200_smollm2_ngram4_batch.json"
 
 #: Small enough that a trial takes a fraction of a second.
 TINY_SUITE = Suite(bursts=(10,), loads=(0.7,), poisson_n=60, seeds=(1,))
@@ -23,6 +25,12 @@ TINY_ARGS = ["--bursts", "10", "--loads", "0.7", "--poisson-n", "60", "--seeds",
 
 #: The noisy-oracle what-if: these tests check the tuner's mechanics, not the predictor.
 WHAT_IF = "oracle:sigma=0.5"
+
+
+#: A run at batch size 4 with a measured step-time table.
+BATCHED_SPEC = TuneSpec(traces=(str(TRACE),), suite=TINY_SUITE, predictions=WHAT_IF,
+                        policies=("gittins", "lp-srpt"), batch_size=4,
+                        batch_cost=str(COST_TABLE))
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +44,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_spec: TuneSpec) -> T
     """A finished run of three policies: 5 trials each (one for lp-srpt)."""
     out = tmp_path_factory.mktemp("tiny-run")
     return run_tune(tiny_spec, RunOptions(out=out, n_trials=5, band_limits=(4,), band_trials=2))
+
+
+@pytest.fixture(scope="session")
+def batched_run(tmp_path_factory: pytest.TempPathFactory) -> TuneResult:
+    """A finished run at batch size 4 with a measured step-time table: 3 trials of gittins."""
+    out = tmp_path_factory.mktemp("batched-run")
+    return run_tune(BATCHED_SPEC, RunOptions(out=out, n_trials=3, band_limits=()))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from .conftest import TRACE
 
 @pytest.mark.parametrize("args", [["--trials", "0"], ["--trials", "-3"], ["--workers", "0"],
                                   ["--band-trials", "0"], ["--loads", "0.5,x"],
-                                  ["--bursts", "1.5"]])
+                                  ["--bursts", "1.5"], ["--batch-size", "0"]])
 def test_bad_options_are_rejected_up_front(tmp_path: Path, args: list[str],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from lapsd.replay.arrays import TraceArrays
 from lapsd.replay.config import load_config, scheduler_from_config
@@ -18,7 +19,7 @@ from lapsd.replay.trace import read_trace
 from lapsd.replay.workload import build_workload
 from lapsd.tune.run import TuneResult
 
-from .conftest import TRACE, WHAT_IF
+from .conftest import BATCHED_SPEC, COST_TABLE, TRACE, WHAT_IF
 
 
 def _schedule(policy: Any) -> np.ndarray:
@@ -72,3 +73,30 @@ def test_bands_are_tuned_for_laps_sd(banded_run: TuneResult) -> None:
         assert isinstance(scheduler_from_config(cfg), BandedLapsSD)
     else:
         assert cfg.load_bands is None
+
+
+def test_a_batched_run_tunes_and_compares_on_its_server(batched_run: TuneResult) -> None:
+    from lapsd.replay.batch import simulate_batched
+    from lapsd.replay.costs import BatchCost
+    from lapsd.tune.context import load_context
+    from lapsd.tune.heldout import HELDOUT_SEEDS
+
+    cfg = load_config(batched_run.config)
+    cost = BatchCost.from_profile(COST_TABLE)
+    server = cfg.provenance.model_dump()["server"]
+    assert server["batch_size"] == 4 and server["capacity"] == pytest.approx(4 / cost.factor(4))
+    assert "H200" in server["step_cost"]
+    # Every held-out row is a batched replay at loads of the batched server's capacity.
+    heldout = json.loads((Path(batched_run.out) / "heldout.json").read_text())
+    ctx = load_context(BATCHED_SPEC)
+    name, arrays = ctx.heldout_sets[0]
+    spec = ctx.spec.suite.with_seeds(HELDOUT_SEEDS).workloads()[-1]
+    assert spec.kind == "poisson"
+    workload = build_workload(spec, arrays, capacity=4 / cost.factor(4))
+    result = simulate_batched(arrays, workload, construct("fcfs"), 4, cost=cost)
+    row, = (r for r in heldout["rows"] if r["policy"] == "fcfs" and r["trace"] == name
+            and r["workload"] == spec.text)
+    assert row["mean"] == pytest.approx(float(np.mean(result.latency_s)), rel=1e-9)
+    at_one = simulate(arrays, build_workload(spec, arrays), construct("fcfs"))
+    # At batch size one's arrival rate the same server would hardly queue: the loads differ.
+    assert float(np.mean(at_one.latency_s)) != pytest.approx(row["mean"], rel=0.05)

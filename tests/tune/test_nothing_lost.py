@@ -21,7 +21,7 @@ from one_line import one_line_error, snapshot
 
 from lapsd.cli import main
 
-from .conftest import TINY_ARGS, TRACE
+from .conftest import COST_TABLE, TINY_ARGS, TRACE
 
 RUN_ARGS = [*TINY_ARGS, "--trials", "2", "--bands", "none", "--policies", "lp-srpt"]
 
@@ -57,7 +57,8 @@ def test_the_config_records_its_files_relative_to_itself(project: Path) -> None:
 
 @pytest.mark.parametrize("args, differ", [(["--seed", "5"], "seed differ"),
                                           (["--holdout", "0.4"], "holdout differ"),
-                                          (["--c0", "0.01"], "c0 differ")])
+                                          (["--c0", "0.01"], "c0 differ"),
+                                          (["--batch-size", "2"], "batch_size differ")])
 def test_a_refused_rerun_changes_no_byte(moved: Path, args: list[str], differ: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     run = moved / "runs" / "r"
@@ -90,6 +91,8 @@ BAD_TUNE = [
     (["--seeds", "-1"], "--seeds: -1"),
     (["--seeds", "none"], "--seeds: none"),
     (["--bursts", "0"], "--bursts: 0"),
+    (["--batch-size", "4", "--batch-cost", "no-such-table.json"], "--batch-cost no-such"),
+    (["--batch-cost", str(COST_TABLE)], "pass --batch-size above 1"),
     (["--bursts", "none", "--loads", "0.5", "--poisson-n", "1", "--seeds", "none"], "--seeds"),
 ]
 
