@@ -19,7 +19,8 @@ from numba import njit
 from lapsd.replay.lognormal import (
     conditional_mean,
     conditional_quantile,
-    gittins_index,
+    gittins_belief,
+    gittins_index_of,
     remaining_tokens,
 )
 
@@ -199,6 +200,16 @@ def srpt_predicted_run(c_em, start, n, generated0, median, sigma, cap, seq, has_
 
 
 @njit(cache=True)
+def gittins_rank_of(belief, median, sigma, cap, generated, service_ns, r0_ns, prior, h, arg):
+    """:func:`gittins_rank` from the belief's fixed parts (``lognormal.gittins_belief``)."""
+    weight = generated + prior
+    # Nothing observed yet, or an infinite prior: the typical cost alone.
+    per_token = (r0_ns if weight <= 0 or np.isinf(prior)
+                 else (service_ns + prior * r0_ns) / weight)
+    return per_token / gittins_index_of(belief, median, sigma, cap, float(generated), h, arg)
+
+
+@njit(cache=True)
 def gittins_rank(median, sigma, cap, generated, service_ns, r0_ns, prior, h, arg):
     """Expected nanoseconds of work per unit of completion probability: ``t / G(g)``.
 
@@ -207,11 +218,8 @@ def gittins_rank(median, sigma, cap, generated, service_ns, r0_ns, prior, h, arg
     rounds do not swing it); ``G`` is the Gittins index of its length belief, per token.
     Smaller runs first.
     """
-    weight = generated + prior
-    # Nothing observed yet, or an infinite prior: the typical cost alone.
-    per_token = (r0_ns if weight <= 0 or np.isinf(prior)
-                 else (service_ns + prior * r0_ns) / weight)
-    return per_token / gittins_index(median, sigma, cap, float(generated), h, arg)
+    return gittins_rank_of(gittins_belief(median, sigma, cap), median, sigma, cap, generated,
+                           service_ns, r0_ns, prior, h, arg)
 
 
 @njit(cache=True)
@@ -223,10 +231,11 @@ def gittins_run(c_em, c_ns, start, n, generated0, service0, context0, median, si
     rank`` (ties by admission order). Returns ``(taken, rank after the rounds taken)``.
     """
     rank = 0.0
+    belief = gittins_belief(median, sigma, cap)
     for i in range(n):
         emitted = c_em[start + i + 1] - c_em[start]
         generated = generated0 + emitted
-        rank = gittins_rank(median, sigma, cap, generated,
+        rank = gittins_rank_of(belief, median, sigma, cap, generated,
                             service0 + c_ns[start + i + 1] - c_ns[start], r0_ns, prior, h, arg)
         if has_rival:
             held = rank - weight * (c0_ns + c1_ns * (context0 + emitted))

@@ -212,21 +212,57 @@ def gittins_table() -> tuple[np.ndarray, np.ndarray]:
     return _TABLE[0], _TABLE[1]
 
 
-@njit(cache=True)
-def gittins_index(median: float, sigma: float, cap: float, generated: float,
-                  h: np.ndarray, arg: np.ndarray) -> float:
-    """The Gittins index of a request ``generated`` tokens in, per token (see above).
+#: ``log`` of the youngest age the index is looked up at (a request with no token out yet).
+_LOG_MIN_AGE = math.log(1e-3)
 
-    ``h`` and ``arg`` come from :func:`gittins_table`.
+
+#: Where :func:`gittins_index_of` leaves plain probabilities for log space: ``Phi(-20)`` is
+#: about 3e-89, far above underflow, and :func:`log_ndtr` switches to its asymptotic form there.
+_Z_DIRECT = -20.0
+
+Belief = tuple[float, float, float, float, float, float, float]
+
+
+@njit(cache=True)
+def gittins_belief(median: float, sigma: float, cap: float) -> Belief:
+    """The parts of a belief's Gittins index that do not change as the request runs.
+
+    ``(log median, log cap, log E[X; X > cap], log P(X > cap), E[X], E[X; X > cap],
+    P(X > cap))``: computed once per run, so that each round's index
+    (:func:`gittins_index_of`) costs two ``erfc`` and a ``log``. An infinite cap (or a point
+    belief) needs only the first and fifth.
     """
+    mu = math.log(median)
+    s2 = sigma * sigma
+    mean = math.exp(mu + 0.5 * s2)
+    if not math.isfinite(cap) or sigma < _S_LO:
+        return mu, math.inf, 0.0, 0.0, mean, 0.0, 0.0
+    lcap = math.log(cap)
+    lum_cap = mu + 0.5 * s2 + log_ndtr((mu + s2 - lcap) / sigma)
+    ls_cap = log_ndtr((mu - lcap) / sigma)
+    return mu, lcap, lum_cap, ls_cap, mean, math.exp(lum_cap), math.exp(ls_cap)
+
+
+@njit(cache=True)
+def gittins_index_of(belief: Belief, median: float, sigma: float, cap: float,
+                     generated: float, h: np.ndarray, arg: np.ndarray) -> float:
+    """:func:`gittins_index` from the belief's fixed parts (:func:`gittins_belief`)."""
+    mu, lcap, lum_cap, ls_cap, mean, upper_cap, surv_cap = belief
     left = max(min(median, cap) - generated, 1.0)
     if sigma < _S_LO or generated >= cap:
         return 1.0 / left  # a (nearly) known length: one quantum to the end
-    log_s = log_survival(median, sigma, generated)
-    if log_s < _TINY:
-        return 1.0  # outlived its belief entirely: one token at a time
-    u = max(generated, 1e-3) / median
-    x = math.log(u)
+    lg = _LOG_MIN_AGE
+    z = math.inf  # (log median - log g) / sigma: P(X > g) = Phi(z)
+    if generated > 0.0:
+        lg = max(math.log(generated), _LOG_MIN_AGE)
+        z = (mu - lg) / sigma
+    direct = z > _Z_DIRECT
+    log_s = 0.0
+    if not direct:
+        log_s = log_ndtr(z)
+        if log_s < _TINY:
+            return 1.0  # outlived its belief entirely: one token at a time
+    x = lg - mu  # log(age / median)
     s = min(sigma, _S_HI)
     # Bilinear interpolation in (log u, sigma).
     fx = (min(max(x, _X_LO), _X_HI) - _X_LO) / _X_STEP
@@ -242,6 +278,29 @@ def gittins_index(median: float, sigma: float, cap: float, generated: float,
         # the expected work left, which beats every uncapped ratio ending there. So when the
         # best uncapped quantum ends past the cap (the ratio rises up to it), that is the index.
         best_step = min(arg[i, j], arg[i, j + 1], arg[i + 1, j], arg[i + 1, j + 1])
-        certain = 1.0 / conditional_mean(median, sigma, cap, generated)
-        index = certain if u * math.exp(best_step) * median > cap else max(index, certain)
+        # The expected work left, E[L - g | L > g] = (E[X; g < X <= cap] + cap P(X > cap))
+        # / P(X > g) (conditional_mean's terms): plain probabilities while P(X > g) is far
+        # from underflow, in logs beyond.
+        if not direct:
+            inside = (math.exp(mu + 0.5 * sigma * sigma + log_ndtr(z + sigma) - log_s)
+                      - math.exp(lum_cap - log_s) + cap * math.exp(ls_cap - log_s))
+        elif generated > 0.0:
+            inside = (mean * 0.5 * math.erfc(-(z + sigma) / _SQRT2) - upper_cap
+                      + cap * surv_cap) / (0.5 * math.erfc(-z / _SQRT2))
+        else:
+            inside = mean - upper_cap + cap * surv_cap
+        rem = min(inside, cap) - generated
+        certain = 1.0 / rem if math.isfinite(rem) and rem > 1.0 else 1.0
+        index = certain if x + best_step + mu > lcap else max(index, certain)
     return index
+
+
+@njit(cache=True)
+def gittins_index(median: float, sigma: float, cap: float, generated: float,
+                  h: np.ndarray, arg: np.ndarray) -> float:
+    """The Gittins index of a request ``generated`` tokens in, per token (see above).
+
+    ``h`` and ``arg`` come from :func:`gittins_table`.
+    """
+    return gittins_index_of(gittins_belief(median, sigma, cap), median, sigma, cap, generated,
+                            h, arg)

@@ -509,7 +509,7 @@ class Policy(ABC, Generic[S]):
                 st.rounds += n
                 ran.append((j, n, done))
             self._shared(st, row, state)
-            st.key = self._key(st)
+            st.key = self._shared_key(st, row[1], state)
             touched.add(j)
             if not st.running and done < 0:
                 heapq.heappush(heap, (st.key, j))
@@ -665,6 +665,15 @@ class Policy(ABC, Generic[S]):
         ``row[1]`` is its member index in ``state``. Called after its counters and before its
         key (nothing by default).
         """
+
+    def _shared_key(self, st: S, i: int, state: timeshare.State) -> tuple:  # noqa: ARG002
+        """``st``'s key after a share, where it is member ``i`` of ``state``.
+
+        :meth:`_key` by default; a policy whose key the compiled loop keeps (``state.key``,
+        computed by the same kernel function as :meth:`_key`) returns it instead of computing
+        it again in Python.
+        """
+        return self._key(st)
 
     def _repredicted(self, st: S) -> None:
         """Refresh what the policy derived from ``st``'s prediction (nothing by default)."""

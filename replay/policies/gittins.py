@@ -125,6 +125,10 @@ class Gittins(Policy[RequestState]):
     def _key(self, st: RequestState) -> tuple:
         return (self._rank(st), st.seq)
 
+    @override
+    def _shared_key(self, st: RequestState, i: int, state: timeshare.State) -> tuple:
+        return (float(state.key[i]), st.seq)  # the kernel's gittins_rank of the same counters
+
     def admission_rank(self, info: RequestInfo) -> float:
         """The rank at zero attained service, seconds: typical cost per token / ``G(0)``."""
         pred = prediction_of(info)

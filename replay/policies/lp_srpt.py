@@ -34,6 +34,10 @@ class LPSRPT(Policy[RequestState]):
     def _key(self, st: RequestState) -> tuple:
         return (st.prediction.remaining_one(st.generated), st.seq)
 
+    @override
+    def _shared_key(self, st: RequestState, i: int, state: timeshare.State) -> tuple:
+        return (float(state.key[i]), st.seq)  # the kernel's remaining_tokens, as _key's
+
     def admission_rank(self, info: RequestInfo) -> float:
         """The predicted length (capped), tokens."""
         return prediction_of(info).remaining_one(0)
