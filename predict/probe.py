@@ -50,7 +50,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from numba import njit
 from scipy.stats import norm
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
@@ -61,6 +60,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from lapsd.errors import LapsdError
+from lapsd.jit import njit
 from lapsd.predict.calibrate import LEVEL, conformal_sigma
 from lapsd.predict.compiled import CompiledPipeline, compile_pipeline
 from lapsd.predict.continuation import SIGMA_BANDS, band

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from lapsd.jit import njit
 from lapsd.replay.lognormal import (
     conditional_mean,
     conditional_quantile,

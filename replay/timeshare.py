@@ -37,8 +37,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
+from lapsd.jit import njit
 from lapsd.replay.kernels import (
     ROUNDS,
     SECONDS,

@@ -1,7 +1,7 @@
 """Imports follow the data flow, and a server-side install stays small.
 
-Layers, lowest first: the root helpers (``lapsd.errors``, ``lapsd.io``, ``lapsd.console``),
-``lapsd.replay``, ``lapsd.predict``, then ``lapsd.tune``, ``lapsd.collect`` and
+Layers, lowest first: the root helpers (``lapsd.errors``, ``lapsd.io``, ``lapsd.console``,
+``lapsd.jit``), ``lapsd.replay``, ``lapsd.predict``, then ``lapsd.tune``, ``lapsd.collect`` and
 ``lapsd.integrations`` (which may use both below them, not each other), and the root command
 ``lapsd.cli`` above all. No package imports another package's ``cli`` module. Every import
 counts, also one inside a function, and no module imports itself through others (a cycle).
