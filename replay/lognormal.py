@@ -245,6 +245,17 @@ def gittins_belief(median: float, sigma: float, cap: float) -> Belief:
 
 
 @njit(cache=True)
+def gittins_beliefs(median: np.ndarray, sigma: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """:func:`gittins_belief` of each of several beliefs, a row each."""
+    out = np.empty((median.shape[0], 7))
+    for i in range(median.shape[0]):
+        terms = gittins_belief(median[i], sigma[i], cap[i])
+        for k in range(7):
+            out[i, k] = terms[k]
+    return out
+
+
+@njit(cache=True)
 def gittins_index_of(belief: Belief, median: float, sigma: float, cap: float,
                      generated: float, h: np.ndarray, arg: np.ndarray) -> float:
     """:func:`gittins_index` from the belief's fixed parts (:func:`gittins_belief`)."""

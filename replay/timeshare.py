@@ -44,7 +44,7 @@ from lapsd.replay.kernels import (
     SECONDS,
     TOKENS,
     estimate,
-    gittins_rank,
+    gittins_rank_of,
     gittins_run,
     new_request_run,
     perceptible_run,
@@ -93,7 +93,9 @@ class State(NamedTuple):
     median: np.ndarray = _FLOATS
     sigma: np.ndarray = _FLOATS
     cap: np.ndarray = _FLOATS
-    #: Gittins: its parameters (:class:`~lapsd.replay.policies.gittins.Gittins`).
+    #: Gittins: per member its belief's fixed terms (``lognormal.gittins_beliefs``, read by the
+    #: step-at-a-time loop), and its parameters (:class:`~lapsd.replay.policies.gittins.Gittins`).
+    terms: np.ndarray = _TABLE
     r0: float = 0.0
     prior: float = 0.0
     c0: float = 0.0
@@ -499,8 +501,10 @@ def _observe(s, c, meta, ids, i, a, service0, one):
     elif k == LP_SRPT:
         s.key[i] = remaining_tokens(s.median[i], s.sigma[i], s.cap[i], float(g))
     elif k == GITTINS:
-        s.key[i] = gittins_rank(s.median[i], s.sigma[i], s.cap[i], g, service0 + one[NS, 1],
-                                s.r0, s.prior, s.h, s.arg)
+        t = s.terms
+        s.key[i] = gittins_rank_of((t[i, 0], t[i, 1], t[i, 2], t[i, 3], t[i, 4], t[i, 5], t[i, 6]),
+                                   s.median[i], s.sigma[i], s.cap[i], g, service0 + one[NS, 1],
+                                   s.r0, s.prior, s.h, s.arg)
     elif k == LAPS_SD:
         rounds = a + 1 - start
         if not s.perceptible[i]:

@@ -28,7 +28,7 @@ from pydantic.dataclasses import dataclass
 from typing_extensions import override
 
 from lapsd.replay import kernels, timeshare
-from lapsd.replay.lognormal import gittins_table
+from lapsd.replay.lognormal import gittins_beliefs, gittins_table
 from lapsd.replay.policies.base import (
     NS_PER_S,
     Policy,
@@ -158,6 +158,7 @@ class Gittins(Policy[RequestState]):
         p = self.params
         median, sigma, cap = self._beliefs(n)
         return timeshare.State(
-            timeshare.GITTINS, key=key, median=median, sigma=sigma, cap=cap, r0=self._r0,
+            timeshare.GITTINS, key=key, median=median, sigma=sigma, cap=cap,
+            terms=gittins_beliefs(median, sigma, cap), r0=self._r0,
             prior=float(p.prior_tokens), c0=self._c0, c1=self._c1,
             weight=float(p.switch_weight), h=self._h, arg=self._arg)
