@@ -219,7 +219,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     def show() -> None:
         if args.batch_size > 1:
-            console.print(f"batch size {args.batch_size}; step-time model: {cost.source}")
+            console.print(f"batch size {args.batch_size}; step-time model: {cost.source}; "
+                          f"loads relative to batch size 1 (this server is worth "
+                          f"{server.capacity:.2f} of it: `lapsd tune --batch-size` scales its "
+                          "loads by that)", highlight=False)
         if label.startswith("oracle"):
             console.print(f"[yellow]predictions: {label}, a what-if (true length x noise), "
                           "not a real predictor[/]")
