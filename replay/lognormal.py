@@ -107,6 +107,12 @@ def conditional_mean(median: float, sigma: float, cap: float, generated: float) 
     if math.isfinite(cap):
         inside -= math.exp(_log_upper_mean(median, sigma, cap) - log_den)
         inside += cap * math.exp(log_survival(median, sigma, cap) - log_den)
+    return _work_left(inside, cap, generated)
+
+
+@njit(cache=True)
+def _work_left(inside: float, cap: float, generated: float) -> float:
+    """``E[min(X, cap) | X > g] - g`` from the conditional mean ``inside``, at least 1."""
     rem = min(inside, cap) - generated  # a mean of min(X, cap) is at most cap, past rounding
     return rem if math.isfinite(rem) and rem > 1.0 else 1.0
 
@@ -238,10 +244,9 @@ def gittins_belief(median: float, sigma: float, cap: float) -> Belief:
     mean = math.exp(mu + 0.5 * s2)
     if not math.isfinite(cap) or sigma < _S_LO:
         return mu, math.inf, 0.0, 0.0, mean, 0.0, 0.0
-    lcap = math.log(cap)
-    lum_cap = mu + 0.5 * s2 + log_ndtr((mu + s2 - lcap) / sigma)
-    ls_cap = log_ndtr((mu - lcap) / sigma)
-    return mu, lcap, lum_cap, ls_cap, mean, math.exp(lum_cap), math.exp(ls_cap)
+    lum_cap = _log_upper_mean(median, sigma, cap)
+    ls_cap = log_survival(median, sigma, cap)
+    return mu, math.log(cap), lum_cap, ls_cap, mean, math.exp(lum_cap), math.exp(ls_cap)
 
 
 @njit(cache=True)
@@ -294,15 +299,14 @@ def gittins_index_of(belief: Belief, median: float, sigma: float, cap: float,
         # / P(X > g) (conditional_mean's terms): plain probabilities while P(X > g) is far
         # from underflow, in logs beyond.
         if not direct:
-            inside = (math.exp(mu + 0.5 * sigma * sigma + log_ndtr(z + sigma) - log_s)
+            inside = (math.exp(_log_upper_mean(median, sigma, generated) - log_s)
                       - math.exp(lum_cap - log_s) + cap * math.exp(ls_cap - log_s))
         elif generated > 0.0:
             inside = (mean * 0.5 * math.erfc(-(z + sigma) / _SQRT2) - upper_cap
                       + cap * surv_cap) / (0.5 * math.erfc(-z / _SQRT2))
         else:
             inside = mean - upper_cap + cap * surv_cap
-        rem = min(inside, cap) - generated
-        certain = 1.0 / rem if math.isfinite(rem) and rem > 1.0 else 1.0
+        certain = 1.0 / _work_left(inside, cap, generated)
         index = certain if x + best_step + mu > lcap else max(index, certain)
     return index
 

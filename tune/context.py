@@ -162,11 +162,11 @@ class TuneSpec:
 
 @cache
 def _server(switch: SwitchCost, batch: int, table: str | None) -> Server:
-    """A server whose cost table is read once per process (a missing file refused in a line)."""
-    if table is not None and not Path(table).is_file():
-        raise LapsdError(f"--batch-cost {table}: no such file; write one with `lapsd "
-                         "collect-profile --batches`")
-    cost = BatchCost() if table is None else BatchCost.from_profile(table)
+    """A server whose cost table is read once per process (a bad table refused in a line)."""
+    try:
+        cost = BatchCost() if table is None else BatchCost.from_profile(table)
+    except LapsdError as exc:
+        raise LapsdError(f"--batch-cost: {exc}") from None
     return Server(switch, batch, cost)
 
 

@@ -91,7 +91,8 @@ BAD_TUNE = [
     (["--seeds", "-1"], "--seeds: -1"),
     (["--seeds", "none"], "--seeds: none"),
     (["--bursts", "0"], "--bursts: 0"),
-    (["--batch-size", "4", "--batch-cost", "no-such-table.json"], "--batch-cost no-such"),
+    (["--batch-size", "4", "--batch-cost", "no-such-table.json"],
+     "--batch-cost: cost table no-such-table.json not found"),
     (["--batch-cost", str(COST_TABLE)], "pass --batch-size above 1"),
     (["--bursts", "none", "--loads", "0.5", "--poisson-n", "1", "--seeds", "none"], "--seeds"),
 ]
